@@ -1,0 +1,269 @@
+//! A client for the registry's HTTP API, shared by the CLI, the announcer, the syncer and the
+//! tests so that none of them writes the same HTTP code again.
+//!
+//! It knows several node URLs. Each request goes first to the node last named as leader (the
+//! `x-registry-leader` header), then to the others in turn; a node that cannot be reached or
+//! answers 503 is skipped. A 4xx answer is final and comes back as `Error::Api`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use proto::{
+    ClusterInfo, ErrorBody, InstanceSpec, KeepaliveResponse, LeaseGrant, LeaseGrantRequest, LeaseId, MemberChange, ServiceInstances,
+    ServiceList, WatchEvent, WriteResult, LEADER_HEADER,
+};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The registry answered with an error.
+    #[error("{status}: {} ({})", body.message, body.code)]
+    Api { status: u16, body: ErrorBody },
+    /// No node could serve the request.
+    #[error("no registry node could serve the request: {0}")]
+    Unavailable(String),
+    #[error("bad answer from {url}: {reason}")]
+    Decode { url: String, reason: String },
+    #[error("invalid registry URL {0:?}")]
+    BadUrl(String),
+}
+
+impl Error {
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Api { status, .. } => *status >= 500,
+            Error::Unavailable(_) | Error::Decode { .. } => true,
+            Error::BadUrl(_) => false,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Api { status: 404, .. })
+    }
+}
+
+pub struct Client {
+    urls: Vec<String>,
+    http: reqwest::Client,
+    leader: Mutex<Option<String>>,
+}
+
+/// Normalises `HOST:PORT` or `http://HOST:PORT/` to `http://HOST:PORT`.
+pub fn normalize_url(raw: &str) -> Result<String, Error> {
+    let raw = raw.trim().trim_end_matches('/');
+    if raw.is_empty() {
+        return Err(Error::BadUrl(raw.to_string()));
+    }
+    let url = if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") };
+    reqwest::Url::parse(&url).map_err(|_| Error::BadUrl(raw.to_string()))?;
+    Ok(url)
+}
+
+impl Client {
+    /// `urls` are node base URLs (`http://host:port` or `host:port`); a single string may also
+    /// hold several, comma-separated.
+    pub fn new<S: AsRef<str>>(urls: &[S]) -> Result<Client, Error> {
+        let urls: Vec<String> = urls
+            .iter()
+            .flat_map(|u| u.as_ref().split(',').map(str::to_string).collect::<Vec<_>>())
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| normalize_url(&u))
+            .collect::<Result<_, _>>()?;
+        if urls.is_empty() {
+            return Err(Error::BadUrl(String::new()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        Ok(Client { urls, http, leader: Mutex::new(None) })
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// The nodes to try, the known leader first.
+    fn order(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.urls.len() + 1);
+        if let Some(l) = self.leader.lock().unwrap().clone() {
+            out.push(l);
+        }
+        for u in &self.urls {
+            if !out.contains(u) {
+                out.push(u.clone());
+            }
+        }
+        out
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&(impl Serialize + ?Sized)>, timeout: Option<Duration>) -> Result<T, Error> {
+        let mut last = String::from("no node tried");
+        for base in self.order() {
+            let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = format!("{base}: {e}");
+                    self.forget_leader(&base);
+                    continue;
+                }
+            };
+            if let Some(l) = resp.headers().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
+                *self.leader.lock().unwrap() = Some(l.to_string());
+            }
+            let status = resp.status();
+            let bytes = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) => {
+                    last = format!("{base}: {e}");
+                    continue;
+                }
+            };
+            if status.is_success() {
+                return serde_json::from_slice(&bytes).map_err(|e| Error::Decode { url: format!("{base}{path}"), reason: e.to_string() });
+            }
+            let err = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => Error::Api { status: status.as_u16(), body },
+                Err(_) => Error::Api {
+                    status: status.as_u16(),
+                    body: ErrorBody { code: "http".into(), message: String::from_utf8_lossy(&bytes).into_owned() },
+                },
+            };
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                last = format!("{base}: {err}");
+                self.forget_leader(&base);
+                continue;
+            }
+            return Err(err);
+        }
+        Err(Error::Unavailable(last))
+    }
+
+    fn forget_leader(&self, base: &str) {
+        let mut l = self.leader.lock().unwrap();
+        if l.as_deref() == Some(base) {
+            *l = None;
+        }
+    }
+
+    pub async fn grant(&self, ttl: Duration) -> Result<LeaseGrant, Error> {
+        self.call(Method::POST, "/v1/leases", Some(&LeaseGrantRequest { ttl_ms: ttl.as_millis() as u64 }), None).await
+    }
+
+    pub async fn keepalive(&self, lease: LeaseId) -> Result<KeepaliveResponse, Error> {
+        self.call(Method::POST, &format!("/v1/leases/{lease}/keepalive"), None::<&()>, Some(Duration::from_secs(2))).await
+    }
+
+    pub async fn revoke(&self, lease: LeaseId) -> Result<WriteResult, Error> {
+        self.call(Method::DELETE, &format!("/v1/leases/{lease}"), None::<&()>, None).await
+    }
+
+    pub async fn put_instance(&self, service: &str, instance: &str, spec: &InstanceSpec) -> Result<WriteResult, Error> {
+        self.call(Method::PUT, &format!("/v1/services/{service}/instances/{instance}"), Some(spec), None).await
+    }
+
+    pub async fn delete_instance(&self, service: &str, instance: &str) -> Result<WriteResult, Error> {
+        self.call(Method::DELETE, &format!("/v1/services/{service}/instances/{instance}"), None::<&()>, None).await
+    }
+
+    pub async fn services(&self, stale: bool) -> Result<ServiceList, Error> {
+        self.call(Method::GET, &format!("/v1/services?stale={stale}"), None::<&()>, None).await
+    }
+
+    pub async fn service(&self, service: &str, stale: bool) -> Result<ServiceInstances, Error> {
+        self.call(Method::GET, &format!("/v1/services/{service}?stale={stale}"), None::<&()>, None).await
+    }
+
+    /// Consul-style blocking query: answers once the service's index passes `index`, or after `wait`.
+    pub async fn service_after(&self, service: &str, index: u64, wait: Duration) -> Result<ServiceInstances, Error> {
+        let path = format!("/v1/services/{service}?index={index}&wait={}ms", wait.as_millis());
+        self.call(Method::GET, &path, None::<&()>, Some(wait + Duration::from_secs(5))).await
+    }
+
+    /// The cluster as the first node that answers sees it.
+    pub async fn cluster(&self) -> Result<ClusterInfo, Error> {
+        self.call(Method::GET, "/v1/cluster", None::<&()>, None).await
+    }
+
+    /// The cluster as one particular node sees it.
+    pub async fn cluster_at(&self, base: &str) -> Result<ClusterInfo, Error> {
+        let base = normalize_url(base)?;
+        let resp = self.http.get(format!("{base}/v1/cluster")).timeout(Duration::from_secs(2)).send().await.map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
+        resp.json().await.map_err(|e| Error::Decode { url: base, reason: e.to_string() })
+    }
+
+    pub async fn add_member(&self, id: u64, addr: &str) -> Result<WriteResult, Error> {
+        let body = MemberChange { id, addr: Some(addr.to_string()) };
+        self.call(Method::POST, "/v1/cluster/members", Some(&body), Some(Duration::from_secs(60))).await
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<WriteResult, Error> {
+        self.call(Method::DELETE, &format!("/v1/cluster/members/{id}"), None::<&()>, Some(Duration::from_secs(60))).await
+    }
+
+    /// Opens a watch stream on the first node that accepts it.
+    pub async fn watch(&self, service: Option<&str>, since: Option<u64>) -> Result<Watch, Error> {
+        let mut query = Vec::new();
+        if let Some(s) = service {
+            query.push(format!("service={s}"));
+        }
+        if let Some(r) = since {
+            query.push(format!("since={r}"));
+        }
+        let path = format!("/v1/watch?{}", query.join("&"));
+        let mut last = String::new();
+        for base in self.urls.iter().cloned() {
+            // No overall timeout: the stream is long-lived; `Watch::next` bounds each read.
+            let client = reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).build().map_err(|e| Error::Unavailable(e.to_string()))?;
+            match client.get(format!("{base}{path}")).send().await {
+                Ok(r) if r.status().is_success() => return Ok(Watch { resp: r, buf: Vec::new(), url: base }),
+                Ok(r) => last = format!("{base}: {}", r.status()),
+                Err(e) => last = format!("{base}: {e}"),
+            }
+        }
+        Err(Error::Unavailable(last))
+    }
+}
+
+/// A watch stream. The server sends a `progress` line every couple of seconds, so a read that
+/// waits longer than `STALL` means the node is gone.
+pub struct Watch {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    url: String,
+}
+
+const STALL: Duration = Duration::from_secs(10);
+
+impl Watch {
+    /// The next event; `Ok(None)` when the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>, Error> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return serde_json::from_slice(&line[..pos]).map(Some).map_err(|e| Error::Decode { url: self.url.clone(), reason: e.to_string() });
+            }
+            match tokio::time::timeout(STALL, self.resp.chunk()).await {
+                Err(_) => return Err(Error::Unavailable(format!("{}: watch stream stalled", self.url))),
+                Ok(Err(e)) => return Err(Error::Unavailable(format!("{}: {e}", self.url))),
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Ok(Some(chunk))) => self.buf.extend_from_slice(&chunk),
+            }
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}

@@ -1,0 +1,28 @@
+//! Wire types shared by every part of the suite.
+//!
+//! Architecture Invariant: this crate does no I/O and depends on serde only. Every
+//! request type denies unknown fields, so a typo in a client is an error, not a silent default.
+
+pub mod cluster;
+pub mod error;
+pub mod instance;
+pub mod lease;
+pub mod validate;
+pub mod watch;
+
+pub use cluster::{ClusterInfo, Member, MemberChange, NodeRole};
+pub use error::ErrorBody;
+pub use instance::{Instance, InstanceSpec, InstanceState, LeaseInfo, ServiceInstances, ServiceList, ServiceSummary, WriteResult};
+pub use lease::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest};
+pub use watch::WatchEvent;
+
+/// A lease identifier. It is the Raft log index of the entry that granted the lease, so it is
+/// unique across the cluster's life and the same on every node.
+pub type LeaseId = u64;
+
+/// A revision is the Raft log index of the entry that made a change.
+pub type Revision = u64;
+
+/// HTTP header a registry node puts on its answers to name the leader's base URL, so a client
+/// can send its next write or keepalive there directly.
+pub const LEADER_HEADER: &str = "x-registry-leader";

@@ -1,0 +1,131 @@
+//! Validation of names and addresses, shared so a client can reject bad input before sending.
+
+use std::net::IpAddr;
+
+use crate::InstanceSpec;
+
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_WEIGHT: u32 = 256;
+pub const MAX_META_ENTRIES: usize = 64;
+pub const MAX_META_LEN: usize = 1024;
+
+/// Service names: `[A-Za-z0-9._-]{1,128}`.
+pub fn service_name(value: &str) -> Result<(), String> {
+    name("service", value, false)
+}
+
+/// Instance names: `[A-Za-z0-9._:-]{1,128}`. The colon is allowed because the default instance
+/// id is `address:port`, the name ZooKeeper-based setups already use.
+pub fn instance_name(value: &str) -> Result<(), String> {
+    name("instance", value, true)
+}
+
+fn name(kind: &str, value: &str, colon: bool) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{kind} name is empty"));
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(format!("{kind} name is {} bytes long, the limit is {MAX_NAME_LEN}", value.len()));
+    }
+    if let Some(c) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (colon && *c == ':'))) {
+        let allowed = if colon { "A-Z a-z 0-9 . _ - :" } else { "A-Z a-z 0-9 . _ -" };
+        return Err(format!("{kind} name {value:?} has the character {c:?}; allowed are {allowed}"));
+    }
+    Ok(())
+}
+
+/// An IP address or an RFC 1123 host name.
+pub fn address(value: &str) -> Result<(), String> {
+    if value.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || Err(format!("address {value:?} is neither an IP address nor a host name"));
+    if value.is_empty() || value.len() > 253 {
+        return bad();
+    }
+    for label in value.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return bad();
+        }
+    }
+    // All-numeric dotted names that did not parse as an IP (e.g. "999.1.1.1") are bad IPs.
+    if value.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit())) {
+        return bad();
+    }
+    Ok(())
+}
+
+/// Checks a registration body; returns every problem, not just the first.
+pub fn instance_spec(spec: &InstanceSpec) -> Result<u16, Vec<String>> {
+    let mut errors = Vec::new();
+    if let Err(e) = address(&spec.address) {
+        errors.push(e);
+    }
+    if spec.port == 0 || spec.port > 65535 {
+        errors.push(format!("port {} is outside 1..65535", spec.port));
+    }
+    if spec.weight > MAX_WEIGHT {
+        errors.push(format!("weight {} is above the maximum {MAX_WEIGHT}", spec.weight));
+    }
+    if spec.meta.len() > MAX_META_ENTRIES {
+        errors.push(format!("meta has {} entries, the limit is {MAX_META_ENTRIES}", spec.meta.len()));
+    }
+    for (k, v) in &spec.meta {
+        if k.is_empty() || k.len() > MAX_NAME_LEN {
+            errors.push(format!("meta key {k:?} must be 1..{MAX_NAME_LEN} bytes"));
+        }
+        if v.len() > MAX_META_LEN {
+            errors.push(format!("meta value of {k:?} is {} bytes, the limit is {MAX_META_LEN}", v.len()));
+        }
+    }
+    if errors.is_empty() {
+        Ok(spec.port as u16)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(service_name("web-servers").is_ok());
+        assert!(instance_name("10.0.0.5:8080").is_ok());
+        assert!(service_name("web:servers").is_err());
+        assert!(service_name("").is_err());
+        assert!(service_name(&"a".repeat(129)).is_err());
+        assert!(service_name(&"a".repeat(128)).is_ok());
+        assert!(instance_name("a/b").is_err());
+        assert!(service_name("a b").is_err());
+    }
+
+    #[test]
+    fn addresses() {
+        for ok in ["10.0.0.5", "::1", "web-1.example.com", "localhost"] {
+            assert!(address(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "999.1.1.1", "-web", "a..b", "web_1", "a b", &"a".repeat(64)] {
+            assert!(address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec_reports_every_error() {
+        let spec = InstanceSpec {
+            address: "no way".into(),
+            port: 70000,
+            lease_id: None,
+            weight: 1000,
+            state: Default::default(),
+            meta: Default::default(),
+        };
+        assert_eq!(instance_spec(&spec).unwrap_err().len(), 3);
+    }
+}

@@ -1,0 +1,151 @@
+//! The operator commands: `registry ls`, `registry status`, `registry members`.
+//! Each returns the text to print, so tests can check it without a terminal.
+
+use client::Client;
+use proto::{ClusterInfo, Instance, NodeRole};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let fmt = |cells: Vec<&str>| {
+        let line: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        line.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = fmt(header.to_vec());
+    for r in rows {
+        out += &fmt(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn ms(v: u64) -> String {
+    format!("{:.1}s", v as f64 / 1000.0)
+}
+
+/// Every instance of every service (or of one), read through the leader so lease timings show.
+pub async fn ls(client: &Client, service: Option<&str>, stale: bool, output: Output) -> Result<String, client::Error> {
+    let names: Vec<String> = match service {
+        Some(s) => vec![s.to_string()],
+        None => client.services(stale).await?.services.into_iter().map(|s| s.service).collect(),
+    };
+    let mut instances: Vec<Instance> = Vec::new();
+    for name in names {
+        instances.extend(client.service(&name, stale).await?.instances);
+    }
+    if output == Output::Json {
+        return Ok(serde_json::to_string_pretty(&instances).expect("serializable") + "\n");
+    }
+    let rows: Vec<Vec<String>> = instances
+        .iter()
+        .map(|i| {
+            let (lease, left, renewed) = match (&i.lease_id, &i.lease) {
+                (None, _) => ("-".to_string(), "-".to_string(), "-".to_string()),
+                (Some(id), Some(l)) => (id.to_string(), ms(l.remaining_ms), format!("{} ago", ms(l.since_renewal_ms))),
+                (Some(id), None) => (id.to_string(), "?".to_string(), "?".to_string()),
+            };
+            vec![i.service.clone(), i.instance.clone(), format!("{}:{}", i.address, i.port), i.state.to_string(), i.weight.to_string(), lease, left, renewed]
+        })
+        .collect();
+    Ok(table(&["SERVICE", "INSTANCE", "ADDRESS", "STATE", "WEIGHT", "LEASE", "TTL-LEFT", "LAST-RENEWAL"], &rows))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+    pub role: NodeRole,
+    pub reachable: bool,
+    pub term: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub matched_index: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// Asks any node for the membership, then every member for its own view.
+pub async fn status(client: &Client, output: Output) -> Result<String, client::Error> {
+    let view = client.cluster().await?;
+    let mut members = Vec::new();
+    for m in &view.members {
+        let own: Result<ClusterInfo, _> = client.cluster_at(&m.addr).await;
+        let (role, reachable, own, error) = match own {
+            Ok(c) => (c.role, true, Some(c), None),
+            Err(e) => (NodeRole::Unreachable, false, None, Some(e.to_string())),
+        };
+        let matched = if view.role == NodeRole::Leader { m.matched_index } else { None };
+        members.push(MemberStatus {
+            id: m.id,
+            addr: m.addr.clone(),
+            voter: m.voter,
+            role,
+            reachable,
+            term: own.as_ref().map(|c| c.term),
+            last_log_index: own.as_ref().map(|c| c.last_log_index),
+            commit_index: own.as_ref().map(|c| c.commit_index),
+            applied_index: own.as_ref().map(|c| c.applied_index),
+            matched_index: matched,
+            error,
+        });
+    }
+    let status = Status { leader: view.leader, term: view.term, members };
+    if output == Output::Json {
+        return Ok(serde_json::to_string_pretty(&status).expect("serializable") + "\n");
+    }
+    let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = status
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.addr.clone(),
+                if m.voter { "voter" } else { "learner" }.to_string(),
+                serde_json::to_value(m.role).unwrap().as_str().unwrap_or("?").to_string(),
+                opt(m.term),
+                opt(m.last_log_index),
+                opt(m.commit_index),
+                opt(m.applied_index),
+                if m.reachable { "healthy".into() } else { format!("UNREACHABLE: {}", m.error.as_deref().unwrap_or("")) },
+            ]
+        })
+        .collect();
+    let head = format!(
+        "leader: {}  term: {}\n",
+        status.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
+        status.term
+    );
+    Ok(head + &table(&["ID", "ADDRESS", "KIND", "ROLE", "TERM", "LAST-LOG", "COMMIT", "APPLIED", "HEALTH"], &rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["A", "BB"], &[vec!["long".into(), "x".into()]]);
+        assert_eq!(t, "A     BB\nlong  x\n");
+    }
+}

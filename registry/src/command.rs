@@ -1,0 +1,46 @@
+//! The Raft log payload: one closed enum, each variant one kind of change.
+
+use serde::{Deserialize, Serialize};
+
+use proto::{InstanceSpec, LeaseId, Revision};
+
+/// A replicated command. Applying one is deterministic: it reads no clock and no local state
+/// beyond the store and the entry's own log id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Cmd {
+    /// Grant a lease; its id is the index of this entry.
+    GrantLease { ttl_ms: u64 },
+    /// Revoke a lease on a client's request, removing every instance attached to it.
+    RevokeLease { lease_id: LeaseId },
+    /// Expire leases whose deadline passed on the leader of `term`. Applies only if `term` is the
+    /// term of the entry carrying it: a decision taken under one leadership never lands under
+    /// another (DESIGN.md decision 2).
+    ExpireLeases { term: u64, lease_ids: Vec<LeaseId> },
+    /// Create or replace an instance (validated before it is proposed).
+    PutInstance { service: String, instance: String, spec: InstanceSpec },
+    /// Remove an instance.
+    DeleteInstance { service: String, instance: String },
+}
+
+/// The result of applying a command, returned to the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Resp {
+    /// The change was made (or was a no-op) at `revision`.
+    Ok { revision: Revision },
+    /// A lease was granted.
+    Granted { lease_id: LeaseId, ttl_ms: u64, revision: Revision },
+    /// The command named a lease that does not exist (never granted, revoked or expired).
+    LeaseNotFound { lease_id: LeaseId },
+    /// The command named an instance that does not exist.
+    InstanceNotFound { service: String, instance: String },
+    /// A stale expiry was ignored.
+    StaleTerm { term: u64, entry_term: u64 },
+}
+
+impl Default for Resp {
+    fn default() -> Self {
+        Resp::Ok { revision: 0 }
+    }
+}

@@ -1,0 +1,314 @@
+//! `registry serve` settings: flags (with environment variables) over a TOML file over defaults.
+//! Every problem is reported at once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::node::NodeConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Flags of `registry serve`. Each may also come from the config file under the same name
+/// with `_` for `-`.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below; flags override it.
+    #[arg(long, env = "REGISTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "REGISTRY_ID")]
+    pub id: Option<u64>,
+    /// Address to serve the client API and peer RPC on.
+    #[arg(long, env = "REGISTRY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address other nodes and clients use to reach this node [default: the --peers entry of
+    /// this node, else --listen].
+    #[arg(long, env = "REGISTRY_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Where the log, vote and snapshots live.
+    #[arg(long, env = "REGISTRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Initial members, `ID=HOST:PORT,...`. Used only on the first start with an empty data
+    /// directory; later starts use what is on disk. Leave out to start a node that waits to be
+    /// added with `registry members add`.
+    #[arg(long, env = "REGISTRY_PEERS")]
+    pub peers: Option<String>,
+    /// Log format.
+    #[arg(long, env = "REGISTRY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Leader heartbeat interval [default: 100ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// Shortest election timeout [default: 500ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub election_timeout_min: Option<Duration>,
+    /// Longest election timeout [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub election_timeout_max: Option<Duration>,
+    /// Shortest lease TTL a client may ask for [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub min_ttl: Option<Duration>,
+    /// Longest lease TTL a client may ask for [default: 1h].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_ttl: Option<Duration>,
+    /// Change events each node keeps for watchers to resume from [default: 100000].
+    #[arg(long)]
+    pub history: Option<usize>,
+    /// Take a snapshot (and compact the log) every this many entries [default: 10000].
+    #[arg(long)]
+    pub snapshot_every: Option<u64>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    id: Option<u64>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    /// Either a table `{ 1 = "host:port" }` or the flag's string form.
+    peers: Option<Peers>,
+    log_format: Option<LogFormat>,
+    #[serde(default, with = "humantime_serde")]
+    heartbeat: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    election_timeout_min: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    election_timeout_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    min_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_ttl: Option<Duration>,
+    history: Option<usize>,
+    snapshot_every: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Peers {
+    Table(BTreeMap<String, String>),
+    Flag(String),
+}
+
+/// A resolved configuration.
+#[derive(Debug)]
+pub struct Serve {
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub node: NodeConfig,
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(raw: &str) -> Result<BTreeMap<u64, String>, Vec<String>> {
+    let pairs = raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|p| match p.split_once('=') {
+        Some((id, addr)) => Ok((id.trim().to_string(), addr.trim().to_string())),
+        None => Err(format!("peers: {p:?} is not ID=HOST:PORT")),
+    });
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for p in pairs {
+        match p {
+            Ok(kv) => ok.push(kv),
+            Err(e) => errors.push(e),
+        }
+    }
+    match check_peers(ok) {
+        Ok(m) if errors.is_empty() => Ok(m),
+        Ok(_) => Err(errors),
+        Err(mut e) => {
+            errors.append(&mut e);
+            Err(errors)
+        }
+    }
+}
+
+fn check_peers(pairs: Vec<(String, String)>) -> Result<BTreeMap<u64, String>, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (id, addr) in pairs {
+        let Ok(n) = id.parse::<u64>() else {
+            errors.push(format!("peers: node id {id:?} is not a number"));
+            continue;
+        };
+        if let Err(e) = check_host_port(&addr) {
+            errors.push(format!("peers: node {n}: {e}"));
+        }
+        if out.insert(n, addr).is_some() {
+            errors.push(format!("peers: node {n} is listed twice"));
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+pub fn check_host_port(addr: &str) -> Result<(), String> {
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("{addr:?} is not HOST:PORT"))?;
+    proto::validate::address(host.trim_matches(['[', ']']))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{addr:?} has no valid port")),
+    }
+}
+
+impl ServeArgs {
+    /// Merges flags, file and defaults; returns every problem found.
+    pub fn resolve(self) -> Result<Serve, Vec<String>> {
+        let mut errors = Vec::new();
+        let file = match &self.config {
+            None => FileConfig::default(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(e) => return Err(vec![format!("config file {}: {e}", path.display())]),
+                Ok(text) => match toml::from_str::<FileConfig>(&text) {
+                    Ok(f) => f,
+                    Err(e) => return Err(vec![format!("config file {}: {e}", path.display())]),
+                },
+            },
+        };
+        let id = self.id.or(file.id);
+        if id.is_none() {
+            errors.push("id: missing (--id or `id` in the config file)".to_string());
+        }
+        if id == Some(0) {
+            errors.push("id: must be a positive integer".to_string());
+        }
+        let listen = match (self.listen, file.listen) {
+            (Some(l), _) => Some(l),
+            (None, Some(l)) => match l.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errors.push(format!("listen: {l:?} is not IP:PORT"));
+                    None
+                }
+            },
+            (None, None) => {
+                errors.push("listen: missing (--listen IP:PORT)".to_string());
+                None
+            }
+        };
+        let data_dir = self.data_dir.or(file.data_dir);
+        if data_dir.is_none() {
+            errors.push("data-dir: missing (--data-dir DIR)".to_string());
+        }
+        let peers = match (self.peers, file.peers) {
+            (Some(raw), _) | (None, Some(Peers::Flag(raw))) => parse_peers(&raw).unwrap_or_else(|mut e| {
+                errors.append(&mut e);
+                BTreeMap::new()
+            }),
+            (None, Some(Peers::Table(t))) => check_peers(t.into_iter().collect()).unwrap_or_else(|mut e| {
+                errors.append(&mut e);
+                BTreeMap::new()
+            }),
+            (None, None) => BTreeMap::new(),
+        };
+        let advertise = self.advertise.or(file.advertise).or_else(|| id.and_then(|i| peers.get(&i).cloned()));
+        let advertise = match (advertise, listen) {
+            (Some(a), _) => {
+                if let Err(e) = check_host_port(&a) {
+                    errors.push(format!("advertise: {e}"));
+                }
+                Some(a)
+            }
+            (None, Some(l)) if l.ip().is_unspecified() => {
+                errors.push("advertise: needed when listening on an unspecified address".to_string());
+                None
+            }
+            (None, l) => l.map(|l| l.to_string()),
+        };
+        let heartbeat = self.heartbeat.or(file.heartbeat).unwrap_or(Duration::from_millis(100));
+        let et_min = self.election_timeout_min.or(file.election_timeout_min).unwrap_or(Duration::from_millis(500));
+        let et_max = self.election_timeout_max.or(file.election_timeout_max).unwrap_or(Duration::from_millis(1000));
+        if heartbeat.is_zero() || heartbeat >= et_min {
+            errors.push(format!("heartbeat: {heartbeat:?} must be above zero and below election-timeout-min {et_min:?}"));
+        }
+        if et_min >= et_max {
+            errors.push(format!("election-timeout-min {et_min:?} must be below election-timeout-max {et_max:?}"));
+        }
+        let min_ttl = self.min_ttl.or(file.min_ttl).unwrap_or(Duration::from_secs(1));
+        let max_ttl = self.max_ttl.or(file.max_ttl).unwrap_or(Duration::from_secs(3600));
+        if min_ttl.is_zero() || min_ttl > max_ttl {
+            errors.push(format!("min-ttl {min_ttl:?} must be above zero and at most max-ttl {max_ttl:?}"));
+        }
+        let history = self.history.or(file.history).unwrap_or(100_000);
+        if history == 0 {
+            errors.push("history: must be at least 1".to_string());
+        }
+        let snapshot_every = self.snapshot_every.or(file.snapshot_every).unwrap_or(10_000);
+        if snapshot_every == 0 {
+            errors.push("snapshot-every: must be at least 1".to_string());
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut node = NodeConfig::new(id.unwrap(), advertise.unwrap(), data_dir.unwrap(), peers);
+        node.heartbeat = heartbeat;
+        node.election_timeout = (et_min, et_max);
+        node.min_ttl = min_ttl;
+        node.max_ttl = max_ttl;
+        node.history = history;
+        node.snapshot_every = snapshot_every;
+        Ok(Serve { listen: listen.unwrap(), log_format: self.log_format.or(file.log_format).unwrap_or_default(), node })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse() {
+        let p = parse_peers("1=127.0.0.1:7001, 2=localhost:7002").unwrap();
+        assert_eq!(p[&2], "localhost:7002");
+        let e = parse_peers("1=127.0.0.1:7001,x=a:1,3=bad,1=c:2").unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let args = ServeArgs {
+            heartbeat: Some(Duration::from_secs(5)),
+            min_ttl: Some(Duration::from_secs(10)),
+            max_ttl: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        let errors = args.resolve().unwrap_err();
+        for needle in ["id:", "listen:", "data-dir:", "heartbeat:", "min-ttl"] {
+            assert!(errors.iter().any(|e| e.starts_with(needle)), "{needle} missing from {errors:?}");
+        }
+    }
+
+    #[test]
+    fn file_and_flags_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, "id = 2\nlisten = \"127.0.0.1:7002\"\ndata_dir = \"/tmp/x\"\nheartbeat = \"50ms\"\n[peers]\n1 = \"127.0.0.1:7001\"\n2 = \"127.0.0.1:7002\"\n").unwrap();
+        let args = ServeArgs { config: Some(path), id: Some(2), ..Default::default() };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.node.heartbeat, Duration::from_millis(50));
+        assert_eq!(s.node.advertise, "127.0.0.1:7002");
+        assert_eq!(s.node.peers.len(), 2);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, "id = 1\nlisen = \"x\"\n").unwrap();
+        let e = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
+        assert!(e[0].contains("lisen"), "{e:?}");
+    }
+}

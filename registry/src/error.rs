@@ -1,0 +1,45 @@
+//! Errors at the API boundary. `http::error` is the one place that turns them into HTTP answers.
+
+use proto::LeaseId;
+
+use crate::types::NodeId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("lease {0} not found (never granted, revoked or expired)")]
+    LeaseNotFound(LeaseId),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// This node is not the leader; the leader is known if `Some`.
+    #[error("this node is not the leader")]
+    NotLeader(Option<(NodeId, String)>),
+    #[error("no leader is known right now; retry shortly")]
+    NoLeader,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Whether the same request may succeed if sent again (to this or another node).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ApiError::NotLeader(_) | ApiError::NoLeader | ApiError::Unavailable(_))
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument(_) => "invalid_argument",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::LeaseNotFound(_) => "lease_not_found",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::NotLeader(_) | ApiError::NoLeader => "no_leader",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}

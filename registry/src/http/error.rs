@@ -1,0 +1,22 @@
+//! The one place that maps domain errors to HTTP answers with the JSON error body.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use proto::ErrorBody;
+
+use crate::error::ApiError;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::LeaseNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotLeader(_) | ApiError::NoLeader | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body = ErrorBody { code: self.code().to_string(), message: self.to_string() };
+        (status, Json(body)).into_response()
+    }
+}

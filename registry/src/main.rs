@@ -1,0 +1,158 @@
+//! `registry`: run a node (`serve`) or operate a cluster (`ls`, `status`, `members`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use registry::cli::{self, Output};
+use registry::config::{LogFormat, ServeArgs};
+
+#[derive(Parser)]
+#[command(name = "registry", version, about = "Raft-replicated registry of services, instances and leases")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Registry nodes to talk to, comma-separated (`http://HOST:PORT` or `HOST:PORT`); any node will do.
+    #[arg(long, env = "REGISTRY_ADDR", value_delimiter = ',', required = true)]
+    registry: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a registry node.
+    Serve(ServeArgs),
+    /// List instances: service, instance, address, state, weight, lease TTL left, last renewal.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Read from the answering node's replica instead of the leader (no lease timings).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show members, roles, leader, term, log indexes and which nodes are unreachable.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change the cluster's membership.
+    Members {
+        #[command(subcommand)]
+        action: MembersAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum MembersAction {
+    /// Add a node: it joins as a learner, catches up, then becomes a voter.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// The new node's HOST:PORT (its --advertise address).
+        #[arg(long)]
+        addr: String,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn client(args: &ClientArgs) -> Result<client::Client, ExitCode> {
+    client::Client::new(&args.registry).map_err(|e| {
+        eprintln!("registry: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn run_client<F: std::future::Future<Output = Result<String, client::Error>>>(f: F) -> ExitCode {
+    match f.await {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("registry: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => match args.resolve() {
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("registry serve: {e}");
+                }
+                ExitCode::from(2)
+            }
+            Ok(serve) => {
+                init_logs(serve.log_format);
+                match registry::server::run(serve).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("{e:#}");
+                        eprintln!("registry serve: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        },
+        Command::Ls { client: args, service, stale } => {
+            let c = match client(&args) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            run_client(cli::ls(&c, service.as_deref(), stale, args.output)).await
+        }
+        Command::Status { client: args } => {
+            let c = match client(&args) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            run_client(cli::status(&c, args.output)).await
+        }
+        Command::Members { action } => match action {
+            MembersAction::Add { client: args, id, addr } => {
+                let c = match client(&args) {
+                    Ok(c) => c,
+                    Err(code) => return code,
+                };
+                run_client(async { c.add_member(id, &addr).await.map(|r| format!("node {id} added as a voter at revision {}\n", r.revision)) }).await
+            }
+            MembersAction::Remove { client: args, id } => {
+                let c = match client(&args) {
+                    Ok(c) => c,
+                    Err(code) => return code,
+                };
+                run_client(async { c.remove_member(id).await.map(|r| format!("node {id} removed at revision {}\n", r.revision)) }).await
+            }
+        },
+    }
+}

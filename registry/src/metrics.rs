@@ -1,0 +1,54 @@
+//! Prometheus metrics of one registry node.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub keepalives: Counter,
+    pub lease_expiries: Counter,
+    pub expiry_refused: Counter,
+    pub leader_changes: Counter,
+    pub forwarded: Counter,
+    pub watch_clients: Gauge,
+    pub applied_entries: Counter<u64, AtomicU64>,
+    pub applied_index: Gauge<i64, AtomicI64>,
+    pub commit_index: Gauge<i64, AtomicI64>,
+    pub last_log_index: Gauge<i64, AtomicI64>,
+    pub term: Gauge<i64, AtomicI64>,
+    pub is_leader: Gauge<i64, AtomicI64>,
+    pub leases_live: Gauge<i64, AtomicI64>,
+    pub instances: Gauge<i64, AtomicI64>,
+}
+
+impl Metrics {
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut r = Registry::with_prefix("registry");
+        r.register("keepalives", "Lease keepalives accepted by this node as leader", self.keepalives.clone());
+        r.register("lease_expiries", "Leases expired by this node as leader", self.lease_expiries.clone());
+        r.register(
+            "lease_expiry_refused",
+            "Expiry attempts abandoned because leadership could not be confirmed with a quorum",
+            self.expiry_refused.clone(),
+        );
+        r.register("leader_changes", "Changes of the known leader seen by this node", self.leader_changes.clone());
+        r.register("forwarded_requests", "Requests this node forwarded to the leader", self.forwarded.clone());
+        r.register("watch_clients", "Open watch streams on this node", self.watch_clients.clone());
+        r.register("applied_entries", "Log entries applied (commits) since start", self.applied_entries.clone());
+        r.register("applied_index", "Index of the last applied log entry", self.applied_index.clone());
+        r.register("commit_index", "Index of the last committed log entry as known here", self.commit_index.clone());
+        r.register("last_log_index", "Index of the last log entry", self.last_log_index.clone());
+        r.register("term", "Current Raft term", self.term.clone());
+        r.register("is_leader", "1 if this node is the leader", self.is_leader.clone());
+        r.register("leases_live", "Leases in the store", self.leases_live.clone());
+        r.register("instances", "Instances in the store", self.instances.clone());
+        let mut out = String::new();
+        encode(&mut out, &r).expect("writing to a String cannot fail");
+        out
+    }
+}

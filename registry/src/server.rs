@@ -1,0 +1,36 @@
+//! Runs one node until SIGINT/SIGTERM: binds the listener, starts the node, serves HTTP.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::Serve;
+use crate::network::Faults;
+use crate::node::Node;
+
+/// Starts a node on an already bound listener (tests bind port 0 first).
+pub async fn start(listener: tokio::net::TcpListener, config: crate::node::NodeConfig, faults: Faults) -> anyhow::Result<(Arc<Node>, tokio::task::JoinHandle<()>)> {
+    let node = Node::start(config, faults).await.context("starting the node")?;
+    let app = crate::http::router(node.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    Ok((node, task))
+}
+
+pub async fn run(serve: Serve) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(serve.listen).await.with_context(|| format!("binding {}", serve.listen))?;
+    tracing::info!(id = serve.node.id, listen = %serve.listen, advertise = %serve.node.advertise, data_dir = %serve.node.data_dir.display(), "starting registry node");
+    let (node, http) = start(listener, serve.node, Faults::default()).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    http.abort();
+    let _ = node.raft.shutdown().await;
+    Ok(())
+}

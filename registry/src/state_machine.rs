@@ -1,0 +1,189 @@
+//! The openraft state machine: applies committed entries to the `Store`, publishes their
+//! changes to the watch hub, and makes and installs snapshots.
+//!
+//! The store lives in memory; on restart it comes back from the last snapshot plus the log
+//! entries after it, which openraft re-applies. Snapshots are one framed file (see
+//! `storage::frame`), replaced atomically.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use crate::command::Resp;
+use crate::storage::frame;
+use crate::store::Store;
+use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::watch::WatchHub;
+
+/// What the state machine shares with readers (HTTP handlers, the lease loop, metrics).
+pub struct Shared {
+    pub data: RwLock<Applied>,
+    pub hub: WatchHub,
+    /// Entries applied since this process started.
+    pub applied_entries: AtomicU64,
+    snapshot: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
+    snapshot_path: PathBuf,
+    snapshot_seq: AtomicU64,
+}
+
+/// The store together with the log position it reflects.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub store: Store,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    data: Applied,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+impl StateMachine {
+    /// Opens the state machine under `dir`, loading the last snapshot if there is one.
+    pub fn open(dir: &Path, history: usize) -> Result<StateMachine, frame::FileError> {
+        std::fs::create_dir_all(dir).map_err(|e| frame::FileError::io(dir, "create directory", e))?;
+        let snapshot_path = dir.join("snapshot");
+        let shared = Shared {
+            data: RwLock::new(Applied::default()),
+            hub: WatchHub::new(history),
+            applied_entries: AtomicU64::new(0),
+            snapshot: Mutex::new(None),
+            snapshot_path,
+            snapshot_seq: AtomicU64::new(0),
+        };
+        if let Some(bytes) = frame::read_framed(&shared.snapshot_path)? {
+            let file: SnapshotFile = serde_json::from_slice(&bytes)
+                .map_err(|e| frame::FileError::corrupt(&shared.snapshot_path, 0, format!("snapshot does not decode: {e}")))?;
+            let revision = file.data.store.revision;
+            let data = serde_json::to_vec(&file.data).expect("store serializes");
+            *shared.data.write().unwrap() = file.data;
+            *shared.snapshot.lock().unwrap() = Some((file.meta, data));
+            shared.hub.reset(revision);
+        }
+        Ok(StateMachine { shared: Arc::new(shared) })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+impl Shared {
+    fn save_snapshot(&self, meta: &SnapshotMeta, data: &Applied) -> Result<(), StorageError> {
+        let file = SnapshotFile { meta: meta.clone(), data: data.clone() };
+        let bytes = serde_json::to_vec(&file).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        frame::write_atomic(&self.snapshot_path, &bytes).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let shared = self.shared.clone();
+        // Serializing and fsyncing a large store must not stall the async workers.
+        tokio::task::spawn_blocking(move || {
+            let data = shared.data.read().unwrap().clone();
+            let seq = shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+            let meta = SnapshotMeta {
+                last_log_id: data.last_applied,
+                last_membership: data.membership.clone(),
+                snapshot_id: format!("{}-{seq}", data.last_applied.map(|l| l.index).unwrap_or(0)),
+            };
+            shared.save_snapshot(&meta, &data)?;
+            let bytes = serde_json::to_vec(&data).expect("store serializes");
+            *shared.snapshot.lock().unwrap() = Some((meta.clone(), bytes.clone()));
+            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        })
+        .await
+        .expect("snapshot task panicked")
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let d = self.shared.data.read().unwrap();
+        Ok((d.last_applied, d.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Resp>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut out = Vec::new();
+        for entry in entries {
+            let (index, term) = (entry.log_id.index, entry.log_id.leader_id.term);
+            let (resp, events) = {
+                let mut d = self.shared.data.write().unwrap();
+                d.last_applied = Some(entry.log_id);
+                match &entry.payload {
+                    EntryPayload::Normal(cmd) => d.store.apply(index, term, cmd),
+                    EntryPayload::Membership(m) => {
+                        d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        d.store.advance(index, term);
+                        (Resp::Ok { revision: index }, vec![])
+                    }
+                    EntryPayload::Blank => {
+                        d.store.advance(index, term);
+                        (Resp::Ok { revision: index }, vec![])
+                    }
+                }
+            };
+            self.shared.hub.publish(index, events);
+            self.shared.applied_entries.fetch_add(1, Ordering::Relaxed);
+            out.push(resp);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let mut data: Applied =
+            serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        // The meta is authoritative for the log position and membership.
+        data.last_applied = meta.last_log_id;
+        data.membership = meta.last_membership.clone();
+        let shared = self.shared.clone();
+        let meta2 = meta.clone();
+        let data = tokio::task::spawn_blocking(move || shared.save_snapshot(&meta2, &data).map(|_| data))
+            .await
+            .expect("snapshot task panicked")?;
+        let revision = data.store.revision;
+        *self.shared.data.write().unwrap() = data;
+        *self.shared.snapshot.lock().unwrap() = Some((meta.clone(), bytes));
+        self.shared.hub.reset(revision);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self
+            .shared
+            .snapshot
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(meta, bytes)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(bytes.clone())) }))
+    }
+}

@@ -1,0 +1,263 @@
+//! The replicated data: services, instances and leases, and the pure `apply` that changes them.
+//!
+//! Architecture Invariant: `apply` never reads a clock or anything outside `Store` and the entry.
+//! Two nodes that apply the same log hold the same `Store`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use proto::{Instance, InstanceSpec, LeaseId, Revision, WatchEvent};
+
+use crate::command::{Cmd, Resp};
+
+/// A lease as replicated: its TTL and what hangs off it. Deadlines are not here: they live on
+/// the leader only (see `lease`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub ttl_ms: u64,
+    /// `(service, instance)` pairs attached to this lease.
+    pub instances: BTreeSet<(String, String)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Store {
+    /// Index of the last applied entry; every change is stamped with the index of its entry.
+    pub revision: Revision,
+    /// Highest term seen in an applied entry.
+    pub term: u64,
+    pub services: BTreeMap<String, BTreeMap<String, Instance>>,
+    /// Revision of the last change per service, kept after the last instance is gone so that a
+    /// blocking query on an emptied service still wakes up.
+    pub service_index: BTreeMap<String, Revision>,
+    pub leases: BTreeMap<LeaseId, Lease>,
+}
+
+impl Store {
+    /// Applies one command at log position (`index`, `term`). Returns the answer for the
+    /// proposer and the watch events the change produced.
+    pub fn apply(&mut self, index: u64, term: u64, cmd: &Cmd) -> (Resp, Vec<WatchEvent>) {
+        self.advance(index, term);
+        let mut events = Vec::new();
+        let resp = match cmd {
+            Cmd::GrantLease { ttl_ms } => {
+                self.leases.insert(index, Lease { id: index, ttl_ms: *ttl_ms, instances: BTreeSet::new() });
+                Resp::Granted { lease_id: index, ttl_ms: *ttl_ms, revision: index }
+            }
+            Cmd::RevokeLease { lease_id } => match self.remove_lease(*lease_id, &mut events) {
+                true => Resp::Ok { revision: index },
+                false => Resp::LeaseNotFound { lease_id: *lease_id },
+            },
+            Cmd::ExpireLeases { term: decided_in, lease_ids } => {
+                if *decided_in != term {
+                    Resp::StaleTerm { term: *decided_in, entry_term: term }
+                } else {
+                    for id in lease_ids {
+                        self.remove_lease(*id, &mut events);
+                    }
+                    Resp::Ok { revision: index }
+                }
+            }
+            Cmd::PutInstance { service, instance, spec } => self.put(service, instance, spec, &mut events),
+            Cmd::DeleteInstance { service, instance } => match self.remove_instance(service, instance, &mut events) {
+                true => Resp::Ok { revision: index },
+                false => Resp::InstanceNotFound { service: service.clone(), instance: instance.clone() },
+            },
+        };
+        (resp, events)
+    }
+
+    /// Records that an entry without data (blank, membership) was applied.
+    pub fn advance(&mut self, index: u64, term: u64) {
+        debug_assert!(index > self.revision || self.revision == 0, "apply out of order: {index} after {}", self.revision);
+        self.revision = index;
+        self.term = self.term.max(term);
+    }
+
+    fn put(&mut self, service: &str, name: &str, spec: &InstanceSpec, events: &mut Vec<WatchEvent>) -> Resp {
+        let rev = self.revision;
+        if let Some(id) = spec.lease_id {
+            if !self.leases.contains_key(&id) {
+                return Resp::LeaseNotFound { lease_id: id };
+            }
+        }
+        let previous = self.services.get(service).and_then(|m| m.get(name)).cloned();
+        if let Some(old_lease) = previous.as_ref().and_then(|p| p.lease_id) {
+            if Some(old_lease) != spec.lease_id {
+                if let Some(l) = self.leases.get_mut(&old_lease) {
+                    l.instances.remove(&(service.to_string(), name.to_string()));
+                }
+            }
+        }
+        if let Some(id) = spec.lease_id {
+            self.leases.get_mut(&id).expect("checked above").instances.insert((service.to_string(), name.to_string()));
+        }
+        let instance = Instance {
+            service: service.to_string(),
+            instance: name.to_string(),
+            address: spec.address.clone(),
+            port: spec.port as u16,
+            weight: spec.weight,
+            state: spec.state,
+            meta: spec.meta.clone(),
+            lease_id: spec.lease_id,
+            create_revision: previous.map(|p| p.create_revision).unwrap_or(rev),
+            mod_revision: rev,
+            lease: None,
+        };
+        self.services.entry(service.to_string()).or_default().insert(name.to_string(), instance.clone());
+        self.service_index.insert(service.to_string(), rev);
+        events.push(WatchEvent::Put { revision: rev, instance });
+        Resp::Ok { revision: rev }
+    }
+
+    fn remove_instance(&mut self, service: &str, name: &str, events: &mut Vec<WatchEvent>) -> bool {
+        let Some(instances) = self.services.get_mut(service) else { return false };
+        let Some(removed) = instances.remove(name) else { return false };
+        if instances.is_empty() {
+            self.services.remove(service);
+        }
+        if let Some(l) = removed.lease_id.and_then(|id| self.leases.get_mut(&id)) {
+            l.instances.remove(&(service.to_string(), name.to_string()));
+        }
+        self.service_index.insert(service.to_string(), self.revision);
+        events.push(WatchEvent::Delete { revision: self.revision, service: service.to_string(), instance: name.to_string() });
+        true
+    }
+
+    fn remove_lease(&mut self, id: LeaseId, events: &mut Vec<WatchEvent>) -> bool {
+        let Some(lease) = self.leases.remove(&id) else { return false };
+        for (service, instance) in &lease.instances {
+            self.remove_instance(service, instance, events);
+        }
+        true
+    }
+
+    pub fn instances(&self, service: &str) -> Vec<Instance> {
+        self.services.get(service).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn index_of(&self, service: &str) -> Revision {
+        self.service_index.get(service).copied().unwrap_or(0)
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.services.values().map(|m| m.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(lease: Option<u64>) -> InstanceSpec {
+        InstanceSpec {
+            address: "10.0.0.5".into(),
+            port: 8080,
+            lease_id: lease,
+            weight: 100,
+            state: Default::default(),
+            meta: Default::default(),
+        }
+    }
+
+    fn put(service: &str, instance: &str, lease: Option<u64>) -> Cmd {
+        Cmd::PutInstance { service: service.into(), instance: instance.into(), spec: spec(lease) }
+    }
+
+    #[test]
+    fn lease_id_is_the_grant_index() {
+        let mut s = Store::default();
+        let (r, _) = s.apply(7, 1, &Cmd::GrantLease { ttl_ms: 3000 });
+        assert_eq!(r, Resp::Granted { lease_id: 7, ttl_ms: 3000, revision: 7 });
+        assert!(s.leases.contains_key(&7));
+    }
+
+    #[test]
+    fn put_stamps_revisions_and_keeps_create_revision() {
+        let mut s = Store::default();
+        s.apply(1, 1, &put("web", "a", None));
+        let (r, ev) = s.apply(2, 1, &put("web", "a", None));
+        assert_eq!(r, Resp::Ok { revision: 2 });
+        let i = &s.services["web"]["a"];
+        assert_eq!((i.create_revision, i.mod_revision), (1, 2));
+        assert_eq!(ev.len(), 1);
+        assert_eq!(s.index_of("web"), 2);
+    }
+
+    #[test]
+    fn put_under_unknown_lease_changes_nothing() {
+        let mut s = Store::default();
+        let (r, ev) = s.apply(1, 1, &put("web", "a", Some(99)));
+        assert_eq!(r, Resp::LeaseNotFound { lease_id: 99 });
+        assert!(ev.is_empty());
+        assert!(s.services.is_empty());
+    }
+
+    #[test]
+    fn revoke_removes_attached_instances_in_the_same_entry() {
+        let mut s = Store::default();
+        s.apply(1, 1, &Cmd::GrantLease { ttl_ms: 3000 });
+        s.apply(2, 1, &put("web", "a", Some(1)));
+        s.apply(3, 1, &put("api", "b", Some(1)));
+        s.apply(4, 1, &put("web", "c", None));
+        let (r, ev) = s.apply(5, 1, &Cmd::RevokeLease { lease_id: 1 });
+        assert_eq!(r, Resp::Ok { revision: 5 });
+        assert_eq!(ev.len(), 2);
+        assert!(ev.iter().all(|e| e.revision() == 5));
+        assert_eq!(s.instance_count(), 1);
+        assert!(s.leases.is_empty());
+        assert_eq!(s.index_of("api"), 5, "an emptied service keeps its index");
+    }
+
+    #[test]
+    fn expiry_from_another_term_is_a_no_op() {
+        let mut s = Store::default();
+        s.apply(1, 1, &Cmd::GrantLease { ttl_ms: 3000 });
+        s.apply(2, 1, &put("web", "a", Some(1)));
+        let (r, ev) = s.apply(3, 2, &Cmd::ExpireLeases { term: 1, lease_ids: vec![1] });
+        assert_eq!(r, Resp::StaleTerm { term: 1, entry_term: 2 });
+        assert!(ev.is_empty());
+        assert_eq!(s.instance_count(), 1);
+        let (_, ev) = s.apply(4, 2, &Cmd::ExpireLeases { term: 2, lease_ids: vec![1] });
+        assert_eq!(ev.len(), 1);
+        assert_eq!(s.instance_count(), 0);
+    }
+
+    #[test]
+    fn moving_an_instance_to_another_lease_detaches_it_from_the_old_one() {
+        let mut s = Store::default();
+        s.apply(1, 1, &Cmd::GrantLease { ttl_ms: 3000 });
+        s.apply(2, 1, &Cmd::GrantLease { ttl_ms: 3000 });
+        s.apply(3, 1, &put("web", "a", Some(1)));
+        s.apply(4, 1, &put("web", "a", Some(2)));
+        s.apply(5, 1, &Cmd::RevokeLease { lease_id: 1 });
+        assert_eq!(s.instance_count(), 1, "revoking the old lease must not remove the moved instance");
+    }
+
+    #[test]
+    fn delete_unknown_instance_is_not_found() {
+        let mut s = Store::default();
+        let (r, _) = s.apply(1, 1, &Cmd::DeleteInstance { service: "web".into(), instance: "x".into() });
+        assert!(matches!(r, Resp::InstanceNotFound { .. }));
+    }
+
+    #[test]
+    fn same_log_same_store() {
+        let log = vec![
+            Cmd::GrantLease { ttl_ms: 1000 },
+            put("web", "a", Some(1)),
+            put("web", "b", None),
+            Cmd::ExpireLeases { term: 1, lease_ids: vec![1] },
+        ];
+        let run = || {
+            let mut s = Store::default();
+            for (i, c) in log.iter().enumerate() {
+                s.apply(i as u64 + 1, 1, c);
+            }
+            serde_json::to_string(&s).unwrap()
+        };
+        assert_eq!(run(), run());
+    }
+}
