@@ -90,7 +90,16 @@ pub async fn revoke_lease(State(node): Node_, Path(id): Path<String>, method: Me
         Err(e) => return e.into_response(),
     };
     let fwd = Forward::new(method, uri, headers, body.0);
-    on_leader(&node, fwd, || async { written(node.propose(Cmd::RevokeLease { lease_id: id }).await?) }).await
+    on_leader(&node, fwd, || async {
+        if !node.is_leader() {
+            return Err(node.not_leader());
+        }
+        if !node.shared.data.read().unwrap().store.leases.contains_key(&id) {
+            return Err(ApiError::LeaseNotFound(id));
+        }
+        written(node.propose(Cmd::RevokeLease { lease_id: id }).await?)
+    })
+    .await
 }
 
 fn check_names(service: &str, instance: &str) -> Result<(), ApiError> {
@@ -121,7 +130,20 @@ pub async fn put_instance(
         return ApiError::InvalidArgument(errors.join("; ")).into_response();
     }
     let fwd = Forward::new(method, uri, headers, body.0);
-    on_leader(&node, fwd, || async { written(node.propose(Cmd::PutInstance { service, instance, spec }).await?) }).await
+    on_leader(&node, fwd, || async {
+        // Checked again, authoritatively, when the entry applies; checking here keeps a
+        // request that would fail out of the log.
+        if !node.is_leader() {
+            return Err(node.not_leader());
+        }
+        if let Some(id) = spec.lease_id {
+            if !node.shared.data.read().unwrap().store.leases.contains_key(&id) {
+                return Err(ApiError::LeaseNotFound(id));
+            }
+        }
+        written(node.propose(Cmd::PutInstance { service, instance, spec }).await?)
+    })
+    .await
 }
 
 pub async fn delete_instance(
@@ -136,7 +158,16 @@ pub async fn delete_instance(
         return e.into_response();
     }
     let fwd = Forward::new(method, uri, headers, body.0);
-    on_leader(&node, fwd, || async { written(node.propose(Cmd::DeleteInstance { service, instance }).await?) }).await
+    on_leader(&node, fwd, || async {
+        if !node.is_leader() {
+            return Err(node.not_leader());
+        }
+        if node.shared.data.read().unwrap().store.services.get(&service).and_then(|m| m.get(&instance)).is_none() {
+            return Err(ApiError::NotFound(format!("instance {instance:?} of service {service:?}")));
+        }
+        written(node.propose(Cmd::DeleteInstance { service, instance }).await?)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]

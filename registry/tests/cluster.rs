@@ -1,0 +1,380 @@
+//! In-process clusters on port 0, with faults injected at the network seam (`Faults`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::{InstanceSpec, WatchEvent};
+use registry::network::Faults;
+use registry::node::{Node, NodeConfig};
+use tokio::time::Instant;
+
+struct TestNode {
+    node: Arc<Node>,
+    url: String,
+    http: tokio::task::JoinHandle<()>,
+}
+
+struct Cluster {
+    nodes: BTreeMap<u64, TestNode>,
+    faults: Faults,
+    _dir: tempfile::TempDir,
+}
+
+fn fast(mut c: NodeConfig) -> NodeConfig {
+    c.heartbeat = Duration::from_millis(50);
+    c.election_timeout = (Duration::from_millis(300), Duration::from_millis(600));
+    c.lease_check = Duration::from_millis(50);
+    c
+}
+
+impl Cluster {
+    async fn start(n: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::default();
+        let mut listeners = BTreeMap::new();
+        for id in 1..=n {
+            listeners.insert(id, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let peers: BTreeMap<u64, String> = listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap().to_string())).collect();
+        let mut nodes = BTreeMap::new();
+        for (id, l) in listeners {
+            let cfg = fast(NodeConfig::new(id, peers[&id].clone(), dir.path().join(format!("n{id}")), peers.clone()));
+            nodes.insert(id, Self::spawn(l, cfg, faults.clone()).await);
+        }
+        let c = Cluster { nodes, faults, _dir: dir };
+        c.wait_leader(None).await;
+        c
+    }
+
+    async fn spawn(l: tokio::net::TcpListener, cfg: NodeConfig, faults: Faults) -> TestNode {
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let (node, http) = registry::server::start(l, cfg, faults).await.unwrap();
+        TestNode { node, url, http }
+    }
+
+    fn client(&self) -> client::Client {
+        client::Client::new(&self.nodes.values().map(|n| n.url.clone()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn client_for(&self, ids: &[u64]) -> client::Client {
+        client::Client::new(&ids.iter().map(|i| self.nodes[i].url.clone()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn leader_of(&self, id: u64) -> Option<u64> {
+        self.nodes[&id].node.raft_metrics().current_leader
+    }
+
+    /// Waits until every node in `among` (all if None) agrees on one leader that is one of them.
+    async fn wait_leader(&self, among: Option<&[u64]>) -> u64 {
+        let ids: Vec<u64> = among.map(|a| a.to_vec()).unwrap_or_else(|| self.nodes.keys().copied().collect());
+        wait_until(Duration::from_secs(10), "a leader agreed by all", || async {
+            let leaders: Vec<Option<u64>> = ids.iter().map(|i| self.leader_of(*i)).collect();
+            match leaders[0] {
+                Some(l) if ids.contains(&l) && leaders.iter().all(|x| *x == Some(l)) && self.nodes[&l].node.is_leader() => Some(l),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    fn applied(&self, id: u64) -> u64 {
+        self.nodes[&id].node.shared.data.read().unwrap().store.revision
+    }
+
+    async fn stop(&mut self, id: u64) -> TestNode {
+        let n = self.nodes.remove(&id).unwrap();
+        n.http.abort();
+        let _ = n.node.raft.shutdown().await;
+        n
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
+async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn spec(port: u64, lease: Option<u64>) -> InstanceSpec {
+    InstanceSpec { address: "10.0.0.5".into(), port, lease_id: lease, weight: 100, state: Default::default(), meta: Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elects_a_leader_and_replicates_writes_sent_to_any_node() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader(None).await;
+    let follower = *c.nodes.keys().find(|i| **i != leader).unwrap();
+    let via_follower = c.client_for(&[follower]);
+    let w = via_follower.put_instance("web", "a", &spec(8080, None)).await.unwrap();
+    wait_until(Duration::from_secs(5), "every node applied the write", || async {
+        c.nodes.keys().all(|i| c.applied(*i) >= w.revision).then_some(())
+    })
+    .await;
+    for id in c.nodes.keys() {
+        let s = c.client_for(&[*id]).service("web", true).await.unwrap();
+        assert_eq!(s.instances.len(), 1, "node {id} has the instance");
+    }
+    assert!(c.nodes[&follower].node.metrics.forwarded.get() >= 1, "the follower forwarded the write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_survive_delayed_and_dropped_rpcs() {
+    let c = Cluster::start(3).await;
+    c.faults.drop_one_in(4);
+    for id in c.nodes.keys() {
+        c.faults.delay_to(*id, Duration::from_millis(15));
+    }
+    let client = c.client();
+    let mut last = 0;
+    for i in 0..20 {
+        last = loop {
+            match client.put_instance("web", &format!("i{i}"), &spec(8000 + i, None)).await {
+                Ok(w) => break w.revision,
+                Err(e) if e.is_retriable() => continue,
+                Err(e) => panic!("{e}"),
+            }
+        };
+    }
+    c.faults.heal();
+    wait_until(Duration::from_secs(10), "all nodes converge", || async { c.nodes.keys().all(|i| c.applied(*i) >= last).then_some(()) }).await;
+    let counts: Vec<usize> = c.nodes.values().map(|n| n.node.shared.data.read().unwrap().store.instance_count()).collect();
+    assert_eq!(counts, vec![20, 20, 20]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_leader_is_replaced() {
+    let c = Cluster::start(3).await;
+    let old = c.wait_leader(None).await;
+    c.faults.isolate(old);
+    let rest: Vec<u64> = c.nodes.keys().copied().filter(|i| *i != old).collect();
+    let new = c.wait_leader(Some(&rest)).await;
+    assert_ne!(new, old);
+    let w = c.client_for(&rest).put_instance("web", "after", &spec(1, None)).await.unwrap();
+    c.faults.heal();
+    wait_until(Duration::from_secs(10), "the old leader catches up as a follower", || async {
+        (c.applied(old) >= w.revision && c.leader_of(old) == Some(new)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_grows_and_shrinks_at_runtime() {
+    let mut c = Cluster::start(3).await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    // No peers: the new node waits to be added.
+    let n4 = Cluster::spawn(l, fast(NodeConfig::new(4, addr.clone(), dir.path().to_path_buf(), BTreeMap::new())), c.faults.clone()).await;
+    c.nodes.insert(4, n4);
+    let client = c.client_for(&[1, 2, 3]);
+    client.add_member(4, &addr).await.unwrap();
+    let info = client.cluster().await.unwrap();
+    assert_eq!(info.members.iter().filter(|m| m.voter).count(), 4, "{info:?}");
+    let w = client.put_instance("web", "x", &spec(1, None)).await.unwrap();
+    wait_until(Duration::from_secs(5), "node 4 applies new writes", || async { (c.applied(4) >= w.revision).then_some(()) }).await;
+    client.remove_member(4).await.unwrap();
+    let info = client.cluster().await.unwrap();
+    assert!(info.members.iter().all(|m| m.id != 4), "{info:?}");
+    c.stop(4).await;
+    client.put_instance("web", "y", &spec(2, None)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_expires_after_renewals_stop() {
+    let c = Cluster::start(3).await;
+    let client = c.client();
+    let lease = client.grant(Duration::from_secs(1)).await.unwrap().lease_id;
+    client.put_instance("web", "a", &spec(80, Some(lease))).await.unwrap();
+    for _ in 0..8 {
+        client.keepalive(lease).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(client.service("web", false).await.unwrap().instances.len(), 1, "renewed lease still alive");
+    let stopped = Instant::now();
+    wait_until(Duration::from_secs(3), "the instance to go", || async {
+        client.service("web", false).await.ok().filter(|s| s.instances.is_empty()).map(|_| ())
+    })
+    .await;
+    let took = stopped.elapsed();
+    assert!(took <= Duration::from_secs(2), "expired {took:?} after the last keepalive, bound is TTL + 1s");
+    assert!(client.keepalive(lease).await.unwrap_err().is_not_found());
+}
+
+/// Renews `lease` every `every` through `client` until told to stop; counts failures.
+fn renew(client: client::Client, lease: u64, every: Duration) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<usize>) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut failures = 0;
+        loop {
+            match client.keepalive(lease).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => panic!("lease {lease} expired while being renewed"),
+                Err(_) => failures += 1,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = &mut stopped => return failures,
+            }
+        }
+    });
+    (stop, task)
+}
+
+/// Delete events in `node`'s history up to its current revision.
+async fn deletes_seen(c: &Cluster, node: u64) -> usize {
+    let client = c.client_for(&[node]);
+    let mut w = client.watch(None, Some(0)).await.unwrap();
+    let head = c.applied(node);
+    let mut deletes = 0;
+    loop {
+        let e = w.next().await.unwrap().unwrap();
+        match e {
+            WatchEvent::Compacted { .. } => panic!("history compacted"),
+            WatchEvent::Progress { revision } if revision >= head => return deletes,
+            e if e.revision() > head => return deletes,
+            WatchEvent::Delete { .. } => deletes += 1,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_lease_survives_a_forced_leader_change() {
+    let c = Cluster::start(3).await;
+    let client = c.client();
+    let lease = client.grant(Duration::from_secs(1)).await.unwrap().lease_id;
+    client.put_instance("web", "a", &spec(80, Some(lease))).await.unwrap();
+    let (stop, renewer) = renew(c.client(), lease, Duration::from_millis(200));
+    for _ in 0..2 {
+        let old = c.wait_leader(None).await;
+        c.faults.isolate(old);
+        let rest: Vec<u64> = c.nodes.keys().copied().filter(|i| *i != old).collect();
+        c.wait_leader(Some(&rest)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await; // longer than the TTL, on purpose
+        c.faults.heal();
+        c.wait_leader(None).await;
+    }
+    stop.send(()).unwrap();
+    renewer.await.unwrap();
+    let s = client.service("web", false).await.unwrap();
+    assert_eq!(s.instances.len(), 1, "a renewed lease was expired across leader changes");
+    let expiries: u64 = c.nodes.values().map(|n| n.node.metrics.lease_expiries.get()).sum();
+    assert_eq!(expiries, 0);
+    let leader = c.wait_leader(None).await;
+    assert_eq!(deletes_seen(&c, leader).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_leader_cannot_revoke_anything() {
+    let c = Cluster::start(3).await;
+    let client = c.client();
+    let lease = client.grant(Duration::from_secs(1)).await.unwrap().lease_id;
+    client.put_instance("web", "a", &spec(80, Some(lease))).await.unwrap();
+    let old = c.wait_leader(None).await;
+    let rest: Vec<u64> = c.nodes.keys().copied().filter(|i| *i != old).collect();
+    // Renewals reach only the majority side; the cut-off leader sees none and its clock runs out.
+    let (stop, renewer) = renew(c.client_for(&rest), lease, Duration::from_millis(200));
+    c.faults.isolate(old);
+    c.wait_leader(Some(&rest)).await;
+    let stale = &c.nodes[&old].node;
+    wait_until(Duration::from_secs(10), "the stale leader to try and fail to expire", || async {
+        (stale.metrics.expiry_refused.get() > 0).then_some(())
+    })
+    .await;
+    c.faults.heal();
+    wait_until(Duration::from_secs(10), "the stale leader steps down", || async { (!stale.is_leader()).then_some(()) }).await;
+    stop.send(()).unwrap();
+    renewer.await.unwrap();
+    assert_eq!(stale.metrics.lease_expiries.get(), 0);
+    assert_eq!(client.service("web", false).await.unwrap().instances.len(), 1);
+    let leader = c.wait_leader(None).await;
+    assert_eq!(deletes_seen(&c, leader).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_resumes_sees_every_event_once_in_order() {
+    let c = Cluster::start(3).await;
+    let client = Arc::new(c.client());
+    let leader = c.wait_leader(None).await;
+    let follower = *c.nodes.keys().find(|i| **i != leader).unwrap();
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut revs = Vec::new();
+            for i in 0..150u64 {
+                revs.push(client.put_instance("web", &format!("i{}", i % 40), &spec(1000 + i, None)).await.unwrap().revision);
+            }
+            revs
+        })
+    };
+    let watcher = c.client_for(&[follower]);
+    let mut seen: Vec<u64> = Vec::new();
+    let mut since = 0;
+    // Disconnect after every 20 events and resume from the last revision seen.
+    while seen.len() < 150 {
+        let mut w = watcher.watch(Some("web"), Some(since)).await.unwrap();
+        let mut got = 0;
+        while got < 20 && seen.len() < 150 {
+            match w.next().await.unwrap().expect("stream open") {
+                WatchEvent::Put { revision, .. } => {
+                    seen.push(revision);
+                    since = revision;
+                    got += 1;
+                }
+                WatchEvent::Progress { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let written = writer.await.unwrap();
+    assert_eq!(seen, written, "every write seen exactly once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_without_changing_state() {
+    let c = Cluster::start(1).await;
+    let url = &c.nodes[&1].url;
+    let http = reqwest::Client::new();
+    let before = c.applied(1);
+    let cases: Vec<(&str, String, String, u16)> = vec![
+        ("PUT", "/v1/services/web/instances/a".into(), "{not json".into(), 400),
+        ("PUT", "/v1/services/web/instances/a".into(), r#"{"address":"10.0.0.1","port":80,"colour":"red"}"#.into(), 400),
+        ("PUT", "/v1/services/web/instances/a".into(), r#"{"address":"10.0.0.1","port":0}"#.into(), 400),
+        ("PUT", "/v1/services/web/instances/a".into(), r#"{"address":"10.0.0.1","port":65536}"#.into(), 400),
+        ("PUT", "/v1/services/web/instances/a".into(), r#"{"address":"not an address","port":80}"#.into(), 400),
+        ("PUT", format!("/v1/services/{}/instances/a", "s".repeat(129)), r#"{"address":"10.0.0.1","port":80}"#.into(), 400),
+        ("PUT", "/v1/services/we%20b/instances/a".into(), r#"{"address":"10.0.0.1","port":80}"#.into(), 400),
+        ("PUT", "/v1/services/web/instances/a".into(), format!(r#"{{"address":"10.0.0.1","port":80,"meta":{{"k":"{}"}}}}"#, "x".repeat(70_000)), 413),
+        ("PUT", "/v1/services/web/instances/a".into(), r#"{"address":"10.0.0.1","port":80,"lease_id":424242}"#.into(), 404),
+        ("POST", "/v1/leases".into(), r#"{"ttl_ms":10}"#.into(), 400),
+        ("POST", "/v1/leases".into(), r#"{"ttl_ms":7200000}"#.into(), 400),
+        ("POST", "/v1/leases".into(), "".into(), 400),
+        ("POST", "/v1/leases/99999/keepalive".into(), "".into(), 404),
+        ("POST", "/v1/leases/abc/keepalive".into(), "".into(), 400),
+        ("DELETE", "/v1/services/web/instances/nope".into(), "".into(), 404),
+        ("GET", "/v1/nothing".into(), "".into(), 404),
+        ("GET", "/v1/services/web?wait=forever&index=1".into(), "".into(), 400),
+    ];
+    for (method, path, body, want) in cases {
+        let resp = http.request(method.parse().unwrap(), format!("{url}{path}")).body(body.clone()).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let err: proto::ErrorBody = resp.json().await.unwrap_or_else(|e| panic!("{method} {path}: error body is not JSON: {e}"));
+        assert_eq!(status, want, "{method} {path} {body:.60}: {err:?}");
+        assert!(!err.code.is_empty() && !err.message.is_empty());
+    }
+    // Rejected requests never reach the log: the only entries since are none.
+    assert_eq!(c.applied(1), before);
+    assert_eq!(c.nodes[&1].node.shared.data.read().unwrap().store.instance_count(), 0);
+}
