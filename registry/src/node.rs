@@ -222,6 +222,15 @@ impl Node {
         Ok(ttl.as_millis() as u64)
     }
 
+    /// Starts a just-granted lease's clock, so it shows in listings at once.
+    pub fn start_clock(&self, lease_id: u64, ttl_ms: u64) {
+        let mut k = self.keeper.lock().unwrap();
+        self.align_keeper(&mut k);
+        if k.term().is_some() {
+            k.keepalive(lease_id, ttl_ms, Instant::now());
+        }
+    }
+
     /// Makes the keeper match the current leadership: new term, new clocks.
     fn align_keeper(&self, k: &mut LeaseKeeper) {
         let m = self.raft.metrics();

@@ -1,1 +1,195 @@
-//! Harness for end-to-end tests: starts real processes, waits on conditions.
+//! Harness for end-to-end tests: starts the real binaries as processes on free loopback ports,
+//! waits on conditions with deadlines, and prints every process's log when a test fails.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Path of a workspace binary (`registry`, `announcer`, `syncer`), built by `cargo build`.
+/// `E2E_BIN_DIR` overrides the directory.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("E2E_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        target.join(if cfg!(debug_assertions) { "debug" } else { "release" })
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first (or set E2E_BIN_DIR)", path.display());
+    path
+}
+
+/// A loopback port that was free a moment ago. The OS picks it (port 0), so tests never
+/// hard-code ports; a process started right after binds it.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns `Some`, panicking with `what` after `limit`.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A child process whose output goes to a log file; killed when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, program: &Path, args: &[String], log_dir: &Path) -> Proc {
+        let mut p = Proc { name: name.to_string(), child: None, log: log_dir.join(format!("{name}.log")), program: program.to_path_buf(), args: args.to_vec() };
+        p.start();
+        p
+    }
+
+    /// Starts (again) with the same arguments, appending to the same log.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env("RUST_LOG", std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.program.display()));
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("----- last lines of {} ({}) -----", self.name, self.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        self.kill();
+    }
+}
+
+/// A registry cluster of real `registry serve` processes.
+pub struct RegistryCluster {
+    pub nodes: Vec<Proc>,
+    pub addrs: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl RegistryCluster {
+    /// Starts `n` nodes with default timings and waits until they agree on a leader.
+    pub async fn start(n: usize) -> RegistryCluster {
+        Self::start_with(n, &[]).await
+    }
+
+    pub async fn start_with(n: usize, extra: &[&str]) -> RegistryCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+        let bin = binary("registry");
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let mut args: Vec<String> = vec![
+                    "serve".into(),
+                    "--id".into(),
+                    (i + 1).to_string(),
+                    "--listen".into(),
+                    a.clone(),
+                    "--data-dir".into(),
+                    dir.path().join(format!("data{}", i + 1)).display().to_string(),
+                    "--peers".into(),
+                    peers.clone(),
+                ];
+                args.extend(extra.iter().map(|s| s.to_string()));
+                Proc::spawn(&format!("registry-{}", i + 1), &bin, &args, dir.path())
+            })
+            .collect();
+        let c = RegistryCluster { nodes, addrs, dir };
+        c.wait_leader(Duration::from_secs(15)).await;
+        c
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.addrs.iter().map(|a| format!("http://{a}")).collect()
+    }
+
+    pub fn client(&self) -> client::Client {
+        client::Client::new(&self.urls()).unwrap()
+    }
+
+    /// Waits until a reachable node names a leader that itself says it leads; returns its
+    /// index in `nodes`.
+    pub async fn wait_leader(&self, limit: Duration) -> usize {
+        let c = self.client();
+        wait_for(limit, "a leader", || async {
+            for a in &self.addrs {
+                if let Ok(info) = c.cluster_at(a).await {
+                    if info.role == proto::NodeRole::Leader {
+                        return self.addrs.iter().position(|x| x == a);
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+}
+
+/// Runs the `registry` CLI and returns (exit code, stdout, stderr).
+pub fn registry_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary("registry")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -68,7 +68,10 @@ pub async fn grant_lease(State(node): Node_, method: Method, uri: Uri, headers: 
             return Err(node.not_leader());
         }
         match node.propose(Cmd::GrantLease { ttl_ms: req.ttl_ms }).await? {
-            Resp::Granted { lease_id, ttl_ms, revision } => Ok(Json(LeaseGrant { lease_id, ttl_ms, revision })),
+            Resp::Granted { lease_id, ttl_ms, revision } => {
+                node.start_clock(lease_id, ttl_ms);
+                Ok(Json(LeaseGrant { lease_id, ttl_ms, revision }))
+            }
             other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
         }
     })

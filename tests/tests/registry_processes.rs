@@ -1,0 +1,169 @@
+//! Real `registry serve` processes on loopback: leader loss, lease expiry, restart and catch-up.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::{registry_cli, wait_for, RegistryCluster};
+use proto::InstanceSpec;
+use tokio::time::Instant;
+
+fn spec(port: u64, lease: u64) -> InstanceSpec {
+    InstanceSpec { address: "127.0.0.1".into(), port, lease_id: Some(lease), weight: 100, state: Default::default(), meta: Default::default() }
+}
+
+/// Retries retriable errors (no leader yet, node down) until `limit`.
+async fn retry<T, F, Fut>(limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, client::Error>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if e.is_retriable() && Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("gave up after {limit:?}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_keeps_renewed_instances_and_the_node_rejoins() {
+    let mut cluster = RegistryCluster::start(3).await;
+    let client = Arc::new(cluster.client());
+    let ttl = Duration::from_secs(3);
+
+    // 100 instances, each under its own lease.
+    let mut leases = Vec::new();
+    for i in 0..100u64 {
+        let lease = retry(Duration::from_secs(5), || client.grant(ttl)).await.lease_id;
+        let (name, sp) = (format!("127.0.0.1:{}", 20000 + i), spec(20000 + i, lease));
+        retry(Duration::from_secs(5), || client.put_instance("web-servers", &name, &sp)).await;
+        leases.push(lease);
+    }
+
+    // Renew every lease at TTL/3, the way the announcer will.
+    let renewing = Arc::new(AtomicBool::new(true));
+    let lost = Arc::new(AtomicUsize::new(0));
+    let renewer = {
+        let (client, renewing, lost, leases) = (client.clone(), renewing.clone(), lost.clone(), leases.clone());
+        tokio::spawn(async move {
+            while renewing.load(Ordering::SeqCst) {
+                let round = Instant::now();
+                for l in &leases {
+                    match client.keepalive(*l).await {
+                        Err(e) if e.is_not_found() => {
+                            lost.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => {}
+                    }
+                }
+                tokio::time::sleep_until(round + ttl / 3).await;
+            }
+        })
+    };
+
+    // SIGKILL the leader; writes must succeed again within 2 s.
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    cluster.nodes[leader].kill();
+    let killed = Instant::now();
+    let probe = InstanceSpec { lease_id: None, ..spec(1, 0) };
+    let w = retry(Duration::from_secs(10), || client.put_instance("probe", "after-kill", &probe)).await;
+    let recovered = killed.elapsed();
+    assert!(recovered <= Duration::from_secs(2), "writes came back {recovered:?} after the leader died (bound 2 s)");
+    eprintln!("writes succeeded again {recovered:?} after SIGKILL of the leader (revision {})", w.revision);
+
+    // Keep renewing through a few more TTLs: nothing may be lost.
+    tokio::time::sleep(ttl * 2).await;
+    let s = retry(Duration::from_secs(5), || client.service("web-servers", false)).await;
+    assert_eq!(s.instances.len(), 100, "instances lost across the leader change");
+    assert_eq!(lost.load(Ordering::SeqCst), 0, "a keepalive found its lease expired");
+
+    // Stop renewing: all gone within TTL + 1 s of the last keepalive round.
+    renewing.store(false, Ordering::SeqCst);
+    renewer.await.unwrap();
+    let stopped = Instant::now();
+    wait_for(ttl + Duration::from_secs(3), "all instances to expire", || async {
+        client.service("web-servers", false).await.ok().filter(|s| s.instances.is_empty()).map(|_| ())
+    })
+    .await;
+    let gone = stopped.elapsed();
+    assert!(gone <= ttl + Duration::from_secs(1), "instances gone {gone:?} after renewals stopped (bound TTL + 1 s)");
+    eprintln!("all 100 instances gone {gone:?} after renewals stopped (TTL {ttl:?})");
+
+    // Restart the killed node: it catches up and status shows three healthy members.
+    cluster.nodes[leader].start();
+    let urls = cluster.urls();
+    let target = retry(Duration::from_secs(5), || client.cluster()).await.applied_index;
+    wait_for(Duration::from_secs(15), "the restarted node to catch up", || async {
+        client.cluster_at(&urls[leader]).await.ok().filter(|c| c.applied_index >= target).map(|_| ())
+    })
+    .await;
+    let (code, out, err) = registry_cli(&["status", "--registry", &urls.join(","), "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{out}");
+    assert!(members.iter().all(|m| m["reachable"] == true), "{out}");
+    let roles: BTreeMap<String, usize> = members.iter().fold(BTreeMap::new(), |mut acc, m| {
+        *acc.entry(m["role"].as_str().unwrap().to_string()).or_default() += 1;
+        acc
+    });
+    assert_eq!(roles.get("leader"), Some(&1), "{out}");
+    assert_eq!(roles.get("follower"), Some(&2), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_single_node_keeps_every_acknowledged_write() {
+    let mut cluster = RegistryCluster::start(1).await;
+    let client = cluster.client();
+    let mut acked = Vec::new();
+    for i in 0..50u64 {
+        let spec = InstanceSpec { lease_id: None, ..spec(30000 + i, 0) };
+        acked.push(client.put_instance("api-servers", &format!("i{i}"), &spec).await.unwrap().revision);
+    }
+    cluster.nodes[0].kill();
+    cluster.nodes[0].start();
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    let s = retry(Duration::from_secs(10), || client.service("api-servers", false)).await;
+    assert_eq!(s.instances.len(), 50, "acknowledged writes lost across SIGKILL");
+    assert!(s.revision >= *acked.last().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_shows_lease_timings_and_json() {
+    let cluster = RegistryCluster::start(3).await;
+    let client = cluster.client();
+    let lease = retry(Duration::from_secs(5), || client.grant(Duration::from_secs(30))).await.lease_id;
+    let sp = spec(8081, lease);
+    retry(Duration::from_secs(5), || client.put_instance("web-servers", "127.0.0.1:8081", &sp)).await;
+    let urls = cluster.urls().join(",");
+    let (code, out, err) = registry_cli(&["ls", "--registry", &urls]);
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().find(|l| l.starts_with("web-servers")).unwrap_or_else(|| panic!("no row in {out}"));
+    assert!(row.contains("127.0.0.1:8081") && row.contains("up") && row.contains(&lease.to_string()), "{row}");
+    assert!(row.contains("s ago"), "last renewal missing: {row}");
+    let (code, out, _) = registry_cli(&["ls", "--registry", &urls, "--output", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["lease"]["lease_id"], lease);
+    assert!(v[0]["lease"]["remaining_ms"].as_u64().unwrap() > 20_000);
+}
+
+#[test]
+fn bad_serve_config_names_every_field_and_exits_2() {
+    let (code, _, err) = registry_cli(&["serve", "--peers", "1=nohost,x=127.0.0.1:1", "--heartbeat", "2s"]);
+    assert_eq!(code, 2, "{err}");
+    for field in ["id:", "listen:", "data-dir:", "peers:", "heartbeat:"] {
+        assert!(err.contains(field), "{field} not named in: {err}");
+    }
+}
+
+#[test]
+fn client_commands_without_a_registry_explain_what_is_missing() {
+    let out = std::process::Command::new(e2e::binary("registry")).args(["ls"]).env_remove("REGISTRY_ADDR").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--registry"));
+}
