@@ -38,6 +38,11 @@ pub struct NodeConfig {
     pub history: usize,
     /// Take a snapshot after this many log entries.
     pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so a slightly lagging follower catches up from the
+    /// log instead of a whole snapshot.
+    pub keep_after_snapshot: u64,
+    /// Size at which the log starts a new segment file; compaction deletes whole segments.
+    pub segment_bytes: u64,
     /// How often the leader looks for expired leases.
     pub lease_check: Duration,
     /// How long a write may wait for commit before the client is told to retry.
@@ -58,6 +63,8 @@ impl NodeConfig {
             max_ttl: Duration::from_secs(3600),
             history: 100_000,
             snapshot_every: 10_000,
+            keep_after_snapshot: 1000,
+            segment_bytes: crate::storage::log_store::DEFAULT_SEGMENT_LIMIT,
             lease_check: Duration::from_millis(100),
             write_timeout: Duration::from_secs(5),
         }
@@ -89,6 +96,7 @@ impl Node {
     /// directory is new and this node is one of them, and starts the background tasks.
     pub async fn start(config: NodeConfig, faults: Faults) -> Result<Arc<Node>, StartError> {
         let mut log = LogStore::open(&config.data_dir.join("raft")).map_err(|e| StartError::Storage(e.to_string()))?;
+        log.segment_limit = config.segment_bytes;
         let sm = StateMachine::open(&config.data_dir.join("state"), config.history).map_err(|e| StartError::Storage(e.to_string()))?;
         let fresh = log.get_log_state().await.map_err(|e| StartError::Storage(e.to_string()))?.last_log_id.is_none()
             && log.read_vote().await.map_err(|e| StartError::Storage(e.to_string()))?.is_none();
@@ -99,7 +107,7 @@ impl Node {
             election_timeout_min: config.election_timeout.0.as_millis() as u64,
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: config.keep_after_snapshot,
             ..Default::default()
         }
         .validate()

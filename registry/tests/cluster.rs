@@ -31,6 +31,10 @@ fn fast(mut c: NodeConfig) -> NodeConfig {
 
 impl Cluster {
     async fn start(n: u64) -> Cluster {
+        Self::start_with(n, |_| {}).await
+    }
+
+    async fn start_with(n: u64, tweak: fn(&mut NodeConfig)) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let faults = Faults::default();
         let mut listeners = BTreeMap::new();
@@ -40,7 +44,8 @@ impl Cluster {
         let peers: BTreeMap<u64, String> = listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap().to_string())).collect();
         let mut nodes = BTreeMap::new();
         for (id, l) in listeners {
-            let cfg = fast(NodeConfig::new(id, peers[&id].clone(), dir.path().join(format!("n{id}")), peers.clone()));
+            let mut cfg = fast(NodeConfig::new(id, peers[&id].clone(), dir.path().join(format!("n{id}")), peers.clone()));
+            tweak(&mut cfg);
             nodes.insert(id, Self::spawn(l, cfg, faults.clone()).await);
         }
         let c = Cluster { nodes, faults, _dir: dir };
@@ -377,4 +382,56 @@ async fn bad_input_is_rejected_without_changing_state() {
     // Rejected requests never reach the log: the only entries since are none.
     assert_eq!(c.applied(1), before);
     assert_eq!(c.nodes[&1].node.shared.data.read().unwrap().store.instance_count(), 0);
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_bound_the_log_and_bring_a_new_member_up() {
+    fn small(c: &mut NodeConfig) {
+        c.snapshot_every = 100;
+        c.keep_after_snapshot = 10;
+        c.history = 50;
+        c.segment_bytes = 16 * 1024;
+    }
+    let mut c = Cluster::start_with(3, small).await;
+    let client = c.client();
+    let mut last = 0;
+    // Rewrite the same 20 instances many times: the data stays small, the log would not.
+    for i in 0..600u64 {
+        last = client.put_instance("web", &format!("i{}", i % 20), &spec(1000 + i, None)).await.unwrap().revision;
+    }
+    wait_until(Duration::from_secs(10), "every node snapshotted and purged its log", || async {
+        c.nodes.values().all(|n| {
+            let m = n.node.raft_metrics();
+            m.snapshot.map(|s| s.index).unwrap_or(0) >= 400 && m.purged.map(|p| p.index).unwrap_or(0) >= 300
+        })
+        .then_some(())
+    })
+    .await;
+    let wal = c._dir.path().join("n1/raft/log");
+    let size = dir_size(&wal);
+    // 600 entries are ~135 KB; the compacted log keeps what followed the last snapshot plus
+    // at most one partly purged segment.
+    assert!(size < 80_000, "log directory holds {size} bytes after compaction");
+
+    // A new member far behind the purged log catches up from a snapshot.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = fast(NodeConfig::new(4, addr.clone(), dir.path().to_path_buf(), BTreeMap::new()));
+    small(&mut cfg);
+    c.nodes.insert(4, Cluster::spawn(l, cfg, c.faults.clone()).await);
+    client.add_member(4, &addr).await.unwrap();
+    wait_until(Duration::from_secs(10), "node 4 caught up", || async { (c.applied(4) >= last).then_some(()) }).await;
+    assert_eq!(c.nodes[&4].node.shared.data.read().unwrap().store.instance_count(), 20);
+    // Its watch history starts at the snapshot: resuming from before it says `compacted`.
+    let mut w = c.client_for(&[4]).watch(None, Some(1)).await.unwrap();
+    match w.next().await.unwrap().unwrap() {
+        WatchEvent::Compacted { compact_revision, .. } => assert!(compact_revision > 1),
+        other => panic!("expected compacted, got {other:?}"),
+    }
+    c.stop(4).await;
 }
