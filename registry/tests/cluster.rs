@@ -435,3 +435,67 @@ async fn snapshots_bound_the_log_and_bring_a_new_member_up() {
     }
     c.stop(4).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_query_returns_when_the_service_changes() {
+    let c = Cluster::start(3).await;
+    let client = Arc::new(c.client());
+    let first = client.put_instance("web", "a", &spec(1, None)).await.unwrap();
+    let index = client.service("web", false).await.unwrap().index;
+    assert_eq!(index, first.revision);
+    // Nothing changes: the query waits out its `wait`.
+    let t = Instant::now();
+    let s = client.service_after("web", index, Duration::from_millis(300)).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300) && s.index == index);
+    // A change to another service does not wake it; a change to this one does.
+    let waiter = {
+        let client = client.clone();
+        tokio::spawn(async move { client.service_after("web", index, Duration::from_secs(20)).await.unwrap() })
+    };
+    client.put_instance("api", "x", &spec(2, None)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "woke up for another service");
+    let second = client.put_instance("web", "b", &spec(3, None)).await.unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("blocking query did not return").unwrap();
+    assert_eq!(s.index, second.revision);
+    assert_eq!(s.instances.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let c = Cluster::start(3).await;
+    let client = c.client();
+    let lease = client.grant(Duration::from_secs(5)).await.unwrap().lease_id;
+    client.keepalive(lease).await.unwrap();
+    let leader = c.wait_leader(None).await;
+    let http = reqwest::Client::new();
+    for (id, n) in &c.nodes {
+        assert_eq!(http.get(format!("{}/healthz", n.url)).send().await.unwrap().status(), 200);
+        assert_eq!(http.get(format!("{}/readyz", n.url)).send().await.unwrap().status(), 200, "node {id}");
+        let text = http.get(format!("{}/metrics", n.url)).send().await.unwrap().text().await.unwrap();
+        for name in [
+            "registry_leader_changes_total",
+            "registry_applied_entries_total",
+            "registry_applied_index",
+            "registry_leases_live 1",
+            "registry_keepalives_total",
+            "registry_lease_expiries_total",
+            "registry_watch_clients",
+            "registry_term",
+        ] {
+            assert!(text.contains(name), "node {id} lacks {name}:\n{text}");
+        }
+        if *id == leader {
+            assert!(text.contains("registry_is_leader 1"), "{text}");
+            assert!(!text.contains("registry_keepalives_total 0\n"), "{text}");
+        }
+    }
+    // A node that is not in any cluster is alive but not ready.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lone = Cluster::spawn(l, fast(NodeConfig::new(9, "127.0.0.1:1".into(), dir.path().to_path_buf(), BTreeMap::new())), Faults::default()).await;
+    assert_eq!(http.get(format!("{}/healthz", lone.url)).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(format!("{}/readyz", lone.url)).send().await.unwrap().status(), 503);
+    lone.http.abort();
+    let _ = lone.node.raft.shutdown().await;
+}

@@ -167,3 +167,46 @@ fn client_commands_without_a_registry_explain_what_is_missing() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--registry"));
 }
+
+fn wal_segment(cluster: &RegistryCluster) -> std::path::PathBuf {
+    let dir = cluster.dir.path().join("data1/raft/log");
+    let mut segs: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "wal")).collect();
+    segs.sort();
+    segs.pop().unwrap_or_else(|| panic!("no WAL segment in {}", dir.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_dropped_and_corruption_stops_the_node_naming_the_file() {
+    let mut cluster = RegistryCluster::start(1).await;
+    let client = cluster.client();
+    for i in 0..20u64 {
+        let spec = InstanceSpec { lease_id: None, ..spec(31000 + i, 0) };
+        client.put_instance("api-servers", &format!("i{i}"), &spec).await.unwrap();
+    }
+    cluster.nodes[0].kill();
+    let seg = wal_segment(&cluster);
+
+    // A torn write: half a frame at the end. The node drops it and keeps every whole entry.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.extend_from_slice(&[0x5f, 0xa7, 0x57, 0xfe, 200, 0, 0, 0, 1, 2, 3, 4, b'{', b'"']);
+    std::fs::write(&seg, &bytes).unwrap();
+    cluster.nodes[0].start();
+    cluster.wait_leader(Duration::from_secs(10)).await;
+    let s = retry(Duration::from_secs(10), || client.service("api-servers", false)).await;
+    assert_eq!(s.instances.len(), 20);
+    assert!(cluster.nodes[0].log_text().contains("torn"), "the truncation is logged");
+    cluster.nodes[0].kill();
+
+    // A flipped bit early in the segment, with good entries after it, is corruption.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[40] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    cluster.nodes[0].start();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.nodes[0].is_running() {
+        assert!(Instant::now() < deadline, "a node with a corrupt log kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = cluster.nodes[0].log_text();
+    assert!(log.contains(&seg.display().to_string()) && log.contains("corrupt"), "error does not name the file:\n{log}");
+}

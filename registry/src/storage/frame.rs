@@ -56,7 +56,11 @@ impl FileError {
     }
 
     /// Wraps this error for openraft, which stops the node on any storage error.
-    pub fn into_storage_error(self, subject: ErrorSubject<u64>, verb: ErrorVerb) -> openraft::StorageError<u64> {
+    pub fn into_storage_error(
+        self,
+        subject: ErrorSubject<u64>,
+        verb: ErrorVerb,
+    ) -> openraft::StorageError<u64> {
         StorageIOError::new(subject, verb, AnyError::new(&self)).into()
     }
 
@@ -108,7 +112,11 @@ pub fn decode_frame(buf: &[u8], offset: usize) -> Result<Option<(&[u8], usize)>,
         // for a write that was merely cut short.
         let magic = MAGIC.to_le_bytes();
         let n = rest.len().min(4);
-        return Err(if rest[..n] == magic[..n] { FrameError::Truncated } else { FrameError::BadMagic });
+        return Err(if rest[..n] == magic[..n] {
+            FrameError::Truncated
+        } else {
+            FrameError::BadMagic
+        });
     }
     if read_u32(rest, 0) != MAGIC {
         return Err(FrameError::BadMagic);
@@ -191,7 +199,9 @@ pub fn read_framed(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
     };
     match decode_frame(&data, 0) {
         Ok(Some((payload, end))) if end == data.len() => Ok(Some(payload.to_vec())),
-        Ok(Some((_, end))) => Err(FileError::corrupt(path, end as u64, "unexpected bytes after the frame")),
+        Ok(Some((_, end))) => {
+            Err(FileError::corrupt(path, end as u64, "unexpected bytes after the frame"))
+        }
         Ok(None) => Err(FileError::corrupt(path, 0, "file is empty")),
         Err(kind) => Err(FileError::corrupt(path, 0, kind.to_string())),
     }
