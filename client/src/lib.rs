@@ -52,13 +52,14 @@ pub struct Client {
 
 /// Normalises `HOST:PORT` or `http://HOST:PORT/` to `http://HOST:PORT`.
 pub fn normalize_url(raw: &str) -> Result<String, Error> {
-    let raw = raw.trim().trim_end_matches('/');
-    if raw.is_empty() {
-        return Err(Error::BadUrl(raw.to_string()));
-    }
+    let raw = raw.trim();
+    let bad = || Error::BadUrl(raw.to_string());
     let url = if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") };
-    reqwest::Url::parse(&url).map_err(|_| Error::BadUrl(raw.to_string()))?;
-    Ok(url)
+    let parsed = reqwest::Url::parse(&url).map_err(|_| bad())?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad());
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 impl Client {
@@ -87,11 +88,14 @@ impl Client {
         &self.urls
     }
 
-    /// The nodes to try, the known leader first.
-    fn order(&self) -> Vec<String> {
+    /// The nodes to try: the known leader first, unless the read is stale (then the nodes in
+    /// the order given, so a stale read stays on the node the caller named first).
+    fn order(&self, leader_first: bool) -> Vec<String> {
         let mut out = Vec::with_capacity(self.urls.len() + 1);
-        if let Some(l) = self.leader.lock().unwrap().clone() {
-            out.push(l);
+        if leader_first {
+            if let Some(l) = self.leader.lock().unwrap().clone() {
+                out.push(l);
+            }
         }
         for u in &self.urls {
             if !out.contains(u) {
@@ -103,7 +107,7 @@ impl Client {
 
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&(impl Serialize + ?Sized)>, timeout: Option<Duration>) -> Result<T, Error> {
         let mut last = String::from("no node tried");
-        for base in self.order() {
+        for base in self.order(!path.contains("stale=true")) {
             let mut req = self.http.request(method.clone(), format!("{base}{path}"));
             if let Some(b) = body {
                 req = req.json(b);
@@ -223,7 +227,7 @@ impl Client {
         }
         let path = format!("/v1/watch?{}", query.join("&"));
         let mut last = String::new();
-        for base in self.urls.iter().cloned() {
+        for base in self.order(false) {
             // No overall timeout: the stream is long-lived; `Watch::next` bounds each read.
             let client = reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).build().map_err(|e| Error::Unavailable(e.to_string()))?;
             match client.get(format!("{base}{path}")).send().await {
@@ -265,5 +269,19 @@ impl Watch {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalized_or_rejected() {
+        assert_eq!(normalize_url("127.0.0.1:7401").unwrap(), "http://127.0.0.1:7401");
+        assert_eq!(normalize_url(" http://node-1:7401/ ").unwrap(), "http://node-1:7401");
+        for bad in ["", "http://", "ftp://x:1", "http:// :1"] {
+            assert!(normalize_url(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -117,6 +117,9 @@ pub struct ServiceInstances {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceList {
     pub revision: Revision,
+    /// Revision of the last change to any service (the value for `?index=`).
+    #[serde(default)]
+    pub index: Revision,
     pub services: Vec<ServiceSummary>,
 }
 

@@ -13,7 +13,8 @@ pub enum WatchEvent {
     Put { revision: Revision, instance: Instance },
     /// An instance was removed.
     Delete { revision: Revision, service: String, instance: String },
-    /// `since` is older than the retained history: re-list, then watch from `revision`.
+    /// `since` is older than the retained history; the stream ends. Re-list, then watch from the
+    /// `revision` of the re-list answer. `revision` here is the answering node's latest.
     Compacted { revision: Revision, compact_revision: Revision },
     /// Nothing happened up to `revision`; sent periodically so a client can tell a quiet
     /// stream from a dead one and can advance its resume point.

@@ -144,14 +144,24 @@ async fn main() -> ExitCode {
                     Ok(c) => c,
                     Err(code) => return code,
                 };
-                run_client(async { c.add_member(id, &addr).await.map(|r| format!("node {id} added as a voter at revision {}\n", r.revision)) }).await
+                let json = args.output == Output::Json;
+                run_client(async {
+                    let r = c.add_member(id, &addr).await?;
+                    Ok(if json { serde_json::to_string(&r).unwrap() + "\n" } else { format!("node {id} added as a voter at revision {}\n", r.revision) })
+                })
+                .await
             }
             MembersAction::Remove { client: args, id } => {
                 let c = match client(&args) {
                     Ok(c) => c,
                     Err(code) => return code,
                 };
-                run_client(async { c.remove_member(id).await.map(|r| format!("node {id} removed at revision {}\n", r.revision)) }).await
+                let json = args.output == Output::Json;
+                run_client(async {
+                    let r = c.remove_member(id).await?;
+                    Ok(if json { serde_json::to_string(&r).unwrap() + "\n" } else { format!("node {id} removed at revision {}\n", r.revision) })
+                })
+                .await
             }
         },
     }

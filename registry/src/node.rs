@@ -167,14 +167,26 @@ impl Node {
     /// timeout, so a leader cut off from its peers stops taking keepalives that the real leader
     /// would never see.
     pub fn check_fresh_leader(&self) -> Result<(), ApiError> {
-        let m = self.raft_metrics();
-        if m.state != ServerState::Leader {
+        let (leader, since_ack) = {
+            let rx = self.raft.metrics();
+            let m = rx.borrow();
+            (m.state == ServerState::Leader, m.millis_since_quorum_ack)
+        };
+        if !leader {
             return Err(self.not_leader());
         }
         let limit = self.config.election_timeout.0.as_millis() as u64;
-        match m.millis_since_quorum_ack {
+        match since_ack {
             Some(ms) if ms <= limit => Ok(()),
             _ => Err(ApiError::NoLeader),
+        }
+    }
+
+    pub fn require_leader(&self) -> Result<(), ApiError> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(self.not_leader())
         }
     }
 
@@ -202,9 +214,7 @@ impl Node {
     /// Waits until this node, as leader, has confirmed leadership with a quorum and applied
     /// everything committed before the call: a read after this is linearizable.
     pub async fn linearize(&self) -> Result<(), ApiError> {
-        if !self.is_leader() {
-            return Err(self.not_leader());
-        }
+        self.require_leader()?;
         match tokio::time::timeout(self.config.write_timeout, self.raft.ensure_linearizable()).await {
             Err(_) => Err(ApiError::Unavailable("timed out confirming leadership".into())),
             Ok(Ok(_)) => Ok(()),

@@ -25,9 +25,25 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
     tracing::info!(id = serve.node.id, listen = %serve.listen, advertise = %serve.node.advertise, data_dir = %serve.node.data_dir.display(), "starting registry node");
     let (node, http) = start(listener, serve.node, Faults::default()).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut metrics = node.raft.metrics();
+    // A storage error stops Raft for good; exit rather than linger half alive.
+    let fatal = async move {
+        loop {
+            if let Err(e) = &metrics.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft stopped".to_string();
+            }
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        e = fatal => {
+            http.abort();
+            anyhow::bail!("raft stopped: {e}");
+        }
     }
     tracing::info!("shutting down");
     http.abort();

@@ -142,6 +142,11 @@ impl Store {
         self.service_index.get(service).copied().unwrap_or(0)
     }
 
+    /// Revision of the last change to any service.
+    pub fn last_change(&self) -> Revision {
+        self.service_index.values().copied().max().unwrap_or(0)
+    }
+
     pub fn instance_count(&self) -> usize {
         self.services.values().map(|m| m.len()).sum()
     }

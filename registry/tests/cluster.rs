@@ -1,13 +1,13 @@
 //! In-process clusters on port 0, with faults injected at the network seam (`Faults`).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{InstanceSpec, WatchEvent};
 use registry::network::Faults;
 use registry::node::{Node, NodeConfig};
+use e2e::wait_for as wait_until;
 use tokio::time::Instant;
 
 struct TestNode {
@@ -93,22 +93,6 @@ impl Cluster {
         n.http.abort();
         let _ = n.node.raft.shutdown().await;
         n
-    }
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
-async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -371,6 +355,8 @@ async fn bad_input_is_rejected_without_changing_state() {
         ("DELETE", "/v1/services/web/instances/nope".into(), "".into(), 404),
         ("GET", "/v1/nothing".into(), "".into(), 404),
         ("GET", "/v1/services/web?wait=forever&index=1".into(), "".into(), 400),
+        ("GET", "/v1/services?colour=red".into(), "".into(), 400),
+        ("PATCH", "/v1/leases".into(), "".into(), 405),
     ];
     for (method, path, body, want) in cases {
         let resp = http.request(method.parse().unwrap(), format!("{url}{path}")).body(body.clone()).send().await.unwrap();
@@ -498,4 +484,48 @@ async fn health_readiness_and_metrics() {
     assert_eq!(http.get(format!("{}/readyz", lone.url)).send().await.unwrap().status(), 503);
     lone.http.abort();
     let _ = lone.node.raft.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_watch_gets_progress_while_other_services_change() {
+    let c = Cluster::start(1).await;
+    let client = Arc::new(c.client());
+    let busy = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for i in 0..40u64 {
+                client.put_instance("busy", "x", &spec(1 + i, None)).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    let mut w = client.watch(Some("quiet"), None).await.unwrap();
+    let t = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(4), w.next()).await {
+        Ok(Ok(Some(WatchEvent::Progress { revision }))) => assert!(revision > 0),
+        other => panic!("no progress on a quiet service within 4 s ({:?}): {other:?}", t.elapsed()),
+    }
+    busy.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_list_blocks_until_any_service_changes() {
+    let c = Cluster::start(1).await;
+    let client = Arc::new(c.client());
+    client.put_instance("web", "a", &spec(1, None)).await.unwrap();
+    let list = client.services(false).await.unwrap();
+    let waiter = {
+        let client = client.clone();
+        let path_index = list.index;
+        tokio::spawn(async move {
+            let url = format!("{}/v1/services?index={path_index}&wait=20s", client.urls()[0]);
+            reqwest::get(url).await.unwrap().json::<proto::ServiceList>().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished());
+    let w = client.put_instance("api", "b", &spec(2, None)).await.unwrap();
+    let after = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("did not wake").unwrap();
+    assert_eq!(after.index, w.revision);
+    assert_eq!(after.services.len(), 2);
 }

@@ -64,9 +64,7 @@ pub async fn grant_lease(State(node): Node_, method: Method, uri: Uri, headers: 
     }
     let fwd = Forward::new(method, uri, headers, body.0);
     on_leader(&node, fwd, || async {
-        if !node.is_leader() {
-            return Err(node.not_leader());
-        }
+        node.require_leader()?;
         match node.propose(Cmd::GrantLease { ttl_ms: req.ttl_ms }).await? {
             Resp::Granted { lease_id, ttl_ms, revision } => {
                 node.start_clock(lease_id, ttl_ms);
@@ -94,9 +92,7 @@ pub async fn revoke_lease(State(node): Node_, Path(id): Path<String>, method: Me
     };
     let fwd = Forward::new(method, uri, headers, body.0);
     on_leader(&node, fwd, || async {
-        if !node.is_leader() {
-            return Err(node.not_leader());
-        }
+        node.require_leader()?;
         if !node.shared.data.read().unwrap().store.leases.contains_key(&id) {
             return Err(ApiError::LeaseNotFound(id));
         }
@@ -136,9 +132,7 @@ pub async fn put_instance(
     on_leader(&node, fwd, || async {
         // Checked again, authoritatively, when the entry applies; checking here keeps a
         // request that would fail out of the log.
-        if !node.is_leader() {
-            return Err(node.not_leader());
-        }
+        node.require_leader()?;
         if let Some(id) = spec.lease_id {
             if !node.shared.data.read().unwrap().store.leases.contains_key(&id) {
                 return Err(ApiError::LeaseNotFound(id));
@@ -162,9 +156,7 @@ pub async fn delete_instance(
     }
     let fwd = Forward::new(method, uri, headers, body.0);
     on_leader(&node, fwd, || async {
-        if !node.is_leader() {
-            return Err(node.not_leader());
-        }
+        node.require_leader()?;
         if node.shared.data.read().unwrap().store.services.get(&service).and_then(|m| m.get(&instance)).is_none() {
             return Err(ApiError::NotFound(format!("instance {instance:?} of service {service:?}")));
         }
@@ -194,10 +186,17 @@ pub async fn list_services(State(node): Node_, method: Method, uri: Uri, headers
         Ok(q) => q,
         Err(e) => return e.into_response(),
     };
+    let wait = match wait_of(&q) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
     let fwd = Forward::new(method, uri, headers, Default::default());
     on_leader(&node, fwd, || async {
         if !q.stale {
             node.linearize().await?;
+        }
+        if let Some(index) = q.index {
+            wait_for_change(&node, |s| s.last_change(), index, wait).await;
         }
         let d = node.shared.data.read().unwrap();
         let services = d
@@ -206,9 +205,16 @@ pub async fn list_services(State(node): Node_, method: Method, uri: Uri, headers
             .iter()
             .map(|(name, m)| ServiceSummary { service: name.clone(), instances: m.len(), index: d.store.index_of(name) })
             .collect();
-        Ok(Json(ServiceList { revision: d.store.revision, services }))
+        Ok(Json(ServiceList { revision: d.store.revision, index: d.store.last_change(), services }))
     })
     .await
+}
+
+fn wait_of(q: &ReadQuery) -> Result<Duration, ApiError> {
+    match q.wait.as_deref().map(humantime::parse_duration).transpose() {
+        Ok(w) => Ok(w.unwrap_or(Duration::from_secs(60)).min(MAX_WAIT)),
+        Err(e) => Err(ApiError::InvalidArgument(format!("bad wait: {e}"))),
+    }
 }
 
 pub async fn get_service(State(node): Node_, Path(service): Path<String>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
@@ -219,9 +225,9 @@ pub async fn get_service(State(node): Node_, Path(service): Path<String>, method
     if let Err(e) = proto::validate::service_name(&service) {
         return ApiError::InvalidArgument(e).into_response();
     }
-    let wait = match q.wait.as_deref().map(humantime::parse_duration).transpose() {
-        Ok(w) => w.unwrap_or(Duration::from_secs(60)).min(MAX_WAIT),
-        Err(e) => return ApiError::InvalidArgument(format!("bad wait: {e}")).into_response(),
+    let wait = match wait_of(&q) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
     };
     let fwd = Forward::new(method, uri, headers, Default::default());
     on_leader(&node, fwd, || async {
@@ -229,19 +235,19 @@ pub async fn get_service(State(node): Node_, Path(service): Path<String>, method
             node.linearize().await?;
         }
         if let Some(index) = q.index {
-            wait_for_change(&node, &service, index, wait).await;
+            wait_for_change(&node, |s| s.index_of(&service), index, wait).await;
         }
         Ok(Json(read_service(&node, &service)))
     })
     .await
 }
 
-/// Blocks until the service's index passes `index`, or `wait` runs out.
-async fn wait_for_change(node: &Node, service: &str, index: u64, wait: Duration) {
+/// Blocks until `current(store)` passes `index`, or `wait` runs out.
+async fn wait_for_change(node: &Node, current: impl Fn(&crate::store::Store) -> u64, index: u64, wait: Duration) {
     let deadline = Instant::now() + wait;
     let mut rx = node.shared.hub.subscribe();
     loop {
-        if node.shared.data.read().unwrap().store.index_of(service) > index {
+        if current(&node.shared.data.read().unwrap().store) > index {
             return;
         }
         tokio::select! {
@@ -325,14 +331,12 @@ pub async fn add_member(State(node): Node_, method: Method, uri: Uri, headers: H
     let Some(addr) = req.addr.clone() else {
         return ApiError::InvalidArgument("adding a member needs its addr (HOST:PORT)".into()).into_response();
     };
-    if addr.rsplit_once(':').and_then(|(h, p)| proto::validate::address(h.trim_matches(['[', ']'])).ok().and(p.parse::<u16>().ok())).is_none() {
-        return ApiError::InvalidArgument(format!("addr {addr:?} is not HOST:PORT")).into_response();
+    if let Err(e) = crate::config::check_host_port(&addr) {
+        return ApiError::InvalidArgument(format!("addr: {e}")).into_response();
     }
     let fwd = Forward::new(method, uri, headers, body.0);
     on_leader(&node, fwd, || async {
-        if !node.is_leader() {
-            return Err(node.not_leader());
-        }
+        node.require_leader()?;
         tracing::info!(id = req.id, %addr, "adding a learner, then promoting it to voter");
         node.raft.add_learner(req.id, BasicNode { addr: addr.clone() }, true).await.map_err(membership_error)?;
         let r = node.raft.change_membership(ChangeMembers::AddVoterIds([req.id].into()), false).await.map_err(membership_error)?;
@@ -348,9 +352,7 @@ pub async fn remove_member(State(node): Node_, Path(id): Path<String>, method: M
     };
     let fwd = Forward::new(method, uri, headers, Default::default());
     on_leader(&node, fwd, || async {
-        if !node.is_leader() {
-            return Err(node.not_leader());
-        }
+        node.require_leader()?;
         let membership = node.raft_metrics().membership_config.membership().clone();
         if membership.get_node(&id).is_none() {
             return Err(ApiError::NotFound(format!("member {id}")));
@@ -411,6 +413,11 @@ pub async fn metrics(State(node): Node_) -> Response {
         x.instances.set(d.store.instance_count() as i64);
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], x.render()).into_response()
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let body = proto::ErrorBody { code: "method_not_allowed".into(), message: format!("{method} is not allowed on {}", uri.path()) };
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {

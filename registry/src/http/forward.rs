@@ -30,7 +30,10 @@ impl Forward {
             ApiError::NotLeader(Some((id, addr))) if !self.headers.contains_key(FORWARDED_HEADER) => {
                 self.send(node, id, &addr).await.unwrap_or_else(IntoResponse::into_response)
             }
-            ApiError::NotLeader(_) => ApiError::NoLeader.into_response(),
+            ApiError::NotLeader(Some(_)) => {
+                ApiError::Unavailable("leadership moved while the request was being forwarded; retry".into()).into_response()
+            }
+            ApiError::NotLeader(None) => ApiError::NoLeader.into_response(),
             other => other.into_response(),
         }
     }

@@ -43,6 +43,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT));
     let raft = Router::new()
         .route("/raft/append", post(raft_rpc::append))

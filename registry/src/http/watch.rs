@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use proto::WatchEvent;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::node::Node;
@@ -59,6 +60,9 @@ async fn stream_events(node: Arc<Node>, service: Option<String>, mut since: u64,
         node.metrics.watch_clients.dec();
     });
     let mut rx = node.shared.hub.subscribe();
+    // Progress is due 2 s after the last line sent, however often the node applies entries
+    // that this watcher's filter skips.
+    let mut progress_due = Instant::now() + PROGRESS_EVERY;
     loop {
         rx.borrow_and_update();
         match node.shared.hub.since(since, service.as_deref(), PAGE) {
@@ -72,19 +76,24 @@ async fn stream_events(node: Arc<Node>, service: Option<String>, mut since: u64,
                         return;
                     }
                 }
-                let more = upto < node.shared.hub.head();
-                since = upto;
-                if more {
+                if !events.is_empty() {
+                    progress_due = Instant::now() + PROGRESS_EVERY;
+                }
+                // A node behind the client's `since` (a lagging follower) must not move the
+                // resume point backwards.
+                since = since.max(upto);
+                if upto < node.shared.hub.head() {
                     continue;
                 }
             }
         }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(PROGRESS_EVERY) => {
+            _ = tokio::time::sleep_until(progress_due) => {
                 if tx.send(line(&WatchEvent::Progress { revision: since })).await.is_err() {
                     return;
                 }
+                progress_due = Instant::now() + PROGRESS_EVERY;
             }
             _ = tx.closed() => return,
         }
