@@ -1,0 +1,1346 @@
+//! `registry_bench`: a benchmark (not a test) of a 3-node loopback registry cluster with fsync on.
+//!
+//! It starts three real `registry serve` processes on free loopback ports, waits for a leader,
+//! then measures:
+//!
+//! 1. **keepalives/s** with each requested number of live leases (default 1,000 and 10,000):
+//!    a pool of HTTP/1.1 keep-alive connections to the leader renews the leases round-robin for
+//!    `--duration-secs`; leases expired while being renewed are counted from every node's
+//!    `registry_lease_expiries_total` (must be 0), from keepalive 404s, and by the largest gap
+//!    the client saw between two renewals of one lease (must stay below the TTL);
+//! 2. **register-to-visible latency**: a PUT acknowledged by the leader until the matching `put`
+//!    event reaches a watcher connected to a *follower*'s `/v1/watch`, with one writer and with
+//!    several concurrent writers;
+//! 3. **resident memory** (VmRSS) of every node with 10,000 instances registered, each under its
+//!    own lease (renewed slowly so nothing expires while measuring).
+//!
+//! Every loop is bounded in count and time; the benchmark talks to 127.0.0.1 only; the processes
+//! are killed when the run ends, fails or is interrupted (a drop guard, plus `PR_SET_PDEATHSIG`
+//! should the benchmark itself be killed).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+#[derive(Parser, Debug)]
+#[command(name = "registry_bench", about = "Benchmark a 3-node loopback registry cluster (keepalives/s, register-to-visible latency, RSS)")]
+struct Args {
+    /// The `registry` binary to run.
+    #[arg(long, default_value = "target/release/registry")]
+    registry_bin: PathBuf,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    /// Live lease counts to measure keepalive throughput with, comma-separated (0 skips the phase).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    leases: Vec<usize>,
+    /// TTL of the leases of the keepalive phase, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    ttl_ms: u64,
+    /// Length of each keepalive measurement window, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Concurrent HTTP/1.1 keep-alive connections renewing leases.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Warm-up after the last lease is granted, before the window opens, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// Sequential registrations for the register-to-visible latency (0 skips the phase).
+    #[arg(long, default_value_t = 1000)]
+    latency_samples: usize,
+    /// Concurrent writers for the second latency run (0 skips it); together they do
+    /// --latency-samples registrations.
+    #[arg(long, default_value_t = 4)]
+    latency_writers: usize,
+    /// Instances (each under its own lease) to register before measuring memory (0 skips the phase).
+    #[arg(long, default_value_t = 10000)]
+    mem_instances: usize,
+    /// TTL of the memory phase's leases, in milliseconds; they are renewed every TTL/4.
+    #[arg(long, default_value_t = 60000)]
+    mem_ttl_ms: u64,
+    /// Requests in flight while granting leases and registering instances.
+    #[arg(long, default_value_t = 32)]
+    setup_concurrency: usize,
+    /// Upper bound for each setup step (granting, registering, waiting for expiry), in seconds.
+    #[arg(long, default_value_t = 300)]
+    setup_timeout_secs: u64,
+    /// Deadline for the cluster to elect a leader, in seconds.
+    #[arg(long, default_value_t = 30)]
+    startup_timeout_secs: u64,
+    /// Directory under which the nodes' temporary data directories are created [default: the
+    /// system temp dir]. It must be a real disk, not tmpfs, for fsync to mean anything.
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Keep the data directories and node logs after the run.
+    #[arg(long)]
+    keep_data: bool,
+    /// Extra argument for every `registry serve` (repeat), e.g. `--node-arg=--heartbeat=50ms`.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
+}
+
+/// Monotonic origin for the nanosecond timestamps kept in atomics.
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn epoch_ns(t: Instant) -> u64 {
+    t.saturating_duration_since(*EPOCH.get_or_init(Instant::now)).as_nanos() as u64
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    EPOCH.get_or_init(Instant::now);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("registry_bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = rt.block_on(async {
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match sigterm.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        // Dropping `run` on a signal drops its `Cluster`, which kills the nodes.
+        tokio::select! {
+            r = run(&args) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C); nodes killed")),
+            _ = term => Err(anyhow!("terminated (SIGTERM); nodes killed")),
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("registry_bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<()> {
+    ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    ensure!(args.setup_concurrency >= 1, "--setup-concurrency must be at least 1");
+    ensure!(args.duration_secs > 0.0 && args.duration_secs <= 3600.0, "--duration-secs must be in (0, 3600]");
+    ensure!(args.leases.iter().all(|&n| n <= 1_000_000), "--leases entries must be at most 1000000");
+    ensure!(args.mem_instances <= 1_000_000 && args.latency_samples <= 1_000_000, "counts are limited to 1,000,000");
+    let bin = std::fs::canonicalize(&args.registry_bin)
+        .with_context(|| format!("registry binary {} not found (build it with `cargo build --release -p registry`)", args.registry_bin.display()))?;
+    let mut cluster = Cluster::start(&bin, args).await?;
+    let result = phases(args, &mut cluster).await;
+    if let Err(e) = &result {
+        eprintln!("registry_bench: failed: {e:#}");
+        cluster.print_log_tails(30);
+    }
+    let report = result?;
+    println!("{}", report.text);
+    if let Some(path) = &args.json_out {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(&report.json)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON results written to {}", path.display());
+    }
+    if args.keep_data {
+        println!("data directories and node logs kept in {}", cluster.dir.display());
+    }
+    Ok(())
+}
+
+struct Report {
+    text: String,
+    json: Value,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster: three child processes, killed on drop.
+
+struct NodeProc {
+    id: u64,
+    addr: SocketAddr,
+    url: String,
+    child: Child,
+    log: PathBuf,
+    data: PathBuf,
+}
+
+struct Cluster {
+    nodes: Vec<NodeProc>,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    http: reqwest::Client,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SIGTERM first (a node under a profiler gets to write its output), SIGKILL after a
+        // short grace.
+        for n in &mut self.nodes {
+            if let Ok(None) = n.child.try_wait() {
+                unsafe {
+                    libc::kill(n.child.id() as libc::pid_t, libc::SIGTERM);
+                }
+            }
+        }
+        let grace = Instant::now() + Duration::from_secs(5);
+        for n in &mut self.nodes {
+            while matches!(n.child.try_wait(), Ok(None)) && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = n.child.kill();
+            let _ = n.child.wait();
+        }
+        // `_tmp` (dropped after this) removes the data directories unless --keep-data.
+    }
+}
+
+/// Free loopback ports: bind them all at once (so they differ), then release them.
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+impl Cluster {
+    async fn start(bin: &Path, args: &Args) -> Result<Cluster> {
+        let root = args.data_root.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let tmp = tempfile::Builder::new().prefix("registry-bench-").tempdir_in(&root)?;
+        let dir = tmp.path().to_path_buf();
+        let tmp = if args.keep_data {
+            let _ = tmp.keep();
+            None
+        } else {
+            Some(tmp)
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .http1_only()
+            .no_proxy()
+            .build()?;
+        let mut cluster = Cluster { nodes: Vec::new(), dir: dir.clone(), _tmp: tmp, http };
+        let ports = free_ports(3)?;
+        let peers: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
+        let peers = peers.join(",");
+        for (i, port) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let data = dir.join(format!("node{id}"));
+            std::fs::create_dir_all(&data)?;
+            let log = dir.join(format!("node{id}.log"));
+            let out = std::fs::File::create(&log)?;
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("serve")
+                .args(["--id", &id.to_string()])
+                .args(["--listen", &addr.to_string()])
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--peers", &peers])
+                .args(&args.node_args)
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out);
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "info,openraft=warn");
+            }
+            // Should this process die without running its destructors, the nodes die too.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+            cluster.nodes.push(NodeProc { id, addr, url: format!("http://{addr}"), child, log, data });
+        }
+        Ok(cluster)
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        for n in &mut self.nodes {
+            if let Some(status) = n.child.try_wait()? {
+                bail!("node {} exited ({status}); its log is {}", n.id, n.log.display());
+            }
+        }
+        Ok(())
+    }
+
+    fn print_log_tails(&self, lines: usize) {
+        for n in &self.nodes {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            eprintln!("--- last {lines} lines of node {} ({}) ---", n.id, n.log.display());
+            for l in &all[all.len().saturating_sub(lines)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+
+    fn node(&self, id: u64) -> &NodeProc {
+        self.nodes.iter().find(|n| n.id == id).expect("known node id")
+    }
+
+    async fn get_json(&self, url: &str) -> Result<Value> {
+        let resp = self.http.get(url).timeout(Duration::from_secs(5)).send().await?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        ensure!(status.is_success(), "GET {url}: {status}: {}", String::from_utf8_lossy(&body));
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    async fn cluster_info(&self, n: &NodeProc) -> Result<Value> {
+        self.get_json(&format!("{}/v1/cluster", n.url)).await
+    }
+
+    /// Waits until every node names the same leader and that node says it is leader, and a
+    /// write goes through.
+    async fn wait_leader(&mut self, limit: Duration) -> Result<u64> {
+        let deadline = Instant::now() + limit;
+        let mut last = String::from("no answer yet");
+        loop {
+            self.check_alive()?;
+            let mut leaders = Vec::new();
+            let mut leader_role = None;
+            for n in &self.nodes {
+                match self.cluster_info(n).await {
+                    Ok(v) => {
+                        leaders.push(v["leader"].as_u64());
+                        if v["role"] == "leader" {
+                            leader_role = Some(n.id);
+                        }
+                    }
+                    Err(e) => {
+                        last = format!("node {}: {e:#}", n.id);
+                        leaders.push(None);
+                    }
+                }
+            }
+            if let (Some(Some(l)), Some(r)) = (leaders.first(), leader_role) {
+                if leaders.iter().all(|x| *x == Some(*l)) && *l == r {
+                    return Ok(r);
+                }
+            }
+            if leaders.iter().any(Option::is_some) {
+                last = format!("leaders as seen by nodes 1..3: {leaders:?}");
+            }
+            if Instant::now() >= deadline {
+                bail!("no leader agreed on within {limit:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn current_leader(&self) -> Result<u64> {
+        for n in &self.nodes {
+            if let Ok(v) = self.cluster_info(n).await {
+                if let Some(l) = v["leader"].as_u64() {
+                    return Ok(l);
+                }
+            }
+        }
+        bail!("no node names a leader")
+    }
+
+    async fn metrics_text(&self, n: &NodeProc) -> Result<String> {
+        let resp = self.http.get(format!("{}/metrics", n.url)).timeout(Duration::from_secs(5)).send().await?;
+        ensure!(resp.status().is_success(), "GET /metrics on node {}: {}", n.id, resp.status());
+        Ok(resp.text().await?)
+    }
+
+    /// A metric's value on every node (sum over label sets), in node order.
+    async fn metric_all(&self, name: &str) -> Result<Vec<f64>> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            let text = self.metrics_text(n).await.with_context(|| format!("reading {name} from node {}", n.id))?;
+            out.push(metric(&text, name).with_context(|| format!("node {} has no metric {name}", n.id))?);
+        }
+        Ok(out)
+    }
+
+    async fn expiries(&self) -> Result<u64> {
+        Ok(self.metric_all("registry_lease_expiries_total").await?.iter().sum::<f64>() as u64)
+    }
+
+    fn rss(&self) -> Vec<Mem> {
+        self.nodes.iter().map(|n| Mem::of(n.child.id())).collect()
+    }
+
+    fn cpu_ticks(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| cpu_ticks(&format!("/proc/{}/stat", n.child.id())).unwrap_or(0)).collect()
+    }
+
+    /// Waits until every node has applied at least `index`.
+    async fn wait_applied(&self, index: u64, limit: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let mut all = true;
+            for n in &self.nodes {
+                let applied = self.cluster_info(n).await.ok().and_then(|v| v["applied_index"].as_u64()).unwrap_or(0);
+                all &= applied >= index;
+            }
+            if all {
+                return Ok(start.elapsed());
+            }
+            ensure!(start.elapsed() < limit, "nodes did not apply index {index} within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Sum of the samples of `name` (any labels) in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let value = rest.rsplit(' ').find(|t| !t.is_empty())?.parse::<f64>().ok()?;
+        *found.get_or_insert(0.0) += value;
+    }
+    found
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Mem {
+    rss_kb: u64,
+    hwm_kb: u64,
+}
+
+impl Mem {
+    fn of(pid: u32) -> Mem {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Mem { rss_kb: field("VmRSS:"), hwm_kb: field("VmHWM:") }
+    }
+    fn json(&self) -> Value {
+        json!({"rss_kb": self.rss_kb, "peak_rss_kb": self.hwm_kb})
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(stat_path: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(stat_path).ok()?;
+    let after = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU use of the three nodes and of this benchmark over a window, in % of one core.
+struct CpuWindow {
+    start: Instant,
+    nodes: Vec<u64>,
+    me: u64,
+}
+
+impl CpuWindow {
+    fn open(c: &Cluster) -> CpuWindow {
+        CpuWindow { start: Instant::now(), nodes: c.cpu_ticks(), me: cpu_ticks("/proc/self/stat").unwrap_or(0) }
+    }
+    fn close(&self, c: &Cluster) -> (Vec<f64>, f64) {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let hz = clock_ticks_per_sec();
+        let pct = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / hz / secs * 100.0;
+        let nodes = c.cpu_ticks().iter().zip(&self.nodes).map(|(b, a)| pct(*a, *b)).collect();
+        (nodes, pct(self.me, cpu_ticks("/proc/self/stat").unwrap_or(0)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal HTTP/1.1 keep-alive client: one connection, one request at a time. Cheaper than a
+// general client, which matters because the load generator shares the machine's cores.
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HEADER_LINES: usize = 64;
+const MAX_LINE: u64 = 16 * 1024;
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+struct Conn {
+    addr: SocketAddr,
+    host: String,
+    io: Option<BufReader<TcpStream>>,
+    req: Vec<u8>,
+}
+
+struct RawResp {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl RawResp {
+    fn json(&self) -> Result<Value> {
+        serde_json::from_slice(&self.body).with_context(|| format!("bad JSON answer: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Conn {
+    fn new(addr: SocketAddr) -> Conn {
+        Conn { addr, host: addr.to_string(), io: None, req: Vec::with_capacity(512) }
+    }
+
+    async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Result<RawResp> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                self.io = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.io = None;
+                bail!("{method} {path}: no answer within {REQUEST_TIMEOUT:?}")
+            }
+        }
+    }
+
+    async fn exchange(&mut self, method: &str, path: &str, body: &[u8]) -> Result<RawResp> {
+        if self.io.is_none() {
+            let s = TcpStream::connect(self.addr).await.with_context(|| format!("connecting to {}", self.addr))?;
+            s.set_nodelay(true)?;
+            self.io = Some(BufReader::with_capacity(16 * 1024, s));
+        }
+        self.req.clear();
+        let _ = write!(
+            StrBuf(&mut self.req),
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        self.req.extend_from_slice(body);
+        let io = self.io.as_mut().expect("connected");
+        io.get_mut().write_all(&self.req).await?;
+
+        let mut line = Vec::with_capacity(128);
+        read_line(io, &mut line).await?;
+        let status_line = String::from_utf8_lossy(&line);
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
+        let (mut length, mut chunked, mut close) = (None, false, false);
+        for i in 0.. {
+            ensure!(i < MAX_HEADER_LINES, "too many header lines");
+            read_line(io, &mut line).await?;
+            let l = String::from_utf8_lossy(&line);
+            let l = l.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+                match k.as_str() {
+                    "content-length" => length = Some(v.parse::<usize>()?),
+                    "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+                    "connection" => close = v.eq_ignore_ascii_case("close"),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            for _ in 0..1_000_000 {
+                read_line(io, &mut line).await?;
+                let size_str = String::from_utf8_lossy(&line);
+                let size = usize::from_str_radix(size_str.trim().split(';').next().unwrap_or(""), 16)?;
+                if size == 0 {
+                    read_line(io, &mut line).await?; // the empty line after the last chunk
+                    break;
+                }
+                ensure!(body.len() + size <= MAX_BODY, "answer too large");
+                let start = body.len();
+                body.resize(start + size, 0);
+                io.read_exact(&mut body[start..]).await?;
+                read_line(io, &mut line).await?;
+            }
+        } else if let Some(n) = length {
+            ensure!(n <= MAX_BODY, "answer too large");
+            body.resize(n, 0);
+            io.read_exact(&mut body).await?;
+        } else {
+            close = true;
+            io.take(MAX_BODY as u64).read_to_end(&mut body).await?;
+        }
+        if close {
+            self.io = None;
+        }
+        Ok(RawResp { status, body })
+    }
+}
+
+async fn read_line(io: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> Result<()> {
+    line.clear();
+    let n = (&mut *io).take(MAX_LINE).read_until(b'\n', line).await?;
+    ensure!(n > 0, "connection closed by the server");
+    ensure!(line.ends_with(b"\n"), "line too long or cut short");
+    Ok(())
+}
+
+/// `fmt::Write` into a byte buffer.
+struct StrBuf<'a>(&'a mut Vec<u8>);
+impl std::fmt::Write for StrBuf<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Sends a write until it is answered with success, retrying retriable failures (5xx, I/O)
+/// until `deadline`. A 4xx answer is final.
+async fn write_retry(conn: &mut Conn, method: &str, path: &str, body: &[u8], deadline: Instant) -> Result<Value> {
+    let mut last = String::new();
+    for attempt in 0u32.. {
+        if Instant::now() >= deadline {
+            bail!("{method} {path}: gave up after {attempt} attempts: {last}");
+        }
+        match conn.request(method, path, body).await {
+            Ok(r) if (200..300).contains(&r.status) => return r.json(),
+            Ok(r) if r.status < 500 => bail!("{method} {path}: {}: {}", r.status, r.text()),
+            Ok(r) => last = format!("{}: {}", r.status, r.text()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10)) + 10)).await;
+    }
+    unreachable!()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics.
+
+/// Percentiles (in milliseconds) of samples taken in nanoseconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Summary {
+    count: usize,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    mean: f64,
+}
+
+impl Summary {
+    fn of(samples: &mut [u64]) -> Summary {
+        if samples.is_empty() {
+            return Summary::default();
+        }
+        samples.sort_unstable();
+        let n = samples.len();
+        let pick = |q: f64| samples[((q * n as f64).ceil() as usize).clamp(1, n) - 1] as f64 / 1e6;
+        Summary {
+            count: n,
+            p50: pick(0.50),
+            p90: pick(0.90),
+            p99: pick(0.99),
+            max: samples[n - 1] as f64 / 1e6,
+            mean: samples.iter().sum::<u64>() as f64 / n as f64 / 1e6,
+        }
+    }
+    fn json(&self) -> Value {
+        json!({"count": self.count, "p50_ms": r3(self.p50), "p90_ms": r3(self.p90), "p99_ms": r3(self.p99), "max_ms": r3(self.max), "mean_ms": r3(self.mean)})
+    }
+    fn line(&self) -> String {
+        format!("p50 {:>8.3} ms  p90 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms  (n={})", self.p50, self.p90, self.p99, self.max, self.count)
+    }
+}
+
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn r1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lease renewal: a pool of connections renewing a (possibly growing) set of leases round-robin,
+// flat out or paced.
+
+struct LeaseSet {
+    ids: RwLock<Vec<u64>>,
+    /// Per lease (same index as `ids`): when it was last granted or renewed, in `epoch_ns`.
+    last_ns: Vec<AtomicU64>,
+    next: AtomicUsize,
+}
+
+impl LeaseSet {
+    fn with_capacity(n: usize) -> LeaseSet {
+        LeaseSet { ids: RwLock::new(Vec::with_capacity(n)), last_ns: (0..n).map(|_| AtomicU64::new(0)).collect(), next: AtomicUsize::new(0) }
+    }
+    fn push(&self, id: u64) {
+        let mut ids = self.ids.write().unwrap();
+        if ids.len() < self.last_ns.len() {
+            self.last_ns[ids.len()].store(epoch_ns(Instant::now()), Ordering::Relaxed);
+            ids.push(id);
+        }
+    }
+    fn len(&self) -> usize {
+        self.ids.read().unwrap().len()
+    }
+    /// The next lease in round-robin order: (index, id).
+    fn take(&self) -> Option<(usize, u64)> {
+        let ids = self.ids.read().unwrap();
+        if ids.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % ids.len();
+        Some((i, ids[i]))
+    }
+}
+
+#[derive(Default)]
+struct RenewStats {
+    ok: AtomicU64,
+    not_found: AtomicU64,
+    other_status: AtomicU64,
+    io_errors: AtomicU64,
+    /// Largest time between two renewals (or grant and first renewal) of one lease.
+    max_gap_ns: AtomicU64,
+    /// The same, for renewals inside the measurement window.
+    max_gap_window_ns: AtomicU64,
+}
+
+struct Renewer {
+    stats: Arc<RenewStats>,
+    stop: Arc<AtomicBool>,
+    recording: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<Vec<u64>>>,
+}
+
+/// Latency samples kept per worker at most (bounds memory on long runs).
+const MAX_SAMPLES_PER_WORKER: usize = 2_000_000;
+
+impl Renewer {
+    /// `rate`: total keepalives per second across the pool, or `None` for as fast as possible.
+    /// `hard_limit` bounds the workers' life whatever happens.
+    fn start(leader: SocketAddr, set: Arc<LeaseSet>, conns: usize, rate: Option<f64>, hard_limit: Duration) -> Renewer {
+        let stats = Arc::new(RenewStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let recording = Arc::new(AtomicBool::new(false));
+        let until = Instant::now() + hard_limit;
+        let tasks = (0..conns)
+            .map(|_| {
+                let (set, stats, stop, recording) = (set.clone(), stats.clone(), stop.clone(), recording.clone());
+                // Paced: every 100 ms, this worker renews its share of rate/10.
+                let per_tick = rate.map(|r| ((r / 10.0 / conns as f64).ceil() as usize).max(1));
+                tokio::spawn(async move {
+                    let mut conn = Conn::new(leader);
+                    let mut samples = Vec::new();
+                    let mut path = String::with_capacity(64);
+                    let mut tick = tokio::time::interval(Duration::from_millis(100));
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    'outer: while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        let batch = match per_tick {
+                            Some(n) => {
+                                tick.tick().await;
+                                n
+                            }
+                            None => 64,
+                        };
+                        for _ in 0..batch {
+                            if stop.load(Ordering::Relaxed) {
+                                break 'outer;
+                            }
+                            let Some((i, id)) = set.take() else {
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                                continue 'outer;
+                            };
+                            path.clear();
+                            let _ = write!(path, "/v1/leases/{id}/keepalive");
+                            let t0 = Instant::now();
+                            match conn.request("POST", &path, b"").await {
+                                Ok(r) if r.status == 200 => {
+                                    let now = Instant::now();
+                                    let now_ns = epoch_ns(now);
+                                    let prev = set.last_ns[i].swap(now_ns, Ordering::Relaxed);
+                                    let gap = now_ns.saturating_sub(prev);
+                                    stats.max_gap_ns.fetch_max(gap, Ordering::Relaxed);
+                                    stats.ok.fetch_add(1, Ordering::Relaxed);
+                                    if recording.load(Ordering::Relaxed) {
+                                        stats.max_gap_window_ns.fetch_max(gap, Ordering::Relaxed);
+                                        if samples.len() < MAX_SAMPLES_PER_WORKER {
+                                            samples.push(nanos(now - t0));
+                                        }
+                                    }
+                                }
+                                Ok(r) if r.status == 404 => {
+                                    stats.not_found.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Ok(_) => {
+                                    stats.other_status.fetch_add(1, Ordering::Relaxed);
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                }
+                                Err(_) => {
+                                    stats.io_errors.fetch_add(1, Ordering::Relaxed);
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                }
+                            }
+                        }
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Renewer { stats, stop, recording, tasks }
+    }
+
+    async fn stop(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            if let Ok(Ok(s)) = tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), t).await {
+                all.extend(s);
+            }
+        }
+        all
+    }
+}
+
+/// Grants `n` leases with `conc` requests in flight, pushing each into `set` as it comes.
+/// Returns the elapsed time.
+async fn grant_leases(leader: SocketAddr, set: &Arc<LeaseSet>, n: usize, ttl_ms: u64, conc: usize, limit: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let deadline = start + limit;
+    let todo = Arc::new(AtomicUsize::new(0));
+    let body = Arc::new(serde_json::to_vec(&json!({ "ttl_ms": ttl_ms }))?);
+    let tasks: Vec<JoinHandle<Result<()>>> = (0..conc.min(n).max(1))
+        .map(|_| {
+            let (todo, set, body) = (todo.clone(), set.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut conn = Conn::new(leader);
+                while todo.fetch_add(1, Ordering::Relaxed) < n {
+                    let v = write_retry(&mut conn, "POST", "/v1/leases", &body, deadline).await?;
+                    set.push(v["lease_id"].as_u64().ok_or_else(|| anyhow!("grant answer without lease_id: {v}"))?);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(start.elapsed())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The phases.
+
+async fn phases(args: &Args, cluster: &mut Cluster) -> Result<Report> {
+    let started = Instant::now();
+    let leader_id = cluster.wait_leader(Duration::from_secs(args.startup_timeout_secs)).await?;
+    let elected_in = started.elapsed();
+    let leader = cluster.node(leader_id).addr;
+    // A first write and revoke, so the leader's log is warm and it has heard from a quorum.
+    let mut probe = Conn::new(leader);
+    let v = write_retry(&mut probe, "POST", "/v1/leases", br#"{"ttl_ms":10000}"#, Instant::now() + Duration::from_secs(10)).await?;
+    let probe_lease = v["lease_id"].as_u64().ok_or_else(|| anyhow!("grant answer without lease_id: {v}"))?;
+    write_retry(&mut probe, "DELETE", &format!("/v1/leases/{probe_lease}"), b"", Instant::now() + Duration::from_secs(10)).await?;
+    let mem_idle = cluster.rss();
+
+    let mut text = String::new();
+    let mut js = json!({
+        "config": {
+            "nodes": 3, "fsync": true, "loopback": true, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "ttl_ms": args.ttl_ms, "duration_secs": args.duration_secs, "concurrency": args.concurrency,
+            "latency_samples": args.latency_samples, "latency_writers": args.latency_writers,
+            "mem_instances": args.mem_instances, "mem_ttl_ms": args.mem_ttl_ms, "node_args": args.node_args,
+            "registry_bin": args.registry_bin,
+        },
+        "leader_elected_ms": elected_in.as_millis() as u64,
+        "leader": leader_id,
+    });
+    let _ = writeln!(text, "\n=== registry benchmark: 3 nodes on 127.0.0.1, fsync on, {} cores ===", js["config"]["cores"]);
+    let _ = writeln!(text, "leader: node {leader_id} ({leader}), elected {} ms after start", elected_in.as_millis());
+    let _ = writeln!(text, "data: {}", cluster.dir.display());
+
+    // 1. Keepalive throughput.
+    let mut ka_results = Vec::new();
+    for &n in args.leases.iter().filter(|&&n| n > 0) {
+        eprintln!("[bench] keepalive phase: {n} leases, TTL {} ms, {} connections, {} s", args.ttl_ms, args.concurrency, args.duration_secs);
+        let r = keepalive_phase(args, cluster, leader, n).await.with_context(|| format!("keepalive phase with {n} leases"))?;
+        let _ = writeln!(text, "\n--- keepalives: {n} live leases, TTL {} ms, {} connections to the leader ---", args.ttl_ms, args.concurrency);
+        let _ = writeln!(text, "{}", r.text);
+        ka_results.push(r.json);
+    }
+    js["keepalive"] = Value::Array(ka_results);
+
+    // 2. Register-to-visible latency.
+    if args.latency_samples > 0 {
+        eprintln!("[bench] latency phase: {} sequential registrations, then {} writers", args.latency_samples, args.latency_writers);
+        let (t, j) = latency_phase(args, cluster, leader_id).await.context("latency phase")?;
+        let _ = writeln!(text, "{t}");
+        js["latency"] = j;
+    }
+
+    // 3. Memory with N instances.
+    if args.mem_instances > 0 {
+        eprintln!("[bench] memory phase: {} instances under {} leases", args.mem_instances, args.mem_instances);
+        let (t, j) = memory_phase(args, cluster, leader, mem_idle).await.context("memory phase")?;
+        let _ = writeln!(text, "{t}");
+        js["memory"] = j;
+    }
+
+    let end_leader = cluster.current_leader().await.ok();
+    let changes = cluster.metric_all("registry_leader_changes_total").await.unwrap_or_default();
+    let _ = writeln!(text, "\nleader at the end: {:?} (leader changes seen per node, incl. the first election: {:?})", end_leader, changes);
+    if end_leader != Some(leader_id) {
+        let _ = writeln!(text, "WARNING: leadership moved during the run; figures after the move went through forwarding");
+    }
+    js["leader_at_end"] = json!(end_leader);
+    js["leader_changes_per_node"] = json!(changes);
+    js["elapsed_secs"] = json!(r1(started.elapsed().as_secs_f64()));
+    Ok(Report { text, json: js })
+}
+
+struct PhaseOut {
+    text: String,
+    json: Value,
+}
+
+async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: SocketAddr, n: usize) -> Result<PhaseOut> {
+    let limit = Duration::from_secs(args.setup_timeout_secs);
+    let expired_before = cluster.expiries().await?;
+    let ka_before_leader = metric(&cluster.metrics_text(leader_node(cluster, leader)).await?, "registry_keepalives_total").unwrap_or(0.0);
+    let set = Arc::new(LeaseSet::with_capacity(n));
+    let window = Duration::from_secs_f64(args.duration_secs);
+    let warmup = Duration::from_secs_f64(args.warmup_secs);
+    // Renewal starts with the first grant, so early leases never go unrenewed while the rest
+    // are granted.
+    let renewer = Renewer::start(leader, set.clone(), args.concurrency, None, limit + window + warmup + Duration::from_secs(30));
+    let grant_time = grant_leases(leader, &set, n, args.ttl_ms, args.setup_concurrency, limit).await;
+    let grant_time = match grant_time {
+        Ok(t) => t,
+        Err(e) => {
+            renewer.stop().await;
+            return Err(e);
+        }
+    };
+    tokio::time::sleep(warmup).await;
+
+    let cpu = CpuWindow::open(cluster);
+    let ok0 = renewer.stats.ok.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    renewer.recording.store(true, Ordering::Relaxed);
+    let ka0 = metric(&cluster.metrics_text(leader_node(cluster, leader)).await?, "registry_keepalives_total").unwrap_or(0.0);
+    let t0_server = Instant::now();
+    tokio::time::sleep(window).await;
+    let ok1 = renewer.stats.ok.load(Ordering::Relaxed);
+    let elapsed = t0.elapsed();
+    let ka1 = metric(&cluster.metrics_text(leader_node(cluster, leader)).await?, "registry_keepalives_total").unwrap_or(0.0);
+    let server_elapsed = t0_server.elapsed();
+    renewer.recording.store(false, Ordering::Relaxed);
+    let (cpu_nodes, cpu_me) = cpu.close(cluster);
+    let stats = renewer.stats.clone();
+    let mut samples = renewer.stop().await;
+    let stopped = Instant::now();
+    let expired_after = cluster.expiries().await?;
+    let ka_after_leader = metric(&cluster.metrics_text(leader_node(cluster, leader)).await?, "registry_keepalives_total").unwrap_or(0.0);
+    let expired_while_renewed = expired_after.saturating_sub(expired_before);
+
+    let rate = (ok1 - ok0) as f64 / elapsed.as_secs_f64();
+    let server_rate = (ka1 - ka0) / server_elapsed.as_secs_f64();
+    let lat = Summary::of(&mut samples);
+    let max_gap_ms = stats.max_gap_ns.load(Ordering::Relaxed) as f64 / 1e6;
+    let max_gap_window_ms = stats.max_gap_window_ns.load(Ordering::Relaxed) as f64 / 1e6;
+    let not_found = stats.not_found.load(Ordering::Relaxed);
+    let other = stats.other_status.load(Ordering::Relaxed);
+    let io_err = stats.io_errors.load(Ordering::Relaxed);
+    let granted = set.len();
+    let rss = cluster.rss();
+
+    // The leases are no longer renewed: wait for all of them to expire, so the next phase
+    // starts clean (and to see that expiry works).
+    let want = expired_before + granted as u64;
+    let expiry_deadline = stopped + Duration::from_millis(args.ttl_ms) + Duration::from_secs(30);
+    let mut all_expired_after = None;
+    while Instant::now() < expiry_deadline {
+        if cluster.expiries().await? >= want {
+            all_expired_after = Some(stopped.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let ideal_period_ms = if rate > 0.0 { n as f64 / rate * 1000.0 } else { f64::INFINITY };
+    let mut t = String::new();
+    let _ = writeln!(t, "granted {granted} leases in {:.2} s ({:.0} grants/s, {} in flight; each grant is a Raft entry, fsynced)", grant_time.as_secs_f64(), granted as f64 / grant_time.as_secs_f64(), args.setup_concurrency);
+    let _ = writeln!(t, "keepalives/s (client, 2xx):     {:>10.0}   over {:.1} s", rate, elapsed.as_secs_f64());
+    let _ = writeln!(t, "keepalives/s (leader metric):   {:>10.0}", server_rate);
+    let _ = writeln!(t, "keepalive latency:              {}", lat.line());
+    let _ = writeln!(t, "each lease renewed every ~{:.0} ms on average; largest gap between two renewals of one lease: {:.0} ms in the window, {:.0} ms over its whole life incl. granting (TTL {} ms)", ideal_period_ms, max_gap_window_ms, max_gap_ms, args.ttl_ms);
+    let _ = writeln!(t, "EXPIRED WHILE RENEWED:          {expired_while_renewed}   (sum of registry_lease_expiries_total over all nodes, before/after){}", if expired_while_renewed == 0 { "" } else { "  <-- MUST BE 0" });
+    let _ = writeln!(t, "keepalive answers 404 / other non-2xx / I/O errors: {not_found} / {other} / {io_err}");
+    let _ = writeln!(t, "CPU during the window (% of one core): nodes {:?}, load generator {:.0}%  (machine total = {}%)", cpu_nodes.iter().map(|c| c.round()).collect::<Vec<_>>(), cpu_me, 100 * js_cores());
+    let _ = writeln!(t, "RSS after the window: {}", rss_line(&rss));
+    match all_expired_after {
+        Some(d) => {
+            let _ = writeln!(t, "after renewal stopped, all {granted} leases expired within {:.2} s (TTL {:.1} s)", d.as_secs_f64(), args.ttl_ms as f64 / 1000.0);
+        }
+        None => {
+            let _ = writeln!(t, "WARNING: after renewal stopped, not all {granted} leases expired within TTL + 30 s");
+        }
+    }
+    let json = json!({
+        "leases": n,
+        "granted": granted,
+        "ttl_ms": args.ttl_ms,
+        "connections": args.concurrency,
+        "grant_secs": r3(grant_time.as_secs_f64()),
+        "grants_per_sec": r1(granted as f64 / grant_time.as_secs_f64()),
+        "window_secs": r3(elapsed.as_secs_f64()),
+        "keepalives_per_sec": r1(rate),
+        "keepalives_per_sec_leader_metric": r1(server_rate),
+        "keepalives_leader_metric_total_delta": ka_after_leader - ka_before_leader,
+        "latency": lat.json(),
+        "max_renewal_gap_ms": r1(max_gap_ms),
+        "max_renewal_gap_in_window_ms": r1(max_gap_window_ms),
+        "expired_while_renewed": expired_while_renewed,
+        "keepalive_404": not_found,
+        "keepalive_other_non_2xx": other,
+        "keepalive_io_errors": io_err,
+        "cpu_percent_nodes": cpu_nodes.iter().map(|c| r1(*c)).collect::<Vec<_>>(),
+        "cpu_percent_load_generator": r1(cpu_me),
+        "rss_after": rss.iter().map(Mem::json).collect::<Vec<_>>(),
+        "all_expired_secs_after_stop": all_expired_after.map(|d| r3(d.as_secs_f64())),
+    });
+    Ok(PhaseOut { text: t, json })
+}
+
+fn js_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn leader_node(cluster: &Cluster, addr: SocketAddr) -> &NodeProc {
+    cluster.nodes.iter().find(|n| n.addr == addr).expect("leader is one of the nodes")
+}
+
+fn rss_line(m: &[Mem]) -> String {
+    m.iter().enumerate().map(|(i, m)| format!("node{} {:.1} MiB (peak {:.1})", i + 1, m.rss_kb as f64 / 1024.0, m.hwm_kb as f64 / 1024.0)).collect::<Vec<_>>().join(", ")
+}
+
+/// Writers waiting for their event, by instance name.
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<(Instant, u64)>>>>;
+
+/// Streams `/v1/watch` from `url`, timestamps each `put` event as its bytes arrive and hands it
+/// to the waiting writer.
+async fn watcher(http: reqwest::Client, url: String, pending: Pending, connected: oneshot::Sender<()>, events: Arc<AtomicU64>) -> Result<()> {
+    let resp = http.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+    ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
+    let _ = connected.send(());
+    let mut stream = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let seen = Instant::now();
+        buf.extend_from_slice(&chunk?);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let ev: proto::WatchEvent = serde_json::from_slice(&line).with_context(|| format!("bad watch line {}", String::from_utf8_lossy(&line)))?;
+            match ev {
+                proto::WatchEvent::Put { revision, instance } => {
+                    events.fetch_add(1, Ordering::Relaxed);
+                    if let Some(tx) = pending.lock().unwrap().remove(&instance.instance) {
+                        let _ = tx.send((seen, revision));
+                    }
+                }
+                proto::WatchEvent::Compacted { .. } => bail!("watch answered compacted"),
+                _ => {}
+            }
+        }
+        ensure!(buf.len() <= 16 * 1024 * 1024, "watch line too long");
+    }
+    bail!("watch stream ended")
+}
+
+#[derive(Default)]
+struct LatencySamples {
+    put_ack: Vec<u64>,
+    ack_to_visible: Vec<u64>,
+    send_to_visible: Vec<u64>,
+    seen_before_ack: u64,
+    revision_mismatch: u64,
+    missing: u64,
+    failed: u64,
+}
+
+impl LatencySamples {
+    fn merge(&mut self, o: LatencySamples) {
+        self.put_ack.extend(o.put_ack);
+        self.ack_to_visible.extend(o.ack_to_visible);
+        self.send_to_visible.extend(o.send_to_visible);
+        self.seen_before_ack += o.seen_before_ack;
+        self.revision_mismatch += o.revision_mismatch;
+        self.missing += o.missing;
+        self.failed += o.failed;
+    }
+}
+
+/// One writer: `count` sequential registrations, each waited for on the watcher.
+async fn latency_writer(leader: SocketAddr, pending: Pending, service: String, prefix: String, count: usize, lease: u64, deadline: Instant) -> LatencySamples {
+    let mut s = LatencySamples::default();
+    let mut conn = Conn::new(leader);
+    for i in 0..count {
+        if Instant::now() >= deadline {
+            s.failed += (count - i) as u64;
+            break;
+        }
+        let name = format!("{prefix}-{i}");
+        let (tx, rx) = oneshot::channel();
+        pending.lock().unwrap().insert(name.clone(), tx);
+        let body = serde_json::to_vec(&json!({"address": "127.0.0.1", "port": 10000 + (i % 50000), "lease_id": lease})).expect("serializes");
+        let path = format!("/v1/services/{service}/instances/{name}");
+        let sent = Instant::now();
+        let resp = conn.request("PUT", &path, &body).await;
+        let acked = Instant::now();
+        let revision = match resp.as_ref().map(|r| (r.status, r.json())) {
+            Ok((200, Ok(v))) => v["revision"].as_u64().unwrap_or(0),
+            _ => {
+                pending.lock().unwrap().remove(&name);
+                s.failed += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        s.put_ack.push(nanos(acked - sent));
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok((seen, rev))) => {
+                if rev != revision {
+                    s.revision_mismatch += 1;
+                }
+                if seen < acked {
+                    s.seen_before_ack += 1;
+                }
+                s.ack_to_visible.push(nanos(seen.saturating_duration_since(acked)));
+                s.send_to_visible.push(nanos(seen - sent));
+            }
+            _ => {
+                pending.lock().unwrap().remove(&name);
+                s.missing += 1;
+            }
+        }
+    }
+    s
+}
+
+async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result<(String, Value)> {
+    let limit = Duration::from_secs(args.setup_timeout_secs);
+    let leader = cluster.node(leader_id).addr;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader_id).expect("3 nodes");
+    let service = "bench-latency";
+    let mut conn = Conn::new(leader);
+    let grant = write_retry(&mut conn, "POST", "/v1/leases", &serde_json::to_vec(&json!({"ttl_ms": args.mem_ttl_ms}))?, Instant::now() + Duration::from_secs(10)).await?;
+    let lease = grant["lease_id"].as_u64().ok_or_else(|| anyhow!("grant without lease_id"))?;
+    let since = grant["revision"].as_u64().unwrap_or(lease);
+    let set = Arc::new(LeaseSet::with_capacity(1));
+    set.push(lease);
+    let renewer = Renewer::start(leader, set, 1, Some(1.0), limit * 3);
+
+    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+    let events = Arc::new(AtomicU64::new(0));
+    let (ctx, crx) = oneshot::channel();
+    let url = format!("{}/v1/watch?service={service}&since={since}", follower.url);
+    let watch = tokio::spawn(watcher(cluster.http.clone(), url, pending.clone(), ctx, events.clone()));
+    let res = async {
+        match tokio::time::timeout(Duration::from_secs(10), crx).await {
+            Ok(Ok(())) => {}
+            _ => bail!("the watcher on node {} did not connect", follower.id),
+        }
+        let deadline = Instant::now() + limit;
+        let seq = latency_writer(leader, pending.clone(), service.into(), "seq".into(), args.latency_samples, lease, deadline).await;
+        let mut conc = LatencySamples::default();
+        let mut conc_elapsed = Duration::ZERO;
+        if args.latency_writers > 0 {
+            let per = args.latency_samples.div_ceil(args.latency_writers);
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..args.latency_writers)
+                .map(|w| tokio::spawn(latency_writer(leader, pending.clone(), service.into(), format!("conc{w}"), per, lease, deadline)))
+                .collect();
+            for t in tasks {
+                conc.merge(t.await?);
+            }
+            conc_elapsed = start.elapsed();
+        }
+        Ok((seq, conc, conc_elapsed))
+    }
+    .await;
+    watch.abort();
+    renewer.stop().await;
+    let (mut seq, mut conc, conc_elapsed) = res?;
+    // Clean up: revoking the lease removes every instance of this phase in one entry.
+    let _ = write_retry(&mut conn, "DELETE", &format!("/v1/leases/{lease}"), b"", Instant::now() + Duration::from_secs(10)).await;
+
+    let mut t = String::new();
+    let mut j = json!({"watcher_node": follower.id, "leader": leader_id, "events_seen": events.load(Ordering::Relaxed)});
+    let mut one = |name: &str, title: &str, s: &mut LatencySamples, elapsed: Option<Duration>| {
+        let ack = Summary::of(&mut s.put_ack);
+        let vis = Summary::of(&mut s.ack_to_visible);
+        let e2e = Summary::of(&mut s.send_to_visible);
+        let _ = writeln!(t, "\n--- register-to-visible: {title}; watcher on follower node {} ---", follower.id);
+        let _ = writeln!(t, "PUT acknowledged by leader -> put event on follower watch: {}", vis.line());
+        let _ = writeln!(t, "PUT sent -> put event on follower watch (end to end):     {}", e2e.line());
+        let _ = writeln!(t, "PUT sent -> acknowledged by the leader (commit, fsync):   {}", ack.line());
+        let mut extra = format!("event seen before the ack arrived: {}; revision mismatches: {}; not seen within 5 s: {}; failed PUTs: {}", s.seen_before_ack, s.revision_mismatch, s.missing, s.failed);
+        if let Some(d) = elapsed {
+            let _ = write!(extra, "; throughput {:.0} registrations/s", ack.count as f64 / d.as_secs_f64());
+        }
+        let _ = writeln!(t, "{extra}");
+        j[name] = json!({
+            "ack_to_visible": vis.json(), "send_to_visible": e2e.json(), "put_ack": ack.json(),
+            "seen_before_ack": s.seen_before_ack, "revision_mismatch": s.revision_mismatch, "missing": s.missing, "failed": s.failed,
+            "registrations_per_sec": elapsed.map(|d| r1(ack.count as f64 / d.as_secs_f64())),
+        });
+    };
+    one("sequential", &format!("{} sequential registrations, 1 writer", args.latency_samples), &mut seq, None);
+    if args.latency_writers > 0 {
+        one("concurrent", &format!("{} writers x {} registrations", args.latency_writers, args.latency_samples.div_ceil(args.latency_writers)), &mut conc, Some(conc_elapsed));
+        j["concurrent"]["writers"] = json!(args.latency_writers);
+    }
+    Ok((t, j))
+}
+
+async fn memory_phase(args: &Args, cluster: &Cluster, leader: SocketAddr, idle: Vec<Mem>) -> Result<(String, Value)> {
+    let n = args.mem_instances;
+    let limit = Duration::from_secs(args.setup_timeout_secs);
+    let expired_before = cluster.expiries().await?;
+    let set = Arc::new(LeaseSet::with_capacity(n));
+    // Each lease renewed about every TTL/4, the way an announcer would (TTL/3), spread over
+    // two connections.
+    let rate = n as f64 / (args.mem_ttl_ms as f64 / 1000.0 / 4.0);
+    let renewer = Renewer::start(leader, set.clone(), 2, Some(rate), limit * 3);
+    let res = async {
+        let grant_time = grant_leases(leader, &set, n, args.mem_ttl_ms, args.setup_concurrency, limit).await?;
+        let ids = set.ids.read().unwrap().clone();
+        let start = Instant::now();
+        let deadline = start + limit;
+        let next = Arc::new(AtomicUsize::new(0));
+        let ids = Arc::new(ids);
+        let last_rev = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<JoinHandle<Result<()>>> = (0..args.setup_concurrency.min(n))
+            .map(|_| {
+                let (next, ids, last_rev) = (next.clone(), ids.clone(), last_rev.clone());
+                tokio::spawn(async move {
+                    let mut conn = Conn::new(leader);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= ids.len() {
+                            return Ok(());
+                        }
+                        let body = serde_json::to_vec(&json!({
+                            "address": format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+                            "port": 8080, "lease_id": ids[i], "meta": {"zone": format!("z{}", i % 3)}
+                        }))?;
+                        let v = write_retry(&mut conn, "PUT", &format!("/v1/services/bench-mem-{}/instances/inst-{i}", i % 10), &body, deadline).await?;
+                        last_rev.fetch_max(v["revision"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        let put_time = start.elapsed();
+        let caught_up = cluster.wait_applied(last_rev.load(Ordering::Relaxed), Duration::from_secs(60)).await?;
+        Ok::<_, anyhow::Error>((grant_time, put_time, caught_up))
+    }
+    .await;
+    let (grant_time, put_time, caught_up) = match res {
+        Ok(v) => v,
+        Err(e) => {
+            renewer.stop().await;
+            return Err(e);
+        }
+    };
+    // Let the allocator and background work (snapshots) settle a little, still renewing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mem = cluster.rss();
+    let mut counts = Vec::new();
+    for node in &cluster.nodes {
+        let v = cluster.get_json(&format!("{}/v1/services?stale=true", node.url)).await?;
+        let c: u64 = v["services"].as_array().map(|a| a.iter().filter(|s| s["service"].as_str().is_some_and(|s| s.starts_with("bench-mem-"))).filter_map(|s| s["instances"].as_u64()).sum()).unwrap_or(0);
+        counts.push(c);
+    }
+    let expired = cluster.expiries().await?.saturating_sub(expired_before);
+    let renew_404 = renewer.stats.not_found.load(Ordering::Relaxed);
+    renewer.stop().await;
+    let disk: Vec<u64> = cluster.nodes.iter().map(|n| dir_size(&n.data, 0)).collect();
+
+    let mut t = String::new();
+    let _ = writeln!(t, "\n--- memory: {n} instances, each under its own lease (TTL {} ms, renewed every ~TTL/4) ---", args.mem_ttl_ms);
+    let _ = writeln!(t, "granted {n} leases in {:.2} s ({:.0}/s); registered {n} instances in {:.2} s ({:.0} PUTs/s, {} in flight); all nodes applied them {} ms later", grant_time.as_secs_f64(), n as f64 / grant_time.as_secs_f64(), put_time.as_secs_f64(), n as f64 / put_time.as_secs_f64(), args.setup_concurrency, caught_up.as_millis());
+    let _ = writeln!(t, "instances per node (stale list): {counts:?}; leases expired meanwhile: {expired}; keepalive 404s: {renew_404}");
+    let _ = writeln!(t, "RSS idle (after start):          {}", rss_line(&idle));
+    let _ = writeln!(t, "RSS with {n} instances:        {}", rss_line(&mem));
+    let _ = writeln!(t, "data directory size:             {}", disk.iter().enumerate().map(|(i, b)| format!("node{} {:.1} MiB", i + 1, *b as f64 / 1048576.0)).collect::<Vec<_>>().join(", "));
+    let j = json!({
+        "instances": n,
+        "leases": n,
+        "lease_ttl_ms": args.mem_ttl_ms,
+        "grants_per_sec": r1(n as f64 / grant_time.as_secs_f64()),
+        "puts_per_sec": r1(n as f64 / put_time.as_secs_f64()),
+        "put_concurrency": args.setup_concurrency,
+        "apply_catch_up_ms": caught_up.as_millis() as u64,
+        "instances_per_node": counts,
+        "expired_meanwhile": expired,
+        "rss_idle": idle.iter().map(Mem::json).collect::<Vec<_>>(),
+        "rss_loaded": mem.iter().map(Mem::json).collect::<Vec<_>>(),
+        "data_dir_bytes": disk,
+    });
+    Ok((t, j))
+}
+
+/// Total size of the files under `dir` (bounded depth).
+fn dir_size(dir: &Path, depth: usize) -> u64 {
+    if depth > 8 {
+        return 0;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path(), depth + 1),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
