@@ -1,4 +1,136 @@
-fn main() {
-    eprintln!("announcer: not implemented yet (see the announcer issue)");
-    std::process::exit(1);
+//! `announcer`: run next to a web server (default), or switch its maintenance mode.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use announcer::agent::{self, Event, Outcome, Shared};
+use announcer::config::{Backend, Config, LogFormat, RunArgs};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+#[derive(Parser)]
+#[command(
+    name = "announcer",
+    version,
+    about = "Keeps this host's web server(s) registered in the registry (or ZooKeeper) while alive and healthy",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Put this host's instances into maintenance (`on`) or back (`off`), through a running
+    /// announcer's admin endpoint.
+    Maint {
+        #[arg(value_enum)]
+        state: OnOff,
+        /// The running announcer's --admin address.
+        #[arg(long, env = "ANNOUNCER_ADMIN")]
+        admin: std::net::SocketAddr,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn maint(on: bool, admin: std::net::SocketAddr) -> ExitCode {
+    let url = format!("http://{admin}/v1/maint");
+    match reqwest::Client::new().post(&url).json(&announcer::admin::MaintRequest { on }).send().await {
+        Ok(r) if r.status().is_success() => {
+            println!("maintenance {}", if on { "on" } else { "off" });
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("announcer maint: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("announcer maint: cannot reach the announcer at {admin} (is it running with --admin {admin}?): {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Forwards SIGTERM and SIGINT to the agent: the first drains, the second exits at once.
+fn forward_signals(events: mpsc::Sender<Event>) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if events.send(Event::Stop).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn run(config: Config) -> anyhow::Result<Outcome> {
+    let shared = Arc::new(Shared { metrics: Default::default(), status: Default::default() });
+    let (tx, rx) = mpsc::channel(256);
+    forward_signals(tx.clone())?;
+    if let Some(addr) = config.admin {
+        announcer::admin::serve(addr, shared.clone(), tx.clone()).await.map_err(|e| anyhow::anyhow!("admin endpoint {addr}: {e}"))?;
+    }
+    agent::spawn_checks(&config, tx.clone());
+    let names: Vec<String> = config.services.iter().map(|s| format!("{}/{}", s.service, s.instance)).collect();
+    tracing::info!(backend = ?config.backend, ttl = ?config.ttl, instances = ?names, "announcer starting");
+    let outcome = match &config.backend {
+        Backend::Registry(urls) => {
+            let client = client::Client::new(urls)?;
+            agent::run(announcer::registry::RegistryPublisher::new(client, config.ttl), &config, rx, shared).await
+        }
+        Backend::Zookeeper(addr) => anyhow::bail!("ZooKeeper mode {addr}: TODO-ZK"),
+    };
+    drop(tx);
+    Ok(outcome)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Maint { state, admin }) = cli.command {
+        return maint(matches!(state, OnOff::On), admin).await;
+    }
+    let config = match cli.run.resolve() {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("announcer: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(config.log_format);
+    match run(config).await {
+        Ok(Outcome::Graceful) => ExitCode::SUCCESS,
+        Ok(Outcome::Forced) => ExitCode::from(130),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("announcer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -101,6 +101,13 @@ impl Proc {
         }
     }
 
+    /// The exit code once the process has ended (a signal death counts as -1).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -193,3 +200,4 @@ pub fn registry_cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(binary("registry")).args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+pub mod zookeeper;

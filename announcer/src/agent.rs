@@ -1,0 +1,276 @@
+//! The announcer's loop: folds health results, maintenance and shutdown into the desired set,
+//! and keeps the backend equal to it (level-triggered: after any failure it simply syncs the
+//! whole set again, with jittered backoff).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::InstanceState;
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::health::{Checker, RiseFall};
+use crate::metrics::{InstanceLabels, Metrics};
+use crate::publish::{Announcement, Desired, PublishError, Publisher};
+
+/// Inputs of the loop.
+#[derive(Debug)]
+pub enum Event {
+    /// One health check result for service number `idx`.
+    Health { idx: usize, result: Result<(), String> },
+    /// Maintenance on or off.
+    Maint(bool),
+    /// SIGTERM or SIGINT.
+    Stop,
+}
+
+/// What the admin endpoint shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub maint: bool,
+    pub draining: bool,
+    /// Whether the backend holds the desired set right now.
+    pub in_sync: bool,
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceStatus {
+    pub service: String,
+    pub instance: String,
+    pub healthy: bool,
+    /// The state announced, or `None` when not announced.
+    pub announced: Option<InstanceState>,
+}
+
+pub struct Shared {
+    pub metrics: Metrics,
+    pub status: Mutex<Status>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Drained, deregistered, lease released.
+    Graceful,
+    /// A second signal cut the drain short.
+    Forced,
+}
+
+/// Exponential backoff with jitter, so announcers that lost the registry together do not come
+/// back in lockstep.
+struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { next: min, min, max }
+    }
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+    fn step(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+    }
+}
+
+/// Starts one task per configured health check, reporting into `events`.
+pub fn spawn_checks(config: &Config, events: mpsc::Sender<Event>) {
+    for (idx, s) in config.services.iter().enumerate() {
+        let Some(c) = s.check.clone() else { continue };
+        let events = events.clone();
+        tokio::spawn(async move {
+            let checker = Checker::new(c.check, c.timeout);
+            let mut every = tokio::time::interval(c.interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let result = checker.run().await;
+                if events.send(Event::Health { idx, result }).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+struct State {
+    health: Vec<Option<RiseFall>>,
+    maint: bool,
+    draining: bool,
+}
+
+impl State {
+    fn healthy(&self, idx: usize) -> bool {
+        self.health[idx].as_ref().is_none_or(RiseFall::healthy)
+    }
+
+    /// Unhealthy: not announced (the lease stays). Draining wins over maintenance, which wins
+    /// over up.
+    fn desired(&self, config: &Config) -> Desired {
+        let state = if self.draining {
+            InstanceState::Drain
+        } else if self.maint {
+            InstanceState::Maint
+        } else {
+            InstanceState::Up
+        };
+        config
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.healthy(*i))
+            .map(|(_, s)| {
+                let a = Announcement { host: s.host.clone(), port: s.port, weight: s.weight, state, meta: s.meta.clone() };
+                ((s.service.clone(), s.instance.clone()), a)
+            })
+            .collect()
+    }
+}
+
+pub async fn run<P: Publisher>(mut publisher: P, config: &Config, mut events: mpsc::Receiver<Event>, shared: Arc<Shared>) -> Outcome {
+    let mut st = State {
+        health: config.services.iter().map(|s| s.check.as_ref().map(|c| RiseFall::new(c.rise, c.fall))).collect(),
+        maint: false,
+        draining: false,
+    };
+    let tick_every = publisher.tick_interval();
+    let mut backoff = Backoff::new(Duration::from_millis(100), tick_every.clamp(Duration::from_millis(200), Duration::from_secs(2)));
+    let mut dirty = true;
+    let mut retry_at = Instant::now();
+    let mut next_tick = Instant::now() + tick_every;
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        let desired = st.desired(config);
+        if dirty && Instant::now() >= retry_at {
+            match publisher.sync(&desired).await {
+                Ok(()) => {
+                    dirty = false;
+                    backoff.reset();
+                }
+                Err(e) => {
+                    shared.metrics.sync_failures.inc();
+                    if matches!(e, PublishError::Lost(_)) {
+                        shared.metrics.lost.inc();
+                    }
+                    let wait = backoff.step();
+                    tracing::warn!(error = %e, retry_in = ?wait, "could not publish; will retry");
+                    retry_at = Instant::now() + wait;
+                }
+            }
+        }
+        publish_status(&shared, config, &st, &desired, !dirty);
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_tick) => {
+                match publisher.tick().await {
+                    Ok(()) => next_tick = Instant::now() + tick_every,
+                    Err(e) => {
+                        shared.metrics.tick_failures.inc();
+                        if matches!(e, PublishError::Lost(_)) {
+                            shared.metrics.lost.inc();
+                            dirty = true;
+                            retry_at = Instant::now();
+                        }
+                        // Retry well within the TTL rather than a whole interval later.
+                        let wait = backoff.step().min(tick_every);
+                        tracing::warn!(error = %e, retry_in = ?wait, "keepalive failed");
+                        next_tick = Instant::now() + wait;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(retry_at), if dirty => {}
+            _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
+                return finish(&mut publisher, &shared).await;
+            }
+            ev = events.recv() => match ev {
+                None => return finish(&mut publisher, &shared).await,
+                Some(Event::Health { idx, result }) => {
+                    let s = &config.services[idx];
+                    let labels = InstanceLabels { service: s.service.clone(), instance: s.instance.clone() };
+                    if let Err(why) = &result {
+                        shared.metrics.checks_failed.get_or_create(&labels).inc();
+                        tracing::debug!(service = %s.service, instance = %s.instance, %why, "check failed");
+                    }
+                    if let Some(rf) = st.health[idx].as_mut() {
+                        if let Some(now_healthy) = rf.observe(result.is_ok()) {
+                            tracing::info!(service = %s.service, instance = %s.instance, healthy = now_healthy, last = ?result.err(), "health changed");
+                            dirty = true;
+                        }
+                    }
+                }
+                Some(Event::Maint(on)) => {
+                    if st.maint != on {
+                        tracing::info!(maint = on, "maintenance changed");
+                        st.maint = on;
+                        dirty = true;
+                        retry_at = Instant::now();
+                    }
+                }
+                Some(Event::Stop) => {
+                    if st.draining {
+                        tracing::warn!("second signal: exiting without finishing the drain");
+                        return Outcome::Forced;
+                    }
+                    tracing::info!(drain = ?config.drain, "signal: draining, then deregistering");
+                    st.draining = true;
+                    dirty = true;
+                    retry_at = Instant::now();
+                    drain_until = Some(Instant::now() + config.drain);
+                }
+            },
+        }
+    }
+}
+
+async fn finish<P: Publisher>(publisher: &mut P, shared: &Shared) -> Outcome {
+    match tokio::time::timeout(Duration::from_secs(10), publisher.shutdown()).await {
+        Ok(Ok(())) => tracing::info!("deregistered"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not deregister cleanly; the lease or session will expire"),
+        Err(_) => tracing::warn!("deregistering timed out; the lease or session will expire"),
+    }
+    shared.metrics.published.set(0);
+    Outcome::Graceful
+}
+
+fn publish_status(shared: &Shared, config: &Config, st: &State, desired: &Desired, in_sync: bool) {
+    let instances = config
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let key = (s.service.clone(), s.instance.clone());
+            let healthy = st.healthy(i);
+            let labels = InstanceLabels { service: s.service.clone(), instance: s.instance.clone() };
+            shared.metrics.healthy.get_or_create(&labels).set(healthy as i64);
+            InstanceStatus { service: s.service.clone(), instance: s.instance.clone(), healthy, announced: desired.get(&key).map(|a| a.state) }
+        })
+        .collect();
+    if in_sync {
+        shared.metrics.published.set(desired.len() as i64);
+    }
+    shared.metrics.maint.set(st.maint as i64);
+    *shared.status.lock().unwrap() = Status { maint: st.maint, draining: st.draining, in_sync, instances };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let steps: Vec<Duration> = (0..6).map(|_| b.step()).collect();
+        assert!(steps[0] >= Duration::from_millis(50) && steps[0] <= Duration::from_millis(150));
+        assert!(steps[5] >= Duration::from_millis(400) && steps[5] <= Duration::from_millis(1200));
+        b.reset();
+        assert!(b.step() <= Duration::from_millis(150));
+    }
+}

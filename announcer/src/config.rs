@@ -1,0 +1,513 @@
+//! Announcer settings: flags for one service, or a TOML file for several. Every problem is
+//! reported at once, each naming its field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::health::Check;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Flags of the announcer's main mode.
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// TOML file describing one or more services (see docs/announcer.md); flags override its
+    /// global settings. Services come from the file then, not from --service.
+    #[arg(long, env = "ANNOUNCER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Registry nodes, comma-separated (`http://HOST:PORT`); any node will do.
+    #[arg(long, env = "REGISTRY_ADDR", value_delimiter = ',')]
+    pub registry: Vec<String>,
+    /// Write ephemeral znodes to this ZooKeeper (`HOST:PORT[,HOST:PORT]`) instead of the registry.
+    #[arg(long, env = "ANNOUNCER_ZOOKEEPER")]
+    pub zookeeper: Option<String>,
+    /// Service name, e.g. `web-servers`.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Where the balancer should send traffic: `HOST:PORT` of the local server.
+    #[arg(long)]
+    pub address: Option<String>,
+    /// Instance id [default: the --address].
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// HAProxy weight, 0..256 [default: 100].
+    #[arg(long)]
+    pub weight: Option<u32>,
+    /// Metadata, `KEY=VALUE`; repeat for several.
+    #[arg(long = "meta")]
+    pub meta: Vec<String>,
+    /// Lease TTL (ZooKeeper: session timeout) [default: 3s]. Renewed every TTL/3.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+    /// HTTP health check: GET this URL; healthy on 2xx/3xx.
+    #[arg(long)]
+    pub check_http: Option<String>,
+    /// With --check-http: the body must contain this text.
+    #[arg(long)]
+    pub check_expect: Option<String>,
+    /// TCP health check: connect to this HOST:PORT.
+    #[arg(long)]
+    pub check_tcp: Option<String>,
+    /// Command health check: `sh -c COMMAND`; healthy on exit status 0.
+    #[arg(long)]
+    pub check_exec: Option<String>,
+    /// Time between checks [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub check_interval: Option<Duration>,
+    /// Time a check may take [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub check_timeout: Option<Duration>,
+    /// Consecutive successes to become healthy [default: 2].
+    #[arg(long)]
+    pub rise: Option<u32>,
+    /// Consecutive failures to become unhealthy [default: 2].
+    #[arg(long)]
+    pub fall: Option<u32>,
+    /// On SIGTERM/SIGINT: how long instances stay in `drain` before they are removed [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub drain: Option<Duration>,
+    /// Serve /healthz, /metrics and the maintenance control on this local address.
+    #[arg(long, env = "ANNOUNCER_ADMIN")]
+    pub admin: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    registry: Option<Urls>,
+    zookeeper: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    drain: Option<Duration>,
+    admin: Option<String>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    services: Vec<FileService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Urls {
+    List(Vec<String>),
+    One(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileService {
+    name: String,
+    address: String,
+    instance: Option<String>,
+    weight: Option<u32>,
+    #[serde(default)]
+    meta: BTreeMap<String, String>,
+    check: Option<FileCheck>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCheck {
+    http: Option<String>,
+    expect: Option<String>,
+    tcp: Option<String>,
+    exec: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+}
+
+/// Where registrations go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Registry(Vec<String>),
+    Zookeeper(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    pub check: Check,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub service: String,
+    pub instance: String,
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    pub meta: BTreeMap<String, String>,
+    pub check: Option<CheckConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub backend: Backend,
+    pub ttl: Duration,
+    pub drain: Duration,
+    pub admin: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// Splits `HOST:PORT` (IPv6 in brackets) and checks both parts.
+pub fn host_port(raw: &str) -> Result<(String, u16), String> {
+    let (host, port) = raw.rsplit_once(':').ok_or_else(|| format!("{raw:?} is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    proto::validate::address(host)?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((host.to_string(), p)),
+        _ => Err(format!("{raw:?} has no valid port (1..65535)")),
+    }
+}
+
+/// Collects problems as `field: message`.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, field: &str, msg: impl std::fmt::Display) {
+        self.0.push(format!("{field}: {msg}"));
+    }
+}
+
+fn check_config(p: &mut Problems, at: &str, c: FileCheck) -> Option<CheckConfig> {
+    let kinds = [c.http.is_some(), c.tcp.is_some(), c.exec.is_some()].iter().filter(|k| **k).count();
+    if kinds != 1 {
+        p.add(at, "give exactly one of http, tcp or exec");
+    }
+    if c.expect.is_some() && c.http.is_none() {
+        p.add(&format!("{at}.expect"), "only applies to an http check");
+    }
+    if let Some(url) = &c.http {
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => p.add(&format!("{at}.http"), format!("{url:?} is not an http(s) URL")),
+        }
+    }
+    if let Some(addr) = &c.tcp {
+        if let Err(e) = host_port(addr) {
+            p.add(&format!("{at}.tcp"), e);
+        }
+    }
+    if c.exec.as_deref().is_some_and(|e| e.trim().is_empty()) {
+        p.add(&format!("{at}.exec"), "is empty");
+    }
+    let interval = c.interval.unwrap_or(Duration::from_secs(1));
+    let timeout = c.timeout.unwrap_or(Duration::from_secs(1));
+    if interval < Duration::from_millis(10) {
+        p.add(&format!("{at}.interval"), "must be at least 10ms");
+    }
+    if timeout.is_zero() {
+        p.add(&format!("{at}.timeout"), "must be above zero");
+    }
+    let (rise, fall) = (c.rise.unwrap_or(2), c.fall.unwrap_or(2));
+    if rise == 0 {
+        p.add(&format!("{at}.rise"), "must be at least 1");
+    }
+    if fall == 0 {
+        p.add(&format!("{at}.fall"), "must be at least 1");
+    }
+    let check = match (c.http, c.tcp, c.exec) {
+        (Some(url), None, None) => Check::Http { url, expect: c.expect },
+        (None, Some(addr), None) => Check::Tcp { addr },
+        (None, None, Some(command)) => Check::Exec { command },
+        _ => return None,
+    };
+    Some(CheckConfig { check, interval, timeout, rise, fall })
+}
+
+fn service_config(p: &mut Problems, at: &str, s: FileService) -> Option<ServiceConfig> {
+    let before = p.0.len();
+    if let Err(e) = proto::validate::service_name(&s.name) {
+        p.add(&format!("{at}.name"), e);
+    }
+    let hp = host_port(&s.address).map_err(|e| p.add(&format!("{at}.address"), e)).ok();
+    let instance = s.instance.unwrap_or_else(|| s.address.clone());
+    if let Err(e) = proto::validate::instance_name(&instance) {
+        p.add(&format!("{at}.instance"), e);
+    }
+    let weight = s.weight.unwrap_or(100);
+    if weight > proto::validate::MAX_WEIGHT {
+        p.add(&format!("{at}.weight"), format!("{weight} is above {}", proto::validate::MAX_WEIGHT));
+    }
+    let check = s.check.and_then(|c| check_config(p, &format!("{at}.check"), c));
+    if p.0.len() > before {
+        return None;
+    }
+    let (host, port) = hp?;
+    Some(ServiceConfig { service: s.name, instance, host, port, weight, meta: s.meta, check })
+}
+
+impl RunArgs {
+    fn flag_service(&self, p: &mut Problems) -> Option<FileService> {
+        let check = if self.check_http.is_some() || self.check_tcp.is_some() || self.check_exec.is_some() {
+            Some(FileCheck {
+                http: self.check_http.clone(),
+                expect: self.check_expect.clone(),
+                tcp: self.check_tcp.clone(),
+                exec: self.check_exec.clone(),
+                interval: self.check_interval,
+                timeout: self.check_timeout,
+                rise: self.rise,
+                fall: self.fall,
+            })
+        } else {
+            if self.check_expect.is_some() {
+                p.add("check-expect", "needs --check-http");
+            }
+            None
+        };
+        let mut meta = BTreeMap::new();
+        for m in &self.meta {
+            match m.split_once('=') {
+                Some((k, v)) => {
+                    meta.insert(k.to_string(), v.to_string());
+                }
+                None => p.add("meta", format!("{m:?} is not KEY=VALUE")),
+            }
+        }
+        match (&self.service, &self.address) {
+            (Some(name), Some(address)) => Some(FileService {
+                name: name.clone(),
+                address: address.clone(),
+                instance: self.instance.clone(),
+                weight: self.weight,
+                meta,
+                check,
+            }),
+            (name, address) => {
+                if name.is_none() {
+                    p.add("service", "missing (--service NAME, or services in --config FILE)");
+                }
+                match address {
+                    None => p.add("address", "missing (--address HOST:PORT of the local server)"),
+                    Some(a) => {
+                        if let Err(e) = host_port(a) {
+                            p.add("service.address", e);
+                        }
+                    }
+                }
+                // Still check the rest, so every problem is reported in one go.
+                if let Some(c) = check {
+                    check_config(p, "service.check", c);
+                }
+                None
+            }
+        }
+    }
+
+    /// Merges flags, file and defaults; returns every problem found.
+    pub fn resolve(self) -> Result<Config, Vec<String>> {
+        let mut p = Problems::default();
+        let file = match &self.config {
+            None => FileConfig::default(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(e) => return Err(vec![format!("config file {}: {e}", path.display())]),
+                Ok(text) => match toml::from_str::<FileConfig>(&text) {
+                    Ok(f) => f,
+                    Err(e) => return Err(vec![format!("config file {}: {e}", path.display())]),
+                },
+            },
+        };
+        let service_flags = self.service.is_some() || self.address.is_some() || self.instance.is_some();
+        let raw_services: Vec<(String, FileService)> = if self.config.is_some() {
+            if service_flags {
+                p.add("service", "give services either with flags or in --config, not both");
+            }
+            if file.services.is_empty() {
+                p.add("services", "the config file lists no [[services]]");
+            }
+            file.services.into_iter().enumerate().map(|(i, s)| (format!("services[{i}]"), s)).collect()
+        } else {
+            self.flag_service(&mut p).map(|s| vec![("service".to_string(), s)]).unwrap_or_default()
+        };
+        let services: Vec<ServiceConfig> = raw_services.into_iter().filter_map(|(at, s)| service_config(&mut p, &at, s)).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &services {
+            if !seen.insert((s.service.clone(), s.instance.clone())) {
+                p.add("services", format!("{}/{} is listed twice", s.service, s.instance));
+            }
+        }
+        let registry: Vec<String> = if !self.registry.is_empty() {
+            self.registry.clone()
+        } else {
+            match file.registry {
+                Some(Urls::List(l)) => l,
+                Some(Urls::One(s)) => s.split(',').map(str::to_string).collect(),
+                None => vec![],
+            }
+        };
+        let zookeeper = self.zookeeper.clone().or(file.zookeeper);
+        let backend = match (registry.is_empty(), zookeeper) {
+            (false, None) => {
+                if let Err(e) = client::Client::new(&registry) {
+                    p.add("registry", e);
+                }
+                Some(Backend::Registry(registry))
+            }
+            (true, Some(zk)) => {
+                for part in zk.split(',') {
+                    if let Err(e) = host_port(part) {
+                        p.add("zookeeper", e);
+                    }
+                }
+                Some(Backend::Zookeeper(zk))
+            }
+            (false, Some(_)) => {
+                p.add("registry", "give either --registry or --zookeeper, not both");
+                None
+            }
+            (true, None) => {
+                p.add("registry", "missing (--registry URLS or REGISTRY_ADDR, or --zookeeper HOST:PORT)");
+                None
+            }
+        };
+        let ttl = self.ttl.or(file.ttl).unwrap_or(Duration::from_secs(3));
+        if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(3600) {
+            p.add("ttl", format!("{} is outside 1s..1h", humantime::format_duration(ttl)));
+        }
+        let drain = self.drain.or(file.drain).unwrap_or(Duration::from_secs(5));
+        let admin = match (self.admin, file.admin) {
+            (Some(a), _) => Some(a),
+            (None, Some(a)) => a.parse().map_err(|_| p.add("admin", format!("{a:?} is not IP:PORT"))).ok(),
+            (None, None) => None,
+        };
+        if !p.0.is_empty() {
+            return Err(p.0);
+        }
+        Ok(Config {
+            backend: backend.expect("checked"),
+            ttl,
+            drain,
+            admin,
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            services,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> RunArgs {
+        RunArgs {
+            registry: vec!["http://127.0.0.1:7401".into()],
+            service: Some("web-servers".into()),
+            address: Some("10.0.0.5:8080".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flags_make_one_service_with_defaults() {
+        let c = args().resolve().unwrap();
+        assert_eq!(c.services.len(), 1);
+        let s = &c.services[0];
+        assert_eq!((s.instance.as_str(), s.host.as_str(), s.port, s.weight), ("10.0.0.5:8080", "10.0.0.5", 8080, 100));
+        assert_eq!(c.ttl, Duration::from_secs(3));
+        assert_eq!(c.drain, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_flag_error_is_reported() {
+        let a = RunArgs {
+            address: Some("10.0.0.5:0".into()),
+            ttl: Some(Duration::from_millis(10)),
+            check_http: Some("ftp://x".into()),
+            check_tcp: Some("a:1".into()),
+            rise: Some(0),
+            ..Default::default()
+        };
+        let e = a.resolve().unwrap_err();
+        for field in ["service:", "registry:", "ttl:", "service.check:", "service.check.http:", "service.check.rise:"] {
+            assert!(e.iter().any(|x| x.starts_with(field)), "{field} missing from {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_file_describes_several_services() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(
+            &path,
+            r#"
+registry = ["http://127.0.0.1:7401", "http://127.0.0.1:7402"]
+ttl = "5s"
+drain = "0s"
+[[services]]
+name = "web-servers"
+address = "10.0.0.5:8080"
+meta = { zone = "a" }
+check = { http = "http://127.0.0.1:8080/health", expect = "ok", rise = 1 }
+[[services]]
+name = "api-servers"
+address = "10.0.0.5:9090"
+weight = 50
+check = { tcp = "127.0.0.1:9090" }
+"#,
+        )
+        .unwrap();
+        let c = RunArgs { config: Some(path), ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.drain, Duration::ZERO);
+        assert_eq!(c.services[1].weight, 50);
+        assert!(matches!(c.services[0].check.as_ref().unwrap().check, Check::Http { .. }));
+    }
+
+    #[test]
+    fn file_errors_name_their_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(
+            &path,
+            r#"
+zookeeper = "127.0.0.1:2181"
+[[services]]
+name = "web servers"
+address = "nohost"
+[[services]]
+name = "api"
+address = "10.0.0.5:9090"
+weight = 999
+check = { tcp = "127.0.0.1:9090", exec = "true" }
+"#,
+        )
+        .unwrap();
+        let e = RunArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
+        for field in ["services[0].name:", "services[0].address:", "services[1].weight:", "services[1].check:"] {
+            assert!(e.iter().any(|x| x.starts_with(field)), "{field} missing from {e:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, "registry = \"http://x:1\"\n[[services]]\nname = \"a\"\naddress = \"1.2.3.4:5\"\nport = 5\n").unwrap();
+        let e = RunArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
+        assert!(e[0].contains("port"), "{e:?}");
+    }
+}

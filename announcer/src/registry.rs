@@ -1,0 +1,113 @@
+//! Publishing to the registry: one lease per announcer process, instances attached to it.
+
+use std::time::Duration;
+
+use client::Client;
+use proto::{InstanceSpec, LeaseId};
+
+use crate::publish::{Desired, PublishError, Publisher};
+
+pub struct RegistryPublisher {
+    client: Client,
+    ttl: Duration,
+    lease: Option<LeaseId>,
+    /// What the registry holds under our lease, as far as we know.
+    published: Desired,
+}
+
+impl RegistryPublisher {
+    pub fn new(client: Client, ttl: Duration) -> RegistryPublisher {
+        RegistryPublisher { client, ttl, lease: None, published: Desired::new() }
+    }
+
+    pub fn lease(&self) -> Option<LeaseId> {
+        self.lease
+    }
+
+    /// Our lease is gone (expired while we could not renew it, or revoked): so is everything
+    /// attached to it.
+    fn lost(&mut self, why: String) -> PublishError {
+        tracing::warn!(lease = ?self.lease, "{why}; will grant a new lease and register again");
+        self.lease = None;
+        self.published.clear();
+        PublishError::Lost(why)
+    }
+
+    fn map(&mut self, e: client::Error) -> PublishError {
+        match &e {
+            client::Error::Api { status: 404, body } if body.code == "lease_not_found" => self.lost(format!("lease gone: {}", body.message)),
+            e if e.is_retriable() => PublishError::Unavailable(e.to_string()),
+            _ => PublishError::Rejected(e.to_string()),
+        }
+    }
+}
+
+impl Publisher for RegistryPublisher {
+    fn tick_interval(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    async fn sync(&mut self, desired: &Desired) -> Result<(), PublishError> {
+        let lease = match self.lease {
+            Some(l) => l,
+            None => {
+                let g = self.client.grant(self.ttl).await.map_err(|e| self.map(e))?;
+                tracing::info!(lease = g.lease_id, ttl_ms = g.ttl_ms, "granted a lease");
+                self.published.clear();
+                self.lease = Some(g.lease_id);
+                g.lease_id
+            }
+        };
+        for (key, a) in desired {
+            if self.published.get(key) == Some(a) {
+                continue;
+            }
+            let spec = InstanceSpec {
+                address: a.host.clone(),
+                port: a.port as u64,
+                lease_id: Some(lease),
+                weight: a.weight,
+                state: a.state,
+                meta: a.meta.clone(),
+            };
+            let w = self.client.put_instance(&key.0, &key.1, &spec).await.map_err(|e| self.map(e))?;
+            tracing::info!(service = %key.0, instance = %key.1, state = %a.state, revision = w.revision, "registered");
+            self.published.insert(key.clone(), a.clone());
+        }
+        let stale: Vec<_> = self.published.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
+        for key in stale {
+            match self.client.delete_instance(&key.0, &key.1).await {
+                Ok(w) => tracing::info!(service = %key.0, instance = %key.1, revision = w.revision, "deregistered"),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(self.map(e)),
+            }
+            self.published.remove(&key);
+        }
+        Ok(())
+    }
+
+    async fn tick(&mut self) -> Result<(), PublishError> {
+        let Some(lease) = self.lease else { return Ok(()) };
+        self.client.keepalive(lease).await.map(|_| ()).map_err(|e| self.map(e))
+    }
+
+    async fn shutdown(&mut self) -> Result<(), PublishError> {
+        let keys: Vec<_> = self.published.keys().cloned().collect();
+        for key in keys {
+            if let Err(e) = self.client.delete_instance(&key.0, &key.1).await {
+                if !e.is_not_found() {
+                    tracing::warn!(service = %key.0, instance = %key.1, error = %e, "could not deregister; the lease revoke removes it");
+                }
+            }
+        }
+        self.published.clear();
+        if let Some(lease) = self.lease.take() {
+            match self.client.revoke(lease).await {
+                Ok(_) => tracing::info!(lease, "revoked the lease"),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(PublishError::Unavailable(format!("revoking lease {lease}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+}

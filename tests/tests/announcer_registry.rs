@@ -1,0 +1,144 @@
+//! The real announcer against a real 3-node registry and a real local HTTP server.
+
+use std::path::Path;
+use std::time::Duration;
+
+use e2e::{binary, free_port, wait_for, Proc, RegistryCluster};
+use proto::{InstanceState, WatchEvent};
+use tokio::time::Instant;
+
+struct Web {
+    _proc: Proc,
+    port: u16,
+    fail_file: std::path::PathBuf,
+}
+
+fn web(dir: &Path, name: &str) -> Web {
+    let port = free_port();
+    let fail_file = dir.join(format!("{name}.fail"));
+    let args = vec!["--listen".into(), format!("127.0.0.1:{port}"), "--name".into(), name.into(), "--fail-file".into(), fail_file.display().to_string()];
+    Web { _proc: Proc::spawn(name, &binary("demo_web"), &args, dir), port, fail_file }
+}
+
+fn announcer(dir: &Path, name: &str, registry: &[String], web: &Web, admin: u16, extra: &[&str]) -> Proc {
+    let mut args: Vec<String> = vec![
+        "--registry".into(),
+        registry.join(","),
+        "--service".into(),
+        "web-servers".into(),
+        "--address".into(),
+        format!("127.0.0.1:{}", web.port),
+        "--check-http".into(),
+        format!("http://127.0.0.1:{}/health", web.port),
+        "--check-interval".into(),
+        "200ms".into(),
+        "--rise".into(),
+        "2".into(),
+        "--fall".into(),
+        "2".into(),
+        "--ttl".into(),
+        "2s".into(),
+        "--admin".into(),
+        format!("127.0.0.1:{admin}"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Proc::spawn(name, &binary("announcer"), &args, dir)
+}
+
+/// The state our instance has in the registry (linearizable read), or None if absent.
+async fn state_of(client: &client::Client, instance: &str) -> Option<Option<InstanceState>> {
+    let s = client.service("web-servers", false).await.ok()?;
+    Some(s.instances.iter().find(|i| i.instance == instance).map(|i| i.state))
+}
+
+async fn wait_state(client: &client::Client, instance: &str, want: Option<InstanceState>, limit: Duration, what: &str) -> Duration {
+    let t = Instant::now();
+    wait_for(limit, what, || async { (state_of(client, instance).await == Some(want)).then_some(()) }).await;
+    t.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_maintenance_and_graceful_stop() {
+    let cluster = RegistryCluster::start(3).await;
+    let client = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let w = web(dir.path(), "web-1");
+    let admin = free_port();
+    let mut a = announcer(dir.path(), "announcer-1", &cluster.urls(), &w, admin, &["--drain", "1500ms"]);
+    let id = format!("127.0.0.1:{}", w.port);
+
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "the instance to be registered").await;
+
+    // Failing its check for `fall` checks removes it (the lease stays); passing `rise` brings it back.
+    std::fs::write(&w.fail_file, "").unwrap();
+    let took = wait_state(&client, &id, None, Duration::from_secs(5), "the failing instance to go").await;
+    assert!(took <= Duration::from_millis(2 * 200 + 1000), "gone {took:?} after the check started failing (bound fall*interval + 1s)");
+    std::fs::remove_file(&w.fail_file).unwrap();
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(5), "the recovered instance to come back").await;
+
+    // Maintenance through the local control.
+    let cli = |on: &str| std::process::Command::new(binary("announcer")).args(["maint", on, "--admin", &format!("127.0.0.1:{admin}")]).output().unwrap();
+    assert!(cli("on").status.success());
+    wait_state(&client, &id, Some(InstanceState::Maint), Duration::from_secs(5), "maint").await;
+    assert!(cli("off").status.success());
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(5), "back up").await;
+
+    // SIGTERM: drain is visible, then the instance is gone and the process exits 0.
+    a.signal("TERM");
+    wait_state(&client, &id, Some(InstanceState::Drain), Duration::from_secs(3), "drain").await;
+    let t = Instant::now();
+    wait_state(&client, &id, None, Duration::from_secs(5), "deregistration after the drain").await;
+    assert!(t.elapsed() >= Duration::from_millis(800), "removed before the drain period ended");
+    let code = wait_for(Duration::from_secs(5), "the announcer to exit", || {
+        let code = a.exit_code();
+        async move { code }
+    })
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(client.cluster().await.map(|_| ()).ok(), Some(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_kill_keeps_the_instance_and_an_announcer_kill_removes_it() {
+    let mut cluster = RegistryCluster::start(3).await;
+    let client = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let w = web(dir.path(), "web-2");
+    let mut a = announcer(dir.path(), "announcer-2", &cluster.urls(), &w, free_port(), &[]);
+    let id = format!("127.0.0.1:{}", w.port);
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "registration").await;
+
+    // Watch our service from a node that survives, and kill the leader.
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let survivor = (leader + 1) % 3;
+    let since = client.cluster().await.unwrap().applied_index;
+    let watcher = client::Client::new(&[cluster.urls()[survivor].clone()]).unwrap();
+    let mut stream = watcher.watch(Some("web-servers"), Some(since)).await.unwrap();
+    cluster.nodes[leader].kill();
+    // Three TTLs of the announcer renewing through a new leader.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        if let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+            assert!(!matches!(e, WatchEvent::Delete { .. }), "the instance was removed during the leader change: {e:?}");
+        }
+    }
+    assert_eq!(state_of(&client, &id).await, Some(Some(InstanceState::Up)));
+
+    // SIGKILL of the announcer: gone within TTL + 1 s.
+    a.kill();
+    let took = wait_state(&client, &id, None, Duration::from_secs(6), "expiry after SIGKILL").await;
+    assert!(took <= Duration::from_secs(3), "gone {took:?} after SIGKILL (bound TTL 2s + 1s)");
+}
+
+#[test]
+fn a_bad_config_names_the_field_and_exits_2() {
+    let out = std::process::Command::new(binary("announcer"))
+        .args(["--registry", "http://127.0.0.1:1", "--service", "web servers", "--address", "127.0.0.1:0", "--ttl", "1h5m", "--rise", "0", "--check-tcp", "x:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for field in ["service.name", "service.address", "ttl", "service.check.rise"] {
+        assert!(err.contains(field), "{field} not named in: {err}");
+    }
+}
