@@ -1,0 +1,58 @@
+//! Sources of the desired state: the registry (a resumable watch) and ZooKeeper (children
+//! watches). Each keeps a `SourceState` current in a `tokio::sync::watch` channel, which the
+//! reconciler reads: it always sees the latest full state, never a queue of deltas.
+
+pub mod registry;
+pub mod zookeeper;
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use proto::InstanceState;
+use serde::{Deserialize, Serialize};
+
+/// One endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub addr: String,
+    pub port: u16,
+    pub weight: u32,
+    pub state: InstanceState,
+}
+
+/// Every endpoint of every watched service, by service then instance id, at `revision`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Registry revision (ZooKeeper: the highest zxid seen) this state reflects.
+    pub revision: u64,
+    pub services: BTreeMap<String, BTreeMap<String, Endpoint>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SourceState {
+    /// `None` until the source has delivered a complete state once.
+    pub snapshot: Option<Snapshot>,
+    /// Whether the source is connected and current right now.
+    pub healthy: bool,
+    /// When the source was last known current.
+    pub last_ok: Option<SystemTime>,
+    pub error: Option<String>,
+}
+
+pub type Tx = tokio::sync::watch::Sender<SourceState>;
+pub type Rx = tokio::sync::watch::Receiver<SourceState>;
+
+pub fn channel() -> (Tx, Rx) {
+    tokio::sync::watch::channel(SourceState::default())
+}
+
+/// Marks the source as down, keeping the last snapshot (fail static).
+pub fn mark_down(tx: &Tx, error: String) {
+    tx.send_modify(|s| {
+        if s.healthy || s.error.as_deref() != Some(&error) {
+            tracing::warn!(%error, "source unavailable; keeping HAProxy as it is");
+        }
+        s.healthy = false;
+        s.error = Some(error);
+    });
+}
