@@ -102,7 +102,7 @@ async fn run(config: Config) -> anyhow::Result<Outcome> {
             let client = client::Client::new(urls)?;
             agent::run(announcer::registry::RegistryPublisher::new(client, config.ttl), &config, rx, shared).await
         }
-        Backend::Zookeeper(addr) => anyhow::bail!("ZooKeeper mode {addr}: TODO-ZK"),
+        Backend::Zookeeper(addr) => agent::run(announcer::zk::ZkPublisher::new(addr, config.ttl), &config, rx, shared).await,
     };
     drop(tx);
     Ok(outcome)

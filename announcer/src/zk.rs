@@ -197,7 +197,9 @@ impl Publisher for ZkPublisher {
             }
             // The library is reconnecting; the session (and our znodes) live on until the
             // server expires it, which the next tick sees.
-            zk::SessionState::Disconnected => Err(PublishError::Unavailable(format!("disconnected from ZooKeeper {} (session {})", self.connect, client.session_id()))),
+            zk::SessionState::Disconnected => {
+                Err(PublishError::Unavailable(format!("disconnected from ZooKeeper {} (session {})", self.connect, client.session_id())))
+            }
             zk::SessionState::Expired => Err(self.lost(format!("ZooKeeper session {} expired", client.session_id())).await),
             s => Err(self.lost(format!("ZooKeeper session {} ended ({s})", client.session_id())).await),
         }

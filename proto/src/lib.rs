@@ -26,3 +26,8 @@ pub type Revision = u64;
 /// HTTP header a registry node puts on its answers to name the leader's base URL, so a client
 /// can send its next write or keepalive there directly.
 pub const LEADER_HEADER: &str = "x-registry-leader";
+
+/// Reserved service under which every syncer reports, as an instance under its own lease,
+/// which registry revision each HAProxy backend it manages reflects. Instance meta holds
+/// `map.<backend>` = the service and `rev.<backend>` = the applied revision.
+pub const SYNCER_SERVICE: &str = "_syncers";

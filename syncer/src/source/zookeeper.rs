@@ -1,1 +1,173 @@
-//! Being written.
+//! ZooKeeper as a source: the children of `/<service>` are the instances, as the setups that
+//! already use ZooKeeper lay them out. A child named `host:port` is an endpoint; a child whose
+//! data is JSON `{"host": ..., "port": ..., "weight"?: ..., "state"?: ...}` is one too (the data
+//! wins over the name). Anything else is skipped with a warning.
+//!
+//! Level-triggered: any watch firing (children or data of any watched node) re-reads every
+//! service in full; a periodic re-read covers a watch lost with a connection.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use proto::InstanceState;
+use serde::Deserialize;
+use zookeeper_client as zk;
+
+use super::{mark_down, Endpoint, Snapshot, Tx};
+
+/// Re-read everything at least this often.
+const RESYNC: Duration = Duration::from_secs(5);
+
+#[derive(Deserialize)]
+struct JsonEndpoint {
+    host: String,
+    port: u16,
+    #[serde(default = "proto::instance::default_weight")]
+    weight: u32,
+    #[serde(default)]
+    state: InstanceState,
+}
+
+/// Reads one child: its data if that is our JSON, else its name if that is `host:port`.
+pub fn parse_child(name: &str, data: &[u8]) -> Result<Endpoint, String> {
+    if let Ok(j) = serde_json::from_slice::<JsonEndpoint>(data) {
+        if proto::validate::address(&j.host).is_ok() && j.port > 0 {
+            return Ok(Endpoint { addr: j.host, port: j.port, weight: j.weight.min(256), state: j.state });
+        }
+    }
+    if let Some((host, port)) = name.rsplit_once(':') {
+        if let (Ok(()), Ok(port)) = (proto::validate::address(host), port.parse::<u16>()) {
+            if port > 0 {
+                return Ok(Endpoint { addr: host.to_string(), port, weight: 100, state: InstanceState::Up });
+            }
+        }
+    }
+    Err(format!("neither a host:port name nor JSON data with host and port ({} bytes of data)", data.len()))
+}
+
+type Watches = FuturesUnordered<futures::future::BoxFuture<'static, ()>>;
+
+async fn read_all(client: &zk::Client, services: &[String], watches: &Watches) -> Result<Snapshot, zk::Error> {
+    let mut snap = Snapshot::default();
+    for service in services {
+        let path = format!("/{service}");
+        let mut endpoints = BTreeMap::new();
+        match client.get_and_watch_children(&path).await {
+            Ok((children, stat, watcher)) => {
+                snap.revision = snap.revision.max(stat.pzxid as u64);
+                watches.push(Box::pin(async move {
+                    watcher.changed().await;
+                }));
+                for child in children {
+                    let child_path = format!("{path}/{child}");
+                    match client.get_and_watch_data(&child_path).await {
+                        Ok((data, stat, watcher)) => {
+                            snap.revision = snap.revision.max(stat.mzxid as u64);
+                            watches.push(Box::pin(async move {
+                                watcher.changed().await;
+                            }));
+                            match parse_child(&child, &data) {
+                                Ok(e) => {
+                                    endpoints.insert(child, e);
+                                }
+                                Err(why) => tracing::warn!(path = %child_path, %why, "skipping znode"),
+                            }
+                        }
+                        // Gone between the listing and the read: the children watch fires.
+                        Err(zk::Error::NoNode) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(zk::Error::NoNode) => {
+                // No such service yet: watch for its creation.
+                let (_, watcher) = client.check_and_watch_stat(&path).await?;
+                watches.push(Box::pin(async move {
+                    watcher.changed().await;
+                }));
+            }
+            Err(e) => return Err(e),
+        }
+        snap.services.insert(service.clone(), endpoints);
+    }
+    Ok(snap)
+}
+
+/// Runs forever, keeping `tx` current.
+pub async fn run(connect: String, session_timeout: Duration, services: Vec<String>, tx: Tx) {
+    let mut attempt = 0u32;
+    loop {
+        let connecting = zk::Client::connector().with_session_timeout(session_timeout).with_fail_eagerly().connect(&connect);
+        let client = match tokio::time::timeout(session_timeout + Duration::from_secs(1), connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                mark_down(&tx, format!("connecting to ZooKeeper {connect}: {e}"));
+                tokio::time::sleep(Duration::from_millis(200 * (1 << attempt.min(3)))).await;
+                attempt += 1;
+                continue;
+            }
+            Err(_) => {
+                mark_down(&tx, format!("connecting to ZooKeeper {connect}: timed out"));
+                attempt += 1;
+                continue;
+            }
+        };
+        attempt = 0;
+        tracing::info!(session = %client.session_id(), zookeeper = %connect, "ZooKeeper session open");
+        let mut state = client.state_watcher();
+        loop {
+            let mut watches = Watches::new();
+            match read_all(&client, &services, &watches).await {
+                Ok(snap) => tx.send_modify(|s| {
+                    if !s.healthy {
+                        tracing::info!(revision = snap.revision, "ZooKeeper source current");
+                    }
+                    s.snapshot = Some(snap);
+                    s.healthy = true;
+                    s.last_ok = Some(SystemTime::now());
+                    s.error = None;
+                }),
+                Err(e) => {
+                    mark_down(&tx, format!("reading ZooKeeper: {e}"));
+                    if matches!(e, zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = watches.next() => {}
+                _ = tokio::time::sleep(RESYNC) => {}
+                s = state.changed() => {
+                    if s.is_terminated() {
+                        mark_down(&tx, format!("ZooKeeper session ended: {s:?}"));
+                        break;
+                    }
+                    if s == zk::SessionState::Disconnected {
+                        mark_down(&tx, "ZooKeeper disconnected".into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_by_name_or_json_data() {
+        let e = parse_child("10.0.0.5:8080", b"").unwrap();
+        assert_eq!((e.addr.as_str(), e.port, e.weight), ("10.0.0.5", 8080, 100));
+        let e = parse_child("member_0000000001", br#"{"host": "10.0.0.6", "port": 9090, "weight": 5, "state": "drain"}"#).unwrap();
+        assert_eq!((e.addr.as_str(), e.port, e.weight, e.state), ("10.0.0.6", 9090, 5, InstanceState::Drain));
+        let e = parse_child("10.0.0.7:80", br#"{"host": "10.0.0.7", "port": 80, "meta": {"zone": "a"}}"#).unwrap();
+        assert_eq!(e.port, 80);
+        assert!(parse_child("member_1", b"\x00\x01binary").is_err());
+        assert!(parse_child("web-1", br#"{"name": "x"}"#).is_err());
+        assert_eq!(parse_child("10.0.0.8:81", b"not json").unwrap().port, 81, "unknown data, usable name");
+    }
+}

@@ -1,0 +1,317 @@
+//! Syncer settings: flags (with environment variables) over a TOML file over defaults. Every
+//! problem is reported at once, each naming its field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::breaker::Limits;
+use crate::reconcile::{Mapping, Settings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneVersion {
+    V2,
+    #[default]
+    V3,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// TOML file with any of the settings below (names with `_` for `-`); flags override it.
+    #[arg(long, env = "SYNCER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Registry nodes, comma-separated (`http://HOST:PORT`); any node will do.
+    #[arg(long, env = "REGISTRY_ADDR", value_delimiter = ',')]
+    pub registry: Vec<String>,
+    /// Read ephemeral znodes from this ZooKeeper (`HOST:PORT[,HOST:PORT]`) instead.
+    #[arg(long, env = "SYNCER_ZOOKEEPER")]
+    pub zookeeper: Option<String>,
+    /// HAProxy Runtime API: a unix socket path, or `tcp:HOST:PORT`.
+    #[arg(long, env = "SYNCER_HAPROXY_SOCKET")]
+    pub haproxy_socket: Option<String>,
+    /// HAProxy Data Plane API base URL (instead of the Runtime API).
+    #[arg(long, env = "SYNCER_DATAPLANE_URL")]
+    pub dataplane_url: Option<String>,
+    /// Data Plane API version.
+    #[arg(long, value_enum)]
+    pub dataplane_version: Option<DataplaneVersion>,
+    /// Data Plane API basic-auth user.
+    #[arg(long, env = "SYNCER_DATAPLANE_USER")]
+    pub dataplane_user: Option<String>,
+    /// Data Plane API basic-auth password.
+    #[arg(long, env = "SYNCER_DATAPLANE_PASSWORD", hide_env_values = true)]
+    pub dataplane_password: Option<String>,
+    /// `SERVICE[=HAPROXY_BACKEND]`; repeat for several (the backend defaults to the service name).
+    #[arg(long = "backend")]
+    pub backends: Vec<String>,
+    /// Options for `add server` [default: "check inter 1s fall 2 rise 1"].
+    #[arg(long)]
+    pub server_options: Option<String>,
+    /// Where the last-known-good desired state is kept (applied at start if the source is down).
+    #[arg(long, env = "SYNCER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Never remove servers below this many per backend because of a source answer [default: 1].
+    #[arg(long)]
+    pub min_servers: Option<usize>,
+    /// Most of a backend removed per --breaker-window, as a fraction [default: 0.5].
+    #[arg(long)]
+    pub max_remove_fraction: Option<f64>,
+    /// [default: 10s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub breaker_window: Option<Duration>,
+    /// Changes arriving within this window are applied together [default: 50ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub batch: Option<Duration>,
+    /// A removed server's connections get this long to finish before it is deleted [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Re-check HAProxy (restarts, drift) at least this often [default: 250ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub resync: Option<Duration>,
+    /// With no source at start, apply the saved state after this long [default: 2s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub source_wait: Option<Duration>,
+    /// ZooKeeper session timeout [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub zookeeper_session_timeout: Option<Duration>,
+    /// Serve /healthz and /metrics on this address.
+    #[arg(long, env = "SYNCER_ADMIN")]
+    pub admin: Option<SocketAddr>,
+    /// Name this syncer reports its progress under in the registry [default: the host name].
+    #[arg(long, env = "SYNCER_ID")]
+    pub id: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    registry: Option<Vec<String>>,
+    zookeeper: Option<String>,
+    haproxy_socket: Option<String>,
+    dataplane_url: Option<String>,
+    dataplane_version: Option<DataplaneVersion>,
+    dataplane_user: Option<String>,
+    dataplane_password: Option<String>,
+    backends: Option<Vec<String>>,
+    server_options: Option<String>,
+    state_dir: Option<PathBuf>,
+    min_servers: Option<usize>,
+    max_remove_fraction: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    breaker_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    batch: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    drain_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    resync: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    source_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    zookeeper_session_timeout: Option<Duration>,
+    admin: Option<SocketAddr>,
+    id: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Registry(Vec<String>),
+    Zookeeper { connect: String, session_timeout: Duration },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Unix socket path or `tcp:HOST:PORT`.
+    Runtime { endpoint: String, server_options: String },
+    Dataplane { url: String, version: DataplaneVersion, user: Option<String>, password: Option<String>, server_options: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: Source,
+    pub target: Target,
+    pub settings: Settings,
+    pub state_dir: Option<PathBuf>,
+    pub admin: Option<SocketAddr>,
+    pub id: String,
+    pub log_format: LogFormat,
+}
+
+pub const DEFAULT_SERVER_OPTIONS: &str = "check inter 1s fall 2 rise 1";
+
+/// Parses `SERVICE[=BACKEND]`.
+pub fn parse_mapping(raw: &str) -> Result<Mapping, String> {
+    let (service, backend) = match raw.split_once('=') {
+        Some((s, b)) => (s.trim(), b.trim()),
+        None => (raw.trim(), raw.trim()),
+    };
+    proto::validate::service_name(service)?;
+    if backend.is_empty() || !backend.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')) {
+        return Err(format!("HAProxy backend name {backend:?} is not valid"));
+    }
+    Ok(Mapping { service: service.to_string(), backend: backend.to_string() })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "syncer".into())
+}
+
+impl RunArgs {
+    pub fn resolve(self) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let file = match &self.config {
+            None => FileConfig::default(),
+            Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| toml::from_str::<FileConfig>(&t).map_err(|e| e.to_string())) {
+                Ok(f) => f,
+                Err(e) => return Err(vec![format!("config file {}: {e}", path.display())]),
+            },
+        };
+        let registry = if self.registry.is_empty() { file.registry.unwrap_or_default() } else { self.registry };
+        let zookeeper = self.zookeeper.or(file.zookeeper);
+        let session_timeout = self.zookeeper_session_timeout.or(file.zookeeper_session_timeout).unwrap_or(Duration::from_secs(10));
+        let source = match (registry.is_empty(), zookeeper) {
+            (false, None) => {
+                if let Err(e) = client::Client::new(&registry) {
+                    errors.push(format!("registry: {e}"));
+                }
+                Some(Source::Registry(registry))
+            }
+            (true, Some(connect)) => Some(Source::Zookeeper { connect, session_timeout }),
+            (false, Some(_)) => {
+                errors.push("registry: give either --registry or --zookeeper, not both".into());
+                None
+            }
+            (true, None) => {
+                errors.push("registry: missing (--registry URLS or REGISTRY_ADDR, or --zookeeper HOST:PORT)".into());
+                None
+            }
+        };
+        let server_options = self.server_options.or(file.server_options).unwrap_or_else(|| DEFAULT_SERVER_OPTIONS.into());
+        let target = match (self.haproxy_socket.or(file.haproxy_socket), self.dataplane_url.or(file.dataplane_url)) {
+            (Some(endpoint), None) => Some(Target::Runtime { endpoint, server_options }),
+            (None, Some(url)) => {
+                if reqwest::Url::parse(&url).is_err() {
+                    errors.push(format!("dataplane-url: {url:?} is not a URL"));
+                }
+                Some(Target::Dataplane {
+                    url,
+                    version: self.dataplane_version.or(file.dataplane_version).unwrap_or_default(),
+                    user: self.dataplane_user.or(file.dataplane_user),
+                    password: self.dataplane_password.or(file.dataplane_password),
+                    server_options,
+                })
+            }
+            (Some(_), Some(_)) => {
+                errors.push("haproxy-socket: give either --haproxy-socket or --dataplane-url, not both".into());
+                None
+            }
+            (None, None) => {
+                errors.push("haproxy-socket: missing (--haproxy-socket PATH or --dataplane-url URL)".into());
+                None
+            }
+        };
+        let raw_maps = if self.backends.is_empty() { file.backends.unwrap_or_default() } else { self.backends };
+        if raw_maps.is_empty() {
+            errors.push("backend: missing (--backend SERVICE[=HAPROXY_BACKEND], repeatable)".into());
+        }
+        let mut mappings = Vec::new();
+        for m in &raw_maps {
+            match parse_mapping(m) {
+                Ok(m) if mappings.iter().any(|x: &Mapping| x.backend == m.backend) => errors.push(format!("backend: {} is mapped twice", m.backend)),
+                Ok(m) => mappings.push(m),
+                Err(e) => errors.push(format!("backend: {e}")),
+            }
+        }
+        let limits = Limits {
+            min_servers: self.min_servers.or(file.min_servers).unwrap_or(1),
+            max_fraction: self.max_remove_fraction.or(file.max_remove_fraction).unwrap_or(0.5),
+            window: self.breaker_window.or(file.breaker_window).unwrap_or(Duration::from_secs(10)),
+        };
+        if !(limits.max_fraction > 0.0 && limits.max_fraction <= 1.0) {
+            errors.push(format!("max-remove-fraction: {} is outside (0, 1]", limits.max_fraction));
+        }
+        if limits.window.is_zero() {
+            errors.push("breaker-window: must be above zero".into());
+        }
+        let settings = Settings {
+            mappings,
+            batch: self.batch.or(file.batch).unwrap_or(Duration::from_millis(50)),
+            resync: self.resync.or(file.resync).unwrap_or(Duration::from_millis(250)),
+            drain_timeout: self.drain_timeout.or(file.drain_timeout).unwrap_or(Duration::from_secs(30)),
+            limits,
+            source_wait: self.source_wait.or(file.source_wait).unwrap_or(Duration::from_secs(2)),
+        };
+        if settings.resync < Duration::from_millis(10) {
+            errors.push("resync: must be at least 10ms".into());
+        }
+        let id = self.id.or(file.id).unwrap_or_else(hostname);
+        if let Err(e) = proto::validate::instance_name(&id) {
+            errors.push(format!("id: {e}"));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Config {
+            source: source.expect("checked"),
+            target: target.expect("checked"),
+            settings,
+            state_dir: self.state_dir.or(file.state_dir),
+            admin: self.admin.or(file.admin),
+            id,
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_default_to_the_service_name() {
+        assert_eq!(parse_mapping("web-servers").unwrap(), Mapping { service: "web-servers".into(), backend: "web-servers".into() });
+        assert_eq!(parse_mapping("api-servers=api_backend").unwrap().backend, "api_backend");
+        assert!(parse_mapping("bad name=x").is_err());
+        assert!(parse_mapping("web=bad backend").is_err());
+    }
+
+    #[test]
+    fn every_error_at_once() {
+        let a = RunArgs { backends: vec!["a=b c".into()], max_remove_fraction: Some(2.0), resync: Some(Duration::ZERO), ..Default::default() };
+        let e = a.resolve().unwrap_err();
+        for field in ["registry:", "haproxy-socket:", "backend:", "max-remove-fraction:", "resync:"] {
+            assert!(e.iter().any(|x| x.starts_with(field)), "{field} missing in {e:?}");
+        }
+    }
+
+    #[test]
+    fn flags_resolve() {
+        let a = RunArgs {
+            registry: vec!["http://127.0.0.1:7401".into()],
+            haproxy_socket: Some("/run/haproxy/admin.sock".into()),
+            backends: vec!["web-servers".into(), "api-servers=api".into()],
+            id: Some("lb-1".into()),
+            ..Default::default()
+        };
+        let c = a.resolve().unwrap();
+        assert_eq!(c.settings.mappings.len(), 2);
+        assert_eq!(c.settings.limits.min_servers, 1);
+        assert!(matches!(c.target, Target::Runtime { ref server_options, .. } if server_options == DEFAULT_SERVER_OPTIONS));
+    }
+}

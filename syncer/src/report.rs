@@ -1,0 +1,84 @@
+//! The convergence report (DESIGN.md decision 8): the syncer keeps an instance of the reserved
+//! service `_syncers` in the registry, under its own lease, whose meta says which revision each
+//! backend reflects. `registry status` turns that into "which balancer is behind".
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use client::Client;
+use proto::{InstanceSpec, SYNCER_SERVICE};
+use tokio::sync::watch;
+
+use crate::reconcile::{Applied, Mapping};
+
+const TTL: Duration = Duration::from_secs(10);
+/// At most one report write per this interval, however fast revisions move.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Reporter {
+    pub client: Client,
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    pub mappings: Vec<Mapping>,
+}
+
+impl Reporter {
+    fn spec(&self, lease: u64, applied: &Applied) -> InstanceSpec {
+        let mut meta = BTreeMap::new();
+        for m in &self.mappings {
+            meta.insert(format!("map.{}", m.backend), m.service.clone());
+            if let Some(rev) = applied.get(&m.backend) {
+                meta.insert(format!("rev.{}", m.backend), rev.to_string());
+            }
+        }
+        InstanceSpec { address: self.host.clone(), port: self.port as u64, lease_id: Some(lease), weight: 0, state: proto::InstanceState::Up, meta }
+    }
+
+    /// Runs until `applied` closes; failures are logged and retried (the report is advisory).
+    pub async fn run(self, mut applied: watch::Receiver<Applied>) {
+        let mut lease: Option<u64> = None;
+        let mut reported: Option<Applied> = None;
+        loop {
+            let current = applied.borrow_and_update().clone();
+            if lease.is_none() {
+                match self.client.grant(TTL).await {
+                    Ok(g) => {
+                        lease = Some(g.lease_id);
+                        reported = None;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "convergence report: no lease yet"),
+                }
+            }
+            if let Some(l) = lease {
+                if reported.as_ref() != Some(&current) {
+                    match self.client.put_instance(SYNCER_SERVICE, &self.id, &self.spec(l, &current)).await {
+                        Ok(_) => reported = Some(current),
+                        Err(e) if e.is_not_found() => lease = None,
+                        Err(e) => tracing::debug!(error = %e, "convergence report failed"),
+                    }
+                }
+            }
+            tokio::select! {
+                r = applied.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(MIN_INTERVAL).await;
+                }
+                _ = tokio::time::sleep(TTL / 3) => {
+                    if let Some(l) = lease {
+                        if let Err(e) = self.client.keepalive(l).await {
+                            if e.is_not_found() {
+                                lease = None;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(l) = lease {
+            let _ = self.client.revoke(l).await;
+        }
+    }
+}
