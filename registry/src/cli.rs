@@ -67,6 +67,52 @@ pub struct Status {
     pub leader: Option<u64>,
     pub term: u64,
     pub members: Vec<MemberStatus>,
+    /// Every syncer that reports its progress (DESIGN.md decision 8).
+    pub balancers: Vec<BalancerStatus>,
+}
+
+/// One HAProxy backend as a syncer reports it.
+#[derive(Debug, Serialize)]
+pub struct BalancerStatus {
+    pub syncer: String,
+    pub backend: String,
+    pub service: String,
+    /// Registry revision the backend reflects, if it has applied one.
+    pub applied_revision: Option<u64>,
+    /// Revision of the last change to the service.
+    pub service_index: u64,
+    /// Revisions of the service the backend has not applied yet (0 when current).
+    pub behind: Option<u64>,
+    /// Since the syncer last renewed its report; `None` on a stale read.
+    pub last_seen_ms: Option<u64>,
+}
+
+/// Reads the `_syncers` reports and compares them with each service's last change.
+async fn balancers(client: &Client) -> Result<Vec<BalancerStatus>, client::Error> {
+    let reports = client.service(proto::SYNCER_SERVICE, false).await?;
+    let mut index_of = std::collections::BTreeMap::new();
+    let mut out = Vec::new();
+    for r in &reports.instances {
+        for (key, service) in &r.meta {
+            let Some(backend) = key.strip_prefix("map.") else { continue };
+            if !index_of.contains_key(service) {
+                let idx = client.service(service, false).await.map(|s| s.index).unwrap_or(0);
+                index_of.insert(service.clone(), idx);
+            }
+            let service_index = index_of[service];
+            let applied = r.meta.get(&format!("rev.{backend}")).and_then(|v| v.parse::<u64>().ok());
+            out.push(BalancerStatus {
+                syncer: r.instance.clone(),
+                backend: backend.to_string(),
+                service: service.clone(),
+                applied_revision: applied,
+                service_index,
+                behind: applied.map(|a| service_index.saturating_sub(a)),
+                last_seen_ms: r.lease.as_ref().map(|l| l.since_renewal_ms),
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Serialize)]
@@ -109,7 +155,9 @@ pub async fn status(client: &Client, output: Output) -> Result<String, client::E
             error,
         });
     }
-    let status = Status { leader: view.leader, term: view.term, members };
+    // Without a leader the reports cannot be read; the members table still helps then.
+    let balancers = balancers(client).await.unwrap_or_default();
+    let status = Status { leader: view.leader, term: view.term, members, balancers };
     if output == Output::Json {
         return Ok(serde_json::to_string_pretty(&status).expect("serializable") + "\n");
     }
@@ -136,7 +184,31 @@ pub async fn status(client: &Client, output: Output) -> Result<String, client::E
         status.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
         status.term
     );
-    Ok(head + &table(&["ID", "ADDRESS", "KIND", "ROLE", "TERM", "LAST-LOG", "COMMIT", "APPLIED", "HEALTH"], &rows))
+    let mut text = head + &table(&["ID", "ADDRESS", "KIND", "ROLE", "TERM", "LAST-LOG", "COMMIT", "APPLIED", "HEALTH"], &rows);
+    if !status.balancers.is_empty() {
+        let rows: Vec<Vec<String>> = status
+            .balancers
+            .iter()
+            .map(|b| {
+                vec![
+                    b.syncer.clone(),
+                    b.backend.clone(),
+                    b.service.clone(),
+                    opt(b.applied_revision),
+                    b.service_index.to_string(),
+                    match b.behind {
+                        Some(0) => "in sync".to_string(),
+                        Some(n) => format!("BEHIND by {n}"),
+                        None => "not applied yet".to_string(),
+                    },
+                    b.last_seen_ms.map(ms).map(|t| format!("{t} ago")).unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        text += "\nbalancers:\n";
+        text += &table(&["SYNCER", "BACKEND", "SERVICE", "APPLIED", "SERVICE-INDEX", "STATE", "LAST-REPORT"], &rows);
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
