@@ -201,3 +201,5 @@ pub fn registry_cli(args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 pub mod zookeeper;
+pub mod haproxy;
+pub mod dataplane_double;

@@ -48,7 +48,7 @@ pub fn parse_child(name: &str, data: &[u8]) -> Result<Endpoint, String> {
 
 type Watches = FuturesUnordered<futures::future::BoxFuture<'static, ()>>;
 
-async fn read_all(client: &zk::Client, services: &[String], watches: &Watches) -> Result<Snapshot, zk::Error> {
+async fn read_all(client: &zk::Client, services: &[String], watches: &mut Watches) -> Result<Snapshot, zk::Error> {
     let mut snap = Snapshot::default();
     for service in services {
         let path = format!("/{service}");
@@ -118,7 +118,7 @@ pub async fn run(connect: String, session_timeout: Duration, services: Vec<Strin
         let mut state = client.state_watcher();
         loop {
             let mut watches = Watches::new();
-            match read_all(&client, &services, &watches).await {
+            match read_all(&client, &services, &mut watches).await {
                 Ok(snap) => tx.send_modify(|s| {
                     if !s.healthy {
                         tracing::info!(revision = snap.revision, "ZooKeeper source current");

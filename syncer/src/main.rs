@@ -1,0 +1,103 @@
+//! `syncer`: keeps HAProxy backends equal to the live set of services.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use syncer::config::{Config, LogFormat, RunArgs, Source, Target};
+use syncer::metrics::Metrics;
+use syncer::model::Driver;
+use syncer::reconcile::Reconciler;
+use syncer::state::StateDir;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(name = "syncer", version, about = "Keeps HAProxy backends equal to the live set of a service (registry or ZooKeeper), without reloads")]
+struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run_with<D: Driver + Send + 'static>(driver: D, config: Config, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let state_dir = match &config.state_dir {
+        Some(d) => Some(StateDir::open(d).map_err(|e| anyhow::anyhow!("state dir {}: {e}", d.display()))?),
+        None => None,
+    };
+    let (tx, rx) = syncer::source::channel();
+    let services: Vec<String> = config.settings.mappings.iter().map(|m| m.service.clone()).collect();
+    let (reconciler, applied) = Reconciler::new(driver, config.settings.clone(), metrics, state_dir);
+    match &config.source {
+        Source::Registry(urls) => {
+            let source_client = client::Client::new(urls)?;
+            tokio::spawn(syncer::source::registry::run(source_client, services, tx));
+            let (host, port) = match config.admin {
+                Some(a) => (a.ip().to_string(), a.port()),
+                None => ("127.0.0.1".to_string(), 1),
+            };
+            let reporter = syncer::report::Reporter { client: client::Client::new(urls)?, id: config.id.clone(), host, port, mappings: config.settings.mappings.clone() };
+            tokio::spawn(reporter.run(applied));
+        }
+        Source::Zookeeper { connect, session_timeout } => {
+            tokio::spawn(syncer::source::zookeeper::run(connect.clone(), *session_timeout, services, tx));
+        }
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = reconciler.run(rx) => anyhow::bail!("the source stopped"),
+        // Leaving HAProxy exactly as it is: the syncer's absence must not change the balancer.
+        _ = term.recv() => tracing::info!("SIGTERM: stopping; HAProxy keeps its servers"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping; HAProxy keeps its servers"),
+    }
+    Ok(())
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = config.admin {
+        syncer::admin::serve(addr, metrics.clone()).await.map_err(|e| anyhow::anyhow!("admin endpoint {addr}: {e}"))?;
+    }
+    tracing::info!(source = ?config.source, target = ?config.target, mappings = ?config.settings.mappings, "syncer starting");
+    match config.target.clone() {
+        Target::Runtime { endpoint, server_options } => {
+            let driver = syncer::driver::runtime::RuntimeApi::new(syncer::driver::runtime::Endpoint::parse(&endpoint), server_options);
+            run_with(driver, config, metrics).await
+        }
+        Target::Dataplane { url, version, user, password, server_options } => {
+            let driver = syncer::driver::dataplane::DataplaneApi::new(&url, version, user, password, server_options)?;
+            run_with(driver, config, metrics).await
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.run.resolve() {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("syncer: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(config.log_format);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("syncer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The real syncer between a real registry (or ZooKeeper) and real HAProxy 2.6, with real web
+//! servers announced by real announcers.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::haproxy::Haproxy;
+use e2e::{binary, free_port, wait_for, Proc, RegistryCluster};
+use tokio::time::Instant;
+
+/// A demo web server and the announcer that registers it.
+struct Host {
+    web: Proc,
+    announcer: Proc,
+    port: u16,
+}
+
+fn host(dir: &Path, name: &str, registry: &[String]) -> Host {
+    let port = free_port();
+    let web = Proc::spawn(&format!("{name}-web"), &binary("demo_web"), &["--listen".into(), format!("127.0.0.1:{port}"), "--name".into(), name.into()], dir);
+    let args: Vec<String> = [
+        "--registry",
+        &registry.join(","),
+        "--service",
+        "web-servers",
+        "--address",
+        &format!("127.0.0.1:{port}"),
+        "--check-http",
+        &format!("http://127.0.0.1:{port}/health"),
+        "--check-interval",
+        "200ms",
+        "--rise",
+        "1",
+        "--ttl",
+        "2s",
+        "--drain",
+        "0s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let announcer = Proc::spawn(&format!("{name}-announcer"), &binary("announcer"), &args, dir);
+    Host { web, announcer, port }
+}
+
+fn syncer(dir: &Path, name: &str, source: &[&str], haproxy: &Haproxy, state_dir: &Path) -> Proc {
+    let mut args: Vec<String> = source.iter().map(|s| s.to_string()).collect();
+    args.extend(
+        [
+            "--haproxy-socket",
+            &haproxy.socket_path().display().to_string(),
+            "--backend",
+            "web-servers",
+            "--state-dir",
+            &state_dir.display().to_string(),
+            "--id",
+            name,
+            "--drain-timeout",
+            "2s",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    Proc::spawn(name, &binary("syncer"), &args, dir)
+}
+
+/// Ports of the managed servers in `show servers state`.
+async fn managed_ports(h: &Haproxy) -> BTreeSet<u16> {
+    h.show("show servers state web-servers")
+        .await
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() > 18 && cols[3].starts_with("sd-")).then(|| cols[18].parse().ok()).flatten()
+        })
+        .collect()
+}
+
+/// The names of the web servers that answered `n` requests through HAProxy.
+async fn reached(url: &str, n: usize) -> BTreeSet<String> {
+    let http = reqwest::Client::new();
+    let mut names = BTreeSet::new();
+    for _ in 0..n {
+        if let Ok(r) = http.get(url).timeout(Duration::from_secs(2)).send().await {
+            if r.status().is_success() {
+                if let Ok(t) = r.text().await {
+                    names.insert(t.split_whitespace().nth(2).unwrap_or("").to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Sends a request through HAProxy every 10 ms until stopped; counts outcomes.
+struct Load {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    running: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn load(url: String) -> Load {
+    let (ok, failed, running) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(true)));
+    let task = {
+        let (ok, failed, running) = (ok.clone(), failed.clone(), running.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            // Bounded: at most 10 minutes of requests even if never stopped.
+            let end = Instant::now() + Duration::from_secs(600);
+            while running.load(Ordering::SeqCst) && Instant::now() < end {
+                match http.get(&url).timeout(Duration::from_secs(5)).send().await {
+                    Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    Load { ok, failed, running, task }
+}
+
+impl Load {
+    async fn stop(self) -> (u64, u64) {
+        self.running.store(false, Ordering::SeqCst);
+        self.task.await.unwrap();
+        (self.ok.load(Ordering::SeqCst), self.failed.load(Ordering::SeqCst))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_to_haproxy_end_to_end() {
+    let mut cluster = RegistryCluster::start(3).await;
+    let urls = cluster.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let mut haproxy = Haproxy::start(&["web-servers"]).await;
+    let state = dir.path().join("syncer-state");
+    let reg = format!("--registry={}", urls.join(","));
+    let mut sync = syncer(dir.path(), "lb-1", &[&reg], &haproxy, &state);
+    let client = cluster.client();
+
+    // Three web servers announce themselves; HAProxy reaches all three within 1 s of the
+    // registry having them.
+    let mut hosts: Vec<Host> = (1..=3).map(|i| host(dir.path(), &format!("web-{i}"), &urls)).collect();
+    let ports: BTreeSet<u16> = hosts.iter().map(|h| h.port).collect();
+    wait_for(Duration::from_secs(15), "3 registered instances", || async {
+        client.service("web-servers", false).await.ok().filter(|s| s.instances.len() == 3).map(|_| ())
+    })
+    .await;
+    let registered = Instant::now();
+    let frontend = haproxy.frontend_url();
+    wait_for(Duration::from_secs(5), "requests through HAProxy to reach all 3", || async { (reached(&frontend, 9).await.len() == 3).then_some(()) }).await;
+    let took = registered.elapsed();
+    eprintln!("registered -> served by HAProxy: {took:?}");
+    assert!(took <= Duration::from_secs(1), "HAProxy reached all 3 servers {took:?} after registration (target 1 s)");
+    assert_eq!(managed_ports(&haproxy).await, ports);
+
+    // The convergence report shows lb-1 in sync.
+    let status = wait_for(Duration::from_secs(10), "lb-1 reported in sync", || async {
+        let (code, out, _) = e2e::registry_cli(&["status", "--registry", &urls.join(","), "--output", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let b = v["balancers"].as_array()?.iter().find(|b| b["syncer"] == "lb-1")?.clone();
+        (code == 0 && b["behind"] == 0).then_some(b)
+    })
+    .await;
+    eprintln!("registry status balancer: {status}");
+
+    // Kill one host (announcer and server) under steady load: it leaves within TTL + 1 s.
+    let traffic = load(frontend.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let victim = hosts.pop().unwrap();
+    let (mut a, mut w) = (victim.announcer, victim.web);
+    a.kill();
+    w.kill();
+    let killed = Instant::now();
+    wait_for(Duration::from_secs(6), "the killed server to leave HAProxy", || async { (!managed_ports(&haproxy).await.contains(&victim.port)).then_some(()) }).await;
+    let gone = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed) = traffic.stop().await;
+    eprintln!("killed server left HAProxy after {gone:?}; requests meanwhile: {ok} ok, {failed} failed");
+    assert!(gone <= Duration::from_secs(3), "left after {gone:?} (bound TTL 2 s + 1 s)");
+    assert_eq!(failed, 0, "requests failed while a server died (retries 3 + option redispatch should hide it)");
+
+    // HAProxy restarts (dynamic servers are lost): back within 1 s.
+    haproxy.restart().await;
+    let restarted = Instant::now();
+    let live: BTreeSet<u16> = hosts.iter().map(|h| h.port).collect();
+    wait_for(Duration::from_secs(5), "servers back after an HAProxy restart", || async { (managed_ports(&haproxy).await == live).then_some(()) }).await;
+    let back = restarted.elapsed();
+    eprintln!("servers back {back:?} after the HAProxy restart");
+    assert!(back <= Duration::from_secs(1), "servers back {back:?} after restart (target 1 s)");
+
+    // The whole registry stops: HAProxy keeps serving the last set.
+    for n in cluster.nodes.iter_mut() {
+        n.kill();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(managed_ports(&haproxy).await, live, "servers changed while the registry was down");
+    assert_eq!(reached(&frontend, 6).await.len(), 2, "HAProxy stopped serving the last set");
+
+    // Restart the syncer (and HAProxy, empty) while the registry is down: the saved state comes back.
+    sync.kill();
+    haproxy.restart().await;
+    assert!(managed_ports(&haproxy).await.is_empty());
+    let mut sync = syncer(dir.path(), "lb-1", &[&reg], &haproxy, &state);
+    wait_for(Duration::from_secs(10), "the saved state applied with the registry down", || async { (managed_ports(&haproxy).await == live).then_some(()) }).await;
+    assert_eq!(reached(&frontend, 6).await.len(), 2);
+
+    assert_eq!(haproxy.reloads().await, 0, "the syncer must not reload HAProxy");
+    sync.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_passive_pair_converges_to_the_same_servers() {
+    let cluster = RegistryCluster::start(3).await;
+    let urls = cluster.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Haproxy::start(&["web-servers"]).await, Haproxy::start(&["web-servers"]).await);
+    let reg = format!("--registry={}", urls.join(","));
+    let _sa = syncer(dir.path(), "lb-a", &[&reg], &a, &dir.path().join("sa"));
+    let _sb = syncer(dir.path(), "lb-b", &[&reg], &b, &dir.path().join("sb"));
+    let mut hosts: Vec<Host> = (1..=4).map(|i| host(dir.path(), &format!("pair-{i}"), &urls)).collect();
+    let all: BTreeSet<u16> = hosts.iter().map(|h| h.port).collect();
+    wait_for(Duration::from_secs(15), "both balancers to have all 4", || async {
+        (managed_ports(&a).await == all && managed_ports(&b).await == all).then_some(())
+    })
+    .await;
+    let mut gone = hosts.remove(0);
+    gone.announcer.signal("TERM");
+    let left: BTreeSet<u16> = hosts.iter().map(|h| h.port).collect();
+    wait_for(Duration::from_secs(10), "both balancers to drop the stopped host", || async {
+        (managed_ports(&a).await == left && managed_ports(&b).await == left).then_some(())
+    })
+    .await;
+    assert_eq!(a.reloads().await + b.reloads().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_znodes_from_another_client_reach_haproxy() {
+    use zookeeper_client as zk;
+    let zoo = e2e::zookeeper::Zookeeper::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let haproxy = Haproxy::start(&["web-servers"]).await;
+    let zk_flag = format!("--zookeeper={}", zoo.addr());
+    let _sync = syncer(dir.path(), "lb-zk", &[&zk_flag, "--zookeeper-session-timeout=4s", "--min-servers=0"], &haproxy, &dir.path().join("s"));
+    let (p1, p2) = (free_port(), free_port());
+    let _w1 = Proc::spawn("zk-web-1", &binary("demo_web"), &["--listen".into(), format!("127.0.0.1:{p1}"), "--name".into(), "zk1".into()], dir.path());
+    let _w2 = Proc::spawn("zk-web-2", &binary("demo_web"), &["--listen".into(), format!("127.0.0.1:{p2}"), "--name".into(), "zk2".into()], dir.path());
+
+    // The other client: the layout a script-based setup uses. One node named host:port with no
+    // data, one with JSON data, and one with data we do not understand.
+    let other = zoo.connect(Duration::from_secs(4)).await.unwrap();
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+    let _ = other.create("/web-servers", b"", &persistent).await;
+    other.create(&format!("/web-servers/127.0.0.1:{p1}"), b"", &ephemeral).await.unwrap();
+    let json = format!(r#"{{"host": "127.0.0.1", "port": {p2}}}"#);
+    other.create("/web-servers/member_0001", json.as_bytes(), &ephemeral).await.unwrap();
+    other.create("/web-servers/garbage", b"\x00\x01", &ephemeral).await.unwrap();
+    let both: BTreeSet<u16> = [p1, p2].into();
+    wait_for(Duration::from_secs(10), "both znodes in HAProxy", || async { (managed_ports(&haproxy).await == both).then_some(()) }).await;
+    assert_eq!(reached(&haproxy.frontend_url(), 6).await.len(), 2);
+
+    // The other client's session ends: its ephemeral nodes, and the servers, go.
+    drop(other);
+    // (--min-servers=0 lets this backend go empty; by default the breaker keeps one.)
+    wait_for(Duration::from_secs(15), "the servers to leave with the session", || async { managed_ports(&haproxy).await.is_empty().then_some(()) }).await;
+    assert_eq!(haproxy.reloads().await, 0);
+}
+
+#[test]
+fn a_bad_syncer_config_names_every_field_and_exits_2() {
+    let out = std::process::Command::new(binary("syncer")).args(["--backend", "web servers", "--max-remove-fraction", "3"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for field in ["registry:", "haproxy-socket:", "backend:", "max-remove-fraction:"] {
+        assert!(err.contains(field), "{field} not named in: {err}");
+    }
+}
