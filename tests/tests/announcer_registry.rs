@@ -142,3 +142,42 @@ fn a_bad_config_names_the_field_and_exits_2() {
         assert!(err.contains(field), "{field} not named in: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_is_granted_again_and_a_second_signal_exits_at_once() {
+    let cluster = RegistryCluster::start(3).await;
+    let client = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let w = web(dir.path(), "web-3");
+    let admin = free_port();
+    let mut a = announcer(dir.path(), "announcer-3", &cluster.urls(), &w, admin, &["--drain", "30s"]);
+    let id = format!("127.0.0.1:{}", w.port);
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "registration").await;
+
+    // Someone revokes the announcer's lease: its instance goes with it, and the announcer
+    // notices (404 on its next keepalive), grants a new lease and registers again.
+    let lease = client.service("web-servers", false).await.unwrap().instances[0].lease_id.unwrap();
+    client.revoke(lease).await.unwrap();
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(5), "re-registration under a new lease").await;
+    let again = client.service("web-servers", false).await.unwrap().instances[0].lease_id.unwrap();
+    assert_ne!(again, lease);
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("announcer_published_instances 1"), "{metrics}");
+    assert!(metrics.contains("announcer_lease_lost_total 1"), "{metrics}");
+    let status: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{admin}/v1/status")).await.unwrap().json().await.unwrap();
+    assert_eq!(status["instances"][0]["announced"], "up");
+
+    // First signal: a 30 s drain. Second signal: out at once, status 130.
+    a.signal("TERM");
+    wait_state(&client, &id, Some(InstanceState::Drain), Duration::from_secs(3), "drain").await;
+    a.signal("TERM");
+    let t = Instant::now();
+    let code = wait_for(Duration::from_secs(3), "the announcer to exit on the second signal", || {
+        let code = a.exit_code();
+        async move { code }
+    })
+    .await;
+    assert_eq!(code, 130);
+    assert!(t.elapsed() < Duration::from_secs(3));
+}

@@ -220,7 +220,9 @@ async fn an_active_passive_pair_converges_to_the_same_servers() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (Haproxy::start(&["web-servers"]).await, Haproxy::start(&["web-servers"]).await);
     let reg = format!("--registry={}", urls.join(","));
-    let _sa = syncer(dir.path(), "lb-a", &[&reg], &a, &dir.path().join("sa"));
+    let admin = free_port();
+    let admin_flag = format!("--admin=127.0.0.1:{admin}");
+    let _sa = syncer(dir.path(), "lb-a", &[&reg, &admin_flag], &a, &dir.path().join("sa"));
     let _sb = syncer(dir.path(), "lb-b", &[&reg], &b, &dir.path().join("sb"));
     let mut hosts: Vec<Host> = (1..=4).map(|i| host(dir.path(), &format!("pair-{i}"), &urls)).collect();
     let all: BTreeSet<u16> = hosts.iter().map(|h| h.port).collect();
@@ -236,6 +238,10 @@ async fn an_active_passive_pair_converges_to_the_same_servers() {
     })
     .await;
     assert_eq!(a.reloads().await + b.reloads().await, 0);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
+    for needle in ["syncer_applied_revision{backend=\"web-servers\"}", "syncer_ops_total{kind=\"add\"} 4", "syncer_source_up 1", "syncer_haproxy_restarts_total 0"] {
+        assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
