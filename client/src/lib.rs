@@ -166,7 +166,8 @@ impl Client {
     }
 
     pub async fn keepalive(&self, lease: LeaseId) -> Result<KeepaliveResponse, Error> {
-        self.call(Method::POST, &format!("/v1/leases/{lease}/keepalive"), None::<&()>, Some(Duration::from_secs(2))).await
+        // Short: a paused or cut-off node must not eat the lease's TTL; the next node is tried.
+        self.call(Method::POST, &format!("/v1/leases/{lease}/keepalive"), None::<&()>, Some(Duration::from_secs(1))).await
     }
 
     pub async fn revoke(&self, lease: LeaseId) -> Result<WriteResult, Error> {
@@ -240,15 +241,16 @@ impl Client {
     }
 }
 
-/// A watch stream. The server sends a `progress` line every couple of seconds, so a read that
-/// waits longer than `STALL` means the node is gone.
+/// A watch stream. The server sends a `progress` line every second, so a read that waits
+/// longer than `STALL` means the node is gone (paused, cut off) and the caller should resume
+/// elsewhere.
 pub struct Watch {
     resp: reqwest::Response,
     buf: Vec<u8>,
     url: String,
 }
 
-const STALL: Duration = Duration::from_secs(10);
+const STALL: Duration = Duration::from_millis(2500);
 
 impl Watch {
     /// The next event; `Ok(None)` when the server ended the stream.

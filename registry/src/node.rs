@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub lease_check: Duration,
     /// How long a write may wait for commit before the client is told to retry.
     pub write_timeout: Duration,
+    /// Source address of this node's outgoing peer and forwarding connections: the address it
+    /// listens on, when that is a specific one, so peers (and firewalls) see one address per node.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl NodeConfig {
@@ -67,6 +70,7 @@ impl NodeConfig {
             segment_bytes: crate::storage::log_store::DEFAULT_SEGMENT_LIMIT,
             lease_check: Duration::from_millis(100),
             write_timeout: Duration::from_secs(5),
+            source_ip: None,
         }
     }
 }
@@ -113,6 +117,7 @@ impl Node {
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let http = reqwest::Client::builder()
+            .local_address(config.source_ip)
             .pool_idle_timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_millis(500))
             .build()

@@ -23,7 +23,11 @@ pub async fn start(listener: tokio::net::TcpListener, config: crate::node::NodeC
 pub async fn run(serve: Serve) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(serve.listen).await.with_context(|| format!("binding {}", serve.listen))?;
     tracing::info!(id = serve.node.id, listen = %serve.listen, advertise = %serve.node.advertise, data_dir = %serve.node.data_dir.display(), "starting registry node");
-    let (node, http) = start(listener, serve.node, Faults::default()).await?;
+    let mut config = serve.node;
+    if !serve.listen.ip().is_unspecified() {
+        config.source_ip = Some(serve.listen.ip());
+    }
+    let (node, http) = start(listener, config, Faults::default()).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut metrics = node.raft.metrics();
     // A storage error stops Raft for good; exit rather than linger half alive.

@@ -203,3 +203,4 @@ pub fn registry_cli(args: &[&str]) -> (i32, String, String) {
 pub mod zookeeper;
 pub mod haproxy;
 pub mod dataplane_double;
+pub mod chaos;

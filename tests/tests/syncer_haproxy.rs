@@ -230,7 +230,7 @@ async fn an_active_passive_pair_converges_to_the_same_servers() {
         (managed_ports(&a).await == all && managed_ports(&b).await == all).then_some(())
     })
     .await;
-    let mut gone = hosts.remove(0);
+    let gone = hosts.remove(0);
     gone.announcer.signal("TERM");
     let left: BTreeSet<u16> = hosts.iter().map(|h| h.port).collect();
     wait_for(Duration::from_secs(10), "both balancers to drop the stopped host", || async {

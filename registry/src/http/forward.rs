@@ -1,5 +1,7 @@
 //! Forwarding to the leader, so a client can send any request to any node.
 
+use std::time::Duration;
+
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -42,7 +44,10 @@ impl Forward {
         node.faults.check(node.id, leader).map_err(|e| ApiError::Unavailable(format!("leader {leader} unreachable: {e}")))?;
         node.metrics.forwarded.inc();
         let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let mut req = node.http.request(self.method, format!("http://{addr}{path}")).header(FORWARDED_HEADER, node.id.to_string());
+        // A leader that stopped answering (paused, cut off) must not hold the client: it will
+        // try another node. Blocking queries may wait up to their `wait`.
+        let timeout = if self.uri.query().is_some_and(|q| q.contains("index=")) { Duration::from_secs(310) } else { Duration::from_secs(3) };
+        let mut req = node.http.request(self.method, format!("http://{addr}{path}")).timeout(timeout).header(FORWARDED_HEADER, node.id.to_string());
         if let Some(ct) = self.headers.get(axum::http::header::CONTENT_TYPE) {
             req = req.header(axum::http::header::CONTENT_TYPE, ct);
         }

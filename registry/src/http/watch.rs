@@ -16,8 +16,9 @@ use tokio::time::Instant;
 use crate::error::ApiError;
 use crate::node::Node;
 
-/// A quiet stream still gets a `progress` line this often.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// A quiet stream still gets a `progress` line this often, so a client can tell a stalled
+/// node (paused, cut off) from a quiet one within a few seconds.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Events per read of the history, to keep lock hold times short.
 const PAGE: usize = 1000;
 

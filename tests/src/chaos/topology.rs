@@ -1,0 +1,170 @@
+//! The processes of a chaos run: 3 registry nodes, each on its own loopback address so one can
+//! be cut off with a firewall rule; web hosts (a demo web server on two ports plus an announcer
+//! for `web-servers` and `api-servers`); HAProxy with a syncer.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::haproxy::Haproxy;
+use crate::{binary, free_port, wait_for, Proc};
+
+pub const TTL: Duration = Duration::from_secs(3);
+
+pub struct Node {
+    pub proc: Proc,
+    pub ip: String,
+    pub addr: String,
+}
+
+pub struct Host {
+    pub name: String,
+    pub web: Proc,
+    pub announcer: Proc,
+    pub web_port: u16,
+    pub api_port: u16,
+    pub alive: bool,
+}
+
+pub struct Topology {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub hosts: Vec<Host>,
+    pub haproxy: Haproxy,
+    pub syncer: Proc,
+}
+
+/// A free port on a given loopback address.
+fn free_port_on(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+impl Topology {
+    /// `net` picks the loopback block (127.net.0.x) so parallel runs do not collide.
+    pub async fn start(hosts: usize, net: u8) -> Topology {
+        let dir = tempfile::tempdir().unwrap();
+        let ips: Vec<String> = (1..=3).map(|i| format!("127.{net}.0.{i}")).collect();
+        let addrs: Vec<String> = ips.iter().map(|ip| format!("{ip}:{}", free_port_on(ip))).collect();
+        let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+        let nodes = (0..3)
+            .map(|i| {
+                let args: Vec<String> = [
+                    "serve",
+                    "--id",
+                    &(i + 1).to_string(),
+                    "--listen",
+                    &addrs[i],
+                    "--data-dir",
+                    &dir.path().join(format!("data{}", i + 1)).display().to_string(),
+                    "--peers",
+                    &peers,
+                    "--heartbeat",
+                    "50ms",
+                    // A new leader restarts every lease's clock at its election, so a host dying
+                    // with the leader leaves after election time + TTL. An election takes up to
+                    // about twice the maximum timeout (followers refuse votes for that long after
+                    // the last heartbeat), so TTL + 1 s needs a maximum well under 500 ms.
+                    "--election-timeout-min",
+                    "150ms",
+                    "--election-timeout-max",
+                    "250ms",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                Node { proc: Proc::spawn(&format!("registry-{}", i + 1), &binary("registry"), &args, dir.path()), ip: ips[i].clone(), addr: addrs[i].clone() }
+            })
+            .collect();
+        let haproxy = Haproxy::start(&["web-servers", "api-servers"]).await;
+        let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+        let syncer = spawn_syncer(&urls, &haproxy, dir.path());
+        let mut t = Topology { syncer, dir, nodes, hosts: Vec::new(), haproxy };
+        t.wait_leader(Duration::from_secs(20)).await;
+        for i in 0..hosts {
+            let h = t.spawn_host(&format!("host-{i:02}"), free_port(), free_port());
+            t.hosts.push(h);
+        }
+        t
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("http://{}", n.addr)).collect()
+    }
+
+    pub fn client(&self) -> client::Client {
+        client::Client::new(&self.urls()).unwrap()
+    }
+
+    pub fn announcer_config(&self, web_port: u16, api_port: u16) -> String {
+        format!(
+            r#"registry = "{registry}"
+ttl = "{ttl}s"
+drain = "0s"
+
+[[services]]
+name = "web-servers"
+address = "127.0.0.1:{web_port}"
+check = {{ http = "http://127.0.0.1:{web_port}/health", interval = "300ms", timeout = "1s", rise = 1, fall = 3 }}
+
+[[services]]
+name = "api-servers"
+address = "127.0.0.1:{api_port}"
+check = {{ tcp = "127.0.0.1:{api_port}", interval = "300ms", timeout = "1s", rise = 1, fall = 3 }}
+"#,
+            registry = self.urls().join(","),
+            ttl = TTL.as_secs(),
+        )
+    }
+
+    pub fn spawn_host(&self, name: &str, web_port: u16, api_port: u16) -> Host {
+        let web_args: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{web_port}"), "--listen".into(), format!("127.0.0.1:{api_port}"), "--name".into(), name.into()];
+        let web = Proc::spawn(&format!("{name}-web"), &binary("demo_web"), &web_args, self.dir.path());
+        let cfg: PathBuf = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&cfg, self.announcer_config(web_port, api_port)).unwrap();
+        let announcer = Proc::spawn(&format!("{name}-announcer"), &binary("announcer"), &["--config".into(), cfg.display().to_string()], self.dir.path());
+        Host { name: name.into(), web, announcer, web_port, api_port, alive: true }
+    }
+
+    /// Index of the node that says it leads, if any answers.
+    pub async fn leader(&self) -> Option<usize> {
+        let c = self.client();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Ok(info) = c.cluster_at(&n.addr).await {
+                if info.role == proto::NodeRole::Leader {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    pub async fn wait_leader(&self, limit: Duration) -> usize {
+        wait_for(limit, "a registry leader", || self.leader()).await
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn spawn_syncer(urls: &[String], haproxy: &Haproxy, dir: &Path) -> Proc {
+    let args: Vec<String> = [
+        "--registry",
+        &urls.join(","),
+        "--haproxy-socket",
+        &haproxy.socket_path().display().to_string(),
+        "--backend",
+        "web-servers",
+        "--backend",
+        "api-servers",
+        "--state-dir",
+        &dir.join("syncer").display().to_string(),
+        "--id",
+        "chaos-lb",
+        "--drain-timeout",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Proc::spawn("syncer", &binary("syncer"), &args, dir)
+}

@@ -1,0 +1,144 @@
+//! The workload: steady HTTP load through HAProxy, registration churn through the registry,
+//! and a sampler of what HAProxy holds. Everything observed is recorded for the validators.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::InstanceSpec;
+use syncer::driver::runtime::{Endpoint, RuntimeApi};
+use syncer::model::{is_managed, Driver};
+use tokio::time::Instant;
+
+/// `(backend, port)` of every managed server in one sample.
+pub type Servers = BTreeSet<(String, u16)>;
+
+#[derive(Debug, Default)]
+pub struct Record {
+    pub samples: Vec<(Instant, Servers)>,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    pub failures: Vec<(Instant, String)>,
+    /// Churn registrations acknowledged by the registry: (instance, revision, lease).
+    pub acked: Vec<(String, u64, u64)>,
+    /// Churn instances revoked on purpose.
+    pub revoked: BTreeSet<String>,
+}
+
+pub struct Workload {
+    pub record: Arc<Mutex<Record>>,
+    running: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    pub fn start(frontends: Vec<String>, socket: PathBuf, registry: Vec<String>) -> Workload {
+        let record = Arc::new(Mutex::new(Record::default()));
+        let running = Arc::new(AtomicBool::new(true));
+        let mut tasks = Vec::new();
+        for url in frontends {
+            tasks.push(tokio::spawn(http_load(url, record.clone(), running.clone())));
+        }
+        tasks.push(tokio::spawn(sample(socket, record.clone(), running.clone())));
+        tasks.push(tokio::spawn(churn(registry, record.clone(), running.clone())));
+        Workload { record, running, tasks }
+    }
+
+    pub async fn stop(self) -> Arc<Mutex<Record>> {
+        self.running.store(false, Ordering::SeqCst);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.record
+    }
+}
+
+/// A request every 20 ms through one HAProxy frontend.
+async fn http_load(url: String, record: Arc<Mutex<Record>>, running: Arc<AtomicBool>) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let end = Instant::now() + Duration::from_secs(3 * 3600);
+    while running.load(Ordering::SeqCst) && Instant::now() < end {
+        let failure = match http.get(&url).send().await {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!("{url}: {}", r.status())),
+            Err(e) => Some(format!("{url}: {e}")),
+        };
+        {
+            let mut rec = record.lock().unwrap();
+            match failure {
+                None => rec.requests_ok += 1,
+                Some(f) => {
+                    rec.requests_failed += 1;
+                    rec.failures.push((Instant::now(), f));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What HAProxy holds, every 100 ms.
+async fn sample(socket: PathBuf, record: Arc<Mutex<Record>>, running: Arc<AtomicBool>) {
+    let mut api = RuntimeApi::new(Endpoint::Unix(socket), "");
+    while running.load(Ordering::SeqCst) {
+        let mut servers = Servers::new();
+        let mut complete = true;
+        for backend in ["web-servers", "api-servers"] {
+            match api.servers(backend).await {
+                Ok(list) => servers.extend(list.into_iter().filter(|s| is_managed(&s.name)).map(|s| (backend.to_string(), s.port))),
+                Err(_) => complete = false,
+            }
+        }
+        // A sample HAProxy did not answer in full says nothing about its servers.
+        if complete {
+            record.lock().unwrap().samples.push((Instant::now(), servers));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Registration churn in service `churn`: keeps five instances alive under renewed leases,
+/// retiring the oldest and registering a new one every 150 ms, and records every acknowledged
+/// registration.
+async fn churn(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<AtomicBool>) {
+    let client = client::Client::new(&registry).unwrap();
+    let mut live: Vec<(String, u64)> = Vec::new();
+    let mut n = 0u64;
+    let mut last_renew = Instant::now();
+    while running.load(Ordering::SeqCst) {
+        // Keep five alive: retire the oldest, register a new one.
+        if live.len() >= 5 {
+            let (name, lease) = live.remove(0);
+            match client.revoke(lease).await {
+                Ok(_) => {
+                    record.lock().unwrap().revoked.insert(name);
+                }
+                Err(_) => live.insert(0, (name, lease)),
+            }
+        }
+        if live.len() < 5 {
+            n += 1;
+            let name = format!("churn-{n}");
+            if let Ok(g) = client.grant(Duration::from_secs(5)).await {
+                let spec = InstanceSpec { address: "127.0.0.1".into(), port: 1 + n % 60000, lease_id: Some(g.lease_id), weight: 1, state: Default::default(), meta: Default::default() };
+                if let Ok(w) = client.put_instance("churn", &name, &spec).await {
+                    record.lock().unwrap().acked.push((name.clone(), w.revision, g.lease_id));
+                    live.push((name, g.lease_id));
+                }
+            }
+        }
+        if last_renew.elapsed() >= Duration::from_millis(700) {
+            for (_, lease) in &live {
+                let _ = client.keepalive(*lease).await;
+            }
+            last_renew = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Leave the survivors renewed a little longer: the validators read them right after.
+    for (_, lease) in &live {
+        let _ = client.keepalive(*lease).await;
+    }
+}
