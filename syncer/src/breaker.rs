@@ -46,11 +46,14 @@ impl Breaker {
     pub fn filter(&mut self, ops: Vec<Op>, desired: &DesiredSet, managed: &[String], now: Instant) -> (Vec<Op>, Vec<Op>) {
         if self.window_start.is_none_or(|s| now.saturating_duration_since(s) >= self.limits.window) {
             self.window_start = Some(now);
-            self.base = managed.len();
+            self.base = 0;
             self.removed = 0;
         }
+        // The fraction is of the largest the backend has been in this window: a window that
+        // opened while the backend was still filling must not keep the budget at one.
+        self.base = self.base.max(managed.len());
         self.released.retain(|n| managed.contains(n) && !desired.contains_key(n));
-        let budget = ((self.base as f64 * self.limits.max_fraction).floor() as usize).max(1);
+        let budget = if self.limits.max_fraction >= 1.0 { usize::MAX } else { ((self.base as f64 * self.limits.max_fraction).floor() as usize).max(1) };
         // After this pass the backend holds every desired server plus the undesired ones not
         // let go; letting one go must not take that below `min_servers`.
         let undesired_kept = managed.iter().filter(|n| !desired.contains_key(*n) && !self.released.contains(*n)).count();
@@ -130,6 +133,18 @@ mod tests {
         assert_eq!(b.filter(drain, &keep, &all, t0).0.len(), 1);
         let (allowed, held) = b.filter(removals(&all[1..]), &keep, &all, t0 + Duration::from_secs(1));
         assert_eq!((allowed.len(), held.len()), (1, 0), "the delete of a released server is not held");
+    }
+
+    #[test]
+    fn a_window_opened_on_an_empty_backend_follows_its_growth() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(Limits { min_servers: 0, ..Limits::default() });
+        assert!(b.filter(vec![], &DesiredSet::new(), &[], t0).0.is_empty());
+        let all = names(1000);
+        let (allowed, held) = b.filter(removals(&all), &DesiredSet::new(), &all, t0 + Duration::from_secs(1));
+        assert_eq!((allowed.len(), held.len()), (500, 500), "half of the 1000 it grew to");
+        let mut unlimited = Breaker::new(Limits { min_servers: 0, max_fraction: 1.0, ..Limits::default() });
+        assert_eq!(unlimited.filter(removals(&all), &DesiredSet::new(), &all, t0).0.len(), 1000);
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub struct Partition {
 }
 
 fn iptables(op: &str, dir: &str, ip: &str) -> bool {
-    Command::new("iptables").args([op, "INPUT", dir, ip, "-j", "DROP"]).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("iptables").args([op, "INPUT", dir, ip, "-j", "DROP"]).stderr(std::process::Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
 }
 
 impl Partition {
