@@ -68,7 +68,7 @@ impl NodeConfig {
             snapshot_every: 10_000,
             keep_after_snapshot: 1000,
             segment_bytes: crate::storage::log_store::DEFAULT_SEGMENT_LIMIT,
-            lease_check: Duration::from_millis(100),
+            lease_check: Duration::from_millis(50),
             write_timeout: Duration::from_secs(5),
             source_ip: None,
         }

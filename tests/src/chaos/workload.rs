@@ -25,6 +25,7 @@ pub struct Record {
     pub acked: Vec<(String, u64, u64)>,
     /// Churn instances revoked on purpose.
     pub revoked: BTreeSet<String>,
+    pub churned: Vec<Churned>,
 }
 
 pub struct Workload {
@@ -79,7 +80,7 @@ async fn http_load(url: String, record: Arc<Mutex<Record>>, running: Arc<AtomicB
     }
 }
 
-/// What HAProxy holds, every 100 ms.
+/// What HAProxy holds, every 50 ms.
 async fn sample(socket: PathBuf, record: Arc<Mutex<Record>>, running: Arc<AtomicBool>) {
     let mut api = RuntimeApi::new(Endpoint::Unix(socket), "");
     while running.load(Ordering::SeqCst) {
@@ -95,50 +96,76 @@ async fn sample(socket: PathBuf, record: Arc<Mutex<Record>>, running: Arc<Atomic
         if complete {
             record.lock().unwrap().samples.push((Instant::now(), servers));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
+/// One churn registration and how its lease fared.
+#[derive(Debug, Clone)]
+pub struct Churned {
+    pub name: String,
+    pub lease: u64,
+    pub last_renewed: Instant,
+    /// The registry answered 404 to a keepalive: `Some(gap)` since the last successful one.
+    pub expired_after: Option<Duration>,
+    pub revoked: bool,
+}
+
+pub const CHURN_TTL: Duration = Duration::from_secs(5);
+
 /// Registration churn in service `churn`: keeps five instances alive under renewed leases,
-/// retiring the oldest and registering a new one every 150 ms, and records every acknowledged
-/// registration.
+/// retiring the oldest and registering a new one every 150 ms. Renewal runs in its own task so
+/// a slow registration never delays it; every lease's fate is recorded.
 async fn churn(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<AtomicBool>) {
-    let client = client::Client::new(&registry).unwrap();
-    let mut live: Vec<(String, u64)> = Vec::new();
+    let client = Arc::new(client::Client::new(&registry).unwrap());
+    let leases: Arc<Mutex<Vec<Churned>>> = Arc::default();
+    let renewer = {
+        let (client, leases, running) = (client.clone(), leases.clone(), running.clone());
+        tokio::spawn(async move {
+            loop {
+                let live: Vec<(usize, u64)> = leases.lock().unwrap().iter().enumerate().filter(|(_, c)| !c.revoked && c.expired_after.is_none()).map(|(i, c)| (i, c.lease)).collect();
+                for (i, lease) in live {
+                    let result = client.keepalive(lease).await;
+                    let mut l = leases.lock().unwrap();
+                    match result {
+                        Ok(_) => l[i].last_renewed = Instant::now(),
+                        Err(e) if e.is_not_found() && !l[i].revoked => l[i].expired_after = Some(l[i].last_renewed.elapsed()),
+                        Err(_) => {}
+                    }
+                }
+                if !running.load(Ordering::SeqCst) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
     let mut n = 0u64;
-    let mut last_renew = Instant::now();
     while running.load(Ordering::SeqCst) {
-        // Keep five alive: retire the oldest, register a new one.
-        if live.len() >= 5 {
-            let (name, lease) = live.remove(0);
-            match client.revoke(lease).await {
-                Ok(_) => {
-                    record.lock().unwrap().revoked.insert(name);
-                }
-                Err(_) => live.insert(0, (name, lease)),
+        let oldest = {
+            let l = leases.lock().unwrap();
+            let live: Vec<usize> = (0..l.len()).filter(|i| !l[*i].revoked && l[*i].expired_after.is_none()).collect();
+            (live.len() >= 5).then(|| (live[0], l[live[0]].lease))
+        };
+        if let Some((i, lease)) = oldest {
+            if client.revoke(lease).await.is_ok() {
+                leases.lock().unwrap()[i].revoked = true;
             }
         }
-        if live.len() < 5 {
-            n += 1;
-            let name = format!("churn-{n}");
-            if let Ok(g) = client.grant(Duration::from_secs(5)).await {
-                let spec = InstanceSpec { address: "127.0.0.1".into(), port: 1 + n % 60000, lease_id: Some(g.lease_id), weight: 1, state: Default::default(), meta: Default::default() };
-                if let Ok(w) = client.put_instance("churn", &name, &spec).await {
-                    record.lock().unwrap().acked.push((name.clone(), w.revision, g.lease_id));
-                    live.push((name, g.lease_id));
-                }
+        n += 1;
+        let name = format!("churn-{n}");
+        if let Ok(g) = client.grant(CHURN_TTL).await {
+            let spec = InstanceSpec { address: "127.0.0.1".into(), port: 1 + n % 60000, lease_id: Some(g.lease_id), weight: 1, state: Default::default(), meta: Default::default() };
+            if let Ok(w) = client.put_instance("churn", &name, &spec).await {
+                record.lock().unwrap().acked.push((name.clone(), w.revision, g.lease_id));
+                leases.lock().unwrap().push(Churned { name, lease: g.lease_id, last_renewed: Instant::now(), expired_after: None, revoked: false });
             }
-        }
-        if last_renew.elapsed() >= Duration::from_millis(700) {
-            for (_, lease) in &live {
-                let _ = client.keepalive(*lease).await;
-            }
-            last_renew = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    // Leave the survivors renewed a little longer: the validators read them right after.
-    for (_, lease) in &live {
-        let _ = client.keepalive(*lease).await;
-    }
+    let _ = renewer.await;
+    let l = leases.lock().unwrap();
+    let mut rec = record.lock().unwrap();
+    rec.revoked = l.iter().filter(|c| c.revoked).map(|c| c.name.clone()).collect();
+    rec.churned = l.clone();
 }
