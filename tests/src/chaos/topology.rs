@@ -58,15 +58,15 @@ impl Topology {
                     "--peers",
                     &peers,
                     "--heartbeat",
-                    "50ms",
+                    "30ms",
                     // A new leader restarts every lease's clock at its election, so a host dying
                     // with the leader leaves after election time + TTL. An election takes up to
                     // about twice the maximum timeout (followers refuse votes for that long after
                     // the last heartbeat), so TTL + 1 s needs a maximum well under 500 ms.
                     "--election-timeout-min",
-                    "150ms",
+                    "100ms",
                     "--election-timeout-max",
-                    "250ms",
+                    "180ms",
                 ]
                 .iter()
                 .map(|s| s.to_string())

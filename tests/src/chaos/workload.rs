@@ -148,8 +148,11 @@ async fn churn(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<A
             (live.len() >= 5).then(|| (live[0], l[live[0]].lease))
         };
         if let Some((i, lease)) = oldest {
-            if client.revoke(lease).await.is_ok() {
-                leases.lock().unwrap()[i].revoked = true;
+            // Marked before the request: a keepalive racing the revoke would see a 404 that is
+            // ours, not the registry's.
+            leases.lock().unwrap()[i].revoked = true;
+            if client.revoke(lease).await.is_err() {
+                leases.lock().unwrap()[i].revoked = false;
             }
         }
         n += 1;
