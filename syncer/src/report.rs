@@ -39,6 +39,11 @@ impl Reporter {
     pub async fn run(self, mut applied: watch::Receiver<Applied>) {
         let mut lease: Option<u64> = None;
         let mut reported: Option<Applied> = None;
+        // One ticker for the whole run: a select that re-created its sleep on every change
+        // would starve the keepalive while revisions move.
+        let mut keepalive = tokio::time::interval(TTL / 3);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_put = tokio::time::Instant::now() - MIN_INTERVAL;
         loop {
             let current = applied.borrow_and_update().clone();
             if lease.is_none() {
@@ -51,7 +56,8 @@ impl Reporter {
                 }
             }
             if let Some(l) = lease {
-                if reported.as_ref() != Some(&current) {
+                if reported.as_ref() != Some(&current) && last_put.elapsed() >= MIN_INTERVAL {
+                    last_put = tokio::time::Instant::now();
                     match self.client.put_instance(SYNCER_SERVICE, &self.id, &self.spec(l, &current)).await {
                         Ok(_) => reported = Some(current),
                         Err(e) if e.is_not_found() => lease = None,
@@ -64,9 +70,8 @@ impl Reporter {
                     if r.is_err() {
                         break;
                     }
-                    tokio::time::sleep(MIN_INTERVAL).await;
                 }
-                _ = tokio::time::sleep(TTL / 3) => {
+                _ = keepalive.tick() => {
                     if let Some(l) = lease {
                         if let Err(e) = self.client.keepalive(l).await {
                             if e.is_not_found() {
@@ -75,6 +80,8 @@ impl Reporter {
                         }
                     }
                 }
+                // Retry a report held back by MIN_INTERVAL or a failed write.
+                _ = tokio::time::sleep(MIN_INTERVAL), if reported.as_ref() != Some(&*applied.borrow()) => {}
             }
         }
         if let Some(l) = lease {

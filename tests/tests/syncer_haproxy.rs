@@ -238,6 +238,18 @@ async fn an_active_passive_pair_converges_to_the_same_servers() {
     })
     .await;
     assert_eq!(a.reloads().await + b.reloads().await, 0);
+    // The convergence report keeps one lease and writes only when a backend moves: over more
+    // than its 10 s TTL with nothing changing, neither its lease nor its revision changes.
+    let client = cluster.client();
+    let report = || async { client.service(proto::SYNCER_SERVICE, false).await.unwrap().instances.into_iter().find(|i| i.instance == "lb-a").unwrap() };
+    let before = wait_for(Duration::from_secs(5), "lb-a's report to catch up", || async {
+        let r = report().await;
+        (r.meta.get("rev.web-servers").map(|v| v.parse::<u64>().unwrap()) >= Some(client.service("web-servers", false).await.unwrap().index)).then_some(r)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let after = report().await;
+    assert_eq!((after.lease_id, after.mod_revision), (before.lease_id, before.mod_revision), "the report lost its lease or kept rewriting itself");
     let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
     for needle in ["syncer_applied_revision{backend=\"web-servers\"}", "syncer_ops_total{kind=\"add\"} 4", "syncer_source_up 1", "syncer_haproxy_restarts_total 0"] {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");

@@ -81,13 +81,18 @@ pub async fn run(client: Client, services: Vec<String>, tx: Tx) {
     }
 }
 
+/// Applies one event. The snapshot's revision moves only with changes to watched services: it
+/// is what the backends report they reflect, and moving it for other services (or progress
+/// lines) would make the syncer's own report, itself a write, trigger the next report.
 fn apply(snap: &mut Snapshot, services: &[String], event: WatchEvent) {
-    snap.revision = snap.revision.max(event.revision());
+    let revision = event.revision();
     match event {
         WatchEvent::Put { instance, .. } if services.contains(&instance.service) => {
+            snap.revision = snap.revision.max(revision);
             snap.services.entry(instance.service.clone()).or_insert_with(BTreeMap::new).insert(instance.instance.clone(), endpoint(&instance));
         }
-        WatchEvent::Delete { service, instance, .. } => {
+        WatchEvent::Delete { service, instance, .. } if services.contains(&service) => {
+            snap.revision = snap.revision.max(revision);
             if let Some(m) = snap.services.get_mut(&service) {
                 m.remove(&instance);
             }
@@ -135,10 +140,11 @@ mod tests {
         apply(&mut snap, &services, WatchEvent::Put { revision: 3, instance: instance("web", "a", 3) });
         apply(&mut snap, &services, WatchEvent::Put { revision: 4, instance: instance("other", "b", 4) });
         assert_eq!(snap.services.len(), 1);
-        assert_eq!(snap.revision, 4);
+        assert_eq!(snap.revision, 3, "another service's change does not move the revision");
         apply(&mut snap, &services, WatchEvent::Delete { revision: 5, service: "web".into(), instance: "a".into() });
         assert!(snap.services["web"].is_empty());
+        assert_eq!(snap.revision, 5);
         apply(&mut snap, &services, WatchEvent::Progress { revision: 9 });
-        assert_eq!(snap.revision, 9);
+        assert_eq!(snap.revision, 5, "progress does not either");
     }
 }
