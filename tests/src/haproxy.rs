@@ -151,6 +151,18 @@ impl Haproxy {
         self.proc.log_text().lines().filter(|l| l.contains("Loading success.")).count()
     }
 
+    /// Ports of the servers the syncer manages (`sd-` prefix) in `backend`, read with the
+    /// syncer's own Runtime API driver (one parser of `show servers state` for all tests).
+    /// Empty when HAProxy does not answer.
+    pub async fn managed_ports(&self, backend: &str) -> std::collections::BTreeSet<u16> {
+        use syncer::model::Driver;
+        let mut api = syncer::driver::runtime::RuntimeApi::new(syncer::driver::runtime::Endpoint::Unix(self.socket_path()), "");
+        match api.servers(backend).await {
+            Ok(list) => list.into_iter().filter(|s| syncer::model::is_managed(&s.name)).map(|s| s.port).collect(),
+            Err(_) => Default::default(),
+        }
+    }
+
     /// The HAProxy log (master and workers write to stderr with `-db`).
     pub fn log_text(&self) -> String {
         self.proc.log_text()

@@ -11,30 +11,14 @@ use e2e::chaos::validate::{self, HostPorts};
 use e2e::chaos::workload::Workload;
 use e2e::{registry_cli, wait_for};
 use rand::Rng;
-use syncer::driver::runtime::{Endpoint, RuntimeApi};
-use syncer::model::{is_managed, Driver};
 use tokio::time::Instant;
 
 const HOSTS: usize = 11;
 
-async fn managed(socket: &std::path::Path) -> BTreeSet<(String, u16)> {
-    let mut api = RuntimeApi::new(Endpoint::Unix(socket.to_path_buf()), "");
-    let mut out = BTreeSet::new();
-    for b in ["web-servers", "api-servers"] {
-        if let Ok(list) = api.servers(b).await {
-            out.extend(list.into_iter().filter(|s| is_managed(&s.name)).map(|s| (b.to_string(), s.port)));
-        }
-    }
-    out
-}
-
 /// Every host's two servers are in HAProxy.
 async fn all_hosts_served(t: &Topology) -> Option<()> {
-    let have = managed(&t.haproxy.socket_path()).await;
-    t.hosts
-        .iter()
-        .all(|h| have.contains(&("web-servers".to_string(), h.web_port)) && have.contains(&("api-servers".to_string(), h.api_port)))
-        .then_some(())
+    let (web, api) = (t.haproxy.managed_ports("web-servers").await, t.haproxy.managed_ports("api-servers").await);
+    t.hosts.iter().all(|h| web.contains(&h.web_port) && api.contains(&h.api_port)).then_some(())
 }
 
 /// Instances of each service as one node holds them (stale read), to compare nodes.

@@ -67,16 +67,8 @@ fn syncer(dir: &Path, name: &str, source: &[&str], haproxy: &Haproxy, state_dir:
     Proc::spawn(name, &binary("syncer"), &args, dir)
 }
 
-/// Ports of the managed servers in `show servers state`.
 async fn managed_ports(h: &Haproxy) -> BTreeSet<u16> {
-    h.show("show servers state web-servers")
-        .await
-        .lines()
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.len() > 18 && cols[3].starts_with("sd-")).then(|| cols[18].parse().ok()).flatten()
-        })
-        .collect()
+    h.managed_ports("web-servers").await
 }
 
 /// The names of the web servers that answered `n` requests through HAProxy.
@@ -124,6 +116,13 @@ fn load(url: String) -> Load {
 }
 
 impl Load {
+    /// Waits until `n` more requests have been answered, whatever the outcome.
+    async fn wait_answers(&self, n: u64) {
+        let done = || self.ok.load(Ordering::SeqCst) + self.failed.load(Ordering::SeqCst);
+        let target = done() + n;
+        wait_for(Duration::from_secs(10), "requests through HAProxy", || async { (done() >= target).then_some(()) }).await;
+    }
+
     async fn stop(self) -> (u64, u64) {
         self.running.store(false, Ordering::SeqCst);
         self.task.await.unwrap();
@@ -170,7 +169,7 @@ async fn registry_to_haproxy_end_to_end() {
 
     // Kill one host (announcer and server) under steady load: it leaves within TTL + 1 s.
     let traffic = load(frontend.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    traffic.wait_answers(10).await;
     let victim = hosts.pop().unwrap();
     let (mut a, mut w) = (victim.announcer, victim.web);
     a.kill();
@@ -178,7 +177,8 @@ async fn registry_to_haproxy_end_to_end() {
     let killed = Instant::now();
     wait_for(Duration::from_secs(6), "the killed server to leave HAProxy", || async { (!managed_ports(&haproxy).await.contains(&victim.port)).then_some(()) }).await;
     let gone = killed.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Keep the load on a little longer: requests right after the removal count too.
+    traffic.wait_answers(10).await;
     let (ok, failed) = traffic.stop().await;
     eprintln!("killed server left HAProxy after {gone:?}; requests meanwhile: {ok} ok, {failed} failed");
     assert!(gone <= Duration::from_secs(3), "left after {gone:?} (bound TTL 2 s + 1 s)");
