@@ -104,38 +104,7 @@ fn epoch_ns(t: Instant) -> u64 {
 fn main() -> ExitCode {
     let args = Args::parse();
     EPOCH.get_or_init(Instant::now);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("registry_bench: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = rt.block_on(async {
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let term = async {
-            match sigterm.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        // Dropping `run` on a signal drops its `Cluster`, which kills the nodes.
-        tokio::select! {
-            r = run(&args) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C); nodes killed")),
-            _ = term => Err(anyhow!("terminated (SIGTERM); nodes killed")),
-        }
-    });
-    rt.shutdown_timeout(Duration::from_secs(2));
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("registry_bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    e2e::run_bench("registry_bench", run(&args))
 }
 
 async fn run(args: &Args) -> Result<()> {

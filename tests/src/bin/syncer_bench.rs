@@ -101,38 +101,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("syncer_bench: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = rt.block_on(async {
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let term = async {
-            match sigterm.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        // Dropping `run` drops the cluster, HAProxy and the syncer, which kills them.
-        tokio::select! {
-            r = run(&args) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted (Ctrl-C); processes killed")),
-            _ = term => Err(anyhow!("terminated (SIGTERM); processes killed")),
-        }
-    });
-    rt.shutdown_timeout(Duration::from_secs(2));
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("syncer_bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    e2e::run_bench("syncer_bench", run(&args))
 }
 
 // ---------------------------------------------------------------------------------------------
