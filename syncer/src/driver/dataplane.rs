@@ -294,18 +294,7 @@ impl DataplaneApi {
 
     /// Asks the API how a reload is going (`GET /services/haproxy/reloads/{id}`).
     pub async fn reload_status(&self, id: &str) -> Result<ReloadStatus, DriverError> {
-        let a = self
-            .call(
-                Method::GET,
-                &["services", "haproxy", "reloads", id],
-                &[],
-                None,
-            )
-            .await?;
-        if a.status != StatusCode::OK {
-            return Err(a.error("reading reload"));
-        }
-        let v = a.json()?;
+        let v = self.get_json(&["services", "haproxy", "reloads", id], &[], "reading reload").await?;
         match v.get("status").and_then(Value::as_str) {
             Some("in_progress") => Ok(ReloadStatus::InProgress),
             Some("succeeded") => Ok(ReloadStatus::Succeeded),
@@ -320,6 +309,15 @@ impl DataplaneApi {
     }
 
     // ----- HTTP -----
+
+    /// GET that must answer 200 with JSON; anything else is an error saying `what` failed.
+    async fn get_json(&self, segments: &[&str], query: &[(&str, String)], what: &str) -> Result<Value, DriverError> {
+        let a = self.call(Method::GET, segments, query, None).await?;
+        if a.status != StatusCode::OK {
+            return Err(a.error(what));
+        }
+        a.json()
+    }
 
     async fn call(
         &self,
@@ -413,11 +411,7 @@ impl DataplaneApi {
 
     async fn read_runtime(&self, backend: &str) -> Result<Vec<Value>, DriverError> {
         let (path, query) = self.runtime_path(backend, None);
-        let a = self.call(Method::GET, &path, &query, None).await?;
-        if a.status != StatusCode::OK {
-            return Err(a.error(&format!("reading runtime servers of {backend}")));
-        }
-        match a.json()? {
+        match self.get_json(&path, &query, &format!("reading runtime servers of {backend}")).await? {
             Value::Array(items) => Ok(items),
             Value::Null => Ok(vec![]),
             other => Err(DriverError::Protocol(format!(
@@ -476,18 +470,7 @@ impl DataplaneApi {
             ("type", "server".to_string()),
             ("parent", backend.to_string()),
         ];
-        let a = self
-            .call(
-                Method::GET,
-                &["services", "haproxy", "stats", "native"],
-                &query,
-                None,
-            )
-            .await?;
-        if a.status != StatusCode::OK {
-            return Err(a.error(&format!("reading stats of {backend}")));
-        }
-        let v = a.json()?;
+        let v = self.get_json(&["services", "haproxy", "stats", "native"], &query, &format!("reading stats of {backend}")).await?;
         // v3: one `native_stats` object; v2: an array of them, one per runtime API.
         let collections = match v {
             Value::Array(items) => items,
@@ -528,14 +511,8 @@ impl DataplaneApi {
     }
 
     async fn read_version(&mut self) -> Result<i64, DriverError> {
-        let a = self
-            .call(
-                Method::GET,
-                &["services", "haproxy", "configuration", "version"],
-                &[],
-                None,
-            )
-            .await?;
+        // Not `get_json`: the version may come in the header rather than the body.
+        let a = self.call(Method::GET, &["services", "haproxy", "configuration", "version"], &[], None).await?;
         if a.status != StatusCode::OK {
             return Err(a.error("reading the configuration version"));
         }
@@ -1000,18 +977,7 @@ fn same_server(want: &Value, have: &Value) -> bool {
 
 impl Driver for DataplaneApi {
     async fn generation(&mut self) -> Result<Generation, DriverError> {
-        let a = self
-            .call(
-                Method::GET,
-                &["services", "haproxy", "runtime", "info"],
-                &[],
-                None,
-            )
-            .await?;
-        if a.status != StatusCode::OK {
-            return Err(a.error("reading process info"));
-        }
-        let v = a.json()?;
+        let v = self.get_json(&["services", "haproxy", "runtime", "info"], &[], "reading process info").await?;
         // v3: one `process_info`; v2: an array of them (one per runtime API).
         let first = match &v {
             Value::Array(items) => items.first().cloned().unwrap_or(Value::Null),
