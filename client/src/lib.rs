@@ -4,14 +4,27 @@
 //! It knows several node URLs. Each request goes first to the node last named as leader (the
 //! `x-registry-leader` header), then to the others in turn; a node that cannot be reached or
 //! answers 503 is skipped. A 4xx answer is final and comes back as `Error::Api`.
+//!
+//! Retries never apply a write twice. Every lease and instance write carries a request id
+//! (`x-request-id`), the same on each attempt, which the registry applies once; membership
+//! changes, which have none, move to the next node only when the first one certainly did not
+//! run them (connection refused, or "not the leader").
+//!
+//! `Watcher` owns the watch resume rule: it hands out each revision whole and resumes from the
+//! last revision it received completely (docs/api.md, "Watch").
 
-use std::sync::Mutex;
+mod watcher;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::{
     ClusterInfo, ErrorBody, InstanceSpec, KeepaliveResponse, LeaseGrant, LeaseGrantRequest, LeaseId, MemberChange, ServiceInstances,
-    ServiceList, WatchEvent, WriteResult, LEADER_HEADER,
+    ServiceList, WatchEvent, WriteResult, LEADER_HEADER, REQUEST_ID_HEADER,
 };
+
+pub use watcher::{Update, Watcher};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -44,10 +57,28 @@ impl Error {
     }
 }
 
+/// A handle on the registry; cheap to clone (clones share connections and the leader hint).
+#[derive(Clone)]
 pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     urls: Vec<String>,
     http: reqwest::Client,
     leader: Mutex<Option<String>>,
+    /// Random per client; with `seq`, makes every write's request id unique.
+    id: u64,
+    seq: AtomicU64,
+}
+
+/// When a failed attempt may be sent again, to another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads, keepalives and writes with a request id: any retriable failure.
+    Always,
+    /// Writes the registry cannot deduplicate: only when the node certainly did not run it.
+    IfNotRun,
 }
 
 /// Normalises `HOST:PORT` or `http://HOST:PORT/` to `http://HOST:PORT`.
@@ -81,23 +112,29 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| Error::Unavailable(e.to_string()))?;
-        Ok(Client { urls, http, leader: Mutex::new(None) })
+        let id = rand::random::<u64>();
+        Ok(Client { inner: Arc::new(Inner { urls, http, leader: Mutex::new(None), id, seq: AtomicU64::new(0) }) })
     }
 
     pub fn urls(&self) -> &[String] {
-        &self.urls
+        &self.inner.urls
+    }
+
+    /// A fresh request id for one logical write.
+    fn request_id(&self) -> String {
+        format!("{:016x}-{}", self.inner.id, self.inner.seq.fetch_add(1, Ordering::Relaxed))
     }
 
     /// The nodes to try: the known leader first, unless the read is stale (then the nodes in
     /// the order given, so a stale read stays on the node the caller named first).
     fn order(&self, leader_first: bool) -> Vec<String> {
-        let mut out = Vec::with_capacity(self.urls.len() + 1);
+        let mut out = Vec::with_capacity(self.inner.urls.len() + 1);
         if leader_first {
-            if let Some(l) = self.leader.lock().unwrap().clone() {
+            if let Some(l) = self.inner.leader.lock().unwrap().clone() {
                 out.push(l);
             }
         }
-        for u in &self.urls {
+        for u in &self.inner.urls {
             if !out.contains(u) {
                 out.push(u.clone());
             }
@@ -105,32 +142,60 @@ impl Client {
         out
     }
 
+    /// A read, or a write that is safe to repeat.
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&(impl Serialize + ?Sized)>, timeout: Option<Duration>) -> Result<T, Error> {
+        self.send(method, path, body, timeout, None, Retry::Always).await
+    }
+
+    /// A lease or instance write: one request id for every attempt.
+    async fn write<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&(impl Serialize + ?Sized)>) -> Result<T, Error> {
+        let id = self.request_id();
+        self.send(method, path, body, None, Some(&id), Retry::Always).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+        timeout: Option<Duration>,
+        request_id: Option<&str>,
+        retry: Retry,
+    ) -> Result<T, Error> {
         let mut last = String::from("no node tried");
         for base in self.order(!path.contains("stale=true")) {
-            let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+            let mut req = self.inner.http.request(method.clone(), format!("{base}{path}"));
             if let Some(b) = body {
                 req = req.json(b);
             }
             if let Some(t) = timeout {
                 req = req.timeout(t);
             }
+            if let Some(id) = request_id {
+                req = req.header(REQUEST_ID_HEADER, id);
+            }
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
                     last = format!("{base}: {e}");
                     self.forget_leader(&base);
+                    if retry == Retry::IfNotRun && !e.is_connect() {
+                        return Err(Error::Unavailable(format!("{last} (not retried: it may have been applied)")));
+                    }
                     continue;
                 }
             };
             if let Some(l) = resp.headers().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
-                *self.leader.lock().unwrap() = Some(l.to_string());
+                *self.inner.leader.lock().unwrap() = Some(l.to_string());
             }
             let status = resp.status();
             let bytes = match resp.bytes().await {
                 Ok(b) => b,
                 Err(e) => {
                     last = format!("{base}: {e}");
+                    if retry == Retry::IfNotRun {
+                        return Err(Error::Unavailable(format!("{last} (not retried: it may have been applied)")));
+                    }
                     continue;
                 }
             };
@@ -145,8 +210,14 @@ impl Client {
                 },
             };
             if status == StatusCode::SERVICE_UNAVAILABLE {
+                // "no_leader" is answered before anything runs; any other 503 (a timed-out
+                // commit, a failed forward) may hide a write that still applies.
+                let not_run = matches!(&err, Error::Api { body, .. } if body.code == "no_leader");
                 last = format!("{base}: {err}");
                 self.forget_leader(&base);
+                if retry == Retry::IfNotRun && !not_run {
+                    return Err(err);
+                }
                 continue;
             }
             return Err(err);
@@ -155,14 +226,14 @@ impl Client {
     }
 
     fn forget_leader(&self, base: &str) {
-        let mut l = self.leader.lock().unwrap();
+        let mut l = self.inner.leader.lock().unwrap();
         if l.as_deref() == Some(base) {
             *l = None;
         }
     }
 
     pub async fn grant(&self, ttl: Duration) -> Result<LeaseGrant, Error> {
-        self.call(Method::POST, "/v1/leases", Some(&LeaseGrantRequest { ttl_ms: ttl.as_millis() as u64 }), None).await
+        self.write(Method::POST, "/v1/leases", Some(&LeaseGrantRequest { ttl_ms: ttl.as_millis() as u64 })).await
     }
 
     pub async fn keepalive(&self, lease: LeaseId) -> Result<KeepaliveResponse, Error> {
@@ -171,15 +242,15 @@ impl Client {
     }
 
     pub async fn revoke(&self, lease: LeaseId) -> Result<WriteResult, Error> {
-        self.call(Method::DELETE, &format!("/v1/leases/{lease}"), None::<&()>, None).await
+        self.write(Method::DELETE, &format!("/v1/leases/{lease}"), None::<&()>).await
     }
 
     pub async fn put_instance(&self, service: &str, instance: &str, spec: &InstanceSpec) -> Result<WriteResult, Error> {
-        self.call(Method::PUT, &format!("/v1/services/{service}/instances/{instance}"), Some(spec), None).await
+        self.write(Method::PUT, &format!("/v1/services/{service}/instances/{instance}"), Some(spec)).await
     }
 
     pub async fn delete_instance(&self, service: &str, instance: &str) -> Result<WriteResult, Error> {
-        self.call(Method::DELETE, &format!("/v1/services/{service}/instances/{instance}"), None::<&()>, None).await
+        self.write(Method::DELETE, &format!("/v1/services/{service}/instances/{instance}"), None::<&()>).await
     }
 
     pub async fn services(&self, stale: bool) -> Result<ServiceList, Error> {
@@ -204,21 +275,27 @@ impl Client {
     /// The cluster as one particular node sees it.
     pub async fn cluster_at(&self, base: &str) -> Result<ClusterInfo, Error> {
         let base = normalize_url(base)?;
-        let resp = self.http.get(format!("{base}/v1/cluster")).timeout(Duration::from_secs(2)).send().await.map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
+        let resp = self.inner.http.get(format!("{base}/v1/cluster")).timeout(Duration::from_secs(2)).send().await.map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
         resp.json().await.map_err(|e| Error::Decode { url: base, reason: e.to_string() })
     }
 
     pub async fn add_member(&self, id: u64, addr: &str) -> Result<WriteResult, Error> {
         let body = MemberChange { id, addr: Some(addr.to_string()) };
-        self.call(Method::POST, "/v1/cluster/members", Some(&body), Some(Duration::from_secs(60))).await
+        self.send(Method::POST, "/v1/cluster/members", Some(&body), Some(Duration::from_secs(120)), None, Retry::IfNotRun).await
     }
 
     pub async fn remove_member(&self, id: u64) -> Result<WriteResult, Error> {
-        self.call(Method::DELETE, &format!("/v1/cluster/members/{id}"), None::<&()>, Some(Duration::from_secs(60))).await
+        self.send(Method::DELETE, &format!("/v1/cluster/members/{id}"), None::<&()>, Some(Duration::from_secs(120)), None, Retry::IfNotRun).await
     }
 
-    /// Opens a watch stream on the first node that accepts it.
+    /// Opens a watch stream on the first node that accepts it. Prefer `Watcher`, which
+    /// resumes broken streams without losing or splitting a revision.
     pub async fn watch(&self, service: Option<&str>, since: Option<u64>) -> Result<Watch, Error> {
+        self.watch_from(service, since, 0).await.map(|(w, _)| w)
+    }
+
+    /// `watch`, trying the nodes in order from the `start`th; also returns which one answered.
+    async fn watch_from(&self, service: Option<&str>, since: Option<u64>, start: usize) -> Result<(Watch, usize), Error> {
         let mut query = Vec::new();
         if let Some(s) = service {
             query.push(format!("service={s}"));
@@ -228,13 +305,18 @@ impl Client {
         }
         let path = format!("/v1/watch?{}", query.join("&"));
         let mut last = String::new();
-        for base in self.order(false) {
-            // No overall timeout: the stream is long-lived; `Watch::next` bounds each read.
+        let urls = self.urls();
+        for k in 0..urls.len() {
+            let i = (start + k) % urls.len();
+            let base = &urls[i];
+            // No overall timeout: the stream is long-lived; `Watch::next` bounds each read. The
+            // answer's head is bounded, or a paused node (whose kernel still accepts) holds us.
             let client = reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).build().map_err(|e| Error::Unavailable(e.to_string()))?;
-            match client.get(format!("{base}{path}")).send().await {
-                Ok(r) if r.status().is_success() => return Ok(Watch { resp: r, buf: Vec::new(), url: base }),
-                Ok(r) => last = format!("{base}: {}", r.status()),
-                Err(e) => last = format!("{base}: {e}"),
+            match tokio::time::timeout(STALL, client.get(format!("{base}{path}")).send()).await {
+                Ok(Ok(r)) if r.status().is_success() => return Ok((Watch { resp: r, buf: Vec::new(), url: base.clone() }, i)),
+                Ok(Ok(r)) => last = format!("{base}: {}", r.status()),
+                Ok(Err(e)) => last = format!("{base}: {e}"),
+                Err(_) => last = format!("{base}: no answer within {STALL:?}"),
             }
         }
         Err(Error::Unavailable(last))
@@ -250,7 +332,7 @@ pub struct Watch {
     url: String,
 }
 
-const STALL: Duration = Duration::from_millis(2500);
+pub(crate) const STALL: Duration = Duration::from_millis(2500);
 
 impl Watch {
     /// The next event; `Ok(None)` when the server ended the stream.

@@ -27,6 +27,18 @@ pub type Revision = u64;
 /// can send its next write or keepalive there directly.
 pub const LEADER_HEADER: &str = "x-registry-leader";
 
+/// HTTP header carrying a client's idempotency key for one write. Every retry of that write
+/// sends the same value; the registry applies it once and answers retries as it answered the
+/// first (within a window of recent writes). At most 128 visible ASCII characters.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// On reads: `true` if the answering node knows a current leader (or is one), else `false`.
+pub const KNOWN_LEADER_HEADER: &str = "x-registry-known-leader";
+
+/// On reads: milliseconds since the answering node last heard from its leader (0 on a leader
+/// with a recent quorum). Absent if it never has. Tells how stale a `?stale=true` read may be.
+pub const LAST_CONTACT_HEADER: &str = "x-registry-last-contact-ms";
+
 /// Reserved service under which every syncer reports, as an instance under its own lease,
 /// which registry revision each HAProxy backend it manages reflects. Instance meta holds
 /// `map.<backend>` = the service and `rev.<backend>` = the applied revision.

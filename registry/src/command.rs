@@ -15,12 +15,31 @@ pub enum Cmd {
     RevokeLease { lease_id: LeaseId },
     /// Expire leases whose deadline passed on the leader of `term`. Applies only if `term` is the
     /// term of the entry carrying it: a decision taken under one leadership never lands under
-    /// another (DESIGN.md decision 2).
+    /// another (docs/api.md, "Leases").
     ExpireLeases { term: u64, lease_ids: Vec<LeaseId> },
     /// Create or replace an instance (validated before it is proposed).
     PutInstance { service: String, instance: String, spec: InstanceSpec },
     /// Remove an instance.
     DeleteInstance { service: String, instance: String },
+}
+
+/// One log entry's payload: a command and, when the client sent one, the request id that makes
+/// a retried write apply once (`Store` remembers the answer of recent ids).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    #[serde(flatten)]
+    pub cmd: Cmd,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+}
+
+/// A client's idempotency key for one write (`x-request-id`), the same on every retry of it.
+pub type RequestId = String;
+
+impl From<Cmd> for Proposal {
+    fn from(cmd: Cmd) -> Proposal {
+        Proposal { cmd, request_id: None }
+    }
 }
 
 /// The result of applying a command, returned to the proposer.

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Take a snapshot (and compact the log) every this many entries [default: 10000].
     #[arg(long)]
     pub snapshot_every: Option<u64>,
+    /// Test only: while this file exists, every flush of the Raft log hangs, as on a stalled
+    /// volume. The chaos test's disk-stall fault.
+    #[arg(long, hide = true)]
+    pub fault_disk_stall_file: Option<PathBuf>,
 }
 
 /// The config file: the same settings as the flags.
@@ -108,7 +112,15 @@ pub struct Serve {
     pub listen: SocketAddr,
     pub log_format: LogFormat,
     pub node: NodeConfig,
+    pub fault_disk_stall_file: Option<PathBuf>,
 }
+
+/// The shortest election timeout must be at least this many heartbeats. A leader acts (renews
+/// leases, expires them) only while its last quorum ack is younger than the shortest election
+/// timeout less one heartbeat; acks arrive about every 1.5 heartbeats (openraft's tick), plus a
+/// round trip and scheduling. Four heartbeats leave three for that, and a follower still misses
+/// three heartbeats in a row before it campaigns.
+pub const MIN_ELECTION_HEARTBEATS: u32 = 4;
 
 /// Parses `1=host:port,2=host:port`.
 pub fn parse_peers(raw: &str) -> Result<BTreeMap<u64, String>, Vec<String>> {
@@ -232,8 +244,10 @@ impl ServeArgs {
         let heartbeat = self.heartbeat.or(file.heartbeat).unwrap_or(Duration::from_millis(100));
         let et_min = self.election_timeout_min.or(file.election_timeout_min).unwrap_or(Duration::from_millis(500));
         let et_max = self.election_timeout_max.or(file.election_timeout_max).unwrap_or(Duration::from_millis(1000));
-        if heartbeat.is_zero() || heartbeat >= et_min {
-            errors.push(format!("heartbeat: {heartbeat:?} must be above zero and below election-timeout-min {et_min:?}"));
+        if heartbeat.is_zero() || heartbeat * MIN_ELECTION_HEARTBEATS > et_min {
+            errors.push(format!(
+                "heartbeat: {heartbeat:?} must be above zero and at most a {MIN_ELECTION_HEARTBEATS}th of election-timeout-min {et_min:?}, so a leader's lease keeps a margin over its heartbeats"
+            ));
         }
         if et_min >= et_max {
             errors.push(format!("election-timeout-min {et_min:?} must be below election-timeout-max {et_max:?}"));
@@ -261,7 +275,12 @@ impl ServeArgs {
         node.max_ttl = max_ttl;
         node.history = history;
         node.snapshot_every = snapshot_every;
-        Ok(Serve { listen: listen.unwrap(), log_format: self.log_format.or(file.log_format).unwrap_or_default(), node })
+        Ok(Serve {
+            listen: listen.unwrap(),
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            node,
+            fault_disk_stall_file: self.fault_disk_stall_file,
+        })
     }
 }
 
@@ -289,6 +308,18 @@ mod tests {
         for needle in ["id:", "listen:", "data-dir:", "heartbeat:", "min-ttl"] {
             assert!(errors.iter().any(|e| e.starts_with(needle)), "{needle} missing from {errors:?}");
         }
+    }
+
+    #[test]
+    fn election_timeouts_keep_a_margin_over_the_heartbeat() {
+        let base = || ServeArgs { id: Some(1), listen: Some("127.0.0.1:1".parse().unwrap()), data_dir: Some("/tmp/x".into()), ..Default::default() };
+        let ok = ServeArgs { heartbeat: Some(Duration::from_millis(25)), election_timeout_min: Some(Duration::from_millis(100)), election_timeout_max: Some(Duration::from_millis(200)), ..base() };
+        assert!(ok.resolve().is_ok());
+        // The old chaos topology: a 100 ms lease over 30 ms heartbeats leaves no room for a late ack.
+        let tight = ServeArgs { heartbeat: Some(Duration::from_millis(30)), election_timeout_min: Some(Duration::from_millis(100)), election_timeout_max: Some(Duration::from_millis(180)), ..base() };
+        let e = tight.resolve().unwrap_err();
+        assert!(e.len() == 1 && e[0].starts_with("heartbeat:"), "{e:?}");
+        assert!(base().resolve().is_ok(), "the defaults pass");
     }
 
     #[test]

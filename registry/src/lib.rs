@@ -8,6 +8,7 @@ pub mod watch;
 pub mod lease;
 pub mod state_machine;
 pub mod network;
+pub mod faults;
 pub mod error;
 pub mod metrics;
 pub mod node;

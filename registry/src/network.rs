@@ -1,11 +1,6 @@
 //! Peer RPC, client side: openraft's messages as JSON over HTTP to the peer's single address.
 //!
-//! `Faults` is the seam where tests inject unreachable nodes, delays and drops; in production it
-//! is empty and costs one mutex check per RPC.
-
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+//! Every RPC first asks `Faults` (the test seam) whether it may pass.
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -14,70 +9,8 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::faults::Faults;
 use crate::types::{NodeId, TypeConfig};
-
-/// Injected network faults, shared by every node of an in-process test cluster.
-#[derive(Clone, Default)]
-pub struct Faults {
-    rules: Arc<Mutex<Rules>>,
-}
-
-#[derive(Default)]
-struct Rules {
-    isolated: HashSet<NodeId>,
-    cut: HashSet<(NodeId, NodeId)>,
-    delay: HashMap<NodeId, Duration>,
-    drop_one_in: Option<u64>,
-    counter: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("fault injected: {0}")]
-pub struct Injected(&'static str);
-
-impl Faults {
-    /// Cuts `node` off from every other node, both ways.
-    pub fn isolate(&self, node: NodeId) {
-        self.rules.lock().unwrap().isolated.insert(node);
-    }
-
-    /// Cuts the link from `from` to `to` (one way).
-    pub fn cut(&self, from: NodeId, to: NodeId) {
-        self.rules.lock().unwrap().cut.insert((from, to));
-    }
-
-    /// Delays every RPC sent to `node`.
-    pub fn delay_to(&self, node: NodeId, by: Duration) {
-        self.rules.lock().unwrap().delay.insert(node, by);
-    }
-
-    /// Drops one RPC in `n` (deterministically, by count).
-    pub fn drop_one_in(&self, n: u64) {
-        self.rules.lock().unwrap().drop_one_in = Some(n.max(1));
-    }
-
-    pub fn heal(&self) {
-        *self.rules.lock().unwrap() = Rules::default();
-    }
-
-    /// Whether an RPC from `from` to `to` may pass, and after what delay.
-    pub fn check(&self, from: NodeId, to: NodeId) -> Result<Duration, Injected> {
-        let mut r = self.rules.lock().unwrap();
-        if r.isolated.contains(&from) || r.isolated.contains(&to) {
-            return Err(Injected("node isolated"));
-        }
-        if r.cut.contains(&(from, to)) {
-            return Err(Injected("link cut"));
-        }
-        if let Some(n) = r.drop_one_in {
-            r.counter += 1;
-            if r.counter % n == 0 {
-                return Err(Injected("rpc dropped"));
-            }
-        }
-        Ok(r.delay.get(&to).copied().unwrap_or_default())
-    }
-}
 
 /// Creates one connection per peer; all share one HTTP connection pool.
 #[derive(Clone)]

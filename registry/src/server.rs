@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::Serve;
-use crate::network::Faults;
+use crate::faults::Faults;
 use crate::node::Node;
 
 /// Starts a node on an already bound listener (tests bind port 0 first).
@@ -27,9 +27,12 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
     if !serve.listen.ip().is_unspecified() {
         config.source_ip = Some(serve.listen.ip());
     }
-    let (node, http) = start(listener, config, Faults::default()).await?;
+    if let Some(f) = &serve.fault_disk_stall_file {
+        tracing::warn!(file = %f.display(), "test fault hook enabled: the Raft log stalls while this file exists");
+    }
+    let (node, http) = start(listener, config, Faults::from_stall_file(serve.fault_disk_stall_file)).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut metrics = node.raft.metrics();
+    let mut metrics = node.watch_metrics();
     // A storage error stops Raft for good; exit rather than linger half alive.
     let fatal = async move {
         loop {
@@ -51,6 +54,6 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     http.abort();
-    let _ = node.raft.shutdown().await;
+    node.shutdown().await;
     Ok(())
 }

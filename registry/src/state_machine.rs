@@ -15,9 +15,10 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use crate::command::Resp;
+use crate::faults::Faults;
 use crate::storage::frame;
 use crate::store::Store;
-use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::watch::WatchHub;
 
 /// What the state machine shares with readers (HTTP handlers, the lease loop, metrics).
@@ -26,6 +27,8 @@ pub struct Shared {
     pub hub: WatchHub,
     /// Entries applied since this process started.
     pub applied_entries: AtomicU64,
+    /// The snapshot on disk, as (meta, bytes). Its lock is held while the file is replaced, so
+    /// a build and an install never write at once and the newer one always stays.
     snapshot: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
     snapshot_path: PathBuf,
     snapshot_seq: AtomicU64,
@@ -48,6 +51,8 @@ struct SnapshotFile {
 #[derive(Clone)]
 pub struct StateMachine {
     shared: Arc<Shared>,
+    /// Test seam: a delay before each applied batch.
+    faults: Option<(NodeId, Faults)>,
 }
 
 impl StateMachine {
@@ -63,6 +68,7 @@ impl StateMachine {
             snapshot_path,
             snapshot_seq: AtomicU64::new(0),
         };
+        frame::remove_stale_temps(&shared.snapshot_path);
         if let Some(bytes) = frame::read_framed(&shared.snapshot_path)? {
             let file: SnapshotFile = serde_json::from_slice(&bytes)
                 .map_err(|e| frame::FileError::corrupt(&shared.snapshot_path, 0, format!("snapshot does not decode: {e}")))?;
@@ -72,7 +78,13 @@ impl StateMachine {
             *shared.snapshot.lock().unwrap() = Some((file.meta, data));
             shared.hub.reset(revision);
         }
-        Ok(StateMachine { shared: Arc::new(shared) })
+        Ok(StateMachine { shared: Arc::new(shared), faults: None })
+    }
+
+    /// Lets `faults` delay this node's apply.
+    pub fn with_faults(mut self, id: NodeId, faults: Faults) -> StateMachine {
+        self.faults = Some((id, faults));
+        self
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -80,12 +92,27 @@ impl StateMachine {
     }
 }
 
+/// Whether a snapshot up to `new` may replace one up to `old`: never an older by a newer one's
+/// place, because the log before the newer one may already be purged.
+fn supersedes(new: Option<LogId>, old: Option<LogId>) -> bool {
+    new >= old
+}
+
 impl Shared {
-    fn save_snapshot(&self, meta: &SnapshotMeta, data: &Applied) -> Result<(), StorageError> {
+    /// Writes `data` as the snapshot file unless the one there is newer, and makes it the
+    /// current snapshot. Returns the current snapshot, which is the newer of the two. Blocking.
+    fn save_snapshot(&self, meta: &SnapshotMeta, data: &Applied) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+        let mut current = self.snapshot.lock().unwrap();
+        if let Some((m, bytes)) = current.as_ref().filter(|(m, _)| !supersedes(meta.last_log_id, m.last_log_id)) {
+            tracing::info!(kept = ?m.last_log_id, dropped = ?meta.last_log_id, "a newer snapshot is already in place; keeping it");
+            return Ok((m.clone(), bytes.clone()));
+        }
         let file = SnapshotFile { meta: meta.clone(), data: data.clone() };
         let bytes = serde_json::to_vec(&file).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         frame::write_atomic(&self.snapshot_path, &bytes).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        Ok(())
+        let data_bytes = serde_json::to_vec(data).expect("store serializes");
+        *current = Some((meta.clone(), data_bytes.clone()));
+        Ok((meta.clone(), data_bytes))
     }
 }
 
@@ -101,9 +128,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_membership: data.membership.clone(),
                 snapshot_id: format!("{}-{seq}", data.last_applied.map(|l| l.index).unwrap_or(0)),
             };
-            shared.save_snapshot(&meta, &data)?;
-            let bytes = serde_json::to_vec(&data).expect("store serializes");
-            *shared.snapshot.lock().unwrap() = Some((meta.clone(), bytes.clone()));
+            // An install may have put a newer snapshot in place meanwhile; then that one is
+            // the answer.
+            let (meta, bytes) = shared.save_snapshot(&meta, &data)?;
             Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
         })
         .await
@@ -124,6 +151,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        if let Some((id, faults)) = &self.faults {
+            let delay = faults.apply_delay(*id);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
         let mut out = Vec::new();
         for entry in entries {
             let (index, term) = (entry.log_id.index, entry.log_id.leader_id.term);
@@ -167,13 +200,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         data.membership = meta.last_membership.clone();
         let shared = self.shared.clone();
         let meta2 = meta.clone();
-        let data = tokio::task::spawn_blocking(move || shared.save_snapshot(&meta2, &data).map(|_| data))
+        // The file first, then memory: a crash in between restarts from the new snapshot.
+        let (kept, data) = tokio::task::spawn_blocking(move || shared.save_snapshot(&meta2, &data).map(|(kept, _)| (kept, data)))
             .await
             .expect("snapshot task panicked")?;
-        let revision = data.store.revision;
-        *self.shared.data.write().unwrap() = data;
-        *self.shared.snapshot.lock().unwrap() = Some((meta.clone(), bytes));
-        self.shared.hub.reset(revision);
+        if kept.last_log_id == meta.last_log_id {
+            let revision = data.store.revision;
+            *self.shared.data.write().unwrap() = data;
+            self.shared.hub.reset(revision);
+        }
+        drop(bytes);
         Ok(())
     }
 

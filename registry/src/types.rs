@@ -2,14 +2,14 @@
 
 use std::io::Cursor;
 
-use crate::command::{Cmd, Resp};
+use crate::command::{Proposal, Resp};
 
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
     /// Type configuration of the registry's Raft group.
     pub TypeConfig:
-        D = Cmd,
+        D = Proposal,
         R = Resp,
         NodeId = NodeId,
         Node = openraft::BasicNode,

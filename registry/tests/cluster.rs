@@ -1,104 +1,17 @@
-//! In-process clusters on port 0, with faults injected at the network seam (`Faults`).
+//! In-process clusters on port 0, with faults injected at the test seam (`Faults`).
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::{InstanceSpec, WatchEvent};
-use registry::network::Faults;
-use registry::node::{Node, NodeConfig};
+use common::{fast, spec, Cluster};
 use e2e::wait_for as wait_until;
+use proto::WatchEvent;
+use registry::faults::Faults;
+use registry::node::NodeConfig;
 use tokio::time::Instant;
-
-struct TestNode {
-    node: Arc<Node>,
-    url: String,
-    http: tokio::task::JoinHandle<()>,
-}
-
-struct Cluster {
-    nodes: BTreeMap<u64, TestNode>,
-    faults: Faults,
-    _dir: tempfile::TempDir,
-}
-
-fn fast(mut c: NodeConfig) -> NodeConfig {
-    c.heartbeat = Duration::from_millis(50);
-    c.election_timeout = (Duration::from_millis(300), Duration::from_millis(600));
-    c.lease_check = Duration::from_millis(50);
-    c
-}
-
-impl Cluster {
-    async fn start(n: u64) -> Cluster {
-        Self::start_with(n, |_| {}).await
-    }
-
-    async fn start_with(n: u64, tweak: fn(&mut NodeConfig)) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let faults = Faults::default();
-        let mut listeners = BTreeMap::new();
-        for id in 1..=n {
-            listeners.insert(id, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
-        }
-        let peers: BTreeMap<u64, String> = listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap().to_string())).collect();
-        let mut nodes = BTreeMap::new();
-        for (id, l) in listeners {
-            let mut cfg = fast(NodeConfig::new(id, peers[&id].clone(), dir.path().join(format!("n{id}")), peers.clone()));
-            tweak(&mut cfg);
-            nodes.insert(id, Self::spawn(l, cfg, faults.clone()).await);
-        }
-        let c = Cluster { nodes, faults, _dir: dir };
-        c.wait_leader(None).await;
-        c
-    }
-
-    async fn spawn(l: tokio::net::TcpListener, cfg: NodeConfig, faults: Faults) -> TestNode {
-        let url = format!("http://{}", l.local_addr().unwrap());
-        let (node, http) = registry::server::start(l, cfg, faults).await.unwrap();
-        TestNode { node, url, http }
-    }
-
-    fn client(&self) -> client::Client {
-        client::Client::new(&self.nodes.values().map(|n| n.url.clone()).collect::<Vec<_>>()).unwrap()
-    }
-
-    fn client_for(&self, ids: &[u64]) -> client::Client {
-        client::Client::new(&ids.iter().map(|i| self.nodes[i].url.clone()).collect::<Vec<_>>()).unwrap()
-    }
-
-    fn leader_of(&self, id: u64) -> Option<u64> {
-        self.nodes[&id].node.raft_metrics().current_leader
-    }
-
-    /// Waits until every node in `among` (all if None) agrees on one leader that is one of them.
-    async fn wait_leader(&self, among: Option<&[u64]>) -> u64 {
-        let ids: Vec<u64> = among.map(|a| a.to_vec()).unwrap_or_else(|| self.nodes.keys().copied().collect());
-        wait_until(Duration::from_secs(10), "a leader agreed by all", || async {
-            let leaders: Vec<Option<u64>> = ids.iter().map(|i| self.leader_of(*i)).collect();
-            match leaders[0] {
-                Some(l) if ids.contains(&l) && leaders.iter().all(|x| *x == Some(l)) && self.nodes[&l].node.is_leader() => Some(l),
-                _ => None,
-            }
-        })
-        .await
-    }
-
-    fn applied(&self, id: u64) -> u64 {
-        self.nodes[&id].node.shared.data.read().unwrap().store.revision
-    }
-
-    async fn stop(&mut self, id: u64) -> TestNode {
-        let n = self.nodes.remove(&id).unwrap();
-        n.http.abort();
-        let _ = n.node.raft.shutdown().await;
-        n
-    }
-}
-
-fn spec(port: u64, lease: Option<u64>) -> InstanceSpec {
-    InstanceSpec { address: "10.0.0.5".into(), port, lease_id: lease, weight: 100, state: Default::default(), meta: Default::default() }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elects_a_leader_and_replicates_writes_sent_to_any_node() {
@@ -115,7 +28,7 @@ async fn elects_a_leader_and_replicates_writes_sent_to_any_node() {
         let s = c.client_for(&[*id]).service("web", true).await.unwrap();
         assert_eq!(s.instances.len(), 1, "node {id} has the instance");
     }
-    assert!(c.nodes[&follower].node.metrics.forwarded.get() >= 1, "the follower forwarded the write");
+    assert!(c.nodes[&follower].node.metrics().forwarded.get() >= 1, "the follower forwarded the write");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +51,7 @@ async fn writes_survive_delayed_and_dropped_rpcs() {
     }
     c.faults.heal();
     wait_until(Duration::from_secs(10), "all nodes converge", || async { c.nodes.keys().all(|i| c.applied(*i) >= last).then_some(()) }).await;
-    let counts: Vec<usize> = c.nodes.values().map(|n| n.node.shared.data.read().unwrap().store.instance_count()).collect();
+    let counts: Vec<usize> = c.nodes.values().map(|n| n.node.read_store(|s| s.instance_count())).collect();
     assert_eq!(counts, vec![20, 20, 20]);
 }
 
@@ -259,7 +172,7 @@ async fn a_renewed_lease_survives_a_forced_leader_change() {
     renewer.await.unwrap();
     let s = client.service("web", false).await.unwrap();
     assert_eq!(s.instances.len(), 1, "a renewed lease was expired across leader changes");
-    let expiries: u64 = c.nodes.values().map(|n| n.node.metrics.lease_expiries.get()).sum();
+    let expiries: u64 = c.nodes.values().map(|n| n.node.metrics().lease_expiries.get()).sum();
     assert_eq!(expiries, 0);
     let leader = c.wait_leader(None).await;
     assert_eq!(deletes_seen(&c, leader).await, 0);
@@ -279,14 +192,14 @@ async fn a_stale_leader_cannot_revoke_anything() {
     c.wait_leader(Some(&rest)).await;
     let stale = &c.nodes[&old].node;
     wait_until(Duration::from_secs(10), "the stale leader to try and fail to expire", || async {
-        (stale.metrics.expiry_refused.get() > 0).then_some(())
+        (stale.metrics().expiry_refused.get() > 0).then_some(())
     })
     .await;
     c.faults.heal();
     wait_until(Duration::from_secs(10), "the stale leader steps down", || async { (!stale.is_leader()).then_some(()) }).await;
     stop.send(()).unwrap();
     renewer.await.unwrap();
-    assert_eq!(stale.metrics.lease_expiries.get(), 0);
+    assert_eq!(stale.metrics().lease_expiries.get(), 0);
     assert_eq!(client.service("web", false).await.unwrap().instances.len(), 1);
     let leader = c.wait_leader(None).await;
     assert_eq!(deletes_seen(&c, leader).await, 0);
@@ -367,7 +280,7 @@ async fn bad_input_is_rejected_without_changing_state() {
     }
     // Rejected requests never reach the log: the only entries since are none.
     assert_eq!(c.applied(1), before);
-    assert_eq!(c.nodes[&1].node.shared.data.read().unwrap().store.instance_count(), 0);
+    assert_eq!(c.nodes[&1].node.read_store(|s| s.instance_count()), 0);
 }
 
 fn dir_size(path: &std::path::Path) -> u64 {
@@ -412,7 +325,7 @@ async fn snapshots_bound_the_log_and_bring_a_new_member_up() {
     c.nodes.insert(4, Cluster::spawn(l, cfg, c.faults.clone()).await);
     client.add_member(4, &addr).await.unwrap();
     wait_until(Duration::from_secs(10), "node 4 caught up", || async { (c.applied(4) >= last).then_some(()) }).await;
-    assert_eq!(c.nodes[&4].node.shared.data.read().unwrap().store.instance_count(), 20);
+    assert_eq!(c.nodes[&4].node.read_store(|s| s.instance_count()), 20);
     // Its watch history starts at the snapshot: resuming from before it says `compacted`.
     let mut w = c.client_for(&[4]).watch(None, Some(1)).await.unwrap();
     match w.next().await.unwrap().unwrap() {
@@ -483,7 +396,7 @@ async fn health_readiness_and_metrics() {
     assert_eq!(http.get(format!("{}/healthz", lone.url)).send().await.unwrap().status(), 200);
     assert_eq!(http.get(format!("{}/readyz", lone.url)).send().await.unwrap().status(), 503);
     lone.http.abort();
-    let _ = lone.node.raft.shutdown().await;
+    lone.node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,6 +122,7 @@ impl<D: Driver> Reconciler<D> {
 
     fn observe_source(&self, st: &crate::source::SourceState) {
         self.metrics.source_up.set(st.healthy as i64);
+        self.metrics.relist_corrections.inner().store(st.corrections, std::sync::atomic::Ordering::Relaxed);
         let stale = if st.healthy { 0.0 } else { st.last_ok.and_then(|t| SystemTime::now().duration_since(t).ok()).map(|d| d.as_secs_f64()).unwrap_or(f64::INFINITY) };
         self.metrics.staleness_seconds.set(stale);
     }
@@ -281,7 +282,7 @@ mod tests {
         for i in 0..n {
             m.insert(format!("10.0.0.1:{}", 8000 + i), Endpoint { addr: "10.0.0.1".into(), port: 8000 + i, weight: 100, state: Default::default() });
         }
-        SourceState { snapshot: Some(s), healthy: true, last_ok: Some(SystemTime::now()), error: None }
+        SourceState { snapshot: Some(s), healthy: true, last_ok: Some(SystemTime::now()), error: None, corrections: 0 }
     }
 
     #[tokio::test(start_paused = true)]

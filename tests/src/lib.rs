@@ -204,6 +204,7 @@ pub mod zookeeper;
 pub mod haproxy;
 pub mod dataplane_double;
 pub mod chaos;
+pub mod tcp_proxy;
 
 /// Runs a benchmark's body on a fresh runtime until it finishes or the process gets SIGINT or
 /// SIGTERM; dropping the body on a signal drops its processes, which kills them. Returns the

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use proto::ErrorBody;
 
+use super::forward::ForwardTo;
 use crate::error::ApiError;
 
 impl IntoResponse for ApiError {
@@ -16,7 +17,16 @@ impl IntoResponse for ApiError {
             ApiError::NotLeader(_) | ApiError::NoLeader | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        let forward = match &self {
+            ApiError::NotLeader(Some((id, addr))) => Some(ForwardTo { id: *id, addr: addr.clone() }),
+            _ => None,
+        };
         let body = ErrorBody { code: self.code().to_string(), message: self.to_string() };
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(f) = forward {
+            // The forwarding layer relays the request there; without it the client sees 503.
+            resp.extensions_mut().insert(f);
+        }
+        resp
     }
 }

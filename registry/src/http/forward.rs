@@ -1,11 +1,20 @@
 //! Forwarding to the leader, so a client can send any request to any node.
+//!
+//! One layer does it for every `/v1` route: it keeps the request's bytes, runs the handler,
+//! and when the handler's answer is "not the leader, and the leader is X" (`ApiError::NotLeader`
+//! puts a `ForwardTo` on the response) it relays the request to X and returns X's answer.
+//! Handlers never forward themselves.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::API_BODY_LIMIT;
 use crate::error::ApiError;
 use crate::node::Node;
 
@@ -13,56 +22,81 @@ use crate::node::Node;
 /// makes at most one hop even while leadership moves.
 pub const FORWARDED_HEADER: &str = "x-registry-forwarded";
 
-pub struct Forward {
-    pub method: Method,
-    pub uri: Uri,
-    pub headers: HeaderMap,
-    pub body: Bytes,
+/// Put on a response by `ApiError::NotLeader(Some(..))`: the leader to relay the request to.
+#[derive(Debug, Clone)]
+pub struct ForwardTo {
+    pub id: u64,
+    pub addr: String,
 }
 
-impl Forward {
-    pub fn new(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Forward {
-        Forward { method, uri, headers, body }
-    }
+/// Headers relayed to the leader besides the body.
+const RELAYED: [&str; 2] = ["content-type", proto::REQUEST_ID_HEADER];
 
-    /// Sends the request to the leader named in `err` and relays its answer; any other error
-    /// is answered as it is.
-    pub async fn or_answer(self, node: &Node, err: ApiError) -> Response {
-        match err {
-            ApiError::NotLeader(Some((id, addr))) if !self.headers.contains_key(FORWARDED_HEADER) => {
-                self.send(node, id, &addr).await.unwrap_or_else(IntoResponse::into_response)
-            }
-            ApiError::NotLeader(Some(_)) => {
-                ApiError::Unavailable("leadership moved while the request was being forwarded; retry".into()).into_response()
-            }
-            ApiError::NotLeader(None) => ApiError::NoLeader.into_response(),
-            other => other.into_response(),
-        }
+pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, API_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::PayloadTooLarge { limit: API_BODY_LIMIT }.into_response(),
+    };
+    let (method, uri, headers) = (parts.method.clone(), parts.uri.clone(), parts.headers.clone());
+    let mut resp = next.run(Request::from_parts(parts, Body::from(bytes.clone()))).await;
+    let Some(to) = resp.extensions_mut().remove::<ForwardTo>() else { return resp };
+    if headers.contains_key(FORWARDED_HEADER) {
+        return ApiError::Unavailable("leadership moved while the request was being forwarded; retry".into()).into_response();
     }
+    send(&node, &to, method, &uri, &headers, bytes).await.unwrap_or_else(IntoResponse::into_response)
+}
 
-    async fn send(self, node: &Node, leader: u64, addr: &str) -> Result<Response, ApiError> {
-        node.faults.check(node.id, leader).map_err(|e| ApiError::Unavailable(format!("leader {leader} unreachable: {e}")))?;
-        node.metrics.forwarded.inc();
-        let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        // A leader that stopped answering (paused, cut off) must not hold the client: it will
-        // try another node. Blocking queries may wait up to their `wait`.
-        let timeout = if self.uri.query().is_some_and(|q| q.contains("index=")) { Duration::from_secs(310) } else { Duration::from_secs(3) };
-        let mut req = node.http.request(self.method, format!("http://{addr}{path}")).timeout(timeout).header(FORWARDED_HEADER, node.id.to_string());
-        if let Some(ct) = self.headers.get(axum::http::header::CONTENT_TYPE) {
-            req = req.header(axum::http::header::CONTENT_TYPE, ct);
-        }
-        let resp = req
-            .body(self.body)
-            .send()
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("forwarding to leader {leader} at {addr} failed: {e}")))?;
-        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
-        let bytes = resp.bytes().await.map_err(|e| ApiError::Unavailable(format!("reading the leader's answer failed: {e}")))?;
-        let mut out = Response::builder().status(status);
-        if let Some(ct) = content_type {
-            out = out.header(axum::http::header::CONTENT_TYPE, ct.as_bytes());
-        }
-        Ok(out.body(Body::from(bytes)).expect("valid response"))
+/// How long the leader may take. It must cover the leader's own budget, or the client is told
+/// "unavailable" for a write the leader then applies, and retries it (a second lease).
+fn budget(node: &Node, method: &Method, uri: &Uri) -> Duration {
+    let path = uri.path();
+    let query = uri.query().unwrap_or("");
+    if path.starts_with("/v1/cluster/members") {
+        // Adding a member waits for it to catch up.
+        MEMBERSHIP_BUDGET
+    } else if *method == Method::GET && query.split('&').any(|kv| kv.starts_with("index=")) {
+        crate::node::MAX_WAIT + Duration::from_secs(10)
+    } else {
+        node.config().write_timeout + Duration::from_secs(1)
     }
+}
+
+/// Longest a forwarded membership change may take.
+const MEMBERSHIP_BUDGET: Duration = Duration::from_secs(120);
+
+async fn send(node: &Node, to: &ForwardTo, method: Method, uri: &Uri, headers: &HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let leader = to.id;
+    node.faults().check(node.id(), leader).map_err(|e| ApiError::Unavailable(format!("leader {leader} unreachable: {e}")))?;
+    node.metrics().forwarded.inc();
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let timeout = budget(node, &method, uri);
+    let mut req = node
+        .http()
+        .request(method, format!("http://{}{path}", to.addr))
+        .timeout(timeout)
+        .header(FORWARDED_HEADER, node.id().to_string());
+    for name in RELAYED {
+        if let Some(v) = headers.get(name) {
+            req = req.header(name, v.as_bytes());
+        }
+    }
+    let resp = req
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("forwarding to leader {leader} at {} failed: {e}", to.addr)))?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let relayed: Vec<(String, Vec<u8>)> = resp
+        .headers()
+        .iter()
+        .filter(|(k, _)| *k == reqwest::header::CONTENT_TYPE || k.as_str().starts_with("x-registry-"))
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let bytes = resp.bytes().await.map_err(|e| ApiError::Unavailable(format!("reading the leader's answer failed: {e}")))?;
+    let mut out = Response::builder().status(status);
+    for (k, v) in relayed {
+        out = out.header(k, v);
+    }
+    Ok(out.body(Body::from(bytes)).expect("valid response"))
 }

@@ -1,14 +1,18 @@
 //! The HTTP surface of a node: the `/v1` client API, health and metrics, and the `/raft` peer
-//! RPC, all on one address.
+//! RPC, all on one address. Handlers are thin: they extract, call one `Node` method, and return
+//! its `Result`; `error` turns domain errors into answers and `forward` relays to the leader.
 //!
 //! Architecture Invariant: only this module knows axum. Cross-cutting concerns (TLS, token
 //! authentication) are meant to be added as tower layers in `router`, not inside handlers.
 
-mod api;
-mod body;
+mod cluster;
 mod error;
+mod extract;
 mod forward;
+mod leases;
+mod ops;
 mod raft_rpc;
+mod services;
 mod watch;
 
 use std::sync::Arc;
@@ -20,6 +24,8 @@ use axum::response::Response;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 
+pub use forward::FORWARDED_HEADER;
+
 use crate::node::Node;
 
 /// Largest accepted body on the client API.
@@ -28,35 +34,44 @@ pub const API_BODY_LIMIT: usize = 64 * 1024;
 const RAFT_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
 pub fn router(node: Arc<Node>) -> Router {
-    let v1 = Router::new()
-        .route("/v1/leases", post(api::grant_lease))
-        .route("/v1/leases/{id}/keepalive", post(api::keepalive))
-        .route("/v1/leases/{id}", delete(api::revoke_lease))
-        .route("/v1/services", get(api::list_services))
-        .route("/v1/services/{service}", get(api::get_service))
-        .route("/v1/services/{service}/instances/{instance}", put(api::put_instance).delete(api::delete_instance))
+    let leases = Router::new()
+        .route("/v1/leases", post(leases::grant))
+        .route("/v1/leases/{id}/keepalive", post(leases::keepalive))
+        .route("/v1/leases/{id}", delete(leases::revoke));
+    let services = Router::new()
+        .route("/v1/services", get(services::list))
+        .route("/v1/services/{service}", get(services::get))
+        .route("/v1/services/{service}/instances/{instance}", put(services::put_instance).delete(services::delete_instance));
+    let cluster = Router::new()
+        .route("/v1/cluster", get(cluster::info))
+        .route("/v1/cluster/members", post(cluster::add_member))
+        .route("/v1/cluster/members/{id}", delete(cluster::remove_member));
+    // Everything a client may send to any node: the leader-only parts are relayed.
+    let forwarded = leases.merge(services).merge(cluster).layer(middleware::from_fn_with_state(node.clone(), forward::layer));
+    let local = Router::new()
+        // Served by every node from its own applied log; never forwarded.
         .route("/v1/watch", get(watch::watch))
-        .route("/v1/cluster", get(api::cluster))
-        .route("/v1/cluster/members", post(api::add_member))
-        .route("/v1/cluster/members/{id}", delete(api::remove_member))
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(api::metrics))
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics));
+    let api = forwarded
+        .merge(local)
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(API_BODY_LIMIT));
     let raft = Router::new()
         .route("/raft/append", post(raft_rpc::append))
         .route("/raft/vote", post(raft_rpc::vote))
         .route("/raft/snapshot", post(raft_rpc::snapshot))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
-    v1.merge(raft).layer(middleware::from_fn_with_state(node.clone(), leader_hint)).with_state(node)
+    api.merge(raft).layer(middleware::from_fn_with_state(node.clone(), leader_hint)).with_state(node)
 }
 
-/// Names the leader on every answer so clients can go straight there next time.
+/// Names the leader on every answer so clients can go straight there next time, but only
+/// while this node's view of leadership is current (`Node::leader_hint`).
 async fn leader_hint(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
-    if let Some((_, addr)) = node.leader() {
+    if let Some(addr) = node.leader_hint() {
         if let Ok(v) = HeaderValue::from_str(&format!("http://{addr}")) {
             resp.headers_mut().insert(proto::LEADER_HEADER, v);
         }

@@ -5,19 +5,29 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 
 use crate::node::Node;
 use crate::types::{NodeId, TypeConfig};
 
 pub async fn append(State(node): State<Arc<Node>>, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Json<serde_json::Value> {
-    Json(serde_json::to_value(node.raft.append_entries(req).await).expect("serializable"))
+    let resp = node.raft().append_entries(req).await;
+    // Anything but "your vote is stale" means the sender leads the current term.
+    if matches!(&resp, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+        node.note_leader_contact();
+    }
+    Json(serde_json::to_value(resp).expect("serializable"))
 }
 
 pub async fn vote(State(node): State<Arc<Node>>, Json(req): Json<VoteRequest<NodeId>>) -> Json<serde_json::Value> {
-    Json(serde_json::to_value(node.raft.vote(req).await).expect("serializable"))
+    Json(serde_json::to_value(node.raft().vote(req).await).expect("serializable"))
 }
 
 pub async fn snapshot(State(node): State<Arc<Node>>, Json(req): Json<InstallSnapshotRequest<TypeConfig>>) -> Json<serde_json::Value> {
-    Json(serde_json::to_value(node.raft.install_snapshot(req).await).expect("serializable"))
+    let vote = req.vote;
+    let resp = node.raft().install_snapshot(req).await;
+    if matches!(&resp, Ok(r) if r.vote <= vote) {
+        node.note_leader_contact();
+    }
+    Json(serde_json::to_value(resp).expect("serializable"))
 }

@@ -1,18 +1,25 @@
 //! `GET /v1/watch`: a stream of change events as newline-delimited JSON, served by any node
 //! from its own applied log, so a watch costs the leader nothing.
+//!
+//! Two rules make resuming safe (docs/api.md, "Watch"):
+//! - after the events of each batch the stream sends `progress` at the revision it is complete
+//!   up to, so a client knows a revision arrived whole without waiting for the next one;
+//! - a node that is not current (no leader, no contact within an election timeout, not a
+//!   member) refuses new watches with 503 and ends open ones with an error, so clients move to
+//!   a node that is current instead of waiting on a frozen history.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use proto::WatchEvent;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::extract::QueryOf;
 use crate::error::ApiError;
 use crate::node::Node;
 
@@ -30,24 +37,22 @@ pub struct WatchQuery {
     since: Option<u64>,
 }
 
-pub async fn watch(State(node): State<Arc<Node>>, uri: Uri) -> Response {
-    let q: WatchQuery = match axum::extract::Query::try_from_uri(&uri) {
-        Ok(q) => q.0,
-        Err(e) => return ApiError::InvalidArgument(format!("bad query string: {e}")).into_response(),
-    };
+type Line = Result<Bytes, std::io::Error>;
+
+pub async fn watch(State(node): State<Arc<Node>>, QueryOf(q): QueryOf<WatchQuery>) -> Result<Response, ApiError> {
     if let Some(s) = &q.service {
-        if let Err(e) = proto::validate::service_name(s) {
-            return ApiError::InvalidArgument(e).into_response();
-        }
+        proto::validate::service_name(s).map_err(ApiError::InvalidArgument)?;
     }
-    let since = q.since.unwrap_or_else(|| node.shared.hub.head());
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    node.serving_current()?;
+    let since = q.since.unwrap_or_else(|| node.shared().hub.head());
+    let (tx, rx) = mpsc::channel::<Line>(16);
+    // The task ends when the client goes away (`tx` closes) or the node stops being current.
     tokio::spawn(stream_events(node, q.service, since, tx));
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    ([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-fn line(event: &WatchEvent) -> Result<Bytes, std::io::Error> {
+fn line(event: &WatchEvent) -> Line {
     let mut v = serde_json::to_vec(event).expect("events serialize");
     v.push(b'\n');
     Ok(Bytes::from(v))
@@ -55,18 +60,25 @@ fn line(event: &WatchEvent) -> Result<Bytes, std::io::Error> {
 
 /// Feeds one watcher until it goes away. Reads history from `since` on; the hub's revision
 /// channel wakes it on every applied entry.
-async fn stream_events(node: Arc<Node>, service: Option<String>, mut since: u64, tx: mpsc::Sender<Result<Bytes, std::io::Error>>) {
-    node.metrics.watch_clients.inc();
-    let _gone = scopeguard(|| {
-        node.metrics.watch_clients.dec();
+async fn stream_events(node: Arc<Node>, service: Option<String>, mut since: u64, tx: mpsc::Sender<Line>) {
+    node.metrics().watch_clients.inc();
+    let _gone = Guard(|| {
+        node.metrics().watch_clients.dec();
     });
-    let mut rx = node.shared.hub.subscribe();
-    // Progress is due 2 s after the last line sent, however often the node applies entries
-    // that this watcher's filter skips.
+    let hub = &node.shared().hub;
+    let mut rx = hub.subscribe();
+    // Progress is due a second after the last line sent, however often the node applies
+    // entries that this watcher's filter skips.
     let mut progress_due = Instant::now() + PROGRESS_EVERY;
     loop {
+        if let Err(e) = node.serving_current() {
+            // Ends the body with an error: the client sees a broken stream, not a clean end,
+            // and resumes elsewhere from its last complete revision.
+            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+            return;
+        }
         rx.borrow_and_update();
-        match node.shared.hub.since(since, service.as_deref(), PAGE) {
+        match hub.since(since, service.as_deref(), PAGE) {
             Err(c) => {
                 let _ = tx.send(line(&WatchEvent::Compacted { revision: c.head, compact_revision: c.compact_revision })).await;
                 return;
@@ -77,13 +89,19 @@ async fn stream_events(node: Arc<Node>, service: Option<String>, mut since: u64,
                         return;
                     }
                 }
-                if !events.is_empty() {
-                    progress_due = Instant::now() + PROGRESS_EVERY;
-                }
                 // A node behind the client's `since` (a lagging follower) must not move the
                 // resume point backwards.
-                since = since.max(upto);
-                if upto < node.shared.hub.head() {
+                let complete = since.max(upto);
+                if !events.is_empty() {
+                    // Every event up to `complete` has been sent: say so now, so the client can
+                    // hand the batch on without waiting for the next revision.
+                    if tx.send(line(&WatchEvent::Progress { revision: complete })).await.is_err() {
+                        return;
+                    }
+                    progress_due = Instant::now() + PROGRESS_EVERY;
+                }
+                since = complete;
+                if upto < hub.head() {
                     continue;
                 }
             }
@@ -106,7 +124,4 @@ impl<F: FnMut()> Drop for Guard<F> {
     fn drop(&mut self) {
         (self.0)()
     }
-}
-fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
-    Guard(f)
 }

@@ -169,10 +169,26 @@ fn replace_file(path: &Path, payload: &[u8], durable: bool) -> Result<(), FileEr
     Ok(())
 }
 
+/// A temp name no other writer uses at the same time, so two concurrent replacements of one
+/// file (a snapshot being built while another is installed) never write into each other.
 fn tmp_path(path: &Path) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
+    name.push(format!(".tmp.{}.{seq}", std::process::id()));
     PathBuf::from(name)
+}
+
+/// Removes temp files a crashed `write_atomic` of `path` may have left behind.
+pub fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return };
+    let prefix = format!("{name}.tmp");
+    let Ok(entries) = fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Makes a rename, creation or deletion of `path` durable.
@@ -268,7 +284,11 @@ mod tests {
         write_atomic(&path, b"one").unwrap();
         write_atomic(&path, b"two").unwrap();
         assert_eq!(read_framed(&path).unwrap().unwrap(), b"two");
-        assert!(!tmp_path(&path).exists());
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("vote")], "no temp file is left behind");
+        fs::write(tmp_path(&path), b"left by a crash").unwrap();
+        remove_stale_temps(&path);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
 
         write_atomic_unsynced(&path, b"three").unwrap();
         assert_eq!(read_framed(&path).unwrap().unwrap(), b"three");

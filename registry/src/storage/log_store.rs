@@ -93,19 +93,27 @@ impl LogStore {
     /// startup. A torn tail of the last segment, as left by a crash during an append, is cut off
     /// with a warning; any other damage fails with an error naming the file and byte offset.
     pub fn open(dir: &Path) -> Result<LogStore, StorageOpenError> {
+        LogStore::open_with(dir, FlushHook::default())
+    }
+
+    /// `open`, with a hook the writer thread calls before every flush (fault injection).
+    pub fn open_with(dir: &Path, hook: FlushHook) -> Result<LogStore, StorageOpenError> {
         let log_dir = dir.join(LOG_DIR);
         fs::create_dir_all(&log_dir).map_err(|e| FileError::io(&log_dir, "create directory", e))?;
         // Both levels, or a crash could lose the new directories along with a saved vote.
         sync_dir(dir)?;
         sync_parent_dir(dir)?;
 
+        for file in [VOTE_FILE, PURGED_FILE, COMMITTED_FILE] {
+            super::frame::remove_stale_temps(&dir.join(file));
+        }
         let vote = read_json::<Vote>(&dir.join(VOTE_FILE))?;
         let last_purged = read_json::<LogId>(&dir.join(PURGED_FILE))?;
         let committed = read_committed(&dir.join(COMMITTED_FILE));
         let scans = scan_segments(&log_dir)?;
         check_sequence(&scans, last_purged.as_ref())?;
 
-        let (tx, writer) = Writer::spawn(dir, &scans)?;
+        let (tx, writer) = Writer::spawn(dir, &scans, hook)?;
         Ok(LogStore {
             dir: dir.to_path_buf(),
             reader: LogReader {
@@ -609,6 +617,23 @@ fn active_segment(scans: &[SegmentScan]) -> Option<ActiveSegment> {
 // ---------------------------------------------------------------------------------------------
 // Writer thread
 
+/// Called by the writer thread before anything that reaches the disk (fsync, vote, truncate,
+/// purge). Empty in production; tests use it to make a flush hang as on a stalled volume.
+#[derive(Clone, Default)]
+pub struct FlushHook(Option<Arc<dyn Fn() + Send + Sync>>);
+
+impl FlushHook {
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> FlushHook {
+        FlushHook(Some(Arc::new(f)))
+    }
+
+    fn call(&self) {
+        if let Some(f) = &self.0 {
+            f()
+        }
+    }
+}
+
 type Reply = oneshot::Sender<Result<(), FileError>>;
 
 /// Bytes to put at `offset` of segment `segment`.
@@ -643,12 +668,14 @@ struct Writer {
     pending: Vec<LogFlushed<TypeConfig>>,
     pending_committed: Option<Vec<u8>>,
     failed: Option<String>,
+    hook: FlushHook,
 }
 
 impl Writer {
     fn spawn(
         dir: &Path,
         scans: &[SegmentScan],
+        hook: FlushHook,
     ) -> Result<(mpsc::Sender<Op>, JoinHandle<()>), FileError> {
         let writer = Writer {
             dir: dir.to_path_buf(),
@@ -658,6 +685,7 @@ impl Writer {
             pending: Vec::new(),
             pending_committed: None,
             failed: None,
+            hook,
         };
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -712,6 +740,7 @@ impl Writer {
     ) -> Result<(), FileError> {
         self.flush();
         self.check_healthy()?;
+        self.hook.call();
         op(self).map_err(|e| self.fail(e))
     }
 
@@ -762,6 +791,7 @@ impl Writer {
 
     fn sync_open(&mut self) -> Result<(), FileError> {
         if let Some(seg) = self.open.as_mut().filter(|s| s.dirty) {
+            self.hook.call();
             seg.file.sync_data().map_err(|e| FileError::io(&seg.path, "fdatasync", e))?;
             seg.dirty = false;
         }
@@ -855,7 +885,7 @@ mod tests {
     fn ent(term: u64, index: u64) -> Entry {
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Cmd::GrantLease { ttl_ms: index }),
+            payload: EntryPayload::Normal(Cmd::GrantLease { ttl_ms: index }.into()),
         }
     }
 

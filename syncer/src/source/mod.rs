@@ -37,6 +37,8 @@ pub struct SourceState {
     /// When the source was last known current.
     pub last_ok: Option<SystemTime>,
     pub error: Option<String>,
+    /// Endpoints a periodic re-list found wrong (missed by the watch), since start.
+    pub corrections: u64,
 }
 
 pub type Tx = tokio::sync::watch::Sender<SourceState>;

@@ -1,12 +1,16 @@
-//! The registry as a source: list once, then follow `/v1/watch` from the list's revision,
-//! resuming from the last revision seen after a broken stream and re-listing on `compacted`.
+//! The registry as a source: list once, then follow a `client::Watcher` from the list's
+//! revision. The watcher hands out whole revisions and resumes after a broken stream from the
+//! last complete one; `compacted` means re-list. As a backstop, the source re-lists every
+//! `RELIST_EVERY` anyway and counts what that corrected (`SourceState::corrections`), which
+//! should stay zero.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use client::Client;
+use client::{Client, Update, Watcher};
 use proto::{Instance, WatchEvent};
 use rand::Rng;
+use tokio::time::Instant;
 
 use super::{mark_down, Endpoint, Snapshot, Tx};
 
@@ -33,12 +37,21 @@ fn backoff(attempt: u32) -> Duration {
     base.min(Duration::from_secs(2)).mul_f64(rand::thread_rng().gen_range(0.5..1.5))
 }
 
+/// How often the source re-lists even though the watch looks healthy.
+pub const RELIST_EVERY: Duration = Duration::from_secs(300);
+
 /// Runs forever, keeping `tx` current.
 pub async fn run(client: Client, services: Vec<String>, tx: Tx) {
+    run_with(client, services, tx, RELIST_EVERY).await
+}
+
+/// `run`, re-listing every `relist_every`.
+pub async fn run_with(client: Client, services: Vec<String>, tx: Tx, relist_every: Duration) {
     let filter = if services.len() == 1 { Some(services[0].clone()) } else { None };
     let mut attempt = 0;
+    let mut known: Option<Snapshot> = None;
     'relist: loop {
-        let (mut snap, mut since) = match list(&client, &services).await {
+        let (mut snap, since) = match list(&client, &services).await {
             Ok(x) => x,
             Err(e) => {
                 mark_down(&tx, format!("listing services: {e}"));
@@ -47,38 +60,60 @@ pub async fn run(client: Client, services: Vec<String>, tx: Tx) {
                 continue;
             }
         };
+        if let Some(old) = &known {
+            let fixed = differences(old, &snap);
+            if fixed > 0 {
+                tracing::warn!(fixed, "the periodic re-list corrected endpoints the watch had missed");
+                tx.send_modify(|s| s.corrections += fixed as u64);
+            }
+        }
         publish(&tx, &snap);
+        let relist_at = Instant::now() + relist_every;
+        let mut watcher = Watcher::new(client.clone(), filter.clone(), since);
         loop {
-            let mut stream = match client.watch(filter.as_deref(), Some(since)).await {
-                Ok(s) => s,
-                Err(e) => {
-                    mark_down(&tx, format!("opening watch: {e}"));
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                    continue;
+            let next = tokio::select! {
+                n = watcher.next() => n,
+                _ = tokio::time::sleep_until(relist_at) => {
+                    known = Some(snap);
+                    continue 'relist;
                 }
             };
-            attempt = 0;
-            loop {
-                match stream.next().await {
-                    Ok(Some(WatchEvent::Compacted { revision, compact_revision })) => {
-                        tracing::warn!(since, revision, compact_revision, "watch history compacted; re-listing");
-                        continue 'relist;
-                    }
-                    Ok(Some(event)) => {
-                        since = since.max(event.revision());
+            match next {
+                Ok(Update::Compacted { revision, compact_revision }) => {
+                    tracing::warn!(since = watcher.since(), revision, compact_revision, "watch history compacted; re-listing");
+                    known = None;
+                    continue 'relist;
+                }
+                Ok(Update::Changes { events, .. }) => {
+                    attempt = 0;
+                    for event in events {
                         apply(&mut snap, &services, event);
-                        publish(&tx, &snap);
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        mark_down(&tx, format!("watch stream from {}: {e}", stream.url()));
-                        break;
-                    }
+                    publish(&tx, &snap);
+                }
+                Ok(Update::Progress { .. }) => attempt = 0,
+                Err(e) => {
+                    mark_down(&tx, format!("watch stream: {e}"));
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
                 }
             }
         }
     }
+}
+
+/// Endpoints that differ between two views of the same services (added, removed or changed).
+fn differences(a: &Snapshot, b: &Snapshot) -> usize {
+    let names: std::collections::BTreeSet<&String> = a.services.keys().chain(b.services.keys()).collect();
+    let empty = BTreeMap::new();
+    names
+        .into_iter()
+        .map(|n| {
+            let (x, y) = (a.services.get(n).unwrap_or(&empty), b.services.get(n).unwrap_or(&empty));
+            let ids: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            ids.into_iter().filter(|id| x.get(*id) != y.get(*id)).count()
+        })
+        .sum()
 }
 
 /// Applies one event. The snapshot's revision moves only with changes to watched services: it
@@ -146,5 +181,22 @@ mod tests {
         assert_eq!(snap.revision, 5);
         apply(&mut snap, &services, WatchEvent::Progress { revision: 9 });
         assert_eq!(snap.revision, 5, "progress does not either");
+    }
+
+    #[test]
+    fn differences_count_added_removed_and_changed_endpoints() {
+        let services = vec!["web".to_string()];
+        let mut a = Snapshot::default();
+        for (n, r) in [("a", 1), ("b", 2), ("c", 3)] {
+            apply(&mut a, &services, WatchEvent::Put { revision: r, instance: instance("web", n, r) });
+        }
+        let mut b = a.clone();
+        assert_eq!(differences(&a, &b), 0);
+        apply(&mut b, &services, WatchEvent::Delete { revision: 4, service: "web".into(), instance: "a".into() });
+        let mut changed = instance("web", "b", 5);
+        changed.port = 81;
+        apply(&mut b, &services, WatchEvent::Put { revision: 5, instance: changed });
+        apply(&mut b, &services, WatchEvent::Put { revision: 6, instance: instance("web", "d", 6) });
+        assert_eq!(differences(&a, &b), 3);
     }
 }

@@ -57,8 +57,10 @@ impl Topology {
                     &dir.path().join(format!("data{}", i + 1)).display().to_string(),
                     "--peers",
                     &peers,
+                    // A quarter of the shortest election timeout: the least `registry serve` accepts,
+                    // so a leader's lease keeps three heartbeats of margin.
                     "--heartbeat",
-                    "30ms",
+                    "25ms",
                     // A new leader restarts every lease's clock at its election, so a host dying
                     // with the leader leaves after election time + TTL. An election takes up to
                     // about twice the maximum timeout (followers refuse votes for that long after

@@ -1,0 +1,23 @@
+//! `/v1/leases`: grant, keepalive, revoke.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use proto::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest, WriteResult};
+
+use super::extract::{parse_id, JsonBody, RequestIdHeader};
+use crate::error::ApiError;
+use crate::node::Node;
+
+pub async fn grant(State(node): State<Arc<Node>>, RequestIdHeader(rid): RequestIdHeader, JsonBody(req): JsonBody<LeaseGrantRequest>) -> Result<Json<LeaseGrant>, ApiError> {
+    node.grant(rid, req.ttl_ms).await.map(Json)
+}
+
+pub async fn keepalive(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<Json<KeepaliveResponse>, ApiError> {
+    node.keepalive(parse_id("lease", &id)?).await.map(Json)
+}
+
+pub async fn revoke(State(node): State<Arc<Node>>, RequestIdHeader(rid): RequestIdHeader, Path(id): Path<String>) -> Result<Json<WriteResult>, ApiError> {
+    node.revoke(rid, parse_id("lease", &id)?).await.map(Json)
+}

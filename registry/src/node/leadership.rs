@@ -1,0 +1,218 @@
+//! Is this node's view of leadership current? One task follows openraft's metrics and owns the
+//! answer: it stamps every publish, tracks contact with the leader, and promotes and demotes
+//! the lease clocks.
+//!
+//! openraft publishes metrics only when its core loop runs, and in 0.9 that loop waits on every
+//! log fsync. A leader whose disk hangs therefore keeps showing a fresh `millis_since_quorum_ack`
+//! while its followers elect someone else (etcd #15247). So freshness is judged as the age of
+//! the quorum ack *when it was published* plus the time since the publish: a stalled core makes
+//! that grow, and renewals stop being acknowledged.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use openraft::ServerState;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::types::{NodeId, RaftMetrics};
+
+/// What the leadership task saw at the last metrics publish.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    at: Instant,
+    leader: bool,
+    term: u64,
+    quorum_ack_ms: Option<u64>,
+}
+
+pub struct Leadership {
+    id: NodeId,
+    /// Oldest quorum ack a leader still acts on: below the shortest election timeout by one
+    /// heartbeat, so a follower cannot have started an election while we think we lead.
+    lease: Duration,
+    /// How long a follower trusts its leader without hearing from it: the longest election
+    /// timeout, by which it would have started an election itself.
+    follower_trust: Duration,
+    seen: Mutex<Option<Seen>>,
+    /// Last time a leader's append reached this node.
+    contact: Mutex<Option<Instant>>,
+    /// The term in which this node leads *and* has applied an entry of its own, so its store
+    /// holds everything its predecessors committed. Lease clocks run only then.
+    ready: watch::Sender<Option<u64>>,
+}
+
+/// Why this node may not act as leader right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotFresh {
+    /// Another node leads, or nobody.
+    NotLeader,
+    /// It leads on paper, but has not heard from a quorum recently enough (cut off, or its
+    /// core is stalled).
+    Stale,
+    /// It leads, but has not yet applied an entry of its own term.
+    NotReady,
+}
+
+impl Leadership {
+    pub fn new(id: NodeId, heartbeat: Duration, election_timeout: (Duration, Duration)) -> Leadership {
+        Leadership {
+            id,
+            lease: election_timeout.0.saturating_sub(heartbeat),
+            follower_trust: election_timeout.1,
+            seen: Mutex::new(None),
+            contact: Mutex::new(None),
+            ready: watch::channel(None).0,
+        }
+    }
+
+    /// Records one metrics publish. Called by the leadership task as soon as it changes.
+    pub fn observe(&self, m: &RaftMetrics, now: Instant) {
+        let leader = m.state == ServerState::Leader && m.current_leader == Some(self.id);
+        *self.seen.lock().unwrap() = Some(Seen { at: now, leader, term: m.current_term, quorum_ack_ms: m.millis_since_quorum_ack });
+    }
+
+    /// A leader's append reached this node.
+    pub fn note_contact(&self, now: Instant) {
+        *self.contact.lock().unwrap() = Some(now);
+    }
+
+    /// The term this node leads in, if it has heard from a quorum within its lease.
+    pub fn fresh_term(&self, now: Instant) -> Result<u64, NotFresh> {
+        let seen = (*self.seen.lock().unwrap()).ok_or(NotFresh::NotLeader)?;
+        if !seen.leader {
+            return Err(NotFresh::NotLeader);
+        }
+        let ack_age = Duration::from_millis(seen.quorum_ack_ms.ok_or(NotFresh::Stale)?) + now.saturating_duration_since(seen.at);
+        if ack_age > self.lease {
+            return Err(NotFresh::Stale);
+        }
+        Ok(seen.term)
+    }
+
+    /// `fresh_term`, and the leader has applied an entry of that term.
+    pub fn ready_term(&self, now: Instant) -> Result<u64, NotFresh> {
+        let term = self.fresh_term(now)?;
+        match *self.ready.borrow() {
+            Some(t) if t == term => Ok(term),
+            _ => Err(NotFresh::NotReady),
+        }
+    }
+
+    /// Waits up to `wait` for this node to become ready in a fresh term.
+    pub async fn wait_ready(&self, wait: Duration) -> Result<u64, NotFresh> {
+        let deadline = Instant::now() + wait;
+        let mut rx = self.ready.subscribe();
+        loop {
+            match self.ready_term(Instant::now()) {
+                Err(NotFresh::NotReady) => {}
+                other => return other,
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return self.ready_term(Instant::now());
+            }
+        }
+    }
+
+    /// Whether a follower heard from its leader recently enough to serve what it has applied.
+    pub fn follower_current(&self, now: Instant) -> bool {
+        self.contact.lock().unwrap().is_some_and(|t| now.saturating_duration_since(t) <= self.follower_trust)
+    }
+
+    /// Time since a leader's append last reached this node.
+    pub fn since_contact(&self, now: Instant) -> Option<Duration> {
+        self.contact.lock().unwrap().map(|t| now.saturating_duration_since(t))
+    }
+
+    pub fn ready_now(&self) -> Option<u64> {
+        *self.ready.borrow()
+    }
+
+    pub fn set_ready(&self, term: Option<u64>) {
+        self.ready.send_if_modified(|t| std::mem::replace(t, term) != term);
+    }
+}
+
+/// The leadership task: follows every metrics publish, stamps it, counts leader changes, and
+/// promotes or demotes the lease clocks (`Node::align_clocks`). Nothing else starts or stops
+/// them. Ends on `stop`, when Raft stops, or when the node is dropped.
+pub(super) async fn follow(node: super::NodeRef, mut rx: watch::Receiver<RaftMetrics>, mut stop: watch::Receiver<bool>) {
+    let mut last_leader = None;
+    loop {
+        let m = rx.borrow_and_update().clone();
+        let now = Instant::now();
+        let Some(node) = node.upgrade() else { return };
+        node.leadership.observe(&m, now);
+        if m.current_leader != last_leader {
+            if m.current_leader.is_some() {
+                node.metrics.leader_changes.inc();
+            }
+            tracing::info!(leader = ?m.current_leader, term = m.current_term, "leader changed");
+            last_leader = m.current_leader;
+        }
+        node.align_clocks(&m, now);
+        drop(node);
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(leader: bool, term: u64, ack: Option<u64>) -> RaftMetrics {
+        let mut m = RaftMetrics::new_initial(1);
+        m.current_term = term;
+        if leader {
+            m.state = ServerState::Leader;
+            m.current_leader = Some(1);
+        }
+        m.millis_since_quorum_ack = ack;
+        m
+    }
+
+    fn leadership() -> Leadership {
+        Leadership::new(1, Duration::from_millis(100), (Duration::from_millis(500), Duration::from_millis(1000)))
+    }
+
+    /// etcd #15247: a leader whose core stalls keeps its last metrics; their age must count.
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_metrics_stop_moving_goes_stale() {
+        let l = leadership();
+        l.observe(&metrics(true, 3, Some(20)), Instant::now());
+        assert_eq!(l.fresh_term(Instant::now()), Ok(3));
+        tokio::time::advance(Duration::from_millis(380)).await;
+        assert_eq!(l.fresh_term(Instant::now()), Ok(3), "20 ms at publish + 380 ms since is within the 400 ms lease");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(l.fresh_term(Instant::now()), Err(NotFresh::Stale), "no publish for 381 ms: the ack is older than the lease");
+        l.observe(&metrics(true, 3, Some(10)), Instant::now());
+        assert_eq!(l.fresh_term(Instant::now()), Ok(3), "a new publish with a recent ack makes it fresh again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_is_ready_only_once_it_applied_its_own_term() {
+        let l = leadership();
+        l.observe(&metrics(true, 4, Some(0)), Instant::now());
+        assert_eq!(l.ready_term(Instant::now()), Err(NotFresh::NotReady));
+        l.set_ready(Some(3));
+        assert_eq!(l.ready_term(Instant::now()), Err(NotFresh::NotReady), "ready in an older term does not count");
+        l.set_ready(Some(4));
+        assert_eq!(l.ready_term(Instant::now()), Ok(4));
+        l.observe(&metrics(false, 5, None), Instant::now());
+        assert_eq!(l.ready_term(Instant::now()), Err(NotFresh::NotLeader));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_trusts_its_leader_for_one_election_timeout() {
+        let l = leadership();
+        assert!(!l.follower_current(Instant::now()), "no contact yet");
+        l.note_contact(Instant::now());
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert!(l.follower_current(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!l.follower_current(Instant::now()));
+    }
+}

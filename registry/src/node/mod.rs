@@ -1,0 +1,394 @@
+//! One registry node: storage, Raft, leadership, the leader's lease clocks and the expiry loop.
+//!
+//! `Node` is the façade the HTTP layer calls: every write with its checks (`writes`), every
+//! read with its consistency rule (`reads`), membership and cluster info (`membership`). It
+//! knows nothing of HTTP. Two background tasks run beside it, both stopped by `shutdown` or
+//! when the node is dropped: `leadership::follow` and `expiry::run`.
+
+mod expiry;
+pub mod leadership;
+mod membership;
+mod reads;
+mod writes;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
+use openraft::{BasicNode, ServerState};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use reads::{ReadOptions, Staleness, DEFAULT_WAIT, MAX_WAIT};
+pub use writes::check_names;
+
+use crate::command::{Proposal, Resp};
+use crate::error::ApiError;
+use crate::faults::Faults;
+use crate::lease::LeaseKeeper;
+use crate::metrics::Metrics;
+use crate::network::Network;
+use crate::state_machine::{Shared, StateMachine};
+use crate::storage::log_store::LogStore;
+use crate::store::Store;
+use crate::types::{NodeId, Raft, RaftMetrics};
+use leadership::{Leadership, NotFresh};
+
+/// Everything a node needs to start; built from flags or a config file by `config`.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// The address other nodes and clients use to reach this node (`HOST:PORT`).
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    /// Initial members, used only when the data directory is new.
+    pub peers: BTreeMap<NodeId, String>,
+    pub heartbeat: Duration,
+    pub election_timeout: (Duration, Duration),
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// How many change events each node retains for watchers.
+    pub history: usize,
+    /// Take a snapshot after this many log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so a slightly lagging follower catches up from the
+    /// log instead of a whole snapshot.
+    pub keep_after_snapshot: u64,
+    /// Size at which the log starts a new segment file; compaction deletes whole segments.
+    pub segment_bytes: u64,
+    /// After an expiry could not be carried out (leadership unconfirmed), how long the leader
+    /// waits before trying again. The expiry loop otherwise sleeps until the next deadline.
+    pub lease_check: Duration,
+    /// How long a write may wait for commit before the client is told to retry.
+    pub write_timeout: Duration,
+    /// Source address of this node's outgoing peer and forwarding connections: the address it
+    /// listens on, when that is a specific one, so peers (and firewalls) see one address per node.
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+impl NodeConfig {
+    /// Defaults for everything but identity and location.
+    pub fn new(id: NodeId, advertise: String, data_dir: PathBuf, peers: BTreeMap<NodeId, String>) -> NodeConfig {
+        NodeConfig {
+            id,
+            advertise,
+            data_dir,
+            peers,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(3600),
+            history: 100_000,
+            snapshot_every: 10_000,
+            keep_after_snapshot: 1000,
+            segment_bytes: crate::storage::log_store::DEFAULT_SEGMENT_LIMIT,
+            lease_check: Duration::from_millis(50),
+            write_timeout: Duration::from_secs(5),
+            source_ip: None,
+        }
+    }
+}
+
+pub struct Node {
+    id: NodeId,
+    config: NodeConfig,
+    raft: Raft,
+    shared: Arc<Shared>,
+    keeper: Mutex<LeaseKeeper>,
+    leadership: Leadership,
+    metrics: Metrics,
+    /// HTTP client for forwarding to the leader.
+    http: reqwest::Client,
+    faults: Faults,
+    /// Wakes the expiry loop when the earliest deadline may have moved earlier.
+    expiry_wake: Arc<Notify>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// How long a write or keepalive waits for a just-elected leader to apply its first entry
+/// before answering 503.
+const READY_WAIT: Duration = Duration::from_secs(1);
+
+impl Node {
+    /// Opens the data directory, starts Raft, bootstraps a new cluster from `peers` if the data
+    /// directory is new and this node is one of them, and starts the background tasks.
+    pub async fn start(config: NodeConfig, faults: Faults) -> Result<Arc<Node>, StartError> {
+        let mut log = LogStore::open_with(&config.data_dir.join("raft"), faults.disk_hook(config.id))
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+        log.segment_limit = config.segment_bytes;
+        let sm = StateMachine::open(&config.data_dir.join("state"), config.history)
+            .map_err(|e| StartError::Storage(e.to_string()))?
+            .with_faults(config.id, faults.clone());
+        let fresh = log.get_log_state().await.map_err(|e| StartError::Storage(e.to_string()))?.last_log_id.is_none()
+            && log.read_vote().await.map_err(|e| StartError::Storage(e.to_string()))?.is_none();
+        let shared = sm.shared();
+        let raft_config = openraft::Config {
+            cluster_name: "registry".into(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout.0.as_millis() as u64,
+            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            // Each snapshot chunk (3 MiB, about 10 MiB as JSON) must arrive and be written within
+            // this; openraft's 200 ms default fails on a busy or slow link and retries forever.
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.keep_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .local_address(config.source_ip)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_millis(500))
+            .build()
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let network = Network { from: config.id, http: http.clone(), faults: faults.clone() };
+        let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm).await.map_err(|e| StartError::Raft(e.to_string()))?;
+        if fresh && config.peers.contains_key(&config.id) {
+            let members: BTreeMap<NodeId, BasicNode> = config.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+            // Every initial member initializes with the same membership; openraft accepts that,
+            // and it means no single node has to be up first.
+            if let Err(e) = raft.initialize(members).await {
+                tracing::info!(error = %e, "not bootstrapping");
+            } else {
+                tracing::info!(peers = ?config.peers, "bootstrapped a new cluster");
+            }
+        }
+        let node = Arc::new(Node {
+            id: config.id,
+            leadership: Leadership::new(config.id, config.heartbeat, config.election_timeout),
+            config,
+            raft,
+            shared,
+            keeper: Mutex::new(LeaseKeeper::new()),
+            metrics: Metrics::default(),
+            http,
+            faults,
+            expiry_wake: Arc::new(Notify::new()),
+            stop: watch::channel(false).0,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let tasks = vec![
+            tokio::spawn(leadership::follow(Arc::downgrade(&node), node.raft.metrics(), node.stop.subscribe())),
+            tokio::spawn(expiry::run(Arc::downgrade(&node), node.expiry_wake.clone(), node.stop.subscribe())),
+        ];
+        *node.tasks.lock().unwrap() = tasks;
+        Ok(node)
+    }
+
+    /// Stops the background tasks and Raft. Safe to call more than once.
+    pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        let tasks: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = self.raft.shutdown().await;
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Reads the replicated store as this node has applied it.
+    pub fn read_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        f(&self.shared.data.read().unwrap().store)
+    }
+
+    pub fn raft_metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Whether Raft stopped for good (a storage error); the process should exit.
+    pub fn fatal(&self) -> Option<String> {
+        self.raft.metrics().borrow().running_state.as_ref().err().map(|e| e.to_string())
+    }
+
+    /// A receiver that changes with every metrics publish, to wait on `fatal`.
+    pub fn watch_metrics(&self) -> watch::Receiver<RaftMetrics> {
+        self.raft.metrics()
+    }
+
+    /// The leader's id and address, if one is known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some((id, node.addr.clone()))
+    }
+
+    /// The leader's address to name to clients (`x-registry-leader`), only while this node's
+    /// view is current: this node as leader with a recent quorum, or a follower that heard
+    /// from its leader recently. A stalled or cut-off node names nobody, so clients move on.
+    pub fn leader_hint(&self) -> Option<String> {
+        let (id, addr) = self.leader()?;
+        let now = Instant::now();
+        let current = if id == self.id { self.leadership.fresh_term(now).is_ok() } else { self.leadership.follower_current(now) };
+        current.then_some(addr)
+    }
+
+    /// Starts an election now instead of waiting for the timeout (tests; a leader hand-off).
+    pub async fn campaign(&self) -> Result<(), ApiError> {
+        self.raft.trigger().elect().await.map_err(|e| ApiError::Unavailable(e.to_string()))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    pub fn not_leader(&self) -> ApiError {
+        match self.leader() {
+            Some((id, addr)) if id != self.id => ApiError::NotLeader(Some((id, addr))),
+            _ => ApiError::NoLeader,
+        }
+    }
+
+    fn not_fresh(&self, why: NotFresh) -> ApiError {
+        match why {
+            NotFresh::NotLeader => self.not_leader(),
+            NotFresh::Stale => ApiError::Unavailable("this node has not heard from a quorum recently; its leadership is not confirmed, retry another node".into()),
+            NotFresh::NotReady => ApiError::Unavailable("this node was just elected and is still applying its predecessor's log; retry shortly".into()),
+        }
+    }
+
+    /// Succeeds on a leader with a recent quorum that has applied an entry of its own term, so
+    /// its store holds every committed change (etcd #6978), waiting a little for a new leader.
+    async fn ready(&self) -> Result<u64, ApiError> {
+        self.leadership.wait_ready(READY_WAIT).await.map_err(|e| self.not_fresh(e))
+    }
+
+    /// Whether this node's applied state is current enough to serve watches and stale reads
+    /// from: it is a member, and it leads with a recent quorum or heard from its leader within
+    /// an election timeout.
+    pub fn serving_current(&self) -> Result<(), ApiError> {
+        let m = self.raft.metrics();
+        let (member, leader) = {
+            let m = m.borrow();
+            (m.membership_config.membership().get_node(&self.id).is_some(), m.current_leader)
+        };
+        if !member {
+            return Err(ApiError::Unavailable("this node is not a member of the cluster".into()));
+        }
+        let now = Instant::now();
+        match leader {
+            Some(l) if l == self.id => self.leadership.fresh_term(now).map(|_| ()).map_err(|e| self.not_fresh(e)),
+            Some(_) if self.leadership.follower_current(now) => Ok(()),
+            _ => Err(ApiError::Unavailable("this node has no current leader (cut off or electing); use another node".into())),
+        }
+    }
+
+    /// A leader's append reached this node (called by the peer RPC handler).
+    pub(crate) fn note_leader_contact(&self) {
+        self.leadership.note_contact(Instant::now());
+    }
+
+    /// Proposes a command and waits for it to be applied on this node (the leader).
+    async fn propose(&self, proposal: Proposal) -> Result<Resp, ApiError> {
+        let write = self.raft.client_write(proposal);
+        match tokio::time::timeout(self.config.write_timeout, write).await {
+            Err(_) => Err(ApiError::Unavailable("timed out waiting for the write to commit; it may still apply".into())),
+            Ok(Ok(r)) => Ok(r.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match (f.leader_id, f.leader_node) {
+                (Some(id), Some(n)) if id != self.id => Err(ApiError::NotLeader(Some((id, n.addr)))),
+                _ => Err(ApiError::NoLeader),
+            },
+            Ok(Err(e)) => Err(ApiError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Waits until this node, as leader, has confirmed leadership with a quorum and applied
+    /// everything committed before the call (including its own first entry): a read after
+    /// this is linearizable.
+    async fn linearize(&self) -> Result<(), ApiError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        match tokio::time::timeout(self.config.write_timeout, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(ApiError::Unavailable("timed out confirming leadership".into())),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(_))) => Err(self.not_leader()),
+            Ok(Err(e)) => Err(ApiError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Makes the lease clocks match leadership, from the leadership task only. A leader starts
+    /// every clock afresh once it has applied an entry of its own term (then its store holds
+    /// every lease its predecessors granted); a node that stops leading drops its clocks.
+    fn align_clocks(&self, m: &RaftMetrics, now: Instant) {
+        let leader = m.state == ServerState::Leader && m.current_leader == Some(self.id);
+        let applied_own_term = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
+        let mut k = self.keeper.lock().unwrap();
+        if leader && applied_own_term {
+            if k.term() != Some(m.current_term) {
+                let d = self.shared.data.read().unwrap();
+                k.start_term(m.current_term, d.store.leases.values(), now);
+                tracing::info!(term = m.current_term, leases = k.len(), "leader: started every lease's clock afresh");
+                self.leadership.set_ready(Some(m.current_term));
+                self.expiry_wake.notify_one();
+            }
+        } else if leader {
+            // Elected, still applying the predecessor's tail.
+            if k.term().is_some_and(|t| t != m.current_term) {
+                k.stop();
+            }
+            self.leadership.set_ready(None);
+        } else {
+            if k.term().is_some() {
+                tracing::info!(term = m.current_term, "no longer leader: dropped the lease clocks");
+                k.stop();
+            }
+            self.leadership.set_ready(None);
+        }
+    }
+
+    /// Runs `f` on the lease keeper, for the leader's own operations.
+    fn keeper<T>(&self, f: impl FnOnce(&mut LeaseKeeper) -> T) -> T {
+        f(&mut self.keeper.lock().unwrap())
+    }
+}
+
+/// How long one chunk of a snapshot may take to reach a follower and be stored there.
+pub const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A weak handle for background tasks: they must not keep a dropped node alive.
+type NodeRef = Weak<Node>;

@@ -1,0 +1,124 @@
+//! Every write a client can make, with its checks, on the leader.
+//!
+//! Each write first waits for this node to be a ready leader (fresh quorum, own term applied),
+//! then answers a retried request id from the store's window without proposing again, then
+//! runs its pre-check (which keeps a request that would fail out of the log), then proposes.
+//! The pre-checks are repeated, authoritatively, by `Store::apply`.
+
+use proto::{InstanceSpec, KeepaliveResponse, LeaseGrant, LeaseId, WriteResult};
+use tokio::time::Instant;
+
+use super::Node;
+use crate::command::{Cmd, Proposal, RequestId, Resp};
+use crate::error::ApiError;
+
+fn written(resp: Resp) -> Result<WriteResult, ApiError> {
+    match resp {
+        Resp::Ok { revision } => Ok(WriteResult { revision }),
+        Resp::LeaseNotFound { lease_id } => Err(ApiError::LeaseNotFound(lease_id)),
+        Resp::InstanceNotFound { service, instance } => Err(ApiError::NotFound(format!("instance {instance:?} of service {service:?}"))),
+        other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Checks a service and an instance name together, reporting both problems at once.
+pub fn check_names(service: &str, instance: &str) -> Result<(), ApiError> {
+    let errors: Vec<String> = [proto::validate::service_name(service), proto::validate::instance_name(instance)]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument(errors.join("; ")))
+    }
+}
+
+impl Node {
+    /// The recorded answer to `request_id`, if the store has applied it already.
+    fn replay(&self, request_id: &Option<RequestId>) -> Option<Resp> {
+        let id = request_id.as_deref()?;
+        self.shared.data.read().unwrap().store.requests.get(id).cloned()
+    }
+
+    /// Ready leader, then the replayed answer or `pre_check` and the proposal.
+    async fn write(&self, request_id: Option<RequestId>, cmd: Cmd, pre_check: impl FnOnce(&crate::store::Store) -> Result<(), ApiError>) -> Result<Resp, ApiError> {
+        self.ready().await?;
+        if let Some(resp) = self.replay(&request_id) {
+            return Ok(resp);
+        }
+        pre_check(&self.shared.data.read().unwrap().store)?;
+        self.propose(Proposal { cmd, request_id }).await
+    }
+
+    pub async fn grant(&self, request_id: Option<RequestId>, ttl_ms: u64) -> Result<LeaseGrant, ApiError> {
+        let (min, max) = (self.config.min_ttl.as_millis() as u64, self.config.max_ttl.as_millis() as u64);
+        if ttl_ms < min || ttl_ms > max {
+            return Err(ApiError::InvalidArgument(format!("ttl_ms {ttl_ms} is outside the allowed range {min}..={max}")));
+        }
+        match self.write(request_id, Cmd::GrantLease { ttl_ms }, |_| Ok(())).await? {
+            Resp::Granted { lease_id, ttl_ms, revision } => {
+                // Start its clock now, so it shows in listings at once and the expiry loop
+                // knows its deadline.
+                self.keeper(|k| k.start(lease_id, ttl_ms, Instant::now()));
+                self.expiry_wake.notify_one();
+                Ok(LeaseGrant { lease_id, ttl_ms, revision })
+            }
+            other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Renews a lease: moves its deadline on the leader, no log entry.
+    pub async fn keepalive(&self, lease_id: LeaseId) -> Result<KeepaliveResponse, ApiError> {
+        let term = self.ready().await?;
+        let ttl_ms = {
+            let d = self.shared.data.read().unwrap();
+            d.store.leases.get(&lease_id).map(|l| l.ttl_ms).ok_or(ApiError::LeaseNotFound(lease_id))?
+        };
+        let ttl = self.keeper(|k| {
+            if k.term() != Some(term) {
+                return Err(ApiError::Unavailable("leadership changed during the keepalive; retry".into()));
+            }
+            // Past its deadline the lease is dead and its expiry due or under way.
+            k.keepalive(lease_id, ttl_ms, Instant::now()).map_err(|_| ApiError::LeaseNotFound(lease_id))
+        })?;
+        self.metrics.keepalives.inc();
+        Ok(KeepaliveResponse { lease_id, ttl_ms: ttl.as_millis() as u64 })
+    }
+
+    pub async fn revoke(&self, request_id: Option<RequestId>, lease_id: LeaseId) -> Result<WriteResult, ApiError> {
+        let resp = self
+            .write(request_id, Cmd::RevokeLease { lease_id }, |s| {
+                if s.leases.contains_key(&lease_id) {
+                    Ok(())
+                } else {
+                    Err(ApiError::LeaseNotFound(lease_id))
+                }
+            })
+            .await?;
+        self.keeper(|k| k.forget(lease_id));
+        written(resp)
+    }
+
+    pub async fn put_instance(&self, request_id: Option<RequestId>, service: String, instance: String, spec: InstanceSpec) -> Result<WriteResult, ApiError> {
+        check_names(&service, &instance)?;
+        proto::validate::instance_spec(&spec).map_err(|errors| ApiError::InvalidArgument(errors.join("; ")))?;
+        let lease = spec.lease_id;
+        let cmd = Cmd::PutInstance { service, instance, spec };
+        written(
+            self.write(request_id, cmd, |s| match lease {
+                Some(id) if !s.leases.contains_key(&id) => Err(ApiError::LeaseNotFound(id)),
+                _ => Ok(()),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn delete_instance(&self, request_id: Option<RequestId>, service: String, instance: String) -> Result<WriteResult, ApiError> {
+        check_names(&service, &instance)?;
+        let not_found = ApiError::NotFound(format!("instance {instance:?} of service {service:?}"));
+        let exists = |s: &crate::store::Store| s.services.get(&service).and_then(|m| m.get(&instance)).is_some();
+        let cmd = Cmd::DeleteInstance { service: service.clone(), instance: instance.clone() };
+        written(self.write(request_id, cmd, |s| if exists(s) { Ok(()) } else { Err(not_found) }).await?)
+    }
+}

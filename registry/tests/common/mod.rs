@@ -1,0 +1,117 @@
+//! The in-process cluster harness shared by the cluster test binaries: nodes on port-0
+//! listeners in one process, faults injected through one shared `Faults`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::wait_for as wait_until;
+use proto::InstanceSpec;
+use registry::faults::Faults;
+use registry::node::{Node, NodeConfig};
+
+pub struct TestNode {
+    pub node: Arc<Node>,
+    pub url: String,
+    pub http: tokio::task::JoinHandle<()>,
+}
+
+pub struct Cluster {
+    pub nodes: BTreeMap<u64, TestNode>,
+    pub faults: Faults,
+    pub _dir: tempfile::TempDir,
+}
+
+pub fn fast(mut c: NodeConfig) -> NodeConfig {
+    c.heartbeat = Duration::from_millis(50);
+    c.election_timeout = (Duration::from_millis(300), Duration::from_millis(600));
+    c.lease_check = Duration::from_millis(50);
+    c
+}
+
+impl Cluster {
+    pub async fn start(n: u64) -> Cluster {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// A cluster with the settings a user gets: no test timings.
+    pub async fn start_defaults(n: u64) -> Cluster {
+        Self::start_from(n, |c| c, |_| {}).await
+    }
+
+    pub async fn start_with(n: u64, tweak: fn(&mut NodeConfig)) -> Cluster {
+        Self::start_from(n, fast, tweak).await
+    }
+
+    async fn start_from(n: u64, base: fn(NodeConfig) -> NodeConfig, tweak: fn(&mut NodeConfig)) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::default();
+        let mut listeners = BTreeMap::new();
+        for id in 1..=n {
+            listeners.insert(id, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let peers: BTreeMap<u64, String> = listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap().to_string())).collect();
+        let mut nodes = BTreeMap::new();
+        for (id, l) in listeners {
+            let mut cfg = base(NodeConfig::new(id, peers[&id].clone(), dir.path().join(format!("n{id}")), peers.clone()));
+            tweak(&mut cfg);
+            nodes.insert(id, Self::spawn(l, cfg, faults.clone()).await);
+        }
+        let c = Cluster { nodes, faults, _dir: dir };
+        c.wait_leader(None).await;
+        c
+    }
+
+    pub async fn spawn(l: tokio::net::TcpListener, cfg: NodeConfig, faults: Faults) -> TestNode {
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let (node, http) = registry::server::start(l, cfg, faults).await.unwrap();
+        TestNode { node, url, http }
+    }
+
+    pub fn client(&self) -> client::Client {
+        client::Client::new(&self.nodes.values().map(|n| n.url.clone()).collect::<Vec<_>>()).unwrap()
+    }
+
+    pub fn client_for(&self, ids: &[u64]) -> client::Client {
+        client::Client::new(&ids.iter().map(|i| self.nodes[i].url.clone()).collect::<Vec<_>>()).unwrap()
+    }
+
+    pub fn leader_of(&self, id: u64) -> Option<u64> {
+        self.nodes[&id].node.raft_metrics().current_leader
+    }
+
+    /// Waits until every node in `among` (all if None) agrees on one leader that is one of them.
+    pub async fn wait_leader(&self, among: Option<&[u64]>) -> u64 {
+        let ids: Vec<u64> = among.map(|a| a.to_vec()).unwrap_or_else(|| self.nodes.keys().copied().collect());
+        wait_until(Duration::from_secs(15), "a leader agreed by all", || async {
+            let leaders: Vec<Option<u64>> = ids.iter().map(|i| self.leader_of(*i)).collect();
+            match leaders[0] {
+                Some(l) if ids.contains(&l) && leaders.iter().all(|x| *x == Some(l)) && self.nodes[&l].node.is_leader() => Some(l),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    /// The ids other than `except`.
+    pub fn others(&self, except: &[u64]) -> Vec<u64> {
+        self.nodes.keys().copied().filter(|i| !except.contains(i)).collect()
+    }
+
+    pub fn applied(&self, id: u64) -> u64 {
+        self.nodes[&id].node.read_store(|s| s.revision)
+    }
+
+    pub async fn stop(&mut self, id: u64) -> TestNode {
+        let n = self.nodes.remove(&id).unwrap();
+        n.http.abort();
+        n.node.shutdown().await;
+        n
+    }
+}
+
+pub fn spec(port: u64, lease: Option<u64>) -> InstanceSpec {
+    InstanceSpec { address: "10.0.0.5".into(), port, lease_id: lease, weight: 100, state: Default::default(), meta: Default::default() }
+}
+

@@ -1,0 +1,181 @@
+//! The failure modes etcd learned in production, each as an in-process cluster test named for
+//! what it prevents. Faults come through the shared `Faults` seam: network cuts, a stalled
+//! disk, a slow state machine. These tests use the default timings unless they say otherwise.
+
+mod common;
+
+use std::time::Duration;
+
+use client::{Update, Watcher};
+use common::{spec, Cluster};
+use e2e::wait_for as wait_until;
+use tokio::time::Instant;
+
+/// Keeps renewing `lease` through `client` every `every`; returns how many renewals said the
+/// lease was gone (404), which a live client must never see.
+fn renewer(client: client::Client, lease: u64, every: Duration) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<usize>) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut gone = 0;
+        loop {
+            if let Err(e) = client.keepalive(lease).await {
+                if e.is_not_found() {
+                    gone += 1;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = &mut stopped => return gone,
+            }
+        }
+    });
+    (stop, task)
+}
+
+/// etcd #15247. The leader's volume hangs: openraft's core waits on the fsync and stops
+/// publishing metrics, which froze `millis_since_quorum_ack` at a fresh value. The node kept
+/// acknowledging keepalives and naming itself leader, so clients stayed on it while the
+/// followers elected a new leader that saw no renewals and expired the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_with_a_stalled_disk_stops_renewing_so_the_renewed_lease_survives() {
+    let c = Cluster::start_defaults(3).await;
+    let client = c.client();
+    let ttl = Duration::from_secs(3);
+    let lease = client.grant(ttl).await.unwrap().lease_id;
+    client.put_instance("web", "a", &spec(80, Some(lease))).await.unwrap();
+    let (stop, renewals) = renewer(c.client(), lease, ttl / 3);
+    let old = c.wait_leader(None).await;
+    let old_url = c.nodes[&old].url.clone();
+
+    c.faults.stall_disk(old);
+    // The next append reaches the stalled log and blocks the old leader's core.
+    let stuck = {
+        let to_old = c.client_for(&[old]);
+        tokio::spawn(async move { to_old.put_instance("web", "stuck", &spec(81, None)).await })
+    };
+    let stall_started = Instant::now();
+    let rest = c.others(&[old]);
+    let new = c.wait_leader(Some(&rest)).await;
+    assert_ne!(new, old);
+    // The stalled node neither renews nor sends clients its way.
+    let direct = reqwest::Client::new();
+    wait_until(Duration::from_secs(5), "the stalled leader to refuse keepalives and name no leader", || async {
+        let r = direct.post(format!("{old_url}/v1/leases/{lease}/keepalive")).timeout(Duration::from_secs(1)).send().await.ok()?;
+        (r.status() == 503 && !r.headers().contains_key(proto::LEADER_HEADER)).then_some(())
+    })
+    .await;
+    // Hold the stall for TTL + 3 s in all: long enough for the new leader to expire the lease
+    // if renewals did not reach it.
+    tokio::time::sleep((ttl + Duration::from_secs(3)).saturating_sub(stall_started.elapsed())).await;
+    c.faults.unstall_disk(old);
+
+    wait_until(Duration::from_secs(10), "the old leader to step down", || async { (!c.nodes[&old].node.is_leader()).then_some(()) }).await;
+    stop.send(()).unwrap();
+    assert_eq!(renewals.await.unwrap(), 0, "a renewal was told the lease was gone");
+    let s = client.service("web", false).await.unwrap();
+    assert!(s.instances.iter().any(|i| i.instance == "a"), "the renewed instance was dropped: {s:?}");
+    client.keepalive(lease).await.expect("the lease is alive after the stall");
+    let _ = stuck.await;
+}
+
+/// A watcher on a node that is cut off used to get `progress` at a frozen revision forever
+/// and look healthy. The node now ends the stream; the watcher resumes on a current node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_cut_off_node_moves_to_a_current_one() {
+    let c = Cluster::start_defaults(3).await;
+    let leader = c.wait_leader(None).await;
+    let cut = c.others(&[leader])[0];
+    let majority = c.others(&[cut]);
+    let since = c.client().put_instance("web", "before", &spec(1, None)).await.unwrap().revision;
+    wait_until(Duration::from_secs(5), "the node to be cut off applied the write", || async { (c.applied(cut) >= since).then_some(()) }).await;
+    // The cut-off node first, so the watch starts there.
+    let mut order = vec![cut];
+    order.extend(&majority);
+    let mut w = Watcher::new(c.client_for(&order), Some("web".into()), since);
+    match w.next().await.unwrap() {
+        Update::Progress { .. } => {}
+        other => panic!("expected progress, got {other:?}"),
+    }
+    assert_eq!(w.url(), Some(c.nodes[&cut].url.as_str()));
+
+    c.faults.isolate(cut);
+    let written = c.client_for(&majority).put_instance("web", "after", &spec(2, None)).await.unwrap().revision;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(8);
+    let seen_at = loop {
+        assert!(Instant::now() < deadline, "the watcher did not see the write from a current node within 8 s");
+        match tokio::time::timeout(Duration::from_secs(1), w.next()).await {
+            Ok(Ok(Update::Changes { revision, .. })) if revision >= written => break w.url().map(str::to_string),
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => {}
+        }
+    };
+    assert_ne!(seen_at.as_deref(), Some(c.nodes[&cut].url.as_str()), "the change came from the cut-off node");
+    eprintln!("watcher moved and saw the write {:?} after the cut", started.elapsed());
+    // New watches on the cut-off node are refused.
+    let r = reqwest::get(format!("{}/v1/watch?since={since}", c.nodes[&cut].url)).await.unwrap();
+    assert_eq!(r.status(), 503);
+    c.faults.heal();
+}
+
+/// etcd #6978. A just-elected leader that has not applied its predecessor's tail answered
+/// 404 for a lease granted just before the change; the announcer then re-registers, and a 404
+/// on delete leaves a zombie instance. Until it has applied an entry of its own term, the
+/// leader answers 503 (or waits), never 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_behind_on_apply_never_answers_not_found() {
+    let c = Cluster::start_defaults(3).await;
+    let old = c.wait_leader(None).await;
+    let rest = c.others(&[old]);
+    let (next, other) = (rest[0], rest[1]);
+    // The next leader applies everything 3 s late; it still stores and acknowledges entries.
+    c.faults.delay_apply(next, Duration::from_secs(3));
+    let client = c.client_for(&[old]);
+    let lease = client.grant(Duration::from_secs(30)).await.unwrap().lease_id;
+    client.put_instance("web", "a", &spec(80, Some(lease))).await.unwrap();
+    assert!(c.nodes[&next].node.read_store(|s| !s.leases.contains_key(&lease)), "the next leader has not applied the grant yet");
+
+    // Move leadership to `next`: cut off the old leader, and keep `other` from winning.
+    c.faults.isolate(old);
+    c.faults.cut(other, next);
+    c.nodes[&next].node.campaign().await.unwrap();
+    wait_until(Duration::from_secs(15), "the slow node to become leader", || async { c.nodes[&next].node.is_leader().then_some(()) }).await;
+    let on_next = c.client_for(&[next]);
+    let mut answers = Vec::new();
+    let mut renewed = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && !renewed {
+        match on_next.keepalive(lease).await {
+            Ok(_) => renewed = true,
+            Err(e) => answers.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answers.iter().all(|a| !a.contains("404")), "a keepalive was answered 404: {answers:?}");
+    assert!(renewed, "the lease was never renewed on the new leader: {answers:?}");
+    assert!(!answers.is_empty(), "the test did not catch the new leader before it applied; nothing was checked");
+    // And the instance under it is there to delete.
+    on_next.delete_instance("web", "a").await.expect("the instance exists on the new leader");
+    c.faults.heal();
+}
+
+/// The forward timeout (3 s) was shorter than the leader's own wait (5 s), and the client
+/// retried any 503 on another node: a grant that took 4 s was granted twice. The forward
+/// budget now covers the leader's, and every write carries a request id that applies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_commit_forwarded_by_a_follower_grants_exactly_one_lease() {
+    let c = Cluster::start_defaults(3).await;
+    let leader = c.wait_leader(None).await;
+    let followers = c.others(&[leader]);
+    // Warm up the followers' view of the leader, then slow the leader's apply to 4 s.
+    c.client_for(&followers).put_instance("web", "warm", &spec(1, None)).await.unwrap();
+    c.faults.delay_apply(leader, Duration::from_secs(4));
+    let granted = c.client_for(&followers).grant(Duration::from_secs(30)).await.expect("the grant answers");
+    c.faults.heal();
+    let rev = c.client().put_instance("web", "after", &spec(2, None)).await.unwrap().revision;
+    wait_until(Duration::from_secs(10), "every node applied everything", || async { c.nodes.keys().all(|i| c.applied(*i) >= rev).then_some(()) }).await;
+    for (id, n) in &c.nodes {
+        let leases: Vec<u64> = n.node.read_store(|s| s.leases.keys().copied().collect());
+        assert_eq!(leases, vec![granted.lease_id], "node {id} holds {leases:?}");
+    }
+}
