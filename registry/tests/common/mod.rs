@@ -111,6 +111,14 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// Lifts every fault first: a node whose disk is still stalled would hang the test's exit
+    /// in its log writer thread.
+    fn drop(&mut self) {
+        self.faults.heal();
+    }
+}
+
 pub fn spec(port: u64, lease: Option<u64>) -> InstanceSpec {
     InstanceSpec { address: "10.0.0.5".into(), port, lease_id: lease, weight: 100, state: Default::default(), meta: Default::default() }
 }
