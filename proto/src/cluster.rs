@@ -22,6 +22,11 @@ pub struct Member {
     /// Replication progress as known by the leader (`matched` log index); absent elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched_index: Option<u64>,
+    /// Whether this member has ever taken part in the cluster (acknowledged its log). A node
+    /// with an empty data directory whose id is `started` lost its disk: it must rejoin with
+    /// `--join`, not bootstrap again.
+    #[serde(default)]
+    pub started: bool,
 }
 
 /// `GET /v1/cluster`
@@ -36,6 +41,9 @@ pub struct ClusterInfo {
     pub commit_index: u64,
     pub applied_index: u64,
     pub members: Vec<Member>,
+    /// Chosen by the cluster's first leader and replicated; `None` until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
 }
 
 /// `POST /v1/cluster/members` (add) body.

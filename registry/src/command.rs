@@ -21,6 +21,11 @@ pub enum Cmd {
     PutInstance { service: String, instance: String, spec: InstanceSpec },
     /// Remove an instance.
     DeleteInstance { service: String, instance: String },
+    /// Name the cluster; proposed once, by its first leader. Later ones are no-ops.
+    InitCluster { cluster_id: String },
+    /// Record that these members have taken part (acknowledged the log), so one that comes
+    /// back with an empty data directory is recognised and refused (Raft amnesia).
+    MembersStarted { ids: Vec<u64> },
 }
 
 /// One log entry's payload: a command and, when the client sent one, the request id that makes

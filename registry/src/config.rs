@@ -68,6 +68,11 @@ pub struct ServeArgs {
     /// Take a snapshot (and compact the log) every this many entries [default: 10000].
     #[arg(long)]
     pub snapshot_every: Option<u64>,
+    /// Rejoin the cluster at --peers from an empty data directory: for a node whose disk was
+    /// wiped or replaced. It is removed from the membership, added back as a learner, and
+    /// promoted once caught up. Ignored when the data directory already holds a log.
+    #[arg(long, env = "REGISTRY_JOIN")]
+    pub join: bool,
     /// Test only: while this file exists, every flush of the Raft log hangs, as on a stalled
     /// volume. The chaos test's disk-stall fault.
     #[arg(long, hide = true)]
@@ -275,6 +280,7 @@ impl ServeArgs {
         node.max_ttl = max_ttl;
         node.history = history;
         node.snapshot_every = snapshot_every;
+        node.join = self.join;
         Ok(Serve {
             listen: listen.unwrap(),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),

@@ -223,3 +223,68 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map(|(meta, bytes)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(bytes.clone())) }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId};
+
+    use super::*;
+    use crate::command::Cmd;
+
+    fn at(index: u64) -> (SnapshotMeta, Applied) {
+        let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
+        let mut data = Applied { last_applied: Some(log_id), ..Applied::default() };
+        data.store.apply(index, 1, &Cmd::GrantLease { ttl_ms: 1000 }.into());
+        let meta = SnapshotMeta { last_log_id: Some(log_id), last_membership: StoredMembership::default(), snapshot_id: format!("{index}") };
+        (meta, data)
+    }
+
+    fn reopened_revision(dir: &Path) -> u64 {
+        let sm = StateMachine::open(dir, 10).unwrap();
+        let r = sm.shared.data.read().unwrap().store.revision;
+        r
+    }
+
+    /// openraft builds snapshots in their own task, beside installs from the leader. A build
+    /// that read the store before an install and wrote after it used to put the older snapshot
+    /// in place, while the log before the newer one was already purged: the node could not
+    /// restart.
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one_in_either_order() {
+        for older_last in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let sm = StateMachine::open(dir.path(), 10).unwrap();
+            let (old_meta, old_data) = at(100);
+            let (new_meta, new_data) = at(500);
+            let (kept, _) = if older_last {
+                sm.shared.save_snapshot(&new_meta, &new_data).unwrap();
+                sm.shared.save_snapshot(&old_meta, &old_data).unwrap()
+            } else {
+                sm.shared.save_snapshot(&old_meta, &old_data).unwrap();
+                sm.shared.save_snapshot(&new_meta, &new_data).unwrap()
+            };
+            assert_eq!(kept.last_log_id.map(|l| l.index), Some(500), "older_last={older_last}");
+            drop(sm);
+            assert_eq!(reopened_revision(dir.path()), 500, "older_last={older_last}: the newer snapshot loads");
+            let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            assert_eq!(names, vec!["snapshot".to_string()], "no temp file is left");
+        }
+    }
+
+    #[test]
+    fn concurrent_saves_leave_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path(), 10).unwrap();
+        std::thread::scope(|s| {
+            for i in 1..=16u64 {
+                let shared = sm.shared.clone();
+                s.spawn(move || {
+                    let (meta, data) = at(i * 10);
+                    shared.save_snapshot(&meta, &data).unwrap();
+                });
+            }
+        });
+        drop(sm);
+        assert_eq!(reopened_revision(dir.path()), 160);
+    }
+}

@@ -35,6 +35,12 @@ pub struct Store {
     /// Answers of the last writes that carried a request id, so a retry applies once.
     #[serde(default)]
     pub requests: Requests,
+    /// The cluster's name, set once by its first leader.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    /// Members that have acknowledged the log at least once.
+    #[serde(default)]
+    pub started: BTreeSet<u64>,
 }
 
 /// How many request ids the store remembers. At the 2,000-odd durable writes per second a
@@ -115,6 +121,14 @@ impl Store {
                 true => Resp::Ok { revision: index },
                 false => Resp::InstanceNotFound { service: service.clone(), instance: instance.clone() },
             },
+            Cmd::InitCluster { cluster_id } => {
+                self.cluster_id.get_or_insert_with(|| cluster_id.clone());
+                Resp::Ok { revision: index }
+            }
+            Cmd::MembersStarted { ids } => {
+                self.started.extend(ids.iter().copied());
+                Resp::Ok { revision: index }
+            }
         };
         (resp, events)
     }
@@ -301,6 +315,17 @@ mod tests {
         let mut s = Store::default();
         let (r, _) = apply(&mut s, 1, 1, Cmd::DeleteInstance { service: "web".into(), instance: "x".into() });
         assert!(matches!(r, Resp::InstanceNotFound { .. }));
+    }
+
+    #[test]
+    fn the_cluster_id_is_set_once_and_started_members_accumulate() {
+        let mut s = Store::default();
+        apply(&mut s, 1, 1, Cmd::InitCluster { cluster_id: "a".into() });
+        apply(&mut s, 2, 2, Cmd::InitCluster { cluster_id: "b".into() });
+        assert_eq!(s.cluster_id.as_deref(), Some("a"));
+        apply(&mut s, 3, 2, Cmd::MembersStarted { ids: vec![1, 2] });
+        apply(&mut s, 4, 2, Cmd::MembersStarted { ids: vec![3] });
+        assert_eq!(s.started, [1, 2, 3].into());
     }
 
     #[test]

@@ -179,3 +179,46 @@ async fn a_slow_commit_forwarded_by_a_follower_grants_exactly_one_lease() {
         assert_eq!(leases, vec![granted.lease_id], "node {id} holds {leases:?}");
     }
 }
+
+/// openraft's default `install_snapshot_timeout` (200 ms per chunk) is too short for a large
+/// store: each 3 MiB chunk travels as about 10 MiB of JSON, the send times out, and a new
+/// member retries forever. A store of about 50 MB must reach a new member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_receives_a_50_mb_snapshot() {
+    fn compact(c: &mut registry::node::NodeConfig) {
+        // One snapshot near the end of the writes below, then the log behind it is purged.
+        c.snapshot_every = 900;
+        c.keep_after_snapshot = 10;
+    }
+    let mut c = Cluster::start_defaults_with(3, compact).await;
+    let client = c.client();
+    // 64 meta values of 900 bytes: about 58 KB per instance, 1000 instances.
+    let meta: std::collections::BTreeMap<String, String> = (0..64).map(|k| (format!("k{k:02}"), "x".repeat(900))).collect();
+    let mut last = 0;
+    for i in 0..1000u64 {
+        let mut s = spec(1000 + i, None);
+        s.meta = meta.clone();
+        last = client.put_instance("web", &format!("i{i:03}"), &s).await.unwrap().revision;
+    }
+    let leader = c.wait_leader(None).await;
+    wait_until(Duration::from_secs(60), "the leader snapshotted and purged its log", || async {
+        let m = c.nodes[&leader].node.raft_metrics();
+        (m.purged.map(|p| p.index).unwrap_or(0) >= 800).then_some(())
+    })
+    .await;
+    let size = std::fs::metadata(c._dir.path().join(format!("n{leader}/state/snapshot"))).unwrap().len();
+    assert!(size > 50_000_000, "the snapshot is only {size} bytes");
+
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = registry::node::NodeConfig::new(4, addr.clone(), dir.path().to_path_buf(), Default::default());
+    compact(&mut cfg);
+    c.nodes.insert(4, Cluster::spawn(l, cfg, c.faults.clone()).await);
+    let started = Instant::now();
+    client.add_member(4, &addr).await.unwrap();
+    wait_until(Duration::from_secs(120), "node 4 caught up from the snapshot", || async { (c.applied(4) >= last).then_some(()) }).await;
+    eprintln!("a {size}-byte snapshot reached the new member in {:?}", started.elapsed());
+    assert_eq!(c.nodes[&4].node.read_store(|s| s.instance_count()), 1000);
+    c.stop(4).await;
+}

@@ -61,6 +61,11 @@ impl Proc {
         p
     }
 
+    /// Adds an argument for the next `start`.
+    pub fn push_arg(&mut self, arg: &str) {
+        self.args.push(arg.to_string());
+    }
+
     /// Starts (again) with the same arguments, appending to the same log.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);

@@ -210,3 +210,46 @@ async fn a_torn_tail_is_dropped_and_corruption_stops_the_node_naming_the_file() 
     let log = cluster.nodes[0].log_text();
     assert!(log.contains(&seg.display().to_string()) && log.contains("corrupt"), "error does not name the file:\n{log}");
 }
+
+/// Raft amnesia: a voter whose disk was wiped used to bootstrap again from `--peers` and vote
+/// with an empty log, which can lose committed entries after one more failure. It now refuses
+/// to start, saying what to do, and `--join` brings it back as a new member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_voter_refuses_to_bootstrap_and_rejoins_with_join() {
+    let mut cluster = RegistryCluster::start(3).await;
+    let client = cluster.client();
+    let probe = InstanceSpec { lease_id: None, ..spec(1, 0) };
+    retry(Duration::from_secs(5), || client.put_instance("web", "before", &probe)).await;
+    wait_for(Duration::from_secs(10), "every member to be recorded as started", || async {
+        client.cluster().await.ok().filter(|c| c.cluster_id.is_some() && c.members.iter().all(|m| m.started)).map(|_| ())
+    })
+    .await;
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let victim = (leader + 1) % 3;
+    cluster.nodes[victim].kill();
+    std::fs::remove_dir_all(cluster.dir.path().join(format!("data{}", victim + 1))).unwrap();
+
+    cluster.nodes[victim].start();
+    let code = wait_for(Duration::from_secs(15), "the wiped node to refuse to start", || {
+        let code = cluster.nodes[victim].exit_code();
+        async move { code }
+    })
+    .await;
+    assert_ne!(code, 0);
+    let log = cluster.nodes[victim].log_text();
+    assert!(log.contains("is empty") && log.contains("--join"), "the refusal does not say what to do:\n{log}");
+
+    cluster.nodes[victim].push_arg("--join");
+    cluster.nodes[victim].start();
+    let w = retry(Duration::from_secs(5), || client.put_instance("web", "after", &probe)).await;
+    let url = cluster.urls()[victim].clone();
+    wait_for(Duration::from_secs(30), "the rejoined node to be a voter and caught up", || async {
+        let info = client.cluster().await.ok()?;
+        let me = info.members.iter().find(|m| m.id == victim as u64 + 1)?;
+        let applied = client.cluster_at(&url).await.ok()?.applied_index;
+        (me.voter && info.members.len() == 3 && applied >= w.revision).then_some(())
+    })
+    .await;
+    let s = client.service("web", false).await.unwrap();
+    assert_eq!(s.instances.len(), 2, "{s:?}");
+}

@@ -2,12 +2,16 @@
 //! the index gauges of `/metrics`.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use proto::{ClusterInfo, Member, NodeRole, WriteResult};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::Node;
+use crate::command::Cmd;
 use crate::error::ApiError;
 use crate::types::RaftMetrics;
 
@@ -64,6 +68,7 @@ impl Node {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let matched = |id: u64| m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
+        let (cluster_id, started) = self.read_store(|s| (s.cluster_id.clone(), s.started.clone()));
         let members = membership
             .nodes()
             .map(|(id, n)| Member {
@@ -71,6 +76,7 @@ impl Node {
                 addr: n.addr.clone(),
                 voter: voters.contains(id),
                 matched_index: if *id == self.id && m.state == ServerState::Leader { m.last_log_index } else { matched(*id) },
+                started: started.contains(id),
             })
             .collect::<Vec<_>>();
         let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
@@ -84,6 +90,7 @@ impl Node {
             commit_index: commit_index(&m, &voters).unwrap_or(applied),
             applied_index: applied,
             members,
+            cluster_id,
         }
     }
 
@@ -128,4 +135,103 @@ impl Node {
         }
         Ok(WriteResult { revision })
     }
+}
+
+/// How often a leader looks for members to record as started.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+
+/// On a ready leader: names the cluster if it has no name yet, and records every member that
+/// has acknowledged the log (`Cmd::MembersStarted`), so one that later comes back with an
+/// empty data directory is recognised. A few entries in a cluster's life.
+pub(super) async fn record_started(node: super::NodeRef, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RECORD_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        let Some(n) = node.upgrade() else { return };
+        if n.leadership.ready_term(Instant::now()).is_err() {
+            continue;
+        }
+        if let Some(cmd) = n.membership_record() {
+            if let Err(e) = n.propose(cmd.into()).await {
+                tracing::debug!(error = %e, "could not record cluster membership facts yet");
+            }
+        }
+    }
+}
+
+impl Node {
+    /// What the leader still has to record, if anything.
+    fn membership_record(&self) -> Option<Cmd> {
+        let (has_id, started) = self.read_store(|s| (s.cluster_id.is_some(), s.started.clone()));
+        if !has_id {
+            return Some(Cmd::InitCluster { cluster_id: format!("{:016x}", rand::random::<u64>()) });
+        }
+        let m = self.raft_metrics();
+        let acked = |id: u64| id == self.id || m.replication.as_ref().is_some_and(|r| r.get(&id).cloned().flatten().is_some());
+        let ids: Vec<u64> = m.membership_config.membership().nodes().map(|(id, _)| *id).filter(|id| !started.contains(id) && acked(*id)).collect();
+        (!ids.is_empty()).then_some(Cmd::MembersStarted { ids })
+    }
+}
+
+/// Before bootstrapping on an empty data directory: asks the peers whether this node already
+/// took part in their cluster. `Err` with what to do if it did (its disk was wiped or
+/// replaced); `Ok` if no peer says so, or none answers (a brand-new cluster starting up).
+pub async fn check_not_amnesiac(id: u64, data_dir: &std::path::Path, peers: &std::collections::BTreeMap<u64, String>) -> Result<(), String> {
+    let others: Vec<&String> = peers.iter().filter(|(p, _)| **p != id).map(|(_, a)| a).collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let client = client::Client::new(&others).map_err(|e| e.to_string())?;
+    let answers = futures::future::join_all(others.iter().map(|a| client.cluster_at(a))).await;
+    for (addr, info) in others.iter().zip(answers) {
+        let Ok(info) = info else { continue };
+        if info.members.iter().any(|m| m.id == id && m.started) {
+            return Err(format!(
+                "node {id}: the data directory {} is empty, but cluster {} (asked {addr}) already counts node {id} as a member that took part. \
+                 Its log and vote are gone (a wiped or replaced disk), and voting again with an empty log can lose committed writes. \
+                 Start it again with --join: it is removed from the cluster, added back as a learner, and promoted once it has caught up.",
+                data_dir.display(),
+                info.cluster_id.as_deref().unwrap_or("(unnamed)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `--join`: makes this (empty) node a member again through the cluster at `peers`: removes
+/// its old self if the membership still lists it, then adds it as a learner that is promoted
+/// once caught up. Retries until it succeeds or `stop`.
+pub async fn join(id: u64, advertise: String, peers: Vec<String>, mut stop: watch::Receiver<bool>) {
+    let Ok(client) = client::Client::new(&peers) else { return };
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match join_once(&client, id, &advertise).await {
+            Ok(()) => {
+                tracing::info!(id, "joined the cluster as a voter");
+                return;
+            }
+            Err(e) => tracing::warn!(id, error = %e, retry_in = ?wait, "could not join the cluster yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn join_once(client: &client::Client, id: u64, advertise: &str) -> Result<(), client::Error> {
+    let info = client.cluster().await?;
+    if info.members.iter().any(|m| m.id == id) {
+        tracing::info!(id, "the membership still lists this node's old self; removing it first");
+        match client.remove_member(id).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    tracing::info!(id, %advertise, "asking to be added as a learner, then promoted");
+    client.add_member(id, advertise).await.map(|_| ())
 }

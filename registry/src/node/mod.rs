@@ -65,6 +65,9 @@ pub struct NodeConfig {
     pub lease_check: Duration,
     /// How long a write may wait for commit before the client is told to retry.
     pub write_timeout: Duration,
+    /// Rejoin an existing cluster from an empty data directory (a node that lost its disk),
+    /// instead of bootstrapping from `peers`.
+    pub join: bool,
     /// Source address of this node's outgoing peer and forwarding connections: the address it
     /// listens on, when that is a specific one, so peers (and firewalls) see one address per node.
     pub source_ip: Option<std::net::IpAddr>,
@@ -88,6 +91,7 @@ impl NodeConfig {
             segment_bytes: crate::storage::log_store::DEFAULT_SEGMENT_LIMIT,
             lease_check: Duration::from_millis(50),
             write_timeout: Duration::from_secs(5),
+            join: false,
             source_ip: None,
         }
     }
@@ -116,6 +120,9 @@ pub enum StartError {
     Storage(String),
     #[error("raft: {0}")]
     Raft(String),
+    /// The data directory is empty but the cluster knows this node: it must `--join`.
+    #[error("{0}")]
+    LostData(String),
 }
 
 /// How long a write or keepalive waits for a just-elected leader to apply its first entry
@@ -143,6 +150,7 @@ impl Node {
             // Each snapshot chunk (3 MiB, about 10 MiB as JSON) must arrive and be written within
             // this; openraft's 200 ms default fails on a busy or slow link and retries forever.
             install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT.as_millis() as u64,
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.keep_after_snapshot,
             ..Default::default()
@@ -157,7 +165,14 @@ impl Node {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let network = Network { from: config.id, http: http.clone(), faults: faults.clone() };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm).await.map_err(|e| StartError::Raft(e.to_string()))?;
-        if fresh && config.peers.contains_key(&config.id) {
+        let bootstrap = fresh && config.peers.contains_key(&config.id) && !config.join;
+        if bootstrap {
+            membership::check_not_amnesiac(config.id, &config.data_dir, &config.peers).await.map_err(StartError::LostData)?;
+        }
+        if config.join && !fresh {
+            tracing::info!("--join ignored: the data directory already holds this node's log");
+        }
+        if bootstrap {
             let members: BTreeMap<NodeId, BasicNode> = config.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
             // Every initial member initializes with the same membership; openraft accepts that,
             // and it means no single node has to be up first.
@@ -181,10 +196,15 @@ impl Node {
             stop: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(leadership::follow(Arc::downgrade(&node), node.raft.metrics(), node.stop.subscribe())),
             tokio::spawn(expiry::run(Arc::downgrade(&node), node.expiry_wake.clone(), node.stop.subscribe())),
+            tokio::spawn(membership::record_started(Arc::downgrade(&node), node.stop.subscribe())),
         ];
+        if node.config.join && fresh {
+            let peers: Vec<String> = node.config.peers.iter().filter(|(id, _)| **id != node.id).map(|(_, a)| a.clone()).collect();
+            tasks.push(tokio::spawn(membership::join(node.id, node.config.advertise.clone(), peers, node.stop.subscribe())));
+        }
         *node.tasks.lock().unwrap() = tasks;
         Ok(node)
     }
@@ -389,6 +409,12 @@ impl Node {
 
 /// How long one chunk of a snapshot may take to reach a follower and be stored there.
 pub const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Entries per append RPC. openraft 0.9 gives an append one heartbeat interval to arrive and
+/// be stored; its default of 300 entries of up to 64 KiB each (the API's body limit) is 20 MB,
+/// which never makes it, and a follower that far behind never catches up. 16 bounds an append
+/// near 1 MB; a follower at the tail gets a few entries per append anyway.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
 
 /// A weak handle for background tasks: they must not keep a dropped node alive.
 type NodeRef = Weak<Node>;

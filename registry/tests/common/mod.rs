@@ -40,11 +40,20 @@ impl Cluster {
         Self::start_from(n, |c| c, |_| {}).await
     }
 
+    /// Default timings, with `tweak` (storage settings, say) applied.
+    pub async fn start_defaults_with(n: u64, tweak: fn(&mut NodeConfig)) -> Cluster {
+        Self::start_from(n, |c| c, tweak).await
+    }
+
     pub async fn start_with(n: u64, tweak: fn(&mut NodeConfig)) -> Cluster {
         Self::start_from(n, fast, tweak).await
     }
 
     async fn start_from(n: u64, base: fn(NodeConfig) -> NodeConfig, tweak: fn(&mut NodeConfig)) -> Cluster {
+        // `RUST_LOG=info cargo nextest run ...` shows the nodes' logs when a test fails.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        }
         let dir = tempfile::tempdir().unwrap();
         let faults = Faults::default();
         let mut listeners = BTreeMap::new();
