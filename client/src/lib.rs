@@ -6,7 +6,7 @@
 //! answers 503 is skipped. A 4xx answer is final and comes back as `Error::Api`.
 //!
 //! Retries never apply a write twice. Every lease and instance write carries a request id
-//! (`x-request-id`), the same on each attempt, which the registry applies once; membership
+//! (`Idempotency-Key`), the same on each attempt, which the registry applies once; membership
 //! changes, which have none, move to the next node only when the first one certainly did not
 //! run them (connection refused, or "not the leader").
 //!
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use proto::{
     ClusterInfo, ErrorBody, InstanceSpec, KeepaliveResponse, LeaseGrant, LeaseGrantRequest, LeaseId, MemberChange, ServiceInstances,
-    ServiceList, WatchEvent, WriteResult, LEADER_HEADER, REQUEST_ID_HEADER,
+    ServiceList, WatchEvent, WriteResult, LEADER_HEADER, IDEMPOTENCY_KEY_HEADER,
 };
 
 pub use watcher::{Update, Watcher};
@@ -172,7 +172,7 @@ impl Client {
                 req = req.timeout(t);
             }
             if let Some(id) = request_id {
-                req = req.header(REQUEST_ID_HEADER, id);
+                req = req.header(IDEMPOTENCY_KEY_HEADER, id);
             }
             let resp = match req.send().await {
                 Ok(r) => r,

@@ -27,10 +27,12 @@ pub type Revision = u64;
 /// can send its next write or keepalive there directly.
 pub const LEADER_HEADER: &str = "x-registry-leader";
 
-/// HTTP header carrying a client's idempotency key for one write. Every retry of that write
-/// sends the same value; the registry applies it once and answers retries as it answered the
-/// first (within a window of recent writes). At most 128 visible ASCII characters.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// HTTP header carrying a client's idempotency key for one write (the IETF httpapi draft's
+/// `Idempotency-Key`). Every retry of that write sends the same value; the registry applies it
+/// once and answers retries as it answered the first, within a window of recent writes. The
+/// same key on a different request is refused (422). At most 128 visible ASCII characters.
+/// Not `x-request-id`: proxies and tracing set that one and pass it along a call chain.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 /// On reads: `true` if the answering node knows a current leader (or is one), else `false`.
 pub const KNOWN_LEADER_HEADER: &str = "x-registry-known-leader";

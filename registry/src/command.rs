@@ -28,8 +28,9 @@ pub enum Cmd {
     MembersStarted { ids: Vec<u64> },
 }
 
-/// One log entry's payload: a command and, when the client sent one, the request id that makes
-/// a retried write apply once (`Store` remembers the answer of recent ids).
+/// One log entry's payload: a command and, when the client sent one, the idempotency key that
+/// makes a retried write apply once (`Store` remembers the answer of recent keys, with a
+/// fingerprint of the command, so a key reused for another command is refused).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     #[serde(flatten)]
@@ -38,12 +39,25 @@ pub struct Proposal {
     pub request_id: Option<RequestId>,
 }
 
-/// A client's idempotency key for one write (`x-request-id`), the same on every retry of it.
+/// A client's idempotency key for one write (`Idempotency-Key`), the same on every retry.
 pub type RequestId = String;
 
 impl From<Cmd> for Proposal {
     fn from(cmd: Cmd) -> Proposal {
         Proposal { cmd, request_id: None }
+    }
+}
+
+impl Proposal {
+    pub fn new(cmd: Cmd, request_id: Option<RequestId>) -> Proposal {
+        Proposal { cmd, request_id }
+    }
+
+    /// A stable 64-bit fingerprint of the command (FNV-1a over its JSON), the same on every
+    /// node and every build, to tell a retry from another command under the same key.
+    pub fn fingerprint(&self) -> u64 {
+        let bytes = serde_json::to_vec(&self.cmd).expect("commands serialize");
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
     }
 }
 
@@ -61,6 +75,8 @@ pub enum Resp {
     InstanceNotFound { service: String, instance: String },
     /// A stale expiry was ignored.
     StaleTerm { term: u64, entry_term: u64 },
+    /// The idempotency key was used before for a different command; nothing was applied.
+    KeyReused { request_id: RequestId },
 }
 
 impl Default for Resp {

@@ -21,6 +21,9 @@ pub enum ApiError {
     NoLeader,
     #[error("{0}")]
     Unavailable(String),
+    /// An idempotency key reused for a different request.
+    #[error("{0}")]
+    KeyReused(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -39,6 +42,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::NotLeader(_) | ApiError::NoLeader => "no_leader",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::KeyReused(_) => "idempotency_key_reused",
             ApiError::Internal(_) => "internal",
         }
     }

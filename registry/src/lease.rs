@@ -100,6 +100,10 @@ impl LeaseKeeper {
         Ok(clock.ttl)
     }
 
+    pub fn has_clock(&self, id: LeaseId) -> bool {
+        self.clocks.contains_key(&id)
+    }
+
     /// Drops the clock of a lease that is gone (revoked, expired).
     pub fn forget(&mut self, id: LeaseId) {
         if let Some(c) = self.clocks.remove(&id) {

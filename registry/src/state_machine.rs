@@ -58,7 +58,7 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state machine under `dir`, loading the last snapshot if there is one.
     pub fn open(dir: &Path, history: usize) -> Result<StateMachine, frame::FileError> {
-        std::fs::create_dir_all(dir).map_err(|e| frame::FileError::io(dir, "create directory", e))?;
+        frame::create_dir_durable(dir)?;
         let snapshot_path = dir.join("snapshot");
         let shared = Shared {
             data: RwLock::new(Applied::default()),
@@ -102,15 +102,19 @@ impl Shared {
     /// Writes `data` as the snapshot file unless the one there is newer, and makes it the
     /// current snapshot. Returns the current snapshot, which is the newer of the two. Blocking.
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &Applied) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+        // The slow part (encoding, writing, fsync) outside the lock; only the compare and the
+        // rename under it, so readers of the current snapshot wait for a rename at most.
+        let err = |e: &dyn std::error::Error| StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e.to_string()));
+        let file = SnapshotFile { meta: meta.clone(), data: data.clone() };
+        let bytes = serde_json::to_vec(&file).map_err(|e| err(&e))?;
+        let data_bytes = serde_json::to_vec(data).expect("store serializes");
+        let staged = frame::stage_atomic(&self.snapshot_path, &bytes).map_err(|e| err(&e))?;
         let mut current = self.snapshot.lock().unwrap();
         if let Some((m, bytes)) = current.as_ref().filter(|(m, _)| !supersedes(meta.last_log_id, m.last_log_id)) {
             tracing::info!(kept = ?m.last_log_id, dropped = ?meta.last_log_id, "a newer snapshot is already in place; keeping it");
             return Ok((m.clone(), bytes.clone()));
         }
-        let file = SnapshotFile { meta: meta.clone(), data: data.clone() };
-        let bytes = serde_json::to_vec(&file).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        frame::write_atomic(&self.snapshot_path, &bytes).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        let data_bytes = serde_json::to_vec(data).expect("store serializes");
+        staged.commit().map_err(|e| err(&e))?;
         *current = Some((meta.clone(), data_bytes.clone()));
         Ok((meta.clone(), data_bytes))
     }

@@ -51,17 +51,22 @@ pub const REQUEST_WINDOW: usize = 65_536;
 /// forgotten first. Part of the replicated state, so every node answers a retry alike.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requests {
-    answers: BTreeMap<RequestId, Resp>,
+    /// Key -> (fingerprint of the command, answer).
+    answers: BTreeMap<RequestId, (u64, Resp)>,
     order: VecDeque<RequestId>,
 }
 
 impl Requests {
-    pub fn get(&self, id: &str) -> Option<&Resp> {
-        self.answers.get(id)
+    /// The answer to give `p` without applying it: the first answer if its key was seen with
+    /// the same command, `KeyReused` if with another; `None` if the key is new (or has none).
+    pub fn replay(&self, p: &Proposal) -> Option<Resp> {
+        let id = p.request_id.as_deref()?;
+        let (fingerprint, resp) = self.answers.get(id)?;
+        Some(if *fingerprint == p.fingerprint() { resp.clone() } else { Resp::KeyReused { request_id: id.to_string() } })
     }
 
-    fn record(&mut self, id: &str, resp: &Resp) {
-        if self.answers.insert(id.to_string(), resp.clone()).is_none() {
+    fn record(&mut self, id: &str, fingerprint: u64, resp: &Resp) {
+        if self.answers.insert(id.to_string(), (fingerprint, resp.clone())).is_none() {
             self.order.push_back(id.to_string());
         }
         while self.order.len() > REQUEST_WINDOW {
@@ -85,12 +90,12 @@ impl Store {
     /// nothing and answers what the first one did.
     pub fn apply(&mut self, index: u64, term: u64, proposal: &Proposal) -> (Resp, Vec<WatchEvent>) {
         self.advance(index, term);
-        if let Some(done) = proposal.request_id.as_deref().and_then(|id| self.requests.get(id)) {
-            return (done.clone(), Vec::new());
+        if let Some(done) = self.requests.replay(proposal) {
+            return (done, Vec::new());
         }
         let (resp, events) = self.apply_cmd(index, term, &proposal.cmd);
         if let Some(id) = &proposal.request_id {
-            self.requests.record(id, &resp);
+            self.requests.record(id, proposal.fingerprint(), &resp);
         }
         (resp, events)
     }
@@ -385,7 +390,19 @@ mod request_tests {
             s.apply(i + 1, 1, &Proposal { cmd: Cmd::DeleteInstance { service: "w".into(), instance: "x".into() }, request_id: Some(format!("c:{i}")) });
         }
         assert_eq!(s.requests.len(), REQUEST_WINDOW);
-        assert!(s.requests.get("c:0").is_none());
-        assert!(s.requests.get(&format!("c:{}", REQUEST_WINDOW + 9)).is_some());
+        let key = |i: usize| Proposal { cmd: Cmd::DeleteInstance { service: "w".into(), instance: "x".into() }, request_id: Some(format!("c:{i}")) };
+        assert!(s.requests.replay(&key(0)).is_none());
+        assert!(s.requests.replay(&key(REQUEST_WINDOW + 9)).is_some());
+    }
+
+    /// `Idempotency-Key` names one write; the same key on another command is a client bug,
+    /// answered as such rather than with the first command's result.
+    #[test]
+    fn a_key_reused_for_another_command_applies_nothing() {
+        let mut s = Store::default();
+        s.apply(1, 1, &grant(Some("k")));
+        let other = Proposal { cmd: Cmd::GrantLease { ttl_ms: 9000 }, request_id: Some("k".into()) };
+        assert_eq!(s.apply(2, 1, &other).0, Resp::KeyReused { request_id: "k".into() });
+        assert_eq!(s.leases.len(), 1);
     }
 }

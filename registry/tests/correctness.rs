@@ -222,3 +222,31 @@ async fn a_new_member_receives_a_50_mb_snapshot() {
     assert_eq!(c.nodes[&4].node.read_store(|s| s.instance_count()), 1000);
     c.stop(4).await;
 }
+
+/// openraft 0.9 has no check-quorum: a leader cut off together with one follower keeps
+/// sending it appends. That follower must not count as current: its watches end and move
+/// to the majority, which has a new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_with_its_old_leader_stops_serving_watches() {
+    let c = Cluster::start_defaults(5).await;
+    let old = c.wait_leader(None).await;
+    let buddy = c.others(&[old])[0];
+    let majority = c.others(&[old, buddy]);
+    for a in [old, buddy] {
+        for b in &majority {
+            c.faults.cut(a, *b);
+            c.faults.cut(*b, a);
+        }
+    }
+    let new = c.wait_leader(Some(&majority)).await;
+    assert!(majority.contains(&new));
+    let url = &c.nodes[&buddy].url;
+    wait_until(Duration::from_secs(5), "the follower of the cut-off leader to refuse watches", || async {
+        let r = reqwest::get(format!("{url}/v1/watch")).await.ok()?;
+        (r.status() == 503).then_some(())
+    })
+    .await;
+    let r = reqwest::get(format!("{url}/v1/services?stale=true")).await.unwrap();
+    assert_eq!(r.headers().get(proto::KNOWN_LEADER_HEADER).and_then(|v| v.to_str().ok()), Some("false"), "a stale read says it may be stale");
+    c.faults.heal();
+}

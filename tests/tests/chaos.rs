@@ -1,6 +1,6 @@
-//! The chaos test: real registry nodes are killed, paused and cut off, web hosts die, while
-//! HTTP load flows through a real HAProxy kept by a real syncer. `CHAOS_DURATION=10m` for a
-//! long run (default 90 s of faults).
+//! The chaos test: real registry nodes are killed, paused, cut off and have their disks stall,
+//! web hosts die, while HTTP load flows through a real HAProxy kept by a real syncer.
+//! `CHAOS_DURATION=10m` for a long run (default 90 s of faults).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -101,13 +101,15 @@ async fn chaos() {
     let count = |f: fn(&Event) -> bool| log.count(f);
     eprintln!("\n[chaos] faults over {:?}:", start.elapsed());
     eprintln!(
-        "  registry kills {} (leader {}), pauses {} (leader {}), partitions {} (leader {}), host kills {} (with the leader {})",
+        "  registry kills {} (leader {}), pauses {} (leader {}), partitions {} (leader {}), disk stalls {} (leader {}), host kills {} (with the leader {})",
         count(|e| matches!(e, Event::RegistryKilled { .. })),
         count(|e| matches!(e, Event::RegistryKilled { leader: true, .. })),
         count(|e| matches!(e, Event::RegistryPaused { .. })),
         count(|e| matches!(e, Event::RegistryPaused { leader: true, .. })),
         count(|e| matches!(e, Event::Partitioned { .. })),
         count(|e| matches!(e, Event::Partitioned { leader: true, .. })),
+        count(|e| matches!(e, Event::DiskStalled { .. })),
+        count(|e| matches!(e, Event::DiskStalled { leader: true, .. })),
         count(|e| matches!(e, Event::HostKilled { .. })),
         count(|e| matches!(e, Event::HostKilled { with_leader: true, .. })),
     );

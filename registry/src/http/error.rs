@@ -15,6 +15,7 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::LeaseNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotLeader(_) | ApiError::NoLeader | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let forward = match &self {

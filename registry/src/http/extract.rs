@@ -41,7 +41,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryOf<T> {
     }
 }
 
-/// The `x-request-id` header, if any (see `proto::REQUEST_ID_HEADER`).
+/// The `Idempotency-Key` header, if any (see `proto::IDEMPOTENCY_KEY_HEADER`).
 pub struct RequestIdHeader(pub Option<RequestId>);
 
 /// Longest accepted request id.
@@ -51,10 +51,10 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestIdHeader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let Some(v) = parts.headers.get(proto::REQUEST_ID_HEADER) else { return Ok(RequestIdHeader(None)) };
-        let s = v.to_str().map_err(|_| ApiError::InvalidArgument(format!("{} must be visible ASCII", proto::REQUEST_ID_HEADER)))?;
+        let Some(v) = parts.headers.get(proto::IDEMPOTENCY_KEY_HEADER) else { return Ok(RequestIdHeader(None)) };
+        let s = v.to_str().map_err(|_| ApiError::InvalidArgument(format!("{} must be visible ASCII", proto::IDEMPOTENCY_KEY_HEADER)))?;
         if s.is_empty() || s.len() > MAX_REQUEST_ID_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ApiError::InvalidArgument(format!("{} must be 1 to {MAX_REQUEST_ID_LEN} visible ASCII characters", proto::REQUEST_ID_HEADER)));
+            return Err(ApiError::InvalidArgument(format!("{} must be 1 to {MAX_REQUEST_ID_LEN} visible ASCII characters", proto::IDEMPOTENCY_KEY_HEADER)));
         }
         Ok(RequestIdHeader(Some(s.to_string())))
     }

@@ -30,7 +30,7 @@ pub struct ForwardTo {
 }
 
 /// Headers relayed to the leader besides the body.
-const RELAYED: [&str; 2] = ["content-type", proto::REQUEST_ID_HEADER];
+const RELAYED: [&str; 2] = ["content-type", proto::IDEMPOTENCY_KEY_HEADER];
 
 pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
@@ -42,7 +42,8 @@ pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
     let mut resp = next.run(Request::from_parts(parts, Body::from(bytes.clone()))).await;
     let Some(to) = resp.extensions_mut().remove::<ForwardTo>() else { return resp };
     if headers.contains_key(FORWARDED_HEADER) {
-        return ApiError::Unavailable("leadership moved while the request was being forwarded; retry".into()).into_response();
+        // Nothing ran here: `no_leader` tells the client it may safely send it again.
+        return ApiError::NoLeader.into_response();
     }
     send(&node, &to, method, &uri, &headers, bytes).await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -58,7 +59,8 @@ fn budget(node: &Node, method: &Method, uri: &Uri) -> Duration {
     } else if *method == Method::GET && query.split('&').any(|kv| kv.starts_with("index=")) {
         crate::node::MAX_WAIT + Duration::from_secs(10)
     } else {
-        node.config().write_timeout + Duration::from_secs(1)
+        // The leader may wait for readiness, then for the commit, then answer.
+        crate::node::READY_WAIT + node.config().write_timeout + Duration::from_secs(1)
     }
 }
 

@@ -37,6 +37,10 @@ pub struct Leadership {
     seen: Mutex<Option<Seen>>,
     /// Last time a leader's append reached this node.
     contact: Mutex<Option<Instant>>,
+    /// Last time (when the probe was sent) the leader confirmed it still has a quorum. A cut-off
+    /// leader keeps sending appends to whoever it still reaches (openraft 0.9 has no check
+    /// quorum), so contact alone does not make a follower current.
+    confirmed: Mutex<Option<Instant>>,
     /// The term in which this node leads *and* has applied an entry of its own, so its store
     /// holds everything its predecessors committed. Lease clocks run only then.
     ready: watch::Sender<Option<u64>>,
@@ -62,6 +66,7 @@ impl Leadership {
             follower_trust: election_timeout.1,
             seen: Mutex::new(None),
             contact: Mutex::new(None),
+            confirmed: Mutex::new(None),
             ready: watch::channel(None).0,
         }
     }
@@ -114,9 +119,19 @@ impl Leadership {
         }
     }
 
-    /// Whether a follower heard from its leader recently enough to serve what it has applied.
+    /// The leader answered a probe sent at `sent` saying it has a fresh quorum.
+    pub fn note_confirmed(&self, sent: Instant) {
+        let mut c = self.confirmed.lock().unwrap();
+        if c.is_none_or(|t| t < sent) {
+            *c = Some(sent);
+        }
+    }
+
+    /// Whether a follower heard from its leader, and its leader confirmed a quorum, recently
+    /// enough to serve what it has applied.
     pub fn follower_current(&self, now: Instant) -> bool {
-        self.contact.lock().unwrap().is_some_and(|t| now.saturating_duration_since(t) <= self.follower_trust)
+        let recent = |t: &Mutex<Option<Instant>>| t.lock().unwrap().is_some_and(|t| now.saturating_duration_since(t) <= self.follower_trust);
+        recent(&self.contact) && recent(&self.confirmed)
     }
 
     /// Time since a leader's append last reached this node.
@@ -156,6 +171,41 @@ pub(super) async fn follow(node: super::NodeRef, mut rx: watch::Receiver<RaftMet
             changed = rx.changed() => if changed.is_err() { return },
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// On a follower: asks its leader, a few times per election timeout, whether it still has a
+/// fresh quorum (its `x-registry-leader` header names itself only then), and records the
+/// answer for `follower_current`. Ends on `stop` or when the node is dropped.
+pub(super) async fn confirm_leader(node: super::NodeRef, mut stop: watch::Receiver<bool>) {
+    let every = {
+        let Some(n) = node.upgrade() else { return };
+        n.config.election_timeout.0 / 4
+    };
+    loop {
+        if let Some(n) = node.upgrade() {
+            probe_leader(&n).await;
+        } else {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn probe_leader(n: &super::Node) {
+    let Some((leader, addr)) = n.leader() else { return };
+    if leader == n.id || n.faults.check(n.id, leader).is_err() {
+        return;
+    }
+    let sent = Instant::now();
+    let url = format!("http://{addr}/v1/cluster");
+    let answer = n.http.get(&url).header(crate::http::FORWARDED_HEADER, n.id.to_string()).timeout(n.config.election_timeout.0).send().await;
+    let named = answer.ok().and_then(|r| r.headers().get(proto::LEADER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string));
+    if named.as_deref() == Some(format!("http://{addr}").as_str()) {
+        n.leadership.note_confirmed(sent);
     }
 }
 
@@ -210,6 +260,8 @@ mod tests {
         let l = leadership();
         assert!(!l.follower_current(Instant::now()), "no contact yet");
         l.note_contact(Instant::now());
+        assert!(!l.follower_current(Instant::now()), "appends alone: the leader may be cut off with us");
+        l.note_confirmed(Instant::now());
         tokio::time::advance(Duration::from_millis(1000)).await;
         assert!(l.follower_current(Instant::now()));
         tokio::time::advance(Duration::from_millis(1)).await;

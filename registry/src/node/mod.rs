@@ -127,7 +127,7 @@ pub enum StartError {
 
 /// How long a write or keepalive waits for a just-elected leader to apply its first entry
 /// before answering 503.
-const READY_WAIT: Duration = Duration::from_secs(1);
+pub const READY_WAIT: Duration = Duration::from_secs(1);
 
 impl Node {
     /// Opens the data directory, starts Raft, bootstraps a new cluster from `peers` if the data
@@ -200,6 +200,7 @@ impl Node {
             tokio::spawn(leadership::follow(Arc::downgrade(&node), node.raft.metrics(), node.stop.subscribe())),
             tokio::spawn(expiry::run(Arc::downgrade(&node), node.expiry_wake.clone(), node.stop.subscribe())),
             tokio::spawn(membership::record_started(Arc::downgrade(&node), node.stop.subscribe())),
+            tokio::spawn(leadership::confirm_leader(Arc::downgrade(&node), node.stop.subscribe())),
         ];
         if node.config.join && fresh {
             let peers: Vec<String> = node.config.peers.iter().filter(|(id, _)| **id != node.id).map(|(_, a)| a.clone()).collect();
@@ -377,10 +378,12 @@ impl Node {
     fn align_clocks(&self, m: &RaftMetrics, now: Instant) {
         let leader = m.state == ServerState::Leader && m.current_leader == Some(self.id);
         let applied_own_term = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
+        // Lock order everywhere: `shared.data`, then `keeper`. (std's RwLock queues a reader
+        // behind a waiting writer, so the opposite order deadlocks against `apply`.)
+        let d = self.shared.data.read().unwrap();
         let mut k = self.keeper.lock().unwrap();
         if leader && applied_own_term {
             if k.term() != Some(m.current_term) {
-                let d = self.shared.data.read().unwrap();
                 k.start_term(m.current_term, d.store.leases.values(), now);
                 tracing::info!(term = m.current_term, leases = k.len(), "leader: started every lease's clock afresh");
                 self.leadership.set_ready(Some(m.current_term));
@@ -401,7 +404,8 @@ impl Node {
         }
     }
 
-    /// Runs `f` on the lease keeper, for the leader's own operations.
+    /// Runs `f` on the lease keeper, for the leader's own operations. Never call it while
+    /// holding `shared.data` the other way round: the order is data, then keeper.
     fn keeper<T>(&self, f: impl FnOnce(&mut LeaseKeeper) -> T) -> T {
         f(&mut self.keeper.lock().unwrap())
     }

@@ -17,8 +17,13 @@ fn written(resp: Resp) -> Result<WriteResult, ApiError> {
         Resp::Ok { revision } => Ok(WriteResult { revision }),
         Resp::LeaseNotFound { lease_id } => Err(ApiError::LeaseNotFound(lease_id)),
         Resp::InstanceNotFound { service, instance } => Err(ApiError::NotFound(format!("instance {instance:?} of service {service:?}"))),
+        Resp::KeyReused { request_id } => Err(key_reused(request_id)),
         other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
     }
+}
+
+fn key_reused(key: RequestId) -> ApiError {
+    ApiError::KeyReused(format!("{} {key:?} was already used for a different request", proto::IDEMPOTENCY_KEY_HEADER))
 }
 
 /// Checks a service and an instance name together, reporting both problems at once.
@@ -35,20 +40,20 @@ pub fn check_names(service: &str, instance: &str) -> Result<(), ApiError> {
 }
 
 impl Node {
-    /// The recorded answer to `request_id`, if the store has applied it already.
-    fn replay(&self, request_id: &Option<RequestId>) -> Option<Resp> {
-        let id = request_id.as_deref()?;
-        self.shared.data.read().unwrap().store.requests.get(id).cloned()
-    }
-
-    /// Ready leader, then the replayed answer or `pre_check` and the proposal.
+    /// Ready leader, then the replayed answer or `pre_check` and the proposal. The replay and
+    /// the pre-check read one state: a retry whose first attempt applies in between must not
+    /// fail the pre-check (a 404 for its own successful revoke).
     async fn write(&self, request_id: Option<RequestId>, cmd: Cmd, pre_check: impl FnOnce(&crate::store::Store) -> Result<(), ApiError>) -> Result<Resp, ApiError> {
         self.ready().await?;
-        if let Some(resp) = self.replay(&request_id) {
-            return Ok(resp);
+        let proposal = Proposal::new(cmd, request_id);
+        {
+            let d = self.shared.data.read().unwrap();
+            if let Some(done) = d.store.requests.replay(&proposal) {
+                return Ok(done);
+            }
+            pre_check(&d.store)?;
         }
-        pre_check(&self.shared.data.read().unwrap().store)?;
-        self.propose(Proposal { cmd, request_id }).await
+        self.propose(proposal).await
     }
 
     pub async fn grant(&self, request_id: Option<RequestId>, ttl_ms: u64) -> Result<LeaseGrant, ApiError> {
@@ -64,6 +69,7 @@ impl Node {
                 self.expiry_wake.notify_one();
                 Ok(LeaseGrant { lease_id, ttl_ms, revision })
             }
+            Resp::KeyReused { request_id } => Err(key_reused(request_id)),
             other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
         }
     }
@@ -75,13 +81,18 @@ impl Node {
             let d = self.shared.data.read().unwrap();
             d.store.leases.get(&lease_id).map(|l| l.ttl_ms).ok_or(ApiError::LeaseNotFound(lease_id))?
         };
-        let ttl = self.keeper(|k| {
+        let (ttl, new_clock) = self.keeper(|k| {
             if k.term() != Some(term) {
                 return Err(ApiError::Unavailable("leadership changed during the keepalive; retry".into()));
             }
+            let new_clock = !k.has_clock(lease_id);
             // Past its deadline the lease is dead and its expiry due or under way.
-            k.keepalive(lease_id, ttl_ms, Instant::now()).map_err(|_| ApiError::LeaseNotFound(lease_id))
+            k.keepalive(lease_id, ttl_ms, Instant::now()).map(|ttl| (ttl, new_clock)).map_err(|_| ApiError::LeaseNotFound(lease_id))
         })?;
+        if new_clock {
+            // A deadline the expiry loop does not know yet.
+            self.expiry_wake.notify_one();
+        }
         self.metrics.keepalives.inc();
         Ok(KeepaliveResponse { lease_id, ttl_ms: ttl.as_millis() as u64 })
     }

@@ -154,19 +154,54 @@ pub fn write_atomic_unsynced(path: &Path, payload: &[u8]) -> Result<(), FileErro
 }
 
 fn replace_file(path: &Path, payload: &[u8], durable: bool) -> Result<(), FileError> {
+    stage(path, payload, durable)?.commit()
+}
+
+/// A replacement of `path` written to a temp file (and fsynced) but not yet renamed into
+/// place; dropped without `commit`, the temp file is removed.
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    durable: bool,
+    done: bool,
+}
+
+/// The slow half of `write_atomic`: writes and fsyncs the temp file. The caller can then
+/// decide, under a lock, whether to `commit` it.
+pub fn stage_atomic(path: &Path, payload: &[u8]) -> Result<Staged, FileError> {
+    stage(path, payload, true)
+}
+
+fn stage(path: &Path, payload: &[u8], durable: bool) -> Result<Staged, FileError> {
     let tmp = tmp_path(path);
+    let staged = Staged { tmp: tmp.clone(), path: path.to_path_buf(), durable, done: false };
     let mut file = File::create(&tmp).map_err(|e| FileError::io(&tmp, "create", e))?;
     file.write_all(&encode_frame(payload)).map_err(|e| FileError::io(&tmp, "write", e))?;
     if durable {
         // Without this the rename could reach the disk before the data, leaving an empty file.
         file.sync_all().map_err(|e| FileError::io(&tmp, "fsync", e))?;
     }
-    drop(file);
-    fs::rename(&tmp, path).map_err(|e| FileError::io(path, "rename into place", e))?;
-    if durable {
-        sync_parent_dir(path)?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Renames the temp file into place (and makes the rename durable).
+    pub fn commit(mut self) -> Result<(), FileError> {
+        self.done = true;
+        fs::rename(&self.tmp, &self.path).map_err(|e| FileError::io(&self.path, "rename into place", e))?;
+        if self.durable {
+            sync_parent_dir(&self.path)?;
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// A temp name no other writer uses at the same time, so two concurrent replacements of one
@@ -197,6 +232,29 @@ pub fn sync_parent_dir(path: &Path) -> Result<(), FileError> {
         Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
         _ => sync_dir(Path::new(".")),
     }
+}
+
+/// Creates `dir` and any missing parents, and makes each creation durable by fsyncing the
+/// parent it was created in: after a crash, a directory whose files were synced must not
+/// vanish because its own entry was not. Returns the directories it fsynced, outermost first.
+pub fn create_dir_durable(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d.to_path_buf());
+        at = d.parent();
+    }
+    let mut synced = Vec::new();
+    for d in missing.iter().rev() {
+        fs::create_dir(d).or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) }).map_err(|e| FileError::io(d, "create directory", e))?;
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        sync_dir(&parent)?;
+        synced.push(parent);
+    }
+    Ok(synced)
 }
 
 /// fsyncs a directory, which persists the entries created, renamed or removed in it.
@@ -273,6 +331,16 @@ mod tests {
         encode_frame_into(&mut buf, b"x");
         assert_eq!(find_valid_frame_after(&buf, 0), Some(at));
         assert_eq!(find_valid_frame_after(&buf, at), None);
+    }
+
+    #[test]
+    fn new_directories_are_made_durable_in_their_parents() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data/raft/log");
+        let synced = create_dir_durable(&dir).unwrap();
+        assert!(dir.is_dir());
+        assert_eq!(synced, vec![root.path().to_path_buf(), root.path().join("data"), root.path().join("data/raft")]);
+        assert!(create_dir_durable(&dir).unwrap().is_empty(), "nothing new, nothing to sync");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 
 use super::frame::{
     decode_frame, encode_frame, encode_frame_into, find_valid_frame_after, open_for_write,
-    read_framed, sync_dir, sync_parent_dir, write_atomic, write_atomic_unsynced, FileError,
+    read_framed, sync_dir, write_atomic, write_atomic_unsynced, FileError,
     FrameError, HEADER_LEN,
 };
 use crate::types::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
@@ -99,10 +99,9 @@ impl LogStore {
     /// `open`, with a hook the writer thread calls before every flush (fault injection).
     pub fn open_with(dir: &Path, hook: FlushHook) -> Result<LogStore, StorageOpenError> {
         let log_dir = dir.join(LOG_DIR);
-        fs::create_dir_all(&log_dir).map_err(|e| FileError::io(&log_dir, "create directory", e))?;
-        // Both levels, or a crash could lose the new directories along with a saved vote.
-        sync_dir(dir)?;
-        sync_parent_dir(dir)?;
+        // Every new level is synced in its parent, or a crash could lose the new directories
+        // along with a saved vote.
+        super::frame::create_dir_durable(&log_dir)?;
 
         for file in [VOTE_FILE, PURGED_FILE, COMMITTED_FILE] {
             super::frame::remove_stale_temps(&dir.join(file));
@@ -462,6 +461,11 @@ fn scan_segments(log_dir: &Path) -> Result<Vec<SegmentScan>, FileError> {
     for (i, (first, path)) in segments.into_iter().enumerate() {
         let scan = scan_segment(first, path, i == last)?;
         if scan.len == 0 {
+            // Only the last segment can be empty after a crash (created, nothing written yet,
+            // or a torn first frame cut off). An empty one before it lost its entries.
+            if i != last {
+                return Err(FileError::corrupt(&scan.path, 0, "empty segment that is not the last one: its entries are gone".to_string()));
+            }
             remove_empty_segment(log_dir, &scan.path)?;
             continue;
         }
@@ -567,11 +571,14 @@ fn cut_torn_tail(
 }
 
 /// Checks each segment holds consecutive indexes from the one in its name, and that the live
-/// entries (above the purge point) form one run. Purged entries may be followed by a gap: a
-/// purge past the end of the log makes the next append start a new segment further on.
+/// entries (above the purge point) form one run starting right after the purge point. Purged
+/// entries may be followed by a gap: a purge past the end of the log makes the next append
+/// start a new segment further on, at the index after the purge point.
 fn check_sequence(scans: &[SegmentScan], purged: Option<&LogId>) -> Result<(), FileError> {
     let purged_next = purged.map_or(0, |p| p.index + 1);
-    let mut prev_live: Option<u64> = None;
+    // After a purge the first live entry must be the one right after it; without a purge there
+    // is nothing to compare the first entry with.
+    let mut prev_live: Option<u64> = purged.map(|p| p.index);
     for scan in scans {
         let mut next_in_segment = scan.first;
         for (entry, offset) in &scan.entries {
@@ -585,7 +592,7 @@ fn check_sequence(scans: &[SegmentScan], purged: Option<&LogId>) -> Result<(), F
             if index >= purged_next {
                 if let Some(prev) = prev_live.filter(|p| p + 1 != index) {
                     return Err(corrupt(format!(
-                        "log index {index} follows {prev}: the entries between are missing"
+                        "log index {index} follows {prev}: the entries between are missing (a deleted or lost segment)"
                     )));
                 }
                 prev_live = Some(index);
@@ -1148,6 +1155,45 @@ mod tests {
         let third = segment_path(&log_dir, 2);
         assert!(err.contains(&third.display().to_string()) && err.contains("offset 0"), "{err}");
         assert!(err.contains("log index 2 follows 0"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_segment_after_the_purge_point_is_corruption_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = LogStore::open(dir.path()).unwrap();
+            store.segment_limit = 1;
+            store.blocking_append(ents(1, 0..6)).await.unwrap();
+            store.purge(log_id(1, 1)).await.unwrap();
+        }
+        let log_dir = dir.path().join(LOG_DIR);
+        assert_eq!(segments(dir.path()), vec![2, 3, 4, 5]);
+        // The first segment after the purge point goes missing: nothing precedes the gap.
+        fs::remove_file(segment_path(&log_dir, 2)).unwrap();
+        let err = open_err(dir.path());
+        assert!(err.contains(&segment_path(&log_dir, 3).display().to_string()), "{err}");
+        assert!(err.contains("log index 3 follows 1") && err.contains("missing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_segment_that_is_not_the_last_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = LogStore::open(dir.path()).unwrap();
+            store.segment_limit = 1;
+            store.blocking_append(ents(1, 0..3)).await.unwrap();
+        }
+        let log_dir = dir.path().join(LOG_DIR);
+        let middle = segment_path(&log_dir, 1);
+        fs::write(&middle, b"").unwrap();
+        let err = open_err(dir.path());
+        assert!(err.contains(&middle.display().to_string()) && err.contains("empty segment"), "{err}");
+        assert!(middle.exists(), "the file is left for an operator");
+        // An empty *last* segment is a crash right after creating it: removed, and the log opens.
+        fs::write(&middle, b"").unwrap();
+        fs::remove_file(segment_path(&log_dir, 2)).unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(read_all(&mut store).await, ids(1, 0..1));
     }
 
     #[tokio::test]

@@ -90,13 +90,20 @@ impl Cluster {
         self.nodes[&id].node.raft_metrics().current_leader
     }
 
-    /// Waits until every node in `among` (all if None) agrees on one leader that is one of them.
+    /// Waits until every node in `among` (all if None) agrees on one leader that is one of them,
+    /// and each is current (serves watches).
     pub async fn wait_leader(&self, among: Option<&[u64]>) -> u64 {
         let ids: Vec<u64> = among.map(|a| a.to_vec()).unwrap_or_else(|| self.nodes.keys().copied().collect());
         wait_until(Duration::from_secs(15), "a leader agreed by all", || async {
             let leaders: Vec<Option<u64>> = ids.iter().map(|i| self.leader_of(*i)).collect();
             match leaders[0] {
-                Some(l) if ids.contains(&l) && leaders.iter().all(|x| *x == Some(l)) && self.nodes[&l].node.is_leader() => Some(l),
+                Some(l) if ids.contains(&l)
+                    && leaders.iter().all(|x| *x == Some(l))
+                    && self.nodes[&l].node.is_leader()
+                    && ids.iter().all(|i| self.nodes[i].node.serving_current().is_ok()) =>
+                {
+                    Some(l)
+                }
                 _ => None,
             }
         })

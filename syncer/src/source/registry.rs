@@ -18,18 +18,22 @@ fn endpoint(i: &Instance) -> Endpoint {
     Endpoint { addr: i.address.clone(), port: i.port, weight: i.weight, state: i.state }
 }
 
-async fn list(client: &Client, services: &[String]) -> Result<(Snapshot, u64), client::Error> {
+/// Lists every watched service. Also returns the revision to watch from and each service's
+/// index (the revision of its last change).
+async fn list(client: &Client, services: &[String]) -> Result<(Snapshot, u64, BTreeMap<String, u64>), client::Error> {
     let mut snap = Snapshot::default();
     let mut since = u64::MAX;
+    let mut indexes = BTreeMap::new();
     for s in services {
         let answer = client.service(s, false).await?;
         since = since.min(answer.revision);
+        indexes.insert(s.clone(), answer.index);
         snap.revision = snap.revision.max(answer.revision);
         snap.services.insert(s.clone(), answer.instances.iter().map(|i| (i.instance.clone(), endpoint(i))).collect());
     }
     // Watch from the oldest list: events the later lists already contain are applied again,
     // which is harmless (puts and deletes are idempotent).
-    Ok((snap, if since == u64::MAX { 0 } else { since }))
+    Ok((snap, if since == u64::MAX { 0 } else { since }, indexes))
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -49,9 +53,10 @@ pub async fn run(client: Client, services: Vec<String>, tx: Tx) {
 pub async fn run_with(client: Client, services: Vec<String>, tx: Tx, relist_every: Duration) {
     let filter = if services.len() == 1 { Some(services[0].clone()) } else { None };
     let mut attempt = 0;
-    let mut known: Option<Snapshot> = None;
+    // What the watch had built, and the revision it was complete up to, at the last re-list.
+    let mut known: Option<(Snapshot, u64)> = None;
     'relist: loop {
-        let (mut snap, since) = match list(&client, &services).await {
+        let (mut snap, since, indexes) = match list(&client, &services).await {
             Ok(x) => x,
             Err(e) => {
                 mark_down(&tx, format!("listing services: {e}"));
@@ -60,8 +65,11 @@ pub async fn run_with(client: Client, services: Vec<String>, tx: Tx, relist_ever
                 continue;
             }
         };
-        if let Some(old) = &known {
-            let fixed = differences(old, &snap);
+        if let Some((old, complete)) = known.take() {
+            // Only services that have not changed since the watch was complete can be
+            // compared: a later change may simply not have arrived yet.
+            let settled = |name: &String| indexes.get(name).is_some_and(|i| *i <= complete);
+            let fixed = differences(&only(&old, settled), &only(&snap, settled));
             if fixed > 0 {
                 tracing::warn!(fixed, "the periodic re-list corrected endpoints the watch had missed");
                 tx.send_modify(|s| s.corrections += fixed as u64);
@@ -74,7 +82,7 @@ pub async fn run_with(client: Client, services: Vec<String>, tx: Tx, relist_ever
             let next = tokio::select! {
                 n = watcher.next() => n,
                 _ = tokio::time::sleep_until(relist_at) => {
-                    known = Some(snap);
+                    known = Some((snap, watcher.since()));
                     continue 'relist;
                 }
             };
@@ -100,6 +108,11 @@ pub async fn run_with(client: Client, services: Vec<String>, tx: Tx, relist_ever
             }
         }
     }
+}
+
+/// The services of `snap` that `keep` accepts.
+fn only(snap: &Snapshot, keep: impl Fn(&String) -> bool) -> Snapshot {
+    Snapshot { revision: snap.revision, services: snap.services.iter().filter(|(n, _)| keep(n)).map(|(n, m)| (n.clone(), m.clone())).collect() }
 }
 
 /// Endpoints that differ between two views of the same services (added, removed or changed).

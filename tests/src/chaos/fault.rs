@@ -1,6 +1,8 @@
 //! Faults: SIGKILL and restart of a registry node (the leader at least a third of the time),
 //! SIGSTOP/SIGCONT pauses longer than the election timeout, a firewall partition of one node,
-//! and SIGKILL of web hosts (announcer and server), sometimes together with the leader.
+//! a stalled disk (every Raft log flush of one node hangs, through the test-only
+//! `--fault-disk-stall-file`), and SIGKILL of web hosts (announcer and server), sometimes
+//! together with the leader.
 
 use std::process::Command;
 use std::time::Duration;
@@ -20,6 +22,8 @@ pub enum Event {
     RegistryResumed { node: usize },
     Partitioned { node: usize, leader: bool },
     Healed { node: usize },
+    DiskStalled { node: usize, leader: bool },
+    DiskResumed { node: usize },
     /// A host's announcer and web server were SIGKILLed.
     HostKilled { host: usize, with_leader: bool },
     HostRestarted { host: usize },
@@ -89,7 +93,7 @@ async fn pick_node(t: &Topology) -> (usize, bool) {
 /// and running.
 pub async fn run(t: &mut Topology, until: Instant, partitions: bool) -> Log {
     let mut log = Log::default();
-    let mut kinds = vec!["kill", "pause", "host", "host+leader"];
+    let mut kinds = vec!["kill", "pause", "host", "stall", "host+leader"];
     if partitions {
         kinds.push("partition");
     }
@@ -114,6 +118,15 @@ pub async fn run(t: &mut Topology, until: Instant, partitions: bool) -> Log {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 t.nodes[n].proc.signal("CONT");
                 log.push(Event::RegistryResumed { node: n });
+            }
+            "stall" => {
+                let (n, leader) = pick_node(t).await;
+                std::fs::write(&t.nodes[n].stall_file, b"").expect("create the stall file");
+                log.push(Event::DiskStalled { node: n, leader });
+                // TTL + 3 s: a stalled leader that kept renewing would lose every lease.
+                tokio::time::sleep(super::topology::TTL + Duration::from_secs(3)).await;
+                let _ = std::fs::remove_file(&t.nodes[n].stall_file);
+                log.push(Event::DiskResumed { node: n });
             }
             "partition" => {
                 let (n, leader) = pick_node(t).await;

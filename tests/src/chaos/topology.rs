@@ -14,6 +14,8 @@ pub struct Node {
     pub proc: Proc,
     pub ip: String,
     pub addr: String,
+    /// While this file exists the node's Raft log stalls (`--fault-disk-stall-file`).
+    pub stall_file: std::path::PathBuf,
 }
 
 pub struct Host {
@@ -47,6 +49,7 @@ impl Topology {
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let nodes = (0..3)
             .map(|i| {
+                let stall_file = dir.path().join(format!("stall-disk-{}", i + 1));
                 let args: Vec<String> = [
                     "serve",
                     "--id",
@@ -69,11 +72,13 @@ impl Topology {
                     "100ms",
                     "--election-timeout-max",
                     "180ms",
+                    "--fault-disk-stall-file",
+                    &stall_file.display().to_string(),
                 ]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-                Node { proc: Proc::spawn(&format!("registry-{}", i + 1), &binary("registry"), &args, dir.path()), ip: ips[i].clone(), addr: addrs[i].clone() }
+                Node { proc: Proc::spawn(&format!("registry-{}", i + 1), &binary("registry"), &args, dir.path()), ip: ips[i].clone(), addr: addrs[i].clone(), stall_file }
             })
             .collect();
         let haproxy = Haproxy::start(&["web-servers", "api-servers"]).await;
