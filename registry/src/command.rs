@@ -9,8 +9,13 @@ use proto::{InstanceSpec, LeaseId, Revision};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Cmd {
-    /// Grant a lease; its id is the index of this entry.
-    GrantLease { ttl_ms: u64 },
+    /// Grant a lease; its id is the index of this entry. `owner` is the client's address as
+    /// the receiving node saw it, for the per-client lease limit.
+    GrantLease {
+        ttl_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+    },
     /// Revoke a lease on a client's request, removing every instance attached to it.
     RevokeLease { lease_id: LeaseId },
     /// Expire leases whose deadline passed on the leader of `term`. Applies only if `term` is the

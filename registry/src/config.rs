@@ -68,6 +68,19 @@ pub struct ServeArgs {
     /// Take a snapshot (and compact the log) every this many entries [default: 10000].
     #[arg(long)]
     pub snapshot_every: Option<u64>,
+    /// Approximate bytes of change history each node keeps for watchers, beside --history
+    /// [default: 256MiB]. Accepts a plain number of bytes.
+    #[arg(long)]
+    pub history_bytes: Option<usize>,
+    /// Open watch streams one node serves at most; more get 429 [default: 10000].
+    #[arg(long)]
+    pub max_watches: Option<usize>,
+    /// Blocking queries one node holds at most; more get 429 [default: 10000].
+    #[arg(long)]
+    pub max_blocking_queries: Option<usize>,
+    /// Live leases one client address may hold; more grants get 429 [default: 20000].
+    #[arg(long)]
+    pub max_leases_per_client: Option<u64>,
     /// Rejoin the cluster at --peers from an empty data directory: for a node whose disk was
     /// wiped or replaced. It is removed from the membership, added back as a learner, and
     /// promoted once caught up. Ignored when the data directory already holds a log.
@@ -102,6 +115,10 @@ pub struct FileConfig {
     max_ttl: Option<Duration>,
     history: Option<usize>,
     snapshot_every: Option<u64>,
+    history_bytes: Option<usize>,
+    max_watches: Option<usize>,
+    max_blocking_queries: Option<usize>,
+    max_leases_per_client: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +287,23 @@ impl ServeArgs {
         if snapshot_every == 0 {
             errors.push("snapshot-every: must be at least 1".to_string());
         }
+        let defaults = crate::node::Limits::default();
+        let limits = crate::node::Limits {
+            max_watches: self.max_watches.or(file.max_watches).unwrap_or(defaults.max_watches),
+            max_blocking_queries: self.max_blocking_queries.or(file.max_blocking_queries).unwrap_or(defaults.max_blocking_queries),
+            max_leases_per_client: self.max_leases_per_client.or(file.max_leases_per_client).unwrap_or(defaults.max_leases_per_client),
+            history_bytes: self.history_bytes.or(file.history_bytes).unwrap_or(defaults.history_bytes),
+        };
+        for (name, v) in [
+            ("max-watches", limits.max_watches as u64),
+            ("max-blocking-queries", limits.max_blocking_queries as u64),
+            ("max-leases-per-client", limits.max_leases_per_client),
+            ("history-bytes", limits.history_bytes as u64),
+        ] {
+            if v == 0 {
+                errors.push(format!("{name}: must be at least 1"));
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -281,6 +315,7 @@ impl ServeArgs {
         node.history = history;
         node.snapshot_every = snapshot_every;
         node.join = self.join;
+        node.limits = limits;
         Ok(Serve {
             listen: listen.unwrap(),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),

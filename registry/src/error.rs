@@ -21,6 +21,9 @@ pub enum ApiError {
     NoLeader,
     #[error("{0}")]
     Unavailable(String),
+    /// A limit (watches, blocking queries, leases per client) is reached.
+    #[error("{0}")]
+    TooMany(String),
     /// An idempotency key reused for a different request.
     #[error("{0}")]
     KeyReused(String),
@@ -43,6 +46,7 @@ impl ApiError {
             ApiError::NotLeader(_) | ApiError::NoLeader => "no_leader",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::KeyReused(_) => "idempotency_key_reused",
+            ApiError::TooMany(_) => "resource_exhausted",
             ApiError::Internal(_) => "internal",
         }
     }

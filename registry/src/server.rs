@@ -13,7 +13,8 @@ pub async fn start(listener: tokio::net::TcpListener, config: crate::node::NodeC
     let node = Node::start(config, faults).await.context("starting the node")?;
     let app = crate::http::router(node.clone());
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        // The peer address feeds the per-client lease limit.
+        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await {
             tracing::error!(error = %e, "http server stopped");
         }
     });

@@ -57,12 +57,12 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Opens the state machine under `dir`, loading the last snapshot if there is one.
-    pub fn open(dir: &Path, history: usize) -> Result<StateMachine, frame::FileError> {
+    pub fn open(dir: &Path, history: usize, history_bytes: usize) -> Result<StateMachine, frame::FileError> {
         frame::create_dir_durable(dir)?;
         let snapshot_path = dir.join("snapshot");
         let shared = Shared {
             data: RwLock::new(Applied::default()),
-            hub: WatchHub::new(history),
+            hub: WatchHub::with_limits(history, history_bytes),
             applied_entries: AtomicU64::new(0),
             snapshot: Mutex::new(None),
             snapshot_path,
@@ -238,13 +238,13 @@ mod tests {
     fn at(index: u64) -> (SnapshotMeta, Applied) {
         let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
         let mut data = Applied { last_applied: Some(log_id), ..Applied::default() };
-        data.store.apply(index, 1, &Cmd::GrantLease { ttl_ms: 1000 }.into());
+        data.store.apply(index, 1, &Cmd::GrantLease { ttl_ms: 1000, owner: None }.into());
         let meta = SnapshotMeta { last_log_id: Some(log_id), last_membership: StoredMembership::default(), snapshot_id: format!("{index}") };
         (meta, data)
     }
 
     fn reopened_revision(dir: &Path) -> u64 {
-        let sm = StateMachine::open(dir, 10).unwrap();
+        let sm = StateMachine::open(dir, 10, 1 << 20).unwrap();
         let r = sm.shared.data.read().unwrap().store.revision;
         r
     }
@@ -257,7 +257,7 @@ mod tests {
     fn an_older_snapshot_never_replaces_a_newer_one_in_either_order() {
         for older_last in [true, false] {
             let dir = tempfile::tempdir().unwrap();
-            let sm = StateMachine::open(dir.path(), 10).unwrap();
+            let sm = StateMachine::open(dir.path(), 10, 1 << 20).unwrap();
             let (old_meta, old_data) = at(100);
             let (new_meta, new_data) = at(500);
             let (kept, _) = if older_last {
@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn concurrent_saves_leave_the_newest() {
         let dir = tempfile::tempdir().unwrap();
-        let sm = StateMachine::open(dir.path(), 10).unwrap();
+        let sm = StateMachine::open(dir.path(), 10, 1 << 20).unwrap();
         std::thread::scope(|s| {
             for i in 1..=16u64 {
                 let shared = sm.shared.clone();

@@ -19,6 +19,9 @@ pub struct Lease {
     pub ttl_ms: u64,
     /// `(service, instance)` pairs attached to this lease.
     pub instances: BTreeSet<(String, String)>,
+    /// The client that asked for it, if known (`GrantLease::owner`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +44,9 @@ pub struct Store {
     /// Members that have acknowledged the log at least once.
     #[serde(default)]
     pub started: BTreeSet<u64>,
+    /// Live leases per owner, for the per-client limit.
+    #[serde(default)]
+    pub leases_by_owner: BTreeMap<String, u64>,
 }
 
 /// How many request ids the store remembers. At the 2,000-odd durable writes per second a
@@ -103,8 +109,11 @@ impl Store {
     fn apply_cmd(&mut self, index: u64, term: u64, cmd: &Cmd) -> (Resp, Vec<WatchEvent>) {
         let mut events = Vec::new();
         let resp = match cmd {
-            Cmd::GrantLease { ttl_ms } => {
-                self.leases.insert(index, Lease { id: index, ttl_ms: *ttl_ms, instances: BTreeSet::new() });
+            Cmd::GrantLease { ttl_ms, owner } => {
+                if let Some(o) = owner {
+                    *self.leases_by_owner.entry(o.clone()).or_default() += 1;
+                }
+                self.leases.insert(index, Lease { id: index, ttl_ms: *ttl_ms, instances: BTreeSet::new(), owner: owner.clone() });
                 Resp::Granted { lease_id: index, ttl_ms: *ttl_ms, revision: index }
             }
             Cmd::RevokeLease { lease_id } => match self.remove_lease(*lease_id, &mut events) {
@@ -198,6 +207,14 @@ impl Store {
 
     fn remove_lease(&mut self, id: LeaseId, events: &mut Vec<WatchEvent>) -> bool {
         let Some(lease) = self.leases.remove(&id) else { return false };
+        if let Some(o) = &lease.owner {
+            if let Some(n) = self.leases_by_owner.get_mut(o) {
+                *n -= 1;
+                if *n == 0 {
+                    self.leases_by_owner.remove(o);
+                }
+            }
+        }
         for (service, instance) in &lease.instances {
             self.remove_instance(service, instance, events);
         }
@@ -215,6 +232,11 @@ impl Store {
     /// Revision of the last change to any service.
     pub fn last_change(&self) -> Revision {
         self.service_index.values().copied().max().unwrap_or(0)
+    }
+
+    /// Live leases granted to `owner`.
+    pub fn leases_of(&self, owner: &str) -> u64 {
+        self.leases_by_owner.get(owner).copied().unwrap_or(0)
     }
 
     pub fn instance_count(&self) -> usize {
@@ -248,7 +270,7 @@ mod tests {
     #[test]
     fn lease_id_is_the_grant_index() {
         let mut s = Store::default();
-        let (r, _) = apply(&mut s, 7, 1, Cmd::GrantLease { ttl_ms: 3000 });
+        let (r, _) = apply(&mut s, 7, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None });
         assert_eq!(r, Resp::Granted { lease_id: 7, ttl_ms: 3000, revision: 7 });
         assert!(s.leases.contains_key(&7));
     }
@@ -277,7 +299,7 @@ mod tests {
     #[test]
     fn revoke_removes_attached_instances_in_the_same_entry() {
         let mut s = Store::default();
-        apply(&mut s, 1, 1, Cmd::GrantLease { ttl_ms: 3000 });
+        apply(&mut s, 1, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None });
         apply(&mut s, 2, 1, put("web", "a", Some(1)));
         apply(&mut s, 3, 1, put("api", "b", Some(1)));
         apply(&mut s, 4, 1, put("web", "c", None));
@@ -293,7 +315,7 @@ mod tests {
     #[test]
     fn expiry_from_another_term_is_a_no_op() {
         let mut s = Store::default();
-        apply(&mut s, 1, 1, Cmd::GrantLease { ttl_ms: 3000 });
+        apply(&mut s, 1, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None });
         apply(&mut s, 2, 1, put("web", "a", Some(1)));
         let (r, ev) = apply(&mut s, 3, 2, Cmd::ExpireLeases { term: 1, lease_ids: vec![1] });
         assert_eq!(r, Resp::StaleTerm { term: 1, entry_term: 2 });
@@ -307,8 +329,8 @@ mod tests {
     #[test]
     fn moving_an_instance_to_another_lease_detaches_it_from_the_old_one() {
         let mut s = Store::default();
-        apply(&mut s, 1, 1, Cmd::GrantLease { ttl_ms: 3000 });
-        apply(&mut s, 2, 1, Cmd::GrantLease { ttl_ms: 3000 });
+        apply(&mut s, 1, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None });
+        apply(&mut s, 2, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None });
         apply(&mut s, 3, 1, put("web", "a", Some(1)));
         apply(&mut s, 4, 1, put("web", "a", Some(2)));
         apply(&mut s, 5, 1, Cmd::RevokeLease { lease_id: 1 });
@@ -334,9 +356,23 @@ mod tests {
     }
 
     #[test]
+    fn leases_are_counted_per_owner() {
+        let mut s = Store::default();
+        let grant = |o: &str| Cmd::GrantLease { ttl_ms: 1000, owner: Some(o.into()) };
+        apply(&mut s, 1, 1, grant("10.0.0.1"));
+        apply(&mut s, 2, 1, grant("10.0.0.1"));
+        apply(&mut s, 3, 1, grant("10.0.0.2"));
+        assert_eq!((s.leases_of("10.0.0.1"), s.leases_of("10.0.0.2")), (2, 1));
+        apply(&mut s, 4, 1, Cmd::RevokeLease { lease_id: 1 });
+        apply(&mut s, 5, 1, Cmd::ExpireLeases { term: 1, lease_ids: vec![3] });
+        assert_eq!((s.leases_of("10.0.0.1"), s.leases_of("10.0.0.2")), (1, 0));
+        assert!(!s.leases_by_owner.contains_key("10.0.0.2"));
+    }
+
+    #[test]
     fn same_log_same_store() {
         let log = vec![
-            Cmd::GrantLease { ttl_ms: 1000 },
+            Cmd::GrantLease { ttl_ms: 1000, owner: None },
             put("web", "a", Some(1)),
             put("web", "b", None),
             Cmd::ExpireLeases { term: 1, lease_ids: vec![1] },
@@ -357,7 +393,7 @@ mod request_tests {
     use super::*;
 
     fn grant(id: Option<&str>) -> Proposal {
-        Proposal { cmd: Cmd::GrantLease { ttl_ms: 3000 }, request_id: id.map(str::to_string) }
+        Proposal { cmd: Cmd::GrantLease { ttl_ms: 3000, owner: None }, request_id: id.map(str::to_string) }
     }
 
     #[test]
@@ -401,7 +437,7 @@ mod request_tests {
     fn a_key_reused_for_another_command_applies_nothing() {
         let mut s = Store::default();
         s.apply(1, 1, &grant(Some("k")));
-        let other = Proposal { cmd: Cmd::GrantLease { ttl_ms: 9000 }, request_id: Some("k".into()) };
+        let other = Proposal { cmd: Cmd::GrantLease { ttl_ms: 9000, owner: None }, request_id: Some("k".into()) };
         assert_eq!(s.apply(2, 1, &other).0, Resp::KeyReused { request_id: "k".into() });
         assert_eq!(s.leases.len(), 1);
     }

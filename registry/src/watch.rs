@@ -19,6 +19,10 @@ pub struct WatchHub {
 struct History {
     events: VecDeque<WatchEvent>,
     capacity: usize,
+    /// Bound on the approximate size of `events` (large meta would otherwise let 100k events
+    /// hold gigabytes).
+    max_bytes: usize,
+    bytes: usize,
     /// Events at or below this revision may be missing from `events`.
     compacted: Revision,
     head: Revision,
@@ -31,10 +35,31 @@ pub struct Compacted {
     pub compact_revision: Revision,
 }
 
+/// About how many bytes an event holds in memory (its strings and a fixed overhead).
+fn approx_size(e: &WatchEvent) -> usize {
+    const OVERHEAD: usize = 160;
+    OVERHEAD
+        + match e {
+            WatchEvent::Put { instance: i, .. } => {
+                i.service.len() + i.instance.len() + i.address.len() + i.meta.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+            }
+            WatchEvent::Delete { service, instance, .. } => service.len() + instance.len(),
+            _ => 0,
+        }
+}
+
+/// Default bound on the bytes of retained history.
+pub const DEFAULT_HISTORY_BYTES: usize = 256 << 20;
+
 impl WatchHub {
     pub fn new(capacity: usize) -> WatchHub {
+        WatchHub::with_limits(capacity, DEFAULT_HISTORY_BYTES)
+    }
+
+    /// Keeps at most `capacity` events and about `max_bytes` of them, whichever is reached first.
+    pub fn with_limits(capacity: usize, max_bytes: usize) -> WatchHub {
         WatchHub {
-            history: Mutex::new(History { events: VecDeque::new(), capacity: capacity.max(1), compacted: 0, head: 0 }),
+            history: Mutex::new(History { events: VecDeque::new(), capacity: capacity.max(1), max_bytes: max_bytes.max(1), bytes: 0, compacted: 0, head: 0 }),
             head: watch::channel(0).0,
         }
     }
@@ -43,10 +68,12 @@ impl WatchHub {
     pub fn publish(&self, revision: Revision, events: Vec<WatchEvent>) {
         let mut h = self.history.lock().unwrap();
         for e in events {
+            h.bytes += approx_size(&e);
             h.events.push_back(e);
         }
-        while h.events.len() > h.capacity {
-            let dropped = h.events.pop_front().expect("len > capacity >= 1");
+        while h.events.len() > h.capacity || (h.bytes > h.max_bytes && h.events.len() > 1) {
+            let dropped = h.events.pop_front().expect("len > 1");
+            h.bytes -= approx_size(&dropped);
             h.compacted = h.compacted.max(dropped.revision());
         }
         h.head = h.head.max(revision);
@@ -59,6 +86,7 @@ impl WatchHub {
     pub fn reset(&self, revision: Revision) {
         let mut h = self.history.lock().unwrap();
         h.events.clear();
+        h.bytes = 0;
         h.compacted = revision;
         h.head = revision;
         drop(h);
@@ -138,6 +166,35 @@ mod tests {
         assert_eq!(upto, 1);
         let (ev, upto) = hub.since(upto, None, 1).unwrap();
         assert_eq!((ev.len(), upto), (1, 2));
+    }
+
+    #[test]
+    fn history_is_bounded_by_bytes_too() {
+        let big = |rev: Revision| {
+            let meta = (0..8).map(|k| (format!("k{k}"), "v".repeat(1000))).collect();
+            let instance = proto::Instance {
+                service: "web".into(),
+                instance: format!("i{rev}"),
+                address: "10.0.0.1".into(),
+                port: 80,
+                weight: 1,
+                state: Default::default(),
+                meta,
+                lease_id: None,
+                create_revision: rev,
+                mod_revision: rev,
+                lease: None,
+            };
+            WatchEvent::Put { revision: rev, instance }
+        };
+        // Room for 1000 events by count, but only about 5 of 8 KB by size.
+        let hub = WatchHub::with_limits(1000, 45_000);
+        for r in 1..=20 {
+            hub.publish(r, vec![big(r)]);
+        }
+        let (kept, _) = hub.since(15, None, 100).unwrap();
+        assert_eq!(kept.len(), 5);
+        assert!(matches!(hub.since(10, None, 100), Err(Compacted { compact_revision: 15, .. })));
     }
 
     #[test]

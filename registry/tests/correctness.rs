@@ -250,3 +250,110 @@ async fn a_follower_cut_off_with_its_old_leader_stops_serving_watches() {
     assert_eq!(r.headers().get(proto::KNOWN_LEADER_HEADER).and_then(|v| v.to_str().ok()), Some("false"), "a stale read says it may be stale");
     c.faults.heal();
 }
+
+/// openraft writes a snapshot chunk wherever its offset says, into memory: a peer RPC with a
+/// huge offset would allocate up to it. Chunks must start a snapshot or continue it without a
+/// gap, and stay under the size limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_chunk_with_a_bogus_offset_is_refused() {
+    use registry::types::TypeConfig;
+    let c = Cluster::start_defaults(3).await;
+    let leader = c.wait_leader(None).await;
+    let follower = c.others(&[leader])[0];
+    let url = format!("{}/raft/snapshot", c.nodes[&follower].url);
+    let chunk = |id: &str, offset: u64| openraft::raft::InstallSnapshotRequest::<TypeConfig> {
+        vote: openraft::Vote::new(0, 0),
+        meta: openraft::SnapshotMeta { last_log_id: None, last_membership: Default::default(), snapshot_id: id.into() },
+        offset,
+        data: vec![b'x'; 10],
+        done: false,
+    };
+    let http = reqwest::Client::new();
+    for (what, req) in [("past the limit", chunk("s1", 1 << 40)), ("never started", chunk("s2", 100))] {
+        let r = http.post(&url).json(&req).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{what}");
+    }
+    let r = http.post(&url).json(&chunk("s3", 0)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a first chunk passes the check (openraft then refuses its stale vote)");
+    let r = http.post(&url).json(&chunk("s3", 1000)).send().await.unwrap();
+    assert_eq!(r.status(), 400, "a gap after the first chunk");
+    // The node is unharmed.
+    c.client_for(&[follower]).put_instance("web", "a", &spec(1, None)).await.unwrap();
+}
+
+/// What one client can make a node hold is bounded, each by a setting; past it, 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_blocking_queries_and_leases_per_client_are_limited() {
+    fn small(c: &mut registry::node::NodeConfig) {
+        c.limits.max_watches = 2;
+        c.limits.max_blocking_queries = 1;
+        c.limits.max_leases_per_client = 3;
+    }
+    let c = Cluster::start_defaults_with(3, small).await;
+    let leader = c.wait_leader(None).await;
+    let follower = c.others(&[leader])[0];
+    let client = c.client_for(&[follower]);
+    for _ in 0..3 {
+        client.grant(Duration::from_secs(30)).await.unwrap();
+    }
+    let e = client.grant(Duration::from_secs(30)).await.unwrap_err();
+    assert!(matches!(&e, client::Error::Api { status: 429, .. }), "{e}");
+
+    let url = &c.nodes[&follower].url;
+    let w1 = reqwest::get(format!("{url}/v1/watch")).await.unwrap();
+    let w2 = reqwest::get(format!("{url}/v1/watch")).await.unwrap();
+    assert_eq!((w1.status(), w2.status()), (reqwest::StatusCode::OK, reqwest::StatusCode::OK));
+    assert_eq!(reqwest::get(format!("{url}/v1/watch")).await.unwrap().status(), 429);
+    drop((w1, w2));
+    wait_until(Duration::from_secs(5), "closed watches to free their places", || async {
+        (reqwest::get(format!("{url}/v1/watch")).await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+
+    let index = client.put_instance("web", "a", &spec(1, None)).await.unwrap().revision;
+    let on = format!("{}/v1/services/web?stale=true&index={index}&wait=20s", c.nodes[&follower].url);
+    let waiting = tokio::spawn(reqwest::get(on.clone()));
+    wait_until(Duration::from_secs(5), "a second blocking query to be refused", || async {
+        (reqwest::get(&on).await.ok()?.status() == 429).then_some(())
+    })
+    .await;
+    waiting.abort();
+}
+
+/// Expiry confirms leadership with a quorum round before it proposes; under a steady write
+/// load that confirmation must still succeed in time, so dead leases go within TTL + 1 s and
+/// no expiry is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_on_time_under_write_load() {
+    let c = Cluster::start_defaults(3).await;
+    let client = c.client();
+    let ttl = Duration::from_secs(1);
+    let lease = client.grant(ttl).await.unwrap().lease_id;
+    client.put_instance("web", "dead", &spec(1, Some(lease))).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|w| {
+            let (client, stop) = (c.client(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = client.put_instance("load", &format!("w{w}-{}", i % 50), &spec(1000 + i, None)).await;
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let granted = Instant::now();
+    wait_until(Duration::from_secs(5), "the unrenewed instance to go", || async {
+        client.service("web", false).await.ok().filter(|s| s.instances.is_empty()).map(|_| ())
+    })
+    .await;
+    let took = granted.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert!(took <= ttl + Duration::from_secs(1), "expired {took:?} after its grant under load (bound TTL + 1 s)");
+    let refused: u64 = c.nodes.values().map(|n| n.node.metrics().expiry_refused.get()).sum();
+    assert_eq!(refused, 0, "expiries were refused under load");
+}

@@ -11,7 +11,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for OnD
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = LogStore::open(&dir.path().join("raft")).expect("open log store");
-        let sm = StateMachine::open(&dir.path().join("state"), 1000).expect("open state machine");
+        let sm = StateMachine::open(&dir.path().join("state"), 1000, 1 << 20).expect("open state machine");
         Ok((dir, log, sm))
     }
 }

@@ -16,6 +16,7 @@ impl IntoResponse for ApiError {
             ApiError::LeaseNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotLeader(_) | ApiError::NoLeader | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let forward = match &self {

@@ -64,3 +64,29 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestIdHeader {
 pub fn parse_id(kind: &str, raw: &str) -> Result<u64, ApiError> {
     raw.parse().map_err(|_| ApiError::InvalidArgument(format!("{kind} id {raw:?} is not a number")))
 }
+
+/// Carries the original client's address on a forwarded request. Trusted only because it comes
+/// with `x-registry-forwarded` from a peer; peer authentication (docs/security.md) is what makes
+/// that trust hold on a shared network.
+pub const CLIENT_ADDR_HEADER: &str = "x-registry-client-addr";
+
+/// The address of the client a request comes from: the connection's peer, or for a request a
+/// peer forwarded, the client that peer saw.
+pub struct ClientAddr(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        if parts.headers.contains_key(super::FORWARDED_HEADER) {
+            let v = parts.headers.get(CLIENT_ADDR_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+            return Ok(ClientAddr(v));
+        }
+        Ok(ClientAddr(connection_ip(parts)))
+    }
+}
+
+/// The IP of the connection's peer, if the server recorded it.
+pub fn connection_ip(parts: &Parts) -> Option<String> {
+    parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string())
+}

@@ -30,7 +30,7 @@ pub struct ForwardTo {
 }
 
 /// Headers relayed to the leader besides the body.
-const RELAYED: [&str; 2] = ["content-type", proto::IDEMPOTENCY_KEY_HEADER];
+const RELAYED: [&str; 3] = ["content-type", proto::IDEMPOTENCY_KEY_HEADER, super::extract::CLIENT_ADDR_HEADER];
 
 pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
@@ -38,7 +38,10 @@ pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
         Ok(b) => b,
         Err(_) => return ApiError::PayloadTooLarge { limit: API_BODY_LIMIT }.into_response(),
     };
-    let (method, uri, headers) = (parts.method.clone(), parts.uri.clone(), parts.headers.clone());
+    let (method, uri, mut headers) = (parts.method.clone(), parts.uri.clone(), parts.headers.clone());
+    if let Some(ip) = super::extract::connection_ip(&parts).and_then(|ip| ip.parse().ok()) {
+        headers.insert(super::extract::CLIENT_ADDR_HEADER, ip);
+    }
     let mut resp = next.run(Request::from_parts(parts, Body::from(bytes.clone()))).await;
     let Some(to) = resp.extensions_mut().remove::<ForwardTo>() else { return resp };
     if headers.contains_key(FORWARDED_HEADER) {

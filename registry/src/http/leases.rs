@@ -6,12 +6,17 @@ use axum::extract::{Path, State};
 use axum::Json;
 use proto::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest, WriteResult};
 
-use super::extract::{parse_id, JsonBody, RequestIdHeader};
+use super::extract::{parse_id, ClientAddr, JsonBody, RequestIdHeader};
 use crate::error::ApiError;
 use crate::node::Node;
 
-pub async fn grant(State(node): State<Arc<Node>>, RequestIdHeader(rid): RequestIdHeader, JsonBody(req): JsonBody<LeaseGrantRequest>) -> Result<Json<LeaseGrant>, ApiError> {
-    node.grant(rid, req.ttl_ms).await.map(Json)
+pub async fn grant(
+    State(node): State<Arc<Node>>,
+    RequestIdHeader(rid): RequestIdHeader,
+    ClientAddr(owner): ClientAddr,
+    JsonBody(req): JsonBody<LeaseGrantRequest>,
+) -> Result<Json<LeaseGrant>, ApiError> {
+    node.grant(rid, req.ttl_ms, owner).await.map(Json)
 }
 
 pub async fn keepalive(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<Json<KeepaliveResponse>, ApiError> {

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::Json;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 
+use crate::error::ApiError;
 use crate::node::Node;
 use crate::types::{NodeId, TypeConfig};
 
@@ -23,11 +24,14 @@ pub async fn vote(State(node): State<Arc<Node>>, Json(req): Json<VoteRequest<Nod
     Json(serde_json::to_value(node.raft().vote(req).await).expect("serializable"))
 }
 
-pub async fn snapshot(State(node): State<Arc<Node>>, Json(req): Json<InstallSnapshotRequest<TypeConfig>>) -> Json<serde_json::Value> {
+pub async fn snapshot(State(node): State<Arc<Node>>, Json(req): Json<InstallSnapshotRequest<TypeConfig>>) -> Result<Json<serde_json::Value>, ApiError> {
+    // openraft seeks to whatever offset a chunk names and writes there, into memory: a bogus
+    // offset would allocate up to it, or leave a hole in the snapshot.
+    node.check_snapshot_chunk(&req.meta.snapshot_id, req.offset, req.data.len() as u64)?;
     let vote = req.vote;
     let resp = node.raft().install_snapshot(req).await;
     if matches!(&resp, Ok(r) if r.vote <= vote) {
         node.note_leader_contact();
     }
-    Json(serde_json::to_value(resp).expect("serializable"))
+    Ok(Json(serde_json::to_value(resp).expect("serializable")))
 }

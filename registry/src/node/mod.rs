@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub max_ttl: Duration,
     /// How many change events each node retains for watchers.
     pub history: usize,
+    /// Bounds on what clients can make a node hold.
+    pub limits: Limits,
     /// Take a snapshot after this many log entries.
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot, so a slightly lagging follower catches up from the
@@ -86,6 +88,7 @@ impl NodeConfig {
             min_ttl: Duration::from_secs(1),
             max_ttl: Duration::from_secs(3600),
             history: 100_000,
+            limits: Limits::default(),
             snapshot_every: 10_000,
             keep_after_snapshot: 1000,
             segment_bytes: crate::storage::log_store::DEFAULT_SEGMENT_LIMIT,
@@ -95,6 +98,42 @@ impl NodeConfig {
             source_ip: None,
         }
     }
+}
+
+/// Bounds on what clients can make one node hold; past them the answer is 429.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open watch streams on this node.
+    pub max_watches: usize,
+    /// Blocking queries waiting on this node.
+    pub max_blocking_queries: usize,
+    /// Live leases one client (by address) may hold.
+    pub max_leases_per_client: u64,
+    /// Approximate bytes of watch history this node keeps (beside `history`, a count).
+    pub history_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_watches: 10_000, max_blocking_queries: 10_000, max_leases_per_client: 20_000, history_bytes: crate::watch::DEFAULT_HISTORY_BYTES }
+    }
+}
+
+/// Holds one of a limited number of places (a watch, a blocking query); frees it on drop.
+pub struct Permit<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn take_permit<'a>(count: &'a std::sync::atomic::AtomicUsize, max: usize, what: &str, flag: &str) -> Result<Permit<'a>, ApiError> {
+    if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= max {
+        count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        return Err(ApiError::TooMany(format!("this node already serves {max} {what} ({flag}); try another node or later")));
+    }
+    Ok(Permit(count))
 }
 
 pub struct Node {
@@ -110,6 +149,10 @@ pub struct Node {
     faults: Faults,
     /// Wakes the expiry loop when the earliest deadline may have moved earlier.
     expiry_wake: Arc<Notify>,
+    /// The snapshot being received from the leader: its id and how many bytes have arrived.
+    receiving: Mutex<Option<(String, u64)>>,
+    watches: std::sync::atomic::AtomicUsize,
+    blocking: std::sync::atomic::AtomicUsize,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -136,7 +179,8 @@ impl Node {
         let mut log = LogStore::open_with(&config.data_dir.join("raft"), faults.disk_hook(config.id))
             .map_err(|e| StartError::Storage(e.to_string()))?;
         log.segment_limit = config.segment_bytes;
-        let sm = StateMachine::open(&config.data_dir.join("state"), config.history)
+        crate::storage::frame::create_dir_durable(&config.data_dir).map_err(|e| StartError::Storage(e.to_string()))?;
+        let sm = StateMachine::open(&config.data_dir.join("state"), config.history, config.limits.history_bytes)
             .map_err(|e| StartError::Storage(e.to_string()))?
             .with_faults(config.id, faults.clone());
         let fresh = log.get_log_state().await.map_err(|e| StartError::Storage(e.to_string()))?.last_log_id.is_none()
@@ -193,6 +237,9 @@ impl Node {
             http,
             faults,
             expiry_wake: Arc::new(Notify::new()),
+            receiving: Mutex::new(None),
+            watches: Default::default(),
+            blocking: Default::default(),
             stop: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
         });
@@ -338,6 +385,35 @@ impl Node {
         }
     }
 
+    /// A place for one more watch stream, or 429.
+    pub fn watch_permit(&self) -> Result<Permit<'_>, ApiError> {
+        take_permit(&self.watches, self.config.limits.max_watches, "watch streams", "--max-watches")
+    }
+
+    /// A place for one more blocking query, or 429.
+    fn blocking_permit(&self) -> Result<Permit<'_>, ApiError> {
+        take_permit(&self.blocking, self.config.limits.max_blocking_queries, "blocking queries", "--max-blocking-queries")
+    }
+
+    /// Checks one chunk of a snapshot from the leader: it starts a snapshot (offset 0) or
+    /// continues the one being received without a gap, and stays under `MAX_SNAPSHOT_BYTES`.
+    pub(crate) fn check_snapshot_chunk(&self, id: &str, offset: u64, len: u64) -> Result<(), ApiError> {
+        let end = offset.checked_add(len).filter(|e| *e <= MAX_SNAPSHOT_BYTES);
+        let Some(end) = end else {
+            return Err(ApiError::InvalidArgument(format!("snapshot chunk at {offset}+{len} is past the {MAX_SNAPSHOT_BYTES}-byte limit")));
+        };
+        let mut r = self.receiving.lock().unwrap();
+        match r.as_mut() {
+            _ if offset == 0 => *r = Some((id.to_string(), end)),
+            Some((current, received)) if current == id && offset <= *received => *received = (*received).max(end),
+            Some((current, received)) if current == id => {
+                return Err(ApiError::InvalidArgument(format!("snapshot chunk at {offset} leaves a gap after {received} bytes")));
+            }
+            _ => return Err(ApiError::InvalidArgument(format!("snapshot chunk at {offset} of snapshot {id:?}, which was never started"))),
+        }
+        Ok(())
+    }
+
     /// A leader's append reached this node (called by the peer RPC handler).
     pub(crate) fn note_leader_contact(&self) {
         self.leadership.note_contact(Instant::now());
@@ -410,6 +486,9 @@ impl Node {
         f(&mut self.keeper.lock().unwrap())
     }
 }
+
+/// Largest snapshot a node accepts from its leader; it is assembled in memory.
+pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 
 /// How long one chunk of a snapshot may take to reach a follower and be stored there.
 pub const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);

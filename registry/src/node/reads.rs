@@ -57,6 +57,7 @@ impl Node {
     /// leader meanwhile answers 503 rather than a frozen state.
     async fn wait_for_change(&self, opts: &ReadOptions, current: impl Fn(&Store) -> u64) -> Result<(), ApiError> {
         let Some(index) = opts.index else { return Ok(()) };
+        let _permit = self.blocking_permit()?;
         let deadline = Instant::now() + opts.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
         let mut rx = self.shared.hub.subscribe();
         // Look again at least this often whether this node is still current.

@@ -56,12 +56,22 @@ impl Node {
         self.propose(proposal).await
     }
 
-    pub async fn grant(&self, request_id: Option<RequestId>, ttl_ms: u64) -> Result<LeaseGrant, ApiError> {
+    /// Grants a lease. `owner` is the client's address; one owner holds at most
+    /// `limits.max_leases_per_client` live leases.
+    pub async fn grant(&self, request_id: Option<RequestId>, ttl_ms: u64, owner: Option<String>) -> Result<LeaseGrant, ApiError> {
         let (min, max) = (self.config.min_ttl.as_millis() as u64, self.config.max_ttl.as_millis() as u64);
         if ttl_ms < min || ttl_ms > max {
             return Err(ApiError::InvalidArgument(format!("ttl_ms {ttl_ms} is outside the allowed range {min}..={max}")));
         }
-        match self.write(request_id, Cmd::GrantLease { ttl_ms }, |_| Ok(())).await? {
+        let limit = self.config.limits.max_leases_per_client;
+        let check = |s: &crate::store::Store| match &owner {
+            Some(o) if s.leases_of(o) >= limit => {
+                Err(ApiError::TooMany(format!("client {o} already holds {limit} live leases (--max-leases-per-client); revoke or let some expire")))
+            }
+            _ => Ok(()),
+        };
+        let cmd = Cmd::GrantLease { ttl_ms, owner: owner.clone() };
+        match self.write(request_id, cmd, check).await? {
             Resp::Granted { lease_id, ttl_ms, revision } => {
                 // Start its clock now, so it shows in listings at once and the expiry loop
                 // knows its deadline.

@@ -892,7 +892,7 @@ mod tests {
     fn ent(term: u64, index: u64) -> Entry {
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Cmd::GrantLease { ttl_ms: index }.into()),
+            payload: EntryPayload::Normal(Cmd::GrantLease { ttl_ms: index, owner: None }.into()),
         }
     }
 
