@@ -67,7 +67,7 @@ pub struct Status {
     pub leader: Option<u64>,
     pub term: u64,
     pub members: Vec<MemberStatus>,
-    /// Every syncer that reports its progress (DESIGN.md decision 8).
+    /// Every syncer that reports its progress (docs/syncer.md, "How it works").
     pub balancers: Vec<BalancerStatus>,
 }
 

@@ -1,5 +1,5 @@
 //! The breaker: a registry answer alone must never empty a backend or remove most of it at
-//! once (DESIGN.md decision 7). Per backend, removals are held when they would leave fewer than
+//! once (docs/syncer.md, "How it works"). Per backend, removals are held when they would leave fewer than
 //! `min_servers`, or when more than `max_fraction` of the backend was already removed in the
 //! current window. Held removals are retried on every pass and go through once allowed.
 

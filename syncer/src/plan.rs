@@ -1,4 +1,4 @@
-//! `plan(actual, desired) -> ops`: the pure diff that drives HAProxy (DESIGN.md decision 5).
+//! `plan(actual, desired) -> ops`: the pure diff that drives HAProxy (docs/syncer.md, "How it works").
 //!
 //! Architecture Invariant: planning does no I/O and reads no clock; the caller passes `now` and
 //! what it remembers about drains, so every decision is testable from a table.

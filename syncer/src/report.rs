@@ -1,4 +1,4 @@
-//! The convergence report (DESIGN.md decision 8): the syncer keeps an instance of the reserved
+//! The convergence report (docs/syncer.md, "How it works"): the syncer keeps an instance of the reserved
 //! service `_syncers` in the registry, under its own lease, whose meta says which revision each
 //! backend reflects. `registry status` turns that into "which balancer is behind".
 

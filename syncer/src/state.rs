@@ -1,5 +1,5 @@
 //! The last-known-good desired state on disk, so a syncer started while its source is down can
-//! still put HAProxy right (DESIGN.md decision 7).
+//! still put HAProxy right (docs/syncer.md, "How it works").
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! The HAProxy Data Plane API driver (v3 and v2), the other option of DESIGN.md decision 6.
+//! The HAProxy Data Plane API driver (v3 and v2), the other way to change HAProxy without reloads (docs/syncer.md).
 //!
 //! Every change is made twice, on purpose:
 //! - through the runtime server endpoints, so it takes effect at once without a reload;

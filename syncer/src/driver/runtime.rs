@@ -1,6 +1,6 @@
 //! The HAProxy Runtime API driver: changes servers through the stats socket (`add server`,
 //! `set server ... state`, `set weight`, `del server`), so nothing on the hot path reloads
-//! HAProxy (DESIGN.md decision 6).
+//! HAProxy (docs/syncer.md, "How it works").
 //!
 //! One command per connection: HAProxy answers a non-interactive connection and closes it, so
 //! there is no prompt handling, no session state to get out of step and nothing to reconnect.
