@@ -3,22 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use proto::InstanceState;
-use serde::Serialize;
-
 /// `(service, instance id)`.
 pub type Key = (String, String);
 
-/// One instance as it should appear in the backend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Announcement {
-    /// IP address or host name the balancer should connect to.
-    pub host: String,
-    pub port: u16,
-    pub weight: u32,
-    pub state: InstanceState,
-    pub meta: BTreeMap<String, String>,
-}
+/// One instance as it should appear in the backend. It is exactly what a znode holds
+/// (`proto::ZnodeData`); the registry publisher maps it onto an `InstanceSpec`.
+pub type Announcement = proto::ZnodeData;
 
 /// The full desired set: every instance this announcer should have published.
 pub type Desired = BTreeMap<Key, Announcement>;

@@ -35,7 +35,7 @@ impl RegistryPublisher {
 
     fn map(&mut self, e: client::Error) -> PublishError {
         match &e {
-            client::Error::Api { status: 404, body } if body.code == "lease_not_found" => self.lost(format!("lease gone: {}", body.message)),
+            client::Error::Api { status: 404, body } if body.code == proto::ErrorCode::LeaseNotFound => self.lost(format!("lease gone: {}", body.message)),
             e if e.is_retriable() => PublishError::Unavailable(e.to_string()),
             _ => PublishError::Rejected(e.to_string()),
         }
@@ -63,7 +63,7 @@ impl Publisher for RegistryPublisher {
                 continue;
             }
             let spec = InstanceSpec {
-                address: a.host.clone(),
+                address: a.address.clone(),
                 port: a.port as u64,
                 lease_id: Some(lease),
                 weight: a.weight,

@@ -358,7 +358,7 @@ mod tests {
     #[test]
     fn data_is_the_json_the_syncer_reads() {
         let a = Announcement {
-            host: "10.0.0.5".into(),
+            address: "10.0.0.5".into(),
             port: 8080,
             weight: 100,
             state: proto::InstanceState::Drain,

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::{
-    ClusterInfo, ErrorBody, InstanceSpec, KeepaliveResponse, LeaseGrant, LeaseGrantRequest, LeaseId, MemberChange, ServiceInstances,
+    ClusterInfo, ErrorBody, ErrorCode, InstanceSpec, KeepaliveResponse, LeaseGrant, LeaseGrantRequest, LeaseId, MemberChange, ServiceInstances,
     ServiceList, WatchEvent, WriteResult, LEADER_HEADER, IDEMPOTENCY_KEY_HEADER,
 };
 
@@ -206,13 +206,13 @@ impl Client {
                 Ok(body) => Error::Api { status: status.as_u16(), body },
                 Err(_) => Error::Api {
                     status: status.as_u16(),
-                    body: ErrorBody { code: "http".into(), message: String::from_utf8_lossy(&bytes).into_owned() },
+                    body: ErrorBody { code: ErrorCode::Unknown, message: String::from_utf8_lossy(&bytes).into_owned() },
                 },
             };
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 // "no_leader" is answered before anything runs; any other 503 (a timed-out
                 // commit, a failed forward) may hide a write that still applies.
-                let not_run = matches!(&err, Error::Api { body, .. } if body.code == "no_leader");
+                let not_run = matches!(&err, Error::Api { body, .. } if body.code == ErrorCode::NoLeader);
                 last = format!("{base}: {err}");
                 self.forget_leader(&base);
                 if retry == Retry::IfNotRun && !not_run {

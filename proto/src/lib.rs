@@ -7,14 +7,18 @@ pub mod cluster;
 pub mod error;
 pub mod instance;
 pub mod lease;
+pub mod report;
 pub mod validate;
 pub mod watch;
+pub mod znode;
 
 pub use cluster::{ClusterInfo, Member, MemberChange, NodeRole};
-pub use error::ErrorBody;
+pub use error::{ErrorBody, ErrorCode};
 pub use instance::{Instance, InstanceSpec, InstanceState, LeaseInfo, ServiceInstances, ServiceList, ServiceSummary, WriteResult};
 pub use lease::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest};
+pub use report::{BackendReport, SyncerReport};
 pub use watch::WatchEvent;
+pub use znode::ZnodeData;
 
 /// A lease identifier. It is the Raft log index of the entry that granted the lease, so it is
 /// unique across the cluster's life and the same on every node.
@@ -42,6 +46,5 @@ pub const KNOWN_LEADER_HEADER: &str = "x-registry-known-leader";
 pub const LAST_CONTACT_HEADER: &str = "x-registry-last-contact-ms";
 
 /// Reserved service under which every syncer reports, as an instance under its own lease,
-/// which registry revision each HAProxy backend it manages reflects. Instance meta holds
-/// `map.<backend>` = the service and `rev.<backend>` = the applied revision.
+/// which registry revision each HAProxy backend it manages reflects (`SyncerReport`).
 pub const SYNCER_SERVICE: &str = "_syncers";

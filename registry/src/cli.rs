@@ -93,17 +93,17 @@ async fn balancers(client: &Client) -> Result<Vec<BalancerStatus>, client::Error
     let mut index_of = std::collections::BTreeMap::new();
     let mut out = Vec::new();
     for r in &reports.instances {
-        for (key, service) in &r.meta {
-            let Some(backend) = key.strip_prefix("map.") else { continue };
+        for (backend, b) in proto::SyncerReport::from_meta(&r.meta).backends {
+            let service = &b.service;
             if !index_of.contains_key(service) {
                 let idx = client.service(service, false).await.map(|s| s.index).unwrap_or(0);
                 index_of.insert(service.clone(), idx);
             }
             let service_index = index_of[service];
-            let applied = r.meta.get(&format!("rev.{backend}")).and_then(|v| v.parse::<u64>().ok());
+            let applied = b.applied;
             out.push(BalancerStatus {
                 syncer: r.instance.clone(),
-                backend: backend.to_string(),
+                backend,
                 service: service.clone(),
                 applied_revision: applied,
                 service_index,

@@ -60,8 +60,14 @@ impl Proposal {
 
     /// A stable 64-bit fingerprint of the command (FNV-1a over its JSON), the same on every
     /// node and every build, to tell a retry from another command under the same key.
+    /// What the client sent decides; the owner (the address a node saw) does not, since a
+    /// retry through another node can come from another address.
     pub fn fingerprint(&self) -> u64 {
-        let bytes = serde_json::to_vec(&self.cmd).expect("commands serialize");
+        let cmd = match &self.cmd {
+            Cmd::GrantLease { ttl_ms, .. } => Cmd::GrantLease { ttl_ms: *ttl_ms, owner: None },
+            other => other.clone(),
+        };
+        let bytes = serde_json::to_vec(&cmd).expect("commands serialize");
         bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
     }
 }

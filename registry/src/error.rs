@@ -37,17 +37,18 @@ impl ApiError {
         matches!(self, ApiError::NotLeader(_) | ApiError::NoLeader | ApiError::Unavailable(_))
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> proto::ErrorCode {
+        use proto::ErrorCode as C;
         match self {
-            ApiError::InvalidArgument(_) => "invalid_argument",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::LeaseNotFound(_) => "lease_not_found",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::NotLeader(_) | ApiError::NoLeader => "no_leader",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::KeyReused(_) => "idempotency_key_reused",
-            ApiError::TooMany(_) => "resource_exhausted",
-            ApiError::Internal(_) => "internal",
+            ApiError::InvalidArgument(_) => C::InvalidArgument,
+            ApiError::PayloadTooLarge { .. } => C::PayloadTooLarge,
+            ApiError::LeaseNotFound(_) => C::LeaseNotFound,
+            ApiError::NotFound(_) => C::NotFound,
+            ApiError::NotLeader(_) | ApiError::NoLeader => C::NoLeader,
+            ApiError::Unavailable(_) => C::Unavailable,
+            ApiError::KeyReused(_) => C::IdempotencyKeyReused,
+            ApiError::TooMany(_) => C::ResourceExhausted,
+            ApiError::Internal(_) => C::Internal,
         }
     }
 }

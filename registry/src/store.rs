@@ -434,6 +434,15 @@ mod request_tests {
     /// `Idempotency-Key` names one write; the same key on another command is a client bug,
     /// answered as such rather than with the first command's result.
     #[test]
+    fn a_retry_through_another_node_is_a_retry_whatever_address_that_node_saw() {
+        let mut s = Store::default();
+        let from = |owner: &str| Proposal { cmd: Cmd::GrantLease { ttl_ms: 3000, owner: Some(owner.into()) }, request_id: Some("k".into()) };
+        let (first, _) = s.apply(1, 1, &from("10.0.0.7"));
+        assert_eq!(s.apply(2, 1, &from("127.0.0.1")).0, first);
+        assert_eq!(s.leases.len(), 1);
+    }
+
+    #[test]
     fn a_key_reused_for_another_command_applies_nothing() {
         let mut s = Store::default();
         s.apply(1, 1, &grant(Some("k")));

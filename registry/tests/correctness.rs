@@ -252,31 +252,36 @@ async fn a_follower_cut_off_with_its_old_leader_stops_serving_watches() {
 }
 
 /// openraft writes a snapshot chunk wherever its offset says, into memory: a peer RPC with a
-/// huge offset would allocate up to it. Chunks must start a snapshot or continue it without a
-/// gap, and stay under the size limit.
+/// huge offset would allocate up to it, and one past what has arrived would leave a hole.
+/// Chunks must stay under the size limit and continue the snapshot being received without a
+/// gap; a chunk of a snapshot never started is openraft's to refuse (`SnapshotMismatch`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_chunk_with_a_bogus_offset_is_refused() {
     use registry::types::TypeConfig;
     let c = Cluster::start_defaults(3).await;
     let leader = c.wait_leader(None).await;
     let follower = c.others(&[leader])[0];
+    let vote = c.nodes[&leader].node.raft_metrics().vote;
     let url = format!("{}/raft/snapshot", c.nodes[&follower].url);
     let chunk = |id: &str, offset: u64| openraft::raft::InstallSnapshotRequest::<TypeConfig> {
-        vote: openraft::Vote::new(0, 0),
+        vote,
         meta: openraft::SnapshotMeta { last_log_id: None, last_membership: Default::default(), snapshot_id: id.into() },
         offset,
         data: vec![b'x'; 10],
         done: false,
     };
     let http = reqwest::Client::new();
-    for (what, req) in [("past the limit", chunk("s1", 1 << 40)), ("never started", chunk("s2", 100))] {
-        let r = http.post(&url).json(&req).send().await.unwrap();
-        assert_eq!(r.status(), 400, "{what}");
-    }
+    let r = http.post(&url).json(&chunk("s1", 1 << 40)).send().await.unwrap();
+    assert_eq!(r.status(), 400, "past the limit");
+    let r = http.post(&url).json(&chunk("s2", 100)).send().await.unwrap();
+    let body = r.text().await.unwrap();
+    assert!(body.contains("Err"), "a chunk of a snapshot never started is refused by openraft: {body}");
     let r = http.post(&url).json(&chunk("s3", 0)).send().await.unwrap();
-    assert_eq!(r.status(), 200, "a first chunk passes the check (openraft then refuses its stale vote)");
+    assert_eq!(r.status(), 200, "a first chunk passes");
+    let r = http.post(&url).json(&chunk("s3", 10)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the next chunk passes");
     let r = http.post(&url).json(&chunk("s3", 1000)).send().await.unwrap();
-    assert_eq!(r.status(), 400, "a gap after the first chunk");
+    assert_eq!(r.status(), 400, "a gap after what has arrived");
     // The node is unharmed.
     c.client_for(&[follower]).put_instance("web", "a", &spec(1, None)).await.unwrap();
 }

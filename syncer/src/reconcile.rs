@@ -59,7 +59,7 @@ pub fn desired_set(snap: &Snapshot, service: &str) -> DesiredSet {
         .iter()
         .map(|(instance, e)| {
             let name = server_name(instance);
-            let server = DesiredServer { name: name.clone(), addr: e.addr.clone(), port: e.port, weight: e.weight.min(256), state: AdminState::from(e.state) };
+            let server = DesiredServer { name: name.clone(), addr: e.addr.clone(), port: e.port, weight: e.weight.min(proto::validate::MAX_WEIGHT), state: AdminState::from(e.state) };
             (name, server)
         })
         .collect()

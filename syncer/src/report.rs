@@ -2,11 +2,10 @@
 //! service `_syncers` in the registry, under its own lease, whose meta says which revision each
 //! backend reflects. `registry status` turns that into "which balancer is behind".
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use client::Client;
-use proto::{InstanceSpec, SYNCER_SERVICE};
+use proto::{BackendReport, InstanceSpec, SyncerReport, SYNCER_SERVICE};
 use tokio::sync::watch;
 
 use crate::reconcile::{Applied, Mapping};
@@ -25,13 +24,10 @@ pub struct Reporter {
 
 impl Reporter {
     fn spec(&self, lease: u64, applied: &Applied) -> InstanceSpec {
-        let mut meta = BTreeMap::new();
-        for m in &self.mappings {
-            meta.insert(format!("map.{}", m.backend), m.service.clone());
-            if let Some(rev) = applied.get(&m.backend) {
-                meta.insert(format!("rev.{}", m.backend), rev.to_string());
-            }
-        }
+        let report = SyncerReport {
+            backends: self.mappings.iter().map(|m| (m.backend.clone(), BackendReport { service: m.service.clone(), applied: applied.get(&m.backend).copied() })).collect(),
+        };
+        let meta = report.to_meta();
         InstanceSpec { address: self.host.clone(), port: self.port as u64, lease_id: Some(lease), weight: 0, state: proto::InstanceState::Up, meta }
     }
 

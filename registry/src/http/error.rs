@@ -23,7 +23,7 @@ impl IntoResponse for ApiError {
             ApiError::NotLeader(Some((id, addr))) => Some(ForwardTo { id: *id, addr: addr.clone() }),
             _ => None,
         };
-        let body = ErrorBody { code: self.code().to_string(), message: self.to_string() };
+        let body = ErrorBody { code: self.code(), message: self.to_string() };
         let mut resp = (status, Json(body)).into_response();
         if let Some(f) = forward {
             // The forwarding layer relays the request there; without it the client sees 503.

@@ -43,7 +43,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
 }
 
 pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let body = proto::ErrorBody { code: "method_not_allowed".into(), message: format!("{method} is not allowed on {}", uri.path()) };
+    let body = proto::ErrorBody { code: proto::ErrorCode::MethodNotAllowed, message: format!("{method} is not allowed on {}", uri.path()) };
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 

@@ -20,18 +20,25 @@ pub async fn append(State(node): State<Arc<Node>>, Json(req): Json<AppendEntries
     Json(serde_json::to_value(resp).expect("serializable"))
 }
 
-pub async fn vote(State(node): State<Arc<Node>>, Json(req): Json<VoteRequest<NodeId>>) -> Json<serde_json::Value> {
-    Json(serde_json::to_value(node.raft().vote(req).await).expect("serializable"))
+pub async fn vote(State(node): State<Arc<Node>>, Json(req): Json<VoteRequest<NodeId>>) -> Result<Json<serde_json::Value>, ApiError> {
+    if !node.may_vote() {
+        // Rejoining with an empty log: a vote from it could elect a leader without the entries
+        // it had before its disk was lost. The candidate sees an unreachable peer.
+        return Err(ApiError::Unavailable("rejoining with an empty log; not voting".into()));
+    }
+    Ok(Json(serde_json::to_value(node.raft().vote(req).await).expect("serializable")))
 }
 
 pub async fn snapshot(State(node): State<Arc<Node>>, Json(req): Json<InstallSnapshotRequest<TypeConfig>>) -> Result<Json<serde_json::Value>, ApiError> {
     // openraft seeks to whatever offset a chunk names and writes there, into memory: a bogus
     // offset would allocate up to it, or leave a hole in the snapshot.
-    node.check_snapshot_chunk(&req.meta.snapshot_id, req.offset, req.data.len() as u64)?;
+    let (id, offset, len) = (req.meta.snapshot_id.clone(), req.offset, req.data.len() as u64);
+    node.check_snapshot_chunk(&id, offset, len)?;
     let vote = req.vote;
     let resp = node.raft().install_snapshot(req).await;
     if matches!(&resp, Ok(r) if r.vote <= vote) {
         node.note_leader_contact();
+        node.note_snapshot_chunk(&id, offset, len);
     }
     Ok(Json(serde_json::to_value(resp).expect("serializable")))
 }

@@ -44,12 +44,12 @@ pub async fn watch(State(node): State<Arc<Node>>, QueryOf(q): QueryOf<WatchQuery
         proto::validate::service_name(s).map_err(ApiError::InvalidArgument)?;
     }
     node.serving_current()?;
-    // Taken here so a refusal is a 429 answer; the stream task takes its own place below.
-    drop(node.watch_permit()?);
+    // Taken here so a refusal is a 429 answer; the stream task holds it until it ends.
+    let permit = node.watch_permit()?;
     let since = q.since.unwrap_or_else(|| node.shared().hub.head());
     let (tx, rx) = mpsc::channel::<Line>(16);
     // The task ends when the client goes away (`tx` closes) or the node stops being current.
-    tokio::spawn(stream_events(node, q.service, since, tx));
+    tokio::spawn(stream_events(node, q.service, since, tx, permit));
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
@@ -62,11 +62,7 @@ fn line(event: &WatchEvent) -> Line {
 
 /// Feeds one watcher until it goes away. Reads history from `since` on; the hub's revision
 /// channel wakes it on every applied entry.
-async fn stream_events(node: Arc<Node>, service: Option<String>, mut since: u64, tx: mpsc::Sender<Line>) {
-    let Ok(_permit) = node.watch_permit() else {
-        let _ = tx.send(Err(std::io::Error::other("too many watch streams on this node"))).await;
-        return;
-    };
+async fn stream_events(node: Arc<Node>, service: Option<String>, mut since: u64, tx: mpsc::Sender<Line>, _permit: crate::node::Permit) {
     node.metrics().watch_clients.inc();
     let _gone = Guard(|| {
         node.metrics().watch_clients.dec();

@@ -183,11 +183,10 @@ pub(super) async fn confirm_leader(node: super::NodeRef, mut stop: watch::Receiv
         n.config.election_timeout.0 / 4
     };
     loop {
-        if let Some(n) = node.upgrade() {
-            probe_leader(&n).await;
-        } else {
-            return;
-        }
+        // Each probe runs on its own, so a slow answer does not delay the next one past the
+        // trust window (that would make every follower of a busy leader flap).
+        let Some(n) = node.upgrade() else { return };
+        tokio::spawn(async move { probe_leader(&n).await });
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
@@ -202,7 +201,7 @@ async fn probe_leader(n: &super::Node) {
     }
     let sent = Instant::now();
     let url = format!("http://{addr}/v1/cluster");
-    let answer = n.http.get(&url).header(crate::http::FORWARDED_HEADER, n.id.to_string()).timeout(n.config.election_timeout.0).send().await;
+    let answer = n.http.get(&url).header(crate::http::FORWARDED_HEADER, n.id.to_string()).timeout(n.config.election_timeout.1).send().await;
     let named = answer.ok().and_then(|r| r.headers().get(proto::LEADER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string));
     if named.as_deref() == Some(format!("http://{addr}").as_str()) {
         n.leadership.note_confirmed(sent);

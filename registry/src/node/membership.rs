@@ -202,14 +202,20 @@ pub async fn check_not_amnesiac(id: u64, data_dir: &std::path::Path, peers: &std
 
 /// `--join`: makes this (empty) node a member again through the cluster at `peers`: removes
 /// its old self if the membership still lists it, then adds it as a learner that is promoted
-/// once caught up. Retries until it succeeds or `stop`.
-pub async fn join(id: u64, advertise: String, peers: Vec<String>, mut stop: watch::Receiver<bool>) {
+/// once caught up. Retries until it succeeds or `stop`. While it runs the node refuses to vote
+/// (its log is empty; its old self may still count as a voter), and a marker file in the data
+/// directory makes a restart resume it.
+pub async fn join(node: super::NodeRef, id: u64, advertise: String, peers: Vec<String>, mut stop: watch::Receiver<bool>) {
     let Ok(client) = client::Client::new(&peers) else { return };
     let mut wait = Duration::from_millis(200);
+    let mut removed = false;
     loop {
-        match join_once(&client, id, &advertise).await {
+        match join_once(&client, id, &advertise, &mut removed).await {
             Ok(()) => {
                 tracing::info!(id, "joined the cluster as a voter");
+                if let Some(n) = node.upgrade() {
+                    n.joined();
+                }
                 return;
             }
             Err(e) => tracing::warn!(id, error = %e, retry_in = ?wait, "could not join the cluster yet"),
@@ -222,9 +228,17 @@ pub async fn join(id: u64, advertise: String, peers: Vec<String>, mut stop: watc
     }
 }
 
-async fn join_once(client: &client::Client, id: u64, advertise: &str) -> Result<(), client::Error> {
+async fn join_once(client: &client::Client, id: u64, advertise: &str, removed: &mut bool) -> Result<(), client::Error> {
     let info = client.cluster().await?;
-    if info.members.iter().any(|m| m.id == id) {
+    // Once removed, a listing of this id is this node's new self (an add whose answer was lost).
+    if !*removed && info.members.iter().any(|m| m.id == id) {
+        // Removing a voter shrinks the quorum's margin; with another voter down it would stop
+        // every write. Wait until every other voter answers.
+        for m in info.members.iter().filter(|m| m.voter && m.id != id) {
+            if let Err(e) = client.cluster_at(&m.addr).await {
+                return Err(client::Error::Unavailable(format!("not removing the old self while voter {} is unreachable: {e}", m.id)));
+            }
+        }
         tracing::info!(id, "the membership still lists this node's old self; removing it first");
         match client.remove_member(id).await {
             Ok(_) => {}
@@ -232,6 +246,7 @@ async fn join_once(client: &client::Client, id: u64, advertise: &str) -> Result<
             Err(e) => return Err(e),
         }
     }
+    *removed = true;
     tracing::info!(id, %advertise, "asking to be added as a learner, then promoted");
     client.add_member(id, advertise).await.map(|_| ())
 }

@@ -120,20 +120,20 @@ impl Default for Limits {
 }
 
 /// Holds one of a limited number of places (a watch, a blocking query); frees it on drop.
-pub struct Permit<'a>(&'a std::sync::atomic::AtomicUsize);
+pub struct Permit(Arc<std::sync::atomic::AtomicUsize>);
 
-impl Drop for Permit<'_> {
+impl Drop for Permit {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
-fn take_permit<'a>(count: &'a std::sync::atomic::AtomicUsize, max: usize, what: &str, flag: &str) -> Result<Permit<'a>, ApiError> {
+fn take_permit(count: &Arc<std::sync::atomic::AtomicUsize>, max: usize, what: &str, flag: &str) -> Result<Permit, ApiError> {
     if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= max {
         count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         return Err(ApiError::TooMany(format!("this node already serves {max} {what} ({flag}); try another node or later")));
     }
-    Ok(Permit(count))
+    Ok(Permit(count.clone()))
 }
 
 pub struct Node {
@@ -151,8 +151,10 @@ pub struct Node {
     expiry_wake: Arc<Notify>,
     /// The snapshot being received from the leader: its id and how many bytes have arrived.
     receiving: Mutex<Option<(String, u64)>>,
-    watches: std::sync::atomic::AtomicUsize,
-    blocking: std::sync::atomic::AtomicUsize,
+    /// Rejoining with an empty log (`--join`): no votes until back in the membership.
+    joining: std::sync::atomic::AtomicBool,
+    watches: Arc<std::sync::atomic::AtomicUsize>,
+    blocking: Arc<std::sync::atomic::AtomicUsize>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -213,8 +215,15 @@ impl Node {
         if bootstrap {
             membership::check_not_amnesiac(config.id, &config.data_dir, &config.peers).await.map_err(StartError::LostData)?;
         }
-        if config.join && !fresh {
+        // A join interrupted by a crash resumes: the node has a log by then, but not yet its
+        // place back in the membership.
+        let marker = config.data_dir.join(JOIN_MARKER);
+        let joining = (config.join && fresh) || marker.exists();
+        if config.join && !joining {
             tracing::info!("--join ignored: the data directory already holds this node's log");
+        }
+        if joining {
+            crate::storage::frame::write_atomic(&marker, b"rejoining the cluster").map_err(|e| StartError::Storage(e.to_string()))?;
         }
         if bootstrap {
             let members: BTreeMap<NodeId, BasicNode> = config.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
@@ -238,6 +247,7 @@ impl Node {
             faults,
             expiry_wake: Arc::new(Notify::new()),
             receiving: Mutex::new(None),
+            joining: Default::default(),
             watches: Default::default(),
             blocking: Default::default(),
             stop: watch::channel(false).0,
@@ -249,9 +259,10 @@ impl Node {
             tokio::spawn(membership::record_started(Arc::downgrade(&node), node.stop.subscribe())),
             tokio::spawn(leadership::confirm_leader(Arc::downgrade(&node), node.stop.subscribe())),
         ];
-        if node.config.join && fresh {
+        if joining {
+            node.joining.store(true, std::sync::atomic::Ordering::SeqCst);
             let peers: Vec<String> = node.config.peers.iter().filter(|(id, _)| **id != node.id).map(|(_, a)| a.clone()).collect();
-            tasks.push(tokio::spawn(membership::join(node.id, node.config.advertise.clone(), peers, node.stop.subscribe())));
+            tasks.push(tokio::spawn(membership::join(Arc::downgrade(&node), node.id, node.config.advertise.clone(), peers, node.stop.subscribe())));
         }
         *node.tasks.lock().unwrap() = tasks;
         Ok(node)
@@ -385,33 +396,54 @@ impl Node {
         }
     }
 
+    /// Whether this node may answer vote requests: not while it rejoins with an empty log.
+    pub(crate) fn may_vote(&self) -> bool {
+        !self.joining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The join finished: vote again, and forget the marker.
+    fn joined(&self) {
+        self.joining.store(false, std::sync::atomic::Ordering::SeqCst);
+        let marker = self.config.data_dir.join(JOIN_MARKER);
+        if let Err(e) = std::fs::remove_file(&marker) {
+            tracing::warn!(error = %e, path = %marker.display(), "could not remove the join marker");
+        }
+    }
+
     /// A place for one more watch stream, or 429.
-    pub fn watch_permit(&self) -> Result<Permit<'_>, ApiError> {
+    pub fn watch_permit(&self) -> Result<Permit, ApiError> {
         take_permit(&self.watches, self.config.limits.max_watches, "watch streams", "--max-watches")
     }
 
     /// A place for one more blocking query, or 429.
-    fn blocking_permit(&self) -> Result<Permit<'_>, ApiError> {
+    fn blocking_permit(&self) -> Result<Permit, ApiError> {
         take_permit(&self.blocking, self.config.limits.max_blocking_queries, "blocking queries", "--max-blocking-queries")
     }
 
-    /// Checks one chunk of a snapshot from the leader: it starts a snapshot (offset 0) or
-    /// continues the one being received without a gap, and stays under `MAX_SNAPSHOT_BYTES`.
+    /// Checks one chunk of a snapshot from the leader before openraft sees it: it ends under
+    /// `MAX_SNAPSHOT_BYTES`, and within the snapshot being received it leaves no gap. (A chunk
+    /// of a snapshot not being received, at an offset past 0, openraft refuses by itself with
+    /// `SnapshotMismatch`, which makes the leader start over.)
     pub(crate) fn check_snapshot_chunk(&self, id: &str, offset: u64, len: u64) -> Result<(), ApiError> {
-        let end = offset.checked_add(len).filter(|e| *e <= MAX_SNAPSHOT_BYTES);
-        let Some(end) = end else {
+        if offset.checked_add(len).is_none_or(|e| e > MAX_SNAPSHOT_BYTES) {
             return Err(ApiError::InvalidArgument(format!("snapshot chunk at {offset}+{len} is past the {MAX_SNAPSHOT_BYTES}-byte limit")));
-        };
+        }
+        match self.receiving.lock().unwrap().as_ref() {
+            Some((current, received)) if current == id && offset > *received => {
+                Err(ApiError::InvalidArgument(format!("snapshot chunk at {offset} leaves a gap after {received} bytes")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// openraft accepted a chunk (from the current leader): track how far the snapshot got.
+    pub(crate) fn note_snapshot_chunk(&self, id: &str, offset: u64, len: u64) {
         let mut r = self.receiving.lock().unwrap();
         match r.as_mut() {
-            _ if offset == 0 => *r = Some((id.to_string(), end)),
-            Some((current, received)) if current == id && offset <= *received => *received = (*received).max(end),
-            Some((current, received)) if current == id => {
-                return Err(ApiError::InvalidArgument(format!("snapshot chunk at {offset} leaves a gap after {received} bytes")));
-            }
-            _ => return Err(ApiError::InvalidArgument(format!("snapshot chunk at {offset} of snapshot {id:?}, which was never started"))),
+            Some((current, received)) if current == id => *received = (*received).max(offset + len),
+            _ if offset == 0 => *r = Some((id.to_string(), len)),
+            _ => {}
         }
-        Ok(())
     }
 
     /// A leader's append reached this node (called by the peer RPC handler).
@@ -486,6 +518,9 @@ impl Node {
         f(&mut self.keeper.lock().unwrap())
     }
 }
+
+/// In the data directory while a `--join` is under way.
+const JOIN_MARKER: &str = "joining";
 
 /// Largest snapshot a node accepts from its leader; it is assembled in memory.
 pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;

@@ -74,9 +74,13 @@ impl Node {
         match self.write(request_id, cmd, check).await? {
             Resp::Granted { lease_id, ttl_ms, revision } => {
                 // Start its clock now, so it shows in listings at once and the expiry loop
-                // knows its deadline.
-                self.keeper(|k| k.start(lease_id, ttl_ms, Instant::now()));
-                self.expiry_wake.notify_one();
+                // knows its deadline (unless this replays a grant whose lease is gone since).
+                let d = self.shared.data.read().unwrap();
+                if d.store.leases.contains_key(&lease_id) {
+                    self.keeper(|k| k.start(lease_id, ttl_ms, Instant::now()));
+                    self.expiry_wake.notify_one();
+                }
+                drop(d);
                 Ok(LeaseGrant { lease_id, ttl_ms, revision })
             }
             Resp::KeyReused { request_id } => Err(key_reused(request_id)),

@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use proto::InstanceState;
-use serde::Deserialize;
 use zookeeper_client as zk;
 
 use super::{mark_down, Endpoint, Snapshot, Tx};
@@ -19,21 +18,11 @@ use super::{mark_down, Endpoint, Snapshot, Tx};
 /// Re-read everything at least this often.
 const RESYNC: Duration = Duration::from_secs(5);
 
-#[derive(Deserialize)]
-struct JsonEndpoint {
-    host: String,
-    port: u16,
-    #[serde(default = "proto::instance::default_weight")]
-    weight: u32,
-    #[serde(default)]
-    state: InstanceState,
-}
-
 /// Reads one child: its data if that is our JSON, else its name if that is `host:port`.
 pub fn parse_child(name: &str, data: &[u8]) -> Result<Endpoint, String> {
-    if let Ok(j) = serde_json::from_slice::<JsonEndpoint>(data) {
-        if proto::validate::address(&j.host).is_ok() && j.port > 0 {
-            return Ok(Endpoint { addr: j.host, port: j.port, weight: j.weight.min(256), state: j.state });
+    if let Ok(j) = serde_json::from_slice::<proto::ZnodeData>(data) {
+        if proto::validate::address(&j.address).is_ok() && j.port > 0 {
+            return Ok(Endpoint { addr: j.address, port: j.port, weight: j.weight.min(proto::validate::MAX_WEIGHT), state: j.state });
         }
     }
     if let Some((host, port)) = name.rsplit_once(':') {
