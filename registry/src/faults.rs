@@ -103,7 +103,7 @@ impl Faults {
         }
         if let Some(n) = r.drop_one_in {
             r.counter += 1;
-            if r.counter % n == 0 {
+            if r.counter.is_multiple_of(n) {
                 return Err(Injected("rpc dropped"));
             }
         }

@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn same_log_same_store() {
-        let log = vec![
+        let log = [
             Cmd::GrantLease { ttl_ms: 1000, owner: None },
             put("web", "a", Some(1)),
             put("web", "b", None),

@@ -53,7 +53,8 @@ async fn chaos() {
     // Let the last restarted hosts come back before the books close.
     let _ = tokio::time::timeout(Duration::from_secs(15), wait_for(Duration::from_secs(15), "hosts back", || all_hosts_served(&t))).await;
     let record = workload.stop().await;
-    let record = record.lock().unwrap();
+    // Out of the mutex: the validation below awaits.
+    let record = std::mem::take(&mut *record.lock().unwrap());
 
     // 2: read right away, before the churn leases (no longer renewed) run out.
     let client = t.client();

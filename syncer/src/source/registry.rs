@@ -137,7 +137,7 @@ fn apply(snap: &mut Snapshot, services: &[String], event: WatchEvent) {
     match event {
         WatchEvent::Put { instance, .. } if services.contains(&instance.service) => {
             snap.revision = snap.revision.max(revision);
-            snap.services.entry(instance.service.clone()).or_insert_with(BTreeMap::new).insert(instance.instance.clone(), endpoint(&instance));
+            snap.services.entry(instance.service.clone()).or_default().insert(instance.instance.clone(), endpoint(&instance));
         }
         WatchEvent::Delete { service, instance, .. } if services.contains(&service) => {
             snap.revision = snap.revision.max(revision);

@@ -286,7 +286,7 @@ fn applied_between(log: &Path, from: f64, to: f64) -> Applied {
         match msg {
             "applied" => {
                 let op = v["fields"]["op"].as_str().unwrap_or("?");
-                let kind = op.split(|c: char| c == '(' || c == ' ' || c == '{').next().unwrap_or("?").to_string();
+                let kind = op.split(['(', ' ', '{']).next().unwrap_or("?").to_string();
                 *a.by_kind.entry(kind).or_default() += 1;
                 a.first = Some(a.first.map_or(ts, |f: f64| f.min(ts)));
                 a.last = Some(a.last.map_or(ts, |l: f64| l.max(ts)));
@@ -817,7 +817,7 @@ fn report(args: &Args, ctx: &Ctx, phases: &[Phase]) -> (String, Value) {
     let _ = writeln!(t, "target: <= {} ms each way, 0 reloads", args.target_ms);
 
     let _ = writeln!(t, "\n--- per round (ms; 'first' = from the first request sent, 'last' = from the last request acknowledged) ---");
-    let _ = writeln!(t, "{:<7} {:>2} {:<7} {:>9} {:>9} {:>9} {:>11} {:>11} {:>12} {:>6} {:>6}  {}", "mode", "#", "dir", "requests", "first", "last", "1st change", "log ops", "slowest poll", "passes", "held", "ops (metrics)");
+    let _ = writeln!(t, "{:<7} {:>2} {:<7} {:>9} {:>9} {:>9} {:>11} {:>11} {:>12} {:>6} {:>6}  ops (metrics)", "mode", "#", "dir", "requests", "first", "last", "1st change", "log ops", "slowest poll", "passes", "held");
     for p in phases {
         let log_ops = match (p.log_first_op_ms, p.log_last_op_ms) {
             (Some(a), Some(b)) => format!("{a:.0}-{b:.0}"),

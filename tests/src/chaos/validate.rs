@@ -32,8 +32,9 @@ fn present(s: &BTreeSet<(String, u16)>, h: &HostPorts) -> (bool, bool) {
     (s.contains(&("web-servers".to_string(), h.web)), s.contains(&("api-servers".to_string(), h.api)))
 }
 
-/// 1. No live, renewing instance ever disappears from HAProxy: from the first sample that has a
-/// host's two servers after it (re)started, until it is killed, every sample has them.
+/// Validator 1. No live, renewing instance ever disappears from HAProxy: from the first sample
+/// that has a host's two servers after it (re)started, until it is killed, every sample has
+/// them.
 pub fn no_live_instance_dropped(rec: &Record, log: &Log, hosts: &[HostPorts], start: Instant) -> Verdict {
     let mut violations = Vec::new();
     let mut windows = 0;
@@ -75,10 +76,10 @@ pub fn no_live_instance_dropped(rec: &Record, log: &Log, hosts: &[HostPorts], st
     }
 }
 
-/// 2. No acknowledged registration is lost: every churn instance is in the registry at the end
-/// unless it was revoked on purpose or its lease went a whole TTL without a successful keepalive
-/// (the client's doing, not the registry's); a lease the registry dropped while it was being
-/// renewed within its TTL is a loss; and no node ends below an acknowledged revision.
+/// Validator 2. No acknowledged registration is lost: every churn instance is in the registry at
+/// the end unless it was revoked on purpose or its lease went a whole TTL without a successful
+/// keepalive (the client's doing, not the registry's); a lease the registry dropped while it was
+/// being renewed within its TTL is a loss; and no node ends below an acknowledged revision.
 pub fn nothing_acknowledged_lost(rec: &Record, present: &BTreeSet<String>, node_revisions: &[u64]) -> Verdict {
     use super::workload::CHURN_TTL;
     let dropped_while_renewed: Vec<String> = rec
@@ -106,7 +107,7 @@ pub fn nothing_acknowledged_lost(rec: &Record, present: &BTreeSet<String>, node_
     }
 }
 
-/// 3. Every killed instance leaves HAProxy within TTL + 1 s, also when the leader died with it.
+/// Validator 3. Every killed instance leaves HAProxy within TTL + 1 s, also when the leader died with it.
 pub fn dead_instances_removed_in_time(rec: &Record, log: &Log, hosts: &[HostPorts]) -> Verdict {
     let bound = TTL + Duration::from_secs(1);
     let mut delays = Vec::new();
@@ -135,7 +136,7 @@ pub fn dead_instances_removed_in_time(rec: &Record, log: &Log, hosts: &[HostPort
     }
 }
 
-/// 4. All registry nodes end with the same revision and data, and all are healthy.
+/// Validator 4. All registry nodes end with the same revision and data, and all are healthy.
 pub fn nodes_converge(revisions: &[u64], same_data: bool, healthy: usize, members: usize) -> Verdict {
     let same_rev = revisions.windows(2).all(|w| w[0] == w[1]);
     Verdict {
@@ -145,7 +146,7 @@ pub fn nodes_converge(revisions: &[u64], same_data: bool, healthy: usize, member
     }
 }
 
-/// 5. The success rate of HTTP requests through HAProxy.
+/// Validator 5. The success rate of HTTP requests through HAProxy.
 pub fn success_rate(rec: &Record) -> Verdict {
     let total = rec.requests_ok + rec.requests_failed;
     let rate = if total == 0 { 0.0 } else { rec.requests_ok as f64 / total as f64 * 100.0 };
