@@ -136,11 +136,8 @@ impl State {
 }
 
 pub async fn run<P: Publisher>(mut publisher: P, config: &Config, mut events: mpsc::Receiver<Event>, shared: Arc<Shared>) -> Outcome {
-    let mut st = State {
-        health: config.services.iter().map(|s| s.check.as_ref().map(|c| RiseFall::new(c.rise, c.fall))).collect(),
-        maint: false,
-        draining: false,
-    };
+    let mut st =
+        State { health: config.services.iter().map(|s| s.check.as_ref().map(|c| RiseFall::new(c.rise, c.fall))).collect(), maint: false, draining: false };
     let tick_every = publisher.tick_interval();
     let mut backoff = Backoff::new(Duration::from_millis(100), tick_every.clamp(Duration::from_millis(200), Duration::from_secs(2)));
     let mut dirty = true;

@@ -289,14 +289,9 @@ impl RunArgs {
             }
         }
         match (&self.service, &self.address) {
-            (Some(name), Some(address)) => Some(FileService {
-                name: name.clone(),
-                address: address.clone(),
-                instance: self.instance.clone(),
-                weight: self.weight,
-                meta,
-                check,
-            }),
+            (Some(name), Some(address)) => {
+                Some(FileService { name: name.clone(), address: address.clone(), instance: self.instance.clone(), weight: self.weight, meta, check })
+            }
             (name, address) => {
                 if name.is_none() {
                     p.add("service", "missing (--service NAME, or services in --config FILE)");
@@ -397,14 +392,7 @@ impl RunArgs {
         if !p.0.is_empty() {
             return Err(p.0);
         }
-        Ok(Config {
-            backend: backend.expect("checked"),
-            ttl,
-            drain,
-            admin,
-            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
-            services,
-        })
+        Ok(Config { backend: backend.expect("checked"), ttl, drain, admin, log_format: self.log_format.or(file.log_format).unwrap_or_default(), services })
     }
 }
 

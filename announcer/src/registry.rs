@@ -62,14 +62,8 @@ impl Publisher for RegistryPublisher {
             if self.published.get(key) == Some(a) {
                 continue;
             }
-            let spec = InstanceSpec {
-                address: a.address.clone(),
-                port: a.port as u64,
-                lease_id: Some(lease),
-                weight: a.weight,
-                state: a.state,
-                meta: a.meta.clone(),
-            };
+            let spec =
+                InstanceSpec { address: a.address.clone(), port: a.port as u64, lease_id: Some(lease), weight: a.weight, state: a.state, meta: a.meta.clone() };
             let w = self.client.put_instance(&key.0, &key.1, &spec).await.map_err(|e| self.map(e))?;
             tracing::info!(service = %key.0, instance = %key.1, state = %a.state, revision = w.revision, "registered");
             self.published.insert(key.clone(), a.clone());

@@ -20,14 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::{
-    ClusterInfo, ErrorBody, ErrorCode, InstanceSpec, KeepaliveResponse, LeaseGrant, LeaseGrantRequest, LeaseId, MemberChange, ServiceInstances,
-    ServiceList, WatchEvent, WriteResult, LEADER_HEADER, IDEMPOTENCY_KEY_HEADER,
+    ClusterInfo, ErrorBody, ErrorCode, InstanceSpec, KeepaliveResponse, LeaseGrant, LeaseGrantRequest, LeaseId, MemberChange, ServiceInstances, ServiceList,
+    WatchEvent, WriteResult, IDEMPOTENCY_KEY_HEADER, LEADER_HEADER,
 };
 
-pub use watcher::{Update, Watcher};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+pub use watcher::{Update, Watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -143,7 +143,13 @@ impl Client {
     }
 
     /// A read, or a write that is safe to repeat.
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&(impl Serialize + ?Sized)>, timeout: Option<Duration>) -> Result<T, Error> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+        timeout: Option<Duration>,
+    ) -> Result<T, Error> {
         self.send(method, path, body, timeout, None, Retry::Always).await
     }
 
@@ -204,10 +210,9 @@ impl Client {
             }
             let err = match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => Error::Api { status: status.as_u16(), body },
-                Err(_) => Error::Api {
-                    status: status.as_u16(),
-                    body: ErrorBody { code: ErrorCode::Unknown, message: String::from_utf8_lossy(&bytes).into_owned() },
-                },
+                Err(_) => {
+                    Error::Api { status: status.as_u16(), body: ErrorBody { code: ErrorCode::Unknown, message: String::from_utf8_lossy(&bytes).into_owned() } }
+                }
             };
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 // "no_leader" is answered before anything runs; any other 503 (a timed-out
@@ -275,7 +280,14 @@ impl Client {
     /// The cluster as one particular node sees it.
     pub async fn cluster_at(&self, base: &str) -> Result<ClusterInfo, Error> {
         let base = normalize_url(base)?;
-        let resp = self.inner.http.get(format!("{base}/v1/cluster")).timeout(Duration::from_secs(2)).send().await.map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
+        let resp = self
+            .inner
+            .http
+            .get(format!("{base}/v1/cluster"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
         resp.json().await.map_err(|e| Error::Decode { url: base, reason: e.to_string() })
     }
 

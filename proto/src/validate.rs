@@ -118,14 +118,7 @@ mod tests {
 
     #[test]
     fn spec_reports_every_error() {
-        let spec = InstanceSpec {
-            address: "no way".into(),
-            port: 70000,
-            lease_id: None,
-            weight: 1000,
-            state: Default::default(),
-            meta: Default::default(),
-        };
+        let spec = InstanceSpec { address: "no way".into(), port: 70000, lease_id: None, weight: 1000, state: Default::default(), meta: Default::default() };
         assert_eq!(instance_spec(&spec).unwrap_err().len(), 3);
     }
 }

@@ -30,7 +30,13 @@ mod tests {
 
     #[test]
     fn the_wire_shape_is_the_contract() {
-        let d = ZnodeData { address: "10.0.0.5".into(), port: 8080, weight: 100, state: InstanceState::Drain, meta: [("zone".to_string(), "a".to_string())].into() };
+        let d = ZnodeData {
+            address: "10.0.0.5".into(),
+            port: 8080,
+            weight: 100,
+            state: InstanceState::Drain,
+            meta: [("zone".to_string(), "a".to_string())].into(),
+        };
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v, serde_json::json!({"host": "10.0.0.5", "port": 8080, "weight": 100, "state": "drain", "meta": {"zone": "a"}}));
         let minimal: ZnodeData = serde_json::from_str(r#"{"host": "10.0.0.5", "port": 8080}"#).unwrap();

@@ -179,11 +179,7 @@ pub async fn status(client: &Client, output: Output) -> Result<String, client::E
             ]
         })
         .collect();
-    let head = format!(
-        "leader: {}  term: {}\n",
-        status.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),
-        status.term
-    );
+    let head = format!("leader: {}  term: {}\n", status.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()), status.term);
     let mut text = head + &table(&["ID", "ADDRESS", "KIND", "ROLE", "TERM", "LAST-LOG", "COMMIT", "APPLIED", "HEALTH"], &rows);
     if !status.balancers.is_empty() {
         let rows: Vec<Vec<String>> = status

@@ -354,10 +354,20 @@ mod tests {
     #[test]
     fn election_timeouts_keep_a_margin_over_the_heartbeat() {
         let base = || ServeArgs { id: Some(1), listen: Some("127.0.0.1:1".parse().unwrap()), data_dir: Some("/tmp/x".into()), ..Default::default() };
-        let ok = ServeArgs { heartbeat: Some(Duration::from_millis(25)), election_timeout_min: Some(Duration::from_millis(100)), election_timeout_max: Some(Duration::from_millis(200)), ..base() };
+        let ok = ServeArgs {
+            heartbeat: Some(Duration::from_millis(25)),
+            election_timeout_min: Some(Duration::from_millis(100)),
+            election_timeout_max: Some(Duration::from_millis(200)),
+            ..base()
+        };
         assert!(ok.resolve().is_ok());
         // The old chaos topology: a 100 ms lease over 30 ms heartbeats leaves no room for a late ack.
-        let tight = ServeArgs { heartbeat: Some(Duration::from_millis(30)), election_timeout_min: Some(Duration::from_millis(100)), election_timeout_max: Some(Duration::from_millis(180)), ..base() };
+        let tight = ServeArgs {
+            heartbeat: Some(Duration::from_millis(30)),
+            election_timeout_min: Some(Duration::from_millis(100)),
+            election_timeout_max: Some(Duration::from_millis(180)),
+            ..base()
+        };
         let e = tight.resolve().unwrap_err();
         assert!(e.len() == 1 && e[0].starts_with("heartbeat:"), "{e:?}");
         assert!(base().resolve().is_ok(), "the defaults pass");
@@ -367,7 +377,11 @@ mod tests {
     fn file_and_flags_merge() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.toml");
-        std::fs::write(&path, "id = 2\nlisten = \"127.0.0.1:7002\"\ndata_dir = \"/tmp/x\"\nheartbeat = \"50ms\"\n[peers]\n1 = \"127.0.0.1:7001\"\n2 = \"127.0.0.1:7002\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "id = 2\nlisten = \"127.0.0.1:7002\"\ndata_dir = \"/tmp/x\"\nheartbeat = \"50ms\"\n[peers]\n1 = \"127.0.0.1:7001\"\n2 = \"127.0.0.1:7002\"\n",
+        )
+        .unwrap();
         let args = ServeArgs { config: Some(path), id: Some(2), ..Default::default() };
         let s = args.resolve().unwrap();
         assert_eq!(s.node.heartbeat, Duration::from_millis(50));

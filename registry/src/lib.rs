@@ -1,18 +1,18 @@
 //! The registry: a Raft-replicated store of services, instances and leases.
 
-pub mod command;
-pub mod storage;
-pub mod types;
-pub mod store;
-pub mod watch;
-pub mod lease;
-pub mod state_machine;
-pub mod network;
-pub mod faults;
-pub mod error;
-pub mod metrics;
-pub mod node;
-pub mod http;
-pub mod config;
 pub mod cli;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod faults;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod network;
+pub mod node;
 pub mod server;
+pub mod state_machine;
+pub mod storage;
+pub mod store;
+pub mod types;
+pub mod watch;

@@ -31,11 +31,7 @@ impl Metrics {
         let mut r = Registry::with_prefix("registry");
         r.register("keepalives", "Lease keepalives accepted by this node as leader", self.keepalives.clone());
         r.register("lease_expiries", "Leases expired by this node as leader", self.lease_expiries.clone());
-        r.register(
-            "lease_expiry_refused",
-            "Expiry attempts abandoned because leadership could not be confirmed with a quorum",
-            self.expiry_refused.clone(),
-        );
+        r.register("lease_expiry_refused", "Expiry attempts abandoned because leadership could not be confirmed with a quorum", self.expiry_refused.clone());
         r.register("leader_changes", "Changes of the known leader seen by this node", self.leader_changes.clone());
         r.register("forwarded_requests", "Requests this node forwarded to the leader", self.forwarded.clone());
         r.register("watch_clients", "Open watch streams on this node", self.watch_clients.clone());

@@ -48,15 +48,13 @@ impl Connection {
             tokio::time::sleep(delay).await;
         }
         let url = format!("http://{}/raft/{path}", self.addr);
-        let resp = self
-            .net
-            .http
-            .post(url)
-            .timeout(option.hard_ttl())
-            .json(req)
-            .send()
-            .await
-            .map_err(|e| if e.is_connect() { RPCError::Unreachable(Unreachable::new(&e)) } else { RPCError::Network(NetworkError::new(&e)) })?;
+        let resp = self.net.http.post(url).timeout(option.hard_ttl()).json(req).send().await.map_err(|e| {
+            if e.is_connect() {
+                RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                RPCError::Network(NetworkError::new(&e))
+            }
+        })?;
         let body: Result<Resp, RaftError<NodeId, E>> = resp.json().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         body.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }

@@ -9,7 +9,11 @@ use crate::faults::Faults;
 use crate::node::Node;
 
 /// Starts a node on an already bound listener (tests bind port 0 first).
-pub async fn start(listener: tokio::net::TcpListener, config: crate::node::NodeConfig, faults: Faults) -> anyhow::Result<(Arc<Node>, tokio::task::JoinHandle<()>)> {
+pub async fn start(
+    listener: tokio::net::TcpListener,
+    config: crate::node::NodeConfig,
+    faults: Faults,
+) -> anyhow::Result<(Arc<Node>, tokio::task::JoinHandle<()>)> {
     let node = Node::start(config, faults).await.context("starting the node")?;
     let app = crate::http::router(node.clone());
     let task = tokio::spawn(async move {

@@ -74,8 +74,8 @@ impl StateMachine {
         };
         frame::remove_stale_temps(&shared.snapshot_path);
         if let Some(bytes) = frame::read_framed(&shared.snapshot_path)? {
-            let file: SnapshotFile = serde_json::from_slice(&bytes)
-                .map_err(|e| frame::FileError::corrupt(&shared.snapshot_path, 0, format!("snapshot does not decode: {e}")))?;
+            let file: SnapshotFile =
+                serde_json::from_slice(&bytes).map_err(|e| frame::FileError::corrupt(&shared.snapshot_path, 0, format!("snapshot does not decode: {e}")))?;
             let revision = file.data.store.revision;
             let data = serde_json::to_vec(&file.data).expect("store serializes");
             *shared.data.write().unwrap() = file.data;
@@ -201,17 +201,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let mut data: Applied =
-            serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let mut data: Applied = serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         // The meta is authoritative for the log position and membership.
         data.last_applied = meta.last_log_id;
         data.membership = meta.last_membership.clone();
         let shared = self.shared.clone();
         let meta2 = meta.clone();
         // The file first, then memory: a crash in between restarts from the new snapshot.
-        let (kept, data) = tokio::task::spawn_blocking(move || shared.save_snapshot(&meta2, &data).map(|(kept, _)| (kept, data)))
-            .await
-            .expect("snapshot task panicked")?;
+        let (kept, data) =
+            tokio::task::spawn_blocking(move || shared.save_snapshot(&meta2, &data).map(|(kept, _)| (kept, data))).await.expect("snapshot task panicked")?;
         if kept.last_log_id == meta.last_log_id {
             let revision = data.store.revision;
             *self.shared.data.write().unwrap() = data;
@@ -222,13 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(self
-            .shared
-            .snapshot
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|(meta, bytes)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(bytes.clone())) }))
+        Ok(self.shared.snapshot.lock().unwrap().as_ref().map(|(meta, bytes)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(bytes.clone())) }))
     }
 }
 

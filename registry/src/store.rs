@@ -249,14 +249,7 @@ mod tests {
     use super::*;
 
     fn spec(lease: Option<u64>) -> InstanceSpec {
-        InstanceSpec {
-            address: "10.0.0.5".into(),
-            port: 8080,
-            lease_id: lease,
-            weight: 100,
-            state: Default::default(),
-            meta: Default::default(),
-        }
+        InstanceSpec { address: "10.0.0.5".into(), port: 8080, lease_id: lease, weight: 100, state: Default::default(), meta: Default::default() }
     }
 
     fn apply(s: &mut Store, index: u64, term: u64, cmd: Cmd) -> (Resp, Vec<WatchEvent>) {
@@ -371,12 +364,8 @@ mod tests {
 
     #[test]
     fn same_log_same_store() {
-        let log = [
-            Cmd::GrantLease { ttl_ms: 1000, owner: None },
-            put("web", "a", Some(1)),
-            put("web", "b", None),
-            Cmd::ExpireLeases { term: 1, lease_ids: vec![1] },
-        ];
+        let log =
+            [Cmd::GrantLease { ttl_ms: 1000, owner: None }, put("web", "a", Some(1)), put("web", "b", None), Cmd::ExpireLeases { term: 1, lease_ids: vec![1] }];
         let run = || {
             let mut s = Store::default();
             for (i, c) in log.iter().enumerate() {

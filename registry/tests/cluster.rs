@@ -20,10 +20,7 @@ async fn elects_a_leader_and_replicates_writes_sent_to_any_node() {
     let follower = *c.nodes.keys().find(|i| **i != leader).unwrap();
     let via_follower = c.client_for(&[follower]);
     let w = via_follower.put_instance("web", "a", &spec(8080, None)).await.unwrap();
-    wait_until(Duration::from_secs(5), "every node applied the write", || async {
-        c.nodes.keys().all(|i| c.applied(*i) >= w.revision).then_some(())
-    })
-    .await;
+    wait_until(Duration::from_secs(5), "every node applied the write", || async { c.nodes.keys().all(|i| c.applied(*i) >= w.revision).then_some(()) }).await;
     for id in c.nodes.keys() {
         let s = c.client_for(&[*id]).service("web", true).await.unwrap();
         assert_eq!(s.instances.len(), 1, "node {id} has the instance");
@@ -191,10 +188,8 @@ async fn a_stale_leader_cannot_revoke_anything() {
     c.faults.isolate(old);
     c.wait_leader(Some(&rest)).await;
     let stale = &c.nodes[&old].node;
-    wait_until(Duration::from_secs(10), "the stale leader to try and fail to expire", || async {
-        (stale.metrics().expiry_refused.get() > 0).then_some(())
-    })
-    .await;
+    wait_until(Duration::from_secs(10), "the stale leader to try and fail to expire", || async { (stale.metrics().expiry_refused.get() > 0).then_some(()) })
+        .await;
     c.faults.heal();
     wait_until(Duration::from_secs(10), "the stale leader steps down", || async { (!stale.is_leader()).then_some(()) }).await;
     stop.send(()).unwrap();
@@ -303,11 +298,13 @@ async fn snapshots_bound_the_log_and_bring_a_new_member_up() {
         last = client.put_instance("web", &format!("i{}", i % 20), &spec(1000 + i, None)).await.unwrap().revision;
     }
     wait_until(Duration::from_secs(10), "every node snapshotted and purged its log", || async {
-        c.nodes.values().all(|n| {
-            let m = n.node.raft_metrics();
-            m.snapshot.map(|s| s.index).unwrap_or(0) >= 400 && m.purged.map(|p| p.index).unwrap_or(0) >= 300
-        })
-        .then_some(())
+        c.nodes
+            .values()
+            .all(|n| {
+                let m = n.node.raft_metrics();
+                m.snapshot.map(|s| s.index).unwrap_or(0) >= 400 && m.purged.map(|p| p.index).unwrap_or(0) >= 300
+            })
+            .then_some(())
     })
     .await;
     let wal = c._dir.path().join("n1/raft/log");

@@ -318,10 +318,8 @@ async fn watches_blocking_queries_and_leases_per_client_are_limited() {
     let index = client.put_instance("web", "a", &spec(1, None)).await.unwrap().revision;
     let on = format!("{}/v1/services/web?stale=true&index={index}&wait=20s", c.nodes[&follower].url);
     let waiting = tokio::spawn(reqwest::get(on.clone()));
-    wait_until(Duration::from_secs(5), "a second blocking query to be refused", || async {
-        (reqwest::get(&on).await.ok()?.status() == 429).then_some(())
-    })
-    .await;
+    wait_until(Duration::from_secs(5), "a second blocking query to be refused", || async { (reqwest::get(&on).await.ok()?.status() == 429).then_some(()) })
+        .await;
     waiting.abort();
 }
 

@@ -14,7 +14,10 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(|State(m): State<Arc<Metrics>>| async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response() }))
+        .route(
+            "/metrics",
+            get(|State(m): State<Arc<Metrics>>| async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response() }),
+        )
         .with_state(metrics);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

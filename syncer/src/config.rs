@@ -138,8 +138,17 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// Unix socket path or `tcp:HOST:PORT`.
-    Runtime { endpoint: String, server_options: String },
-    Dataplane { url: String, version: DataplaneVersion, user: Option<String>, password: Option<String>, server_options: String },
+    Runtime {
+        endpoint: String,
+        server_options: String,
+    },
+    Dataplane {
+        url: String,
+        version: DataplaneVersion,
+        user: Option<String>,
+        password: Option<String>,
+        server_options: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -177,10 +186,12 @@ impl RunArgs {
         let mut errors = Vec::new();
         let file = match &self.config {
             None => FileConfig::default(),
-            Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| toml::from_str::<FileConfig>(&t).map_err(|e| e.to_string())) {
-                Ok(f) => f,
-                Err(e) => return Err(vec![format!("config file {}: {e}", path.display())]),
-            },
+            Some(path) => {
+                match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| toml::from_str::<FileConfig>(&t).map_err(|e| e.to_string())) {
+                    Ok(f) => f,
+                    Err(e) => return Err(vec![format!("config file {}: {e}", path.display())]),
+                }
+            }
         };
         let registry = if self.registry.is_empty() { file.registry.unwrap_or_default() } else { self.registry };
         let zookeeper = self.zookeeper.or(file.zookeeper);

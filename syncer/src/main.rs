@@ -43,7 +43,8 @@ async fn run_with<D: Driver + Send + 'static>(driver: D, config: Config, metrics
                 Some(a) => (a.ip().to_string(), a.port()),
                 None => ("127.0.0.1".to_string(), 1),
             };
-            let reporter = syncer::report::Reporter { client: client::Client::new(urls)?, id: config.id.clone(), host, port, mappings: config.settings.mappings.clone() };
+            let reporter =
+                syncer::report::Reporter { client: client::Client::new(urls)?, id: config.id.clone(), host, port, mappings: config.settings.mappings.clone() };
             tokio::spawn(reporter.run(applied));
         }
         Source::Zookeeper { connect, session_timeout } => {

@@ -45,7 +45,11 @@ impl Metrics {
         r.register("held_removals_pending", "Removals held back in the last pass", self.held_now.clone());
         r.register("haproxy_restarts", "HAProxy restarts or reloads detected (state re-applied)", self.haproxy_restarts.clone());
         r.register("passes", "Reconcile passes", self.passes.clone());
-        r.register("relist_corrections", "Endpoints a periodic re-list of the registry found wrong (the watch missed them); should stay 0", self.relist_corrections.clone());
+        r.register(
+            "relist_corrections",
+            "Endpoints a periodic re-list of the registry found wrong (the watch missed them); should stay 0",
+            self.relist_corrections.clone(),
+        );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");
         out

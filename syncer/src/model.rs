@@ -67,10 +67,18 @@ pub struct ActualServer {
 pub enum Op {
     /// Add a server and bring it to its desired state and weight.
     Add(DesiredServer),
-    SetWeight { name: String, weight: u32 },
-    SetState { name: String, state: AdminState },
+    SetWeight {
+        name: String,
+        weight: u32,
+    },
+    SetState {
+        name: String,
+        state: AdminState,
+    },
     /// Take the server out: drain, wait for its connections to end (bounded), maint, delete.
-    Remove { name: String },
+    Remove {
+        name: String,
+    },
 }
 
 impl Op {

@@ -96,7 +96,13 @@ mod tests {
         }
         let cases = vec![
             Case { name: "nothing to do", actual: vec![a("sd-a", 1, 100, Ready, 0)], desired: vec![d("sd-a", 1, 100, Ready)], draining: vec![], want: vec![] },
-            Case { name: "add missing", actual: vec![], desired: vec![d("sd-a", 1, 100, Ready)], draining: vec![], want: vec![Op::Add(d("sd-a", 1, 100, Ready))] },
+            Case {
+                name: "add missing",
+                actual: vec![],
+                desired: vec![d("sd-a", 1, 100, Ready)],
+                draining: vec![],
+                want: vec![Op::Add(d("sd-a", 1, 100, Ready))],
+            },
             Case {
                 name: "weight and state corrected",
                 actual: vec![a("sd-a", 1, 10, Maint, 0)],
@@ -111,7 +117,13 @@ mod tests {
                 draining: vec![],
                 want: vec![Op::Remove { name: "sd-a".into() }, Op::Add(d("sd-a", 2, 100, Ready))],
             },
-            Case { name: "idle undesired server removed at once", actual: vec![a("sd-a", 1, 100, Ready, 0)], desired: vec![], draining: vec![], want: vec![Op::Remove { name: "sd-a".into() }] },
+            Case {
+                name: "idle undesired server removed at once",
+                actual: vec![a("sd-a", 1, 100, Ready, 0)],
+                desired: vec![],
+                draining: vec![],
+                want: vec![Op::Remove { name: "sd-a".into() }],
+            },
             Case {
                 name: "busy undesired server drained first",
                 actual: vec![a("sd-a", 1, 100, Ready, 5)],
@@ -119,7 +131,13 @@ mod tests {
                 draining: vec![],
                 want: vec![Op::SetState { name: "sd-a".into(), state: Drain }],
             },
-            Case { name: "draining server waits", actual: vec![a("sd-a", 1, 100, Drain, 5)], desired: vec![], draining: vec![("sd-a", Duration::from_secs(10))], want: vec![] },
+            Case {
+                name: "draining server waits",
+                actual: vec![a("sd-a", 1, 100, Drain, 5)],
+                desired: vec![],
+                draining: vec![("sd-a", Duration::from_secs(10))],
+                want: vec![],
+            },
             Case {
                 name: "drain deadline passed",
                 actual: vec![a("sd-a", 1, 100, Drain, 5)],
@@ -127,7 +145,13 @@ mod tests {
                 draining: vec![("sd-a", Duration::from_secs(30))],
                 want: vec![Op::Remove { name: "sd-a".into() }],
             },
-            Case { name: "drained server with no sessions removed", actual: vec![a("sd-a", 1, 100, Drain, 0)], desired: vec![], draining: vec![("sd-a", Duration::from_secs(1))], want: vec![Op::Remove { name: "sd-a".into() }] },
+            Case {
+                name: "drained server with no sessions removed",
+                actual: vec![a("sd-a", 1, 100, Drain, 0)],
+                desired: vec![],
+                draining: vec![("sd-a", Duration::from_secs(1))],
+                want: vec![Op::Remove { name: "sd-a".into() }],
+            },
             Case { name: "config-declared servers left alone", actual: vec![a("static1", 1, 100, Ready, 0)], desired: vec![], draining: vec![], want: vec![] },
         ];
         for c in cases {

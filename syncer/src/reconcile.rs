@@ -59,7 +59,13 @@ pub fn desired_set(snap: &Snapshot, service: &str) -> DesiredSet {
         .iter()
         .map(|(instance, e)| {
             let name = server_name(instance);
-            let server = DesiredServer { name: name.clone(), addr: e.addr.clone(), port: e.port, weight: e.weight.min(proto::validate::MAX_WEIGHT), state: AdminState::from(e.state) };
+            let server = DesiredServer {
+                name: name.clone(),
+                addr: e.addr.clone(),
+                port: e.port,
+                weight: e.weight.min(proto::validate::MAX_WEIGHT),
+                state: AdminState::from(e.state),
+            };
             (name, server)
         })
         .collect()
@@ -123,7 +129,8 @@ impl<D: Driver> Reconciler<D> {
     fn observe_source(&self, st: &crate::source::SourceState) {
         self.metrics.source_up.set(st.healthy as i64);
         self.metrics.relist_corrections.inner().store(st.corrections, std::sync::atomic::Ordering::Relaxed);
-        let stale = if st.healthy { 0.0 } else { st.last_ok.and_then(|t| SystemTime::now().duration_since(t).ok()).map(|d| d.as_secs_f64()).unwrap_or(f64::INFINITY) };
+        let stale =
+            if st.healthy { 0.0 } else { st.last_ok.and_then(|t| SystemTime::now().duration_since(t).ok()).map(|d| d.as_secs_f64()).unwrap_or(f64::INFINITY) };
         self.metrics.staleness_seconds.set(stale);
     }
 
@@ -252,7 +259,10 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Add(d) => {
-                        s.insert(d.name.clone(), ActualServer { name: d.name.clone(), addr: d.addr.clone(), port: d.port, weight: d.weight, state: d.state, sessions: 0 });
+                        s.insert(
+                            d.name.clone(),
+                            ActualServer { name: d.name.clone(), addr: d.addr.clone(), port: d.port, weight: d.weight, state: d.state, sessions: 0 },
+                        );
                     }
                     Op::SetWeight { name, weight } => s.get_mut(name).unwrap().weight = *weight,
                     Op::SetState { name, state } => s.get_mut(name).unwrap().state = *state,

@@ -25,7 +25,11 @@ pub struct Reporter {
 impl Reporter {
     fn spec(&self, lease: u64, applied: &Applied) -> InstanceSpec {
         let report = SyncerReport {
-            backends: self.mappings.iter().map(|m| (m.backend.clone(), BackendReport { service: m.service.clone(), applied: applied.get(&m.backend).copied() })).collect(),
+            backends: self
+                .mappings
+                .iter()
+                .map(|m| (m.backend.clone(), BackendReport { service: m.service.clone(), applied: applied.get(&m.backend).copied() }))
+                .collect(),
         };
         let meta = report.to_meta();
         InstanceSpec { address: self.host.clone(), port: self.port as u64, lease_id: Some(lease), weight: 0, state: proto::InstanceState::Up, meta }

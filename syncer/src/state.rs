@@ -54,10 +54,10 @@ mod tests {
         let s = StateDir::open(dir.path()).unwrap();
         assert_eq!(s.load().unwrap(), None);
         let mut snap = Snapshot { revision: 42, ..Default::default() };
-        snap.services.entry("web".into()).or_default().insert(
-            "a".into(),
-            Endpoint { addr: "127.0.0.1".into(), port: 80, weight: 100, state: Default::default() },
-        );
+        snap.services
+            .entry("web".into())
+            .or_default()
+            .insert("a".into(), Endpoint { addr: "127.0.0.1".into(), port: 80, weight: 100, state: Default::default() });
         s.save(&snap).unwrap();
         assert_eq!(s.load().unwrap(), Some(snap));
         std::fs::write(s.path(), "{garbage").unwrap();

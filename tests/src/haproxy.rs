@@ -127,7 +127,10 @@ impl Haproxy {
         let old = self.worker_pid().await;
         // The master re-executes itself and drops the CLI connection; the answer is empty.
         self.master("reload").await;
-        wait_for(READY_LIMIT, "HAProxy to count the reload", || async { (self.master_reloads().await.map(|n| n + self.earlier_reloads) > Some(before)).then_some(()) }).await;
+        wait_for(READY_LIMIT, "HAProxy to count the reload", || async {
+            (self.master_reloads().await.map(|n| n + self.earlier_reloads) > Some(before)).then_some(())
+        })
+        .await;
         self.wait_ready(Some(old)).await;
     }
 

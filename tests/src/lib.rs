@@ -13,9 +13,7 @@ use tokio::time::Instant;
 /// `E2E_BIN_DIR` overrides the directory.
 pub fn binary(name: &str) -> PathBuf {
     let dir = std::env::var_os("E2E_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
         target.join(if cfg!(debug_assertions) { "debug" } else { "release" })
     });
     let path = dir.join(name);
@@ -205,11 +203,11 @@ pub fn registry_cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(binary("registry")).args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
-pub mod zookeeper;
-pub mod haproxy;
-pub mod dataplane_double;
 pub mod chaos;
+pub mod dataplane_double;
+pub mod haproxy;
 pub mod tcp_proxy;
+pub mod zookeeper;
 
 /// Runs a benchmark's body on a fresh runtime until it finishes or the process gets SIGINT or
 /// SIGTERM; dropping the body on a signal drops its processes, which kills them. Returns the

@@ -133,7 +133,20 @@ async fn a_leader_kill_keeps_the_instance_and_an_announcer_kill_removes_it() {
 #[test]
 fn a_bad_config_names_the_field_and_exits_2() {
     let out = std::process::Command::new(binary("announcer"))
-        .args(["--registry", "http://127.0.0.1:1", "--service", "web servers", "--address", "127.0.0.1:0", "--ttl", "1h5m", "--rise", "0", "--check-tcp", "x:1"])
+        .args([
+            "--registry",
+            "http://127.0.0.1:1",
+            "--service",
+            "web servers",
+            "--address",
+            "127.0.0.1:0",
+            "--ttl",
+            "1h5m",
+            "--rise",
+            "0",
+            "--check-tcp",
+            "x:1",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

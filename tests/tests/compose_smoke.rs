@@ -165,7 +165,8 @@ async fn compose_topology_survives_losing_the_registry_leader_and_a_web_containe
     println!("images ready in {:.1?}", t.elapsed());
 
     let unique = format!("{}{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() % 1_000_000);
-    let project = Project { root: root.clone(), compose: compose_command(), name: format!("sdsmoke{unique}"), lb_port: e2e::free_port(), api_port: e2e::free_port() };
+    let project =
+        Project { root: root.clone(), compose: compose_command(), name: format!("sdsmoke{unique}"), lb_port: e2e::free_port(), api_port: e2e::free_port() };
     println!("project {}: lb1 on 127.0.0.1:{} (web-servers) and 127.0.0.1:{} (api-servers)", project.name, project.lb_port, project.api_port);
 
     let t = Instant::now();
@@ -180,7 +181,10 @@ async fn compose_topology_survives_losing_the_registry_leader_and_a_web_containe
         let mut seen = std::collections::BTreeSet::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !(seen.contains("web1") && seen.contains("web2")) {
-            assert!(Instant::now() < deadline, "timed out after 60 s waiting for {service} through lb1 (127.0.0.1:{port}) to answer from web1 and web2; answered: {seen:?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out after 60 s waiting for {service} through lb1 (127.0.0.1:{port}) to answer from web1 and web2; answered: {seen:?}"
+            );
             if let Ok((who, _)) = get(&http, port).await {
                 seen.insert(who);
             }
@@ -192,7 +196,8 @@ async fn compose_topology_survives_losing_the_registry_leader_and_a_web_containe
     // The leader, as `registry status` inside a registry container sees it.
     let leader = (1..=3)
         .find_map(|i| {
-            let out = project.command(Duration::from_secs(30), &["exec", "-T", &format!("registry{i}"), "registry", "status", "--output", "json"]).output().ok()?;
+            let out =
+                project.command(Duration::from_secs(30), &["exec", "-T", &format!("registry{i}"), "registry", "status", "--output", "json"]).output().ok()?;
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
             v["leader"].as_u64()
         })
@@ -245,11 +250,7 @@ async fn compose_topology_survives_losing_the_registry_leader_and_a_web_containe
     };
     let kill_at = died(&web2);
     let since_kill = move || t0.elapsed().saturating_sub(kill_at);
-    println!(
-        "`kill` returned after {:.1?}; web2 died {kill_at:.1?} and {killed} {:.1?} after it was issued",
-        t0.elapsed(),
-        died(&killed_container)
-    );
+    println!("`kill` returned after {:.1?}; web2 died {kill_at:.1?} and {killed} {:.1?} after it was issued", t0.elapsed(), died(&killed_container));
 
     // HAProxy serves only web1: from some moment at most TTL + 2 s after the kill, every answer
     // comes from web1 and is quick (10 in a row, each under 500 ms; a request that HAProxy first
@@ -314,7 +315,10 @@ async fn compose_topology_survives_losing_the_registry_leader_and_a_web_containe
         let rows = haproxy_servers(id).unwrap_or_else(|| panic!("reading {name}'s HAProxy stats"));
         for backend in ["web-servers", "api-servers"] {
             let servers: Vec<_> = rows.iter().filter(|(b, _, _)| b == backend).map(|(_, s, st)| format!("{s} {st}")).collect();
-            assert!(servers.len() == 1 && servers[0].starts_with("sd-web1:") && servers[0].ends_with(" UP"), "{name} {backend}: expected only sd-web1 UP, got {servers:?}");
+            assert!(
+                servers.len() == 1 && servers[0].starts_with("sd-web1:") && servers[0].ends_with(" UP"),
+                "{name} {backend}: expected only sd-web1 UP, got {servers:?}"
+            );
         }
     }
 

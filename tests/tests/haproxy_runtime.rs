@@ -224,7 +224,8 @@ async fn remove_ends_remaining_sessions_and_deletes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_declared_servers_are_reported_but_not_managed() {
     let static_port = web("static").await;
-    let h = Haproxy::start_with(&[BACKEND], &[StaticServer { backend: BACKEND.into(), name: "static1".into(), addr: format!("127.0.0.1:{static_port}") }]).await;
+    let h =
+        Haproxy::start_with(&[BACKEND], &[StaticServer { backend: BACKEND.into(), name: "static1".into(), addr: format!("127.0.0.1:{static_port}") }]).await;
     // Over TCP this time (the same API on `stats socket ipv4@127.0.0.1:PORT`).
     let mut d = RuntimeApi::new(Endpoint::Tcp(h.tcp_address()), DEFAULT_SERVER_OPTIONS);
     let port = web("a").await;

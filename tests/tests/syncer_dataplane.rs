@@ -15,14 +15,7 @@ async fn setup(api: ApiVersion) -> (DataplaneDouble, DataplaneApi) {
         ApiVersion::V2 => DataplaneVersion::V2,
         ApiVersion::V3 => DataplaneVersion::V3,
     };
-    let driver = DataplaneApi::new(
-        &double.url(),
-        version,
-        Some(USER.into()),
-        Some(PASSWORD.into()),
-        OPTIONS.into(),
-    )
-    .unwrap();
+    let driver = DataplaneApi::new(&double.url(), version, Some(USER.into()), Some(PASSWORD.into()), OPTIONS.into()).unwrap();
     (double, driver)
 }
 
@@ -34,13 +27,7 @@ fn assert_clean(double: &DataplaneDouble) {
 }
 
 fn server(name: &str, port: u16, weight: u32, state: AdminState) -> DesiredServer {
-    DesiredServer {
-        name: name.into(),
-        addr: "127.0.0.1".into(),
-        port,
-        weight,
-        state,
-    }
+    DesiredServer { name: name.into(), addr: "127.0.0.1".into(), port, weight, state }
 }
 
 fn find<'a>(servers: &'a [ActualServer], name: &str) -> Option<&'a ActualServer> {
@@ -56,15 +43,7 @@ async fn round_trip(api: ApiVersion) {
     assert_eq!(first[0].name, "static1");
 
     // Add: runtime (brought out of maintenance) and configuration, with the server options.
-    d.apply(
-        BACKEND,
-        &[
-            Op::Add(server("sd-a", 8081, 10, AdminState::Ready)),
-            Op::Add(server("sd-b", 8082, 5, AdminState::Maint)),
-        ],
-    )
-    .await
-    .unwrap();
+    d.apply(BACKEND, &[Op::Add(server("sd-a", 8081, 10, AdminState::Ready)), Op::Add(server("sd-b", 8082, 5, AdminState::Maint))]).await.unwrap();
     let rt = double.runtime_servers(BACKEND);
     assert_eq!(rt["sd-a"].admin_state, "ready");
     assert_eq!(rt["sd-a"].weight, 10);
@@ -81,33 +60,12 @@ async fn round_trip(api: ApiVersion) {
     let now = d.servers(BACKEND).await.unwrap();
     assert_eq!(
         find(&now, "sd-a"),
-        Some(&ActualServer {
-            name: "sd-a".into(),
-            addr: "127.0.0.1".into(),
-            port: 8081,
-            weight: 10,
-            state: AdminState::Ready,
-            sessions: 0
-        })
+        Some(&ActualServer { name: "sd-a".into(), addr: "127.0.0.1".into(), port: 8081, weight: 10, state: AdminState::Ready, sessions: 0 })
     );
     assert_eq!(find(&now, "sd-b").unwrap().state, AdminState::Maint);
 
     // Weight and state.
-    d.apply(
-        BACKEND,
-        &[
-            Op::SetWeight {
-                name: "sd-a".into(),
-                weight: 20,
-            },
-            Op::SetState {
-                name: "sd-b".into(),
-                state: AdminState::Ready,
-            },
-        ],
-    )
-    .await
-    .unwrap();
+    d.apply(BACKEND, &[Op::SetWeight { name: "sd-a".into(), weight: 20 }, Op::SetState { name: "sd-b".into(), state: AdminState::Ready }]).await.unwrap();
     let rt = double.runtime_servers(BACKEND);
     match api {
         ApiVersion::V3 => assert_eq!(rt["sd-a"].weight, 20),
@@ -123,61 +81,26 @@ async fn round_trip(api: ApiVersion) {
     assert_eq!(find(&now, "sd-b").unwrap().state, AdminState::Ready);
 
     // Drain, with connections reported as sessions.
-    d.apply(
-        BACKEND,
-        &[Op::SetState {
-            name: "sd-a".into(),
-            state: AdminState::Drain,
-        }],
-    )
-    .await
-    .unwrap();
+    d.apply(BACKEND, &[Op::SetState { name: "sd-a".into(), state: AdminState::Drain }]).await.unwrap();
     double.set_connections(BACKEND, "sd-a", 3);
     let now = d.servers(BACKEND).await.unwrap();
     assert_eq!(find(&now, "sd-a").unwrap().state, AdminState::Drain);
     assert_eq!(find(&now, "sd-a").unwrap().sessions, 3);
     assert_eq!(double.runtime_servers(BACKEND)["sd-a"].admin_state, "drain");
-    assert_eq!(
-        double.config_servers(BACKEND)["sd-a"]["maintenance"],
-        "disabled",
-        "drain is runtime-only"
-    );
+    assert_eq!(double.config_servers(BACKEND)["sd-a"]["maintenance"], "disabled", "drain is runtime-only");
 
     // Remove while connections remain: refused, nothing done, forced into maintenance.
     let commits_before = double.count_ok("commitTransaction");
-    let err = d
-        .apply(
-            BACKEND,
-            &[Op::Remove {
-                name: "sd-a".into(),
-            }],
-        )
-        .await
-        .unwrap_err();
+    let err = d.apply(BACKEND, &[Op::Remove { name: "sd-a".into() }]).await.unwrap_err();
     assert_eq!(err.0, 0);
-    assert!(
-        matches!(err.1, DriverError::Refused(ref m) if m.contains("connections")),
-        "{:?}",
-        err.1
-    );
+    assert!(matches!(err.1, DriverError::Refused(ref m) if m.contains("connections")), "{:?}", err.1);
     assert_eq!(double.runtime_servers(BACKEND)["sd-a"].admin_state, "maint");
     assert!(double.config_servers(BACKEND).contains_key("sd-a"));
-    assert_eq!(
-        double.count_ok("commitTransaction"),
-        commits_before,
-        "nothing to persist"
-    );
+    assert_eq!(double.count_ok("commitTransaction"), commits_before, "nothing to persist");
 
     // Once the connections are gone, it goes from both.
     double.set_connections(BACKEND, "sd-a", 0);
-    d.apply(
-        BACKEND,
-        &[Op::Remove {
-            name: "sd-a".into(),
-        }],
-    )
-    .await
-    .unwrap();
+    d.apply(BACKEND, &[Op::Remove { name: "sd-a".into() }]).await.unwrap();
     assert!(!double.runtime_servers(BACKEND).contains_key("sd-a"));
     assert!(!double.config_servers(BACKEND).contains_key("sd-a"));
     let now = d.servers(BACKEND).await.unwrap();
@@ -209,41 +132,23 @@ async fn v2_add_weight_state_remove_round_trip() {
 async fn one_transaction_per_batch(api: ApiVersion) {
     let (double, mut d) = setup(api).await;
     d.servers(BACKEND).await.unwrap();
-    let ops: Vec<Op> = (0..5)
-        .map(|i| Op::Add(server(&format!("sd-{i}"), 9000 + i, 1, AdminState::Ready)))
-        .collect();
+    let ops: Vec<Op> = (0..5).map(|i| Op::Add(server(&format!("sd-{i}"), 9000 + i, 1, AdminState::Ready))).collect();
     d.apply(BACKEND, &ops).await.unwrap();
     assert_eq!(double.runtime_servers(BACKEND).len(), 5);
     assert_eq!(double.config_servers(BACKEND).len(), 5);
     assert_eq!(double.count_ok("startTransaction"), 1);
     assert_eq!(double.count_ok("commitTransaction"), 1);
-    let create = if api == ApiVersion::V3 {
-        "createServerBackend"
-    } else {
-        "createServer"
-    };
+    let create = if api == ApiVersion::V3 { "createServerBackend" } else { "createServer" };
     assert_eq!(double.count_ok(create), 5);
     for r in double.requests().iter().filter(|r| r.operation == create) {
-        assert!(
-            r.uri.contains("transaction_id="),
-            "config write outside the transaction: {}",
-            r.uri
-        );
+        assert!(r.uri.contains("transaction_id="), "config write outside the transaction: {}", r.uri);
         assert!(!r.uri.contains("version="), "{}", r.uri);
     }
     // A second batch mixing kinds is again one transaction.
     let ops = vec![
-        Op::Remove {
-            name: "sd-0".into(),
-        },
-        Op::SetWeight {
-            name: "sd-1".into(),
-            weight: 7,
-        },
-        Op::SetState {
-            name: "sd-2".into(),
-            state: AdminState::Maint,
-        },
+        Op::Remove { name: "sd-0".into() },
+        Op::SetWeight { name: "sd-1".into(), weight: 7 },
+        Op::SetState { name: "sd-2".into(), state: AdminState::Maint },
         Op::Add(server("sd-9", 9009, 3, AdminState::Drain)),
     ];
     d.apply(BACKEND, &ops).await.unwrap();
@@ -273,46 +178,23 @@ async fn conflict_retried(api: ApiVersion) {
     // Another writer changes the configuration after the driver read its version.
     double.bump_version();
     let versions_read = double.count_ok("getConfigurationVersion");
-    d.apply(
-        BACKEND,
-        &[Op::Add(server("sd-a", 8081, 1, AdminState::Ready))],
-    )
-    .await
-    .unwrap();
+    d.apply(BACKEND, &[Op::Add(server("sd-a", 8081, 1, AdminState::Ready))]).await.unwrap();
     assert_eq!(double.count("startTransaction"), 2, "409 then a retry");
     assert_eq!(double.count_ok("startTransaction"), 1);
-    assert!(
-        double.count_ok("getConfigurationVersion") > versions_read,
-        "the version was read again after the 409"
-    );
+    assert!(double.count_ok("getConfigurationVersion") > versions_read, "the version was read again after the 409");
     assert_eq!(d.stats().version_conflicts, 1);
     assert!(double.config_servers(BACKEND).contains_key("sd-a"));
 
     // Injected 409s on configuration writes (transaction start and server writes).
     double.fail_next_config_writes(2);
-    d.apply(
-        BACKEND,
-        &[Op::Add(server("sd-b", 8082, 1, AdminState::Ready))],
-    )
-    .await
-    .unwrap();
+    d.apply(BACKEND, &[Op::Add(server("sd-b", 8082, 1, AdminState::Ready))]).await.unwrap();
     assert_eq!(d.stats().version_conflicts, 3);
     assert!(double.config_servers(BACKEND).contains_key("sd-b"));
-    assert_eq!(
-        double.open_transactions(),
-        0,
-        "abandoned transactions are deleted"
-    );
+    assert_eq!(double.open_transactions(), 0, "abandoned transactions are deleted");
 
     // Bounded: endless conflicts end in an error, the runtime change stays and is persisted later.
     double.fail_next_config_writes(100);
-    let err = d
-        .apply(
-            BACKEND,
-            &[Op::Add(server("sd-c", 8083, 1, AdminState::Ready))],
-        )
-        .await
-        .unwrap_err();
+    let err = d.apply(BACKEND, &[Op::Add(server("sd-c", 8083, 1, AdminState::Ready))]).await.unwrap_err();
     assert_eq!(err.0, 1, "the runtime part was done");
     assert!(err.1.is_retriable());
     assert!(double.runtime_servers(BACKEND).contains_key("sd-c"));
@@ -320,10 +202,7 @@ async fn conflict_retried(api: ApiVersion) {
     assert_eq!(d.unpersisted(BACKEND), 1);
     double.fail_next_config_writes(0);
     d.servers(BACKEND).await.unwrap();
-    assert!(
-        double.config_servers(BACKEND).contains_key("sd-c"),
-        "persisted before the next read"
-    );
+    assert!(double.config_servers(BACKEND).contains_key("sd-c"), "persisted before the next read");
     assert_eq!(d.unpersisted(BACKEND), 0);
     assert_eq!(double.open_transactions(), 0);
     assert_clean(&double);
@@ -343,15 +222,7 @@ async fn outdated_commit_retried(api: ApiVersion) {
     let (double, mut d) = setup(api).await;
     d.servers(BACKEND).await.unwrap();
     double.fail_next_commits(1);
-    d.apply(
-        BACKEND,
-        &[
-            Op::Add(server("sd-a", 8081, 1, AdminState::Ready)),
-            Op::Add(server("sd-b", 8082, 1, AdminState::Ready)),
-        ],
-    )
-    .await
-    .unwrap();
+    d.apply(BACKEND, &[Op::Add(server("sd-a", 8081, 1, AdminState::Ready)), Op::Add(server("sd-b", 8082, 1, AdminState::Ready))]).await.unwrap();
     assert_eq!(double.count("commitTransaction"), 2);
     assert_eq!(double.count_ok("commitTransaction"), 1);
     assert_eq!(d.stats().outdated_commits, 1);
@@ -373,33 +244,15 @@ async fn v2_outdated_commit_406_is_retried() {
 async fn reload_tracked(api: ApiVersion) {
     let (double, mut d) = setup(api).await;
     let g1 = d.generation().await.unwrap();
-    assert_eq!(
-        d.generation().await.unwrap(),
-        g1,
-        "stable while HAProxy runs"
-    );
+    assert_eq!(d.generation().await.unwrap(), g1, "stable while HAProxy runs");
     d.servers(BACKEND).await.unwrap();
     assert_eq!(d.last_reload_id(), None);
-    d.apply(
-        BACKEND,
-        &[
-            Op::Add(server("sd-a", 8081, 4, AdminState::Ready)),
-            Op::Add(server("sd-b", 8082, 2, AdminState::Maint)),
-        ],
-    )
-    .await
-    .unwrap();
+    d.apply(BACKEND, &[Op::Add(server("sd-a", 8081, 4, AdminState::Ready)), Op::Add(server("sd-b", 8082, 2, AdminState::Maint))]).await.unwrap();
     let reloads = double.reloads();
     assert_eq!(reloads.len(), 1);
-    let id = d
-        .last_reload_id()
-        .expect("Reload-ID of the commit")
-        .to_string();
+    let id = d.last_reload_id().expect("Reload-ID of the commit").to_string();
     assert_eq!(id, reloads[0].id);
-    assert_eq!(
-        d.reload_status(&id).await.unwrap(),
-        ReloadStatus::InProgress
-    );
+    assert_eq!(d.reload_status(&id).await.unwrap(), ReloadStatus::InProgress);
     let before = d.servers(BACKEND).await.unwrap();
 
     // The reload happens: a new worker, servers from the configuration. Same set as before.
@@ -408,30 +261,15 @@ async fn reload_tracked(api: ApiVersion) {
     let g2 = d.generation().await.unwrap();
     assert_ne!(g1, g2, "a reload is a new generation");
     let after = d.servers(BACKEND).await.unwrap();
-    assert_eq!(
-        before, after,
-        "what was persisted is what runs after the reload"
-    );
+    assert_eq!(before, after, "what was persisted is what runs after the reload");
 
-    d.apply(
-        BACKEND,
-        &[Op::SetWeight {
-            name: "sd-a".into(),
-            weight: 9,
-        }],
-    )
-    .await
-    .unwrap();
+    d.apply(BACKEND, &[Op::SetWeight { name: "sd-a".into(), weight: 9 }]).await.unwrap();
     assert_eq!(double.reloads().len(), 2);
     assert_eq!(d.last_reload_id(), Some(double.reloads()[1].id.as_str()));
     assert_eq!(d.stats().reloads_requested, 2);
 
     double.restart_haproxy();
-    assert_ne!(
-        d.generation().await.unwrap(),
-        g2,
-        "a restart is a new generation"
-    );
+    assert_ne!(d.generation().await.unwrap(), g2, "a restart is a new generation");
     assert_clean(&double);
 }
 
@@ -475,138 +313,50 @@ async fn validator_catches(api: ApiVersion) {
     let sep = if config_all.contains('?') { '&' } else { '?' };
 
     // A valid request first: no violation.
-    let r = http
-        .put(&runtime_one)
-        .basic_auth(USER, Some(PASSWORD))
-        .json(&serde_json::json!({"admin_state": "drain"}))
-        .send()
-        .await
-        .unwrap();
+    let r = http.put(&runtime_one).basic_auth(USER, Some(PASSWORD)).json(&serde_json::json!({"admin_state": "drain"})).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(double.violations().is_empty(), "{:#?}", double.violations());
 
     let bad: Vec<(reqwest::RequestBuilder, &str)> = vec![
+        (http.put(&runtime_one).json(&serde_json::json!({"admin_state": "sleeping"})), "is not one of"),
+        (http.put(&runtime_one).json(&serde_json::json!({"admin-state": "drain"})), "no such property"),
+        (http.get(format!("{base}/services/haproxy/configuration/version?verbose=1")), "unknown query parameter `verbose`"),
+        (http.post(format!("{base}/services/haproxy/transactions")), "required query parameter `version` is missing"),
+        (http.post(format!("{base}/services/haproxy/transactions?version=latest")), "is not an integer"),
+        (http.post(format!("{config_all}{sep}version=1")).json(&serde_json::json!({"name": "x", "port": 80})), "required property `address`"),
         (
-            http.put(&runtime_one)
-                .json(&serde_json::json!({"admin_state": "sleeping"})),
-            "is not one of",
-        ),
-        (
-            http.put(&runtime_one)
-                .json(&serde_json::json!({"admin-state": "drain"})),
-            "no such property",
-        ),
-        (
-            http.get(format!(
-                "{base}/services/haproxy/configuration/version?verbose=1"
-            )),
-            "unknown query parameter `verbose`",
-        ),
-        (
-            http.post(format!("{base}/services/haproxy/transactions")),
-            "required query parameter `version` is missing",
-        ),
-        (
-            http.post(format!(
-                "{base}/services/haproxy/transactions?version=latest"
-            )),
-            "is not an integer",
-        ),
-        (
-            http.post(format!("{config_all}{sep}version=1"))
-                .json(&serde_json::json!({"name": "x", "port": 80})),
-            "required property `address`",
-        ),
-        (
-            http.post(format!("{config_all}{sep}version=1")).json(
-                &serde_json::json!({"name": "x", "adress": "10.0.0.1", "address": "10.0.0.1"}),
-            ),
+            http.post(format!("{config_all}{sep}version=1")).json(&serde_json::json!({"name": "x", "adress": "10.0.0.1", "address": "10.0.0.1"})),
             "body.adress: no such property",
         ),
+        (http.post(format!("{config_all}{sep}version=1")).json(&serde_json::json!({"name": "x", "address": "10.0.0.1", "port": 70000})), "above the maximum"),
+        (http.post(format!("{config_all}{sep}version=1")).json(&serde_json::json!({"name": "x", "address": "10.0.0.1", "maintenance": "on"})), "is not one of"),
+        (http.post(format!("{config_all}{sep}version=1")).json(&serde_json::json!({"name": "x", "address": "10.0.0.1", "check": true})), "expected a string"),
         (
-            http.post(format!("{config_all}{sep}version=1"))
-                .json(&serde_json::json!({"name": "x", "address": "10.0.0.1", "port": 70000})),
-            "above the maximum",
-        ),
-        (
-            http.post(format!("{config_all}{sep}version=1")).json(
-                &serde_json::json!({"name": "x", "address": "10.0.0.1", "maintenance": "on"}),
-            ),
-            "is not one of",
-        ),
-        (
-            http.post(format!("{config_all}{sep}version=1"))
-                .json(&serde_json::json!({"name": "x", "address": "10.0.0.1", "check": true})),
-            "expected a string",
-        ),
-        (
-            http.post(format!("{config_all}{sep}version=1&force_reload=yes"))
-                .json(&serde_json::json!({"name": "x", "address": "10.0.0.1"})),
+            http.post(format!("{config_all}{sep}version=1&force_reload=yes")).json(&serde_json::json!({"name": "x", "address": "10.0.0.1"})),
             "is not true or false",
         ),
-        (
-            http.post(format!("{config_all}{sep}version=1"))
-                .header("content-type", "application/json")
-                .body("{not json"),
-            "not JSON",
-        ),
-        (
-            http.post(format!("{config_all}{sep}version=1")),
-            "needs a body",
-        ),
-        (
-            http.get(format!("{base}/services/haproxy/runtime/info"))
-                .json(&serde_json::json!({})),
-            "takes no body",
-        ),
-        (
-            http.patch(&runtime_one).json(&serde_json::json!({})),
-            "is not an operation",
-        ),
-        (
-            http.get(format!("{base}/services/haproxy/runtime/nothing/here")),
-            "no path",
-        ),
-        (
-            http.get(format!("{base}/services/haproxy/reloads/yesterday")),
-            "does not match",
-        ),
+        (http.post(format!("{config_all}{sep}version=1")).header("content-type", "application/json").body("{not json"), "not JSON"),
+        (http.post(format!("{config_all}{sep}version=1")), "needs a body"),
+        (http.get(format!("{base}/services/haproxy/runtime/info")).json(&serde_json::json!({})), "takes no body"),
+        (http.patch(&runtime_one).json(&serde_json::json!({})), "is not an operation"),
+        (http.get(format!("{base}/services/haproxy/runtime/nothing/here")), "no path"),
+        (http.get(format!("{base}/services/haproxy/reloads/yesterday")), "does not match"),
     ];
     let n = bad.len();
     for (i, (req, expect)) in bad.into_iter().enumerate() {
         let r = req.basic_auth(USER, Some(PASSWORD)).send().await.unwrap();
-        assert_eq!(
-            r.status(),
-            400,
-            "bad request #{i} ({expect}) was not rejected"
-        );
+        assert_eq!(r.status(), 400, "bad request #{i} ({expect}) was not rejected");
         let v = double.violations();
         assert_eq!(v.len(), i + 1, "bad request #{i} was not recorded");
-        assert!(
-            v[i].errors.iter().any(|e| e.contains(expect)),
-            "bad request #{i}: expected `{expect}` in {:?}",
-            v[i].errors
-        );
+        assert!(v[i].errors.iter().any(|e| e.contains(expect)), "bad request #{i}: expected `{expect}` in {:?}", v[i].errors);
     }
     // No auth: 401, and recorded.
-    let r = http
-        .get(format!("{base}/services/haproxy/configuration/version"))
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(format!("{base}/services/haproxy/configuration/version")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(double.violations().len(), n + 1);
     // A path outside the base path.
     let other = if api == ApiVersion::V3 { "v2" } else { "v3" };
-    let r = http
-        .get(format!(
-            "{}/{other}/services/haproxy/configuration/version",
-            double.url()
-        ))
-        .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(format!("{}/{other}/services/haproxy/configuration/version", double.url())).basic_auth(USER, Some(PASSWORD)).send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(double.violations().len(), n + 2);
 
@@ -640,11 +390,7 @@ async fn validator_catches(api: ApiVersion) {
     assert_eq!(r.status(), 202);
     assert!(r.headers().get("Reload-ID").is_some());
     assert_eq!(double.violations().len(), before);
-    assert!(
-        double.response_violations().is_empty(),
-        "{:#?}",
-        double.response_violations()
-    );
+    assert!(double.response_violations().is_empty(), "{:#?}", double.response_violations());
 }
 
 #[tokio::test]

@@ -175,7 +175,8 @@ async fn registry_to_haproxy_end_to_end() {
     a.kill();
     w.kill();
     let killed = Instant::now();
-    wait_for(Duration::from_secs(6), "the killed server to leave HAProxy", || async { (!managed_ports(&haproxy).await.contains(&victim.port)).then_some(()) }).await;
+    wait_for(Duration::from_secs(6), "the killed server to leave HAProxy", || async { (!managed_ports(&haproxy).await.contains(&victim.port)).then_some(()) })
+        .await;
     let gone = killed.elapsed();
     // Keep the load on a little longer: requests right after the removal count too.
     traffic.wait_answers(10).await;
@@ -206,7 +207,8 @@ async fn registry_to_haproxy_end_to_end() {
     haproxy.restart().await;
     assert!(managed_ports(&haproxy).await.is_empty());
     let mut sync = syncer(dir.path(), "lb-1", &[&reg], &haproxy, &state);
-    wait_for(Duration::from_secs(10), "the saved state applied with the registry down", || async { (managed_ports(&haproxy).await == live).then_some(()) }).await;
+    wait_for(Duration::from_secs(10), "the saved state applied with the registry down", || async { (managed_ports(&haproxy).await == live).then_some(()) })
+        .await;
     assert_eq!(reached(&frontend, 6).await.len(), 2);
 
     assert_eq!(haproxy.reloads().await, 0, "the syncer must not reload HAProxy");
@@ -251,7 +253,9 @@ async fn an_active_passive_pair_converges_to_the_same_servers() {
     let after = report().await;
     assert_eq!((after.lease_id, after.mod_revision), (before.lease_id, before.mod_revision), "the report lost its lease or kept rewriting itself");
     let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
-    for needle in ["syncer_applied_revision{backend=\"web-servers\"}", "syncer_ops_total{kind=\"add\"} 4", "syncer_source_up 1", "syncer_haproxy_restarts_total 0"] {
+    for needle in
+        ["syncer_applied_revision{backend=\"web-servers\"}", "syncer_ops_total{kind=\"add\"} 4", "syncer_source_up 1", "syncer_haproxy_restarts_total 0"]
+    {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
     }
 }

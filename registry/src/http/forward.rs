@@ -76,21 +76,13 @@ async fn send(node: &Node, to: &ForwardTo, method: Method, uri: &Uri, headers: &
     node.metrics().forwarded.inc();
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let timeout = budget(node, &method, uri);
-    let mut req = node
-        .http()
-        .request(method, format!("http://{}{path}", to.addr))
-        .timeout(timeout)
-        .header(FORWARDED_HEADER, node.id().to_string());
+    let mut req = node.http().request(method, format!("http://{}{path}", to.addr)).timeout(timeout).header(FORWARDED_HEADER, node.id().to_string());
     for name in RELAYED {
         if let Some(v) = headers.get(name) {
             req = req.header(name, v.as_bytes());
         }
     }
-    let resp = req
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("forwarding to leader {leader} at {} failed: {e}", to.addr)))?;
+    let resp = req.body(body).send().await.map_err(|e| ApiError::Unavailable(format!("forwarding to leader {leader} at {} failed: {e}", to.addr)))?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let relayed: Vec<(String, Vec<u8>)> = resp
         .headers()

@@ -54,11 +54,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics));
-    let api = forwarded
-        .merge(local)
-        .fallback(ops::not_found)
-        .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(DefaultBodyLimit::max(API_BODY_LIMIT));
+    let api = forwarded.merge(local).fallback(ops::not_found).method_not_allowed_fallback(ops::method_not_allowed).layer(DefaultBodyLimit::max(API_BODY_LIMIT));
     let raft = Router::new()
         .route("/raft/append", post(raft_rpc::append))
         .route("/raft/vote", post(raft_rpc::vote))

@@ -48,7 +48,11 @@ pub async fn list(State(node): State<Arc<Node>>, QueryOf(q): QueryOf<ReadQuery>)
     Ok((staleness_headers(s), Json(list)))
 }
 
-pub async fn get(State(node): State<Arc<Node>>, Path(service): Path<String>, QueryOf(q): QueryOf<ReadQuery>) -> Result<(HeaderMap, Json<ServiceInstances>), ApiError> {
+pub async fn get(
+    State(node): State<Arc<Node>>,
+    Path(service): Path<String>,
+    QueryOf(q): QueryOf<ReadQuery>,
+) -> Result<(HeaderMap, Json<ServiceInstances>), ApiError> {
     let (answer, s) = node.service(&service, q.options()?).await?;
     Ok((staleness_headers(s), Json(answer)))
 }

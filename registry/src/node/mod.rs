@@ -178,8 +178,7 @@ impl Node {
     /// Opens the data directory, starts Raft, bootstraps a new cluster from `peers` if the data
     /// directory is new and this node is one of them, and starts the background tasks.
     pub async fn start(config: NodeConfig, faults: Faults) -> Result<Arc<Node>, StartError> {
-        let mut log = LogStore::open_with(&config.data_dir.join("raft"), faults.disk_hook(config.id))
-            .map_err(|e| StartError::Storage(e.to_string()))?;
+        let mut log = LogStore::open_with(&config.data_dir.join("raft"), faults.disk_hook(config.id)).map_err(|e| StartError::Storage(e.to_string()))?;
         log.segment_limit = config.segment_bytes;
         crate::storage::frame::create_dir_durable(&config.data_dir).map_err(|e| StartError::Storage(e.to_string()))?;
         let sm = StateMachine::open(&config.data_dir.join("state"), config.history, config.limits.history_bytes)
@@ -365,7 +364,9 @@ impl Node {
     fn not_fresh(&self, why: NotFresh) -> ApiError {
         match why {
             NotFresh::NotLeader => self.not_leader(),
-            NotFresh::Stale => ApiError::Unavailable("this node has not heard from a quorum recently; its leadership is not confirmed, retry another node".into()),
+            NotFresh::Stale => {
+                ApiError::Unavailable("this node has not heard from a quorum recently; its leadership is not confirmed, retry another node".into())
+            }
             NotFresh::NotReady => ApiError::Unavailable("this node was just elected and is still applying its predecessor's log; retry shortly".into()),
         }
     }

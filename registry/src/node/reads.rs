@@ -45,11 +45,7 @@ impl Node {
 
     pub fn staleness(&self) -> Staleness {
         let now = Instant::now();
-        let last_contact_ms = if self.leadership.fresh_term(now).is_ok() {
-            Some(0)
-        } else {
-            self.leadership.since_contact(now).map(|d| d.as_millis() as u64)
-        };
+        let last_contact_ms = if self.leadership.fresh_term(now).is_ok() { Some(0) } else { self.leadership.since_contact(now).map(|d| d.as_millis() as u64) };
         Staleness { known_leader: self.serving_current().is_ok(), last_contact_ms }
     }
 
@@ -79,12 +75,8 @@ impl Node {
         self.before_read(&opts).await?;
         self.wait_for_change(&opts, Store::last_change).await?;
         let d = self.shared.data.read().unwrap();
-        let services = d
-            .store
-            .services
-            .iter()
-            .map(|(name, m)| ServiceSummary { service: name.clone(), instances: m.len(), index: d.store.index_of(name) })
-            .collect();
+        let services =
+            d.store.services.iter().map(|(name, m)| ServiceSummary { service: name.clone(), instances: m.len(), index: d.store.index_of(name) }).collect();
         let list = ServiceList { revision: d.store.revision, index: d.store.last_change(), services };
         drop(d);
         Ok((list, self.staleness()))

@@ -28,10 +28,7 @@ fn key_reused(key: RequestId) -> ApiError {
 
 /// Checks a service and an instance name together, reporting both problems at once.
 pub fn check_names(service: &str, instance: &str) -> Result<(), ApiError> {
-    let errors: Vec<String> = [proto::validate::service_name(service), proto::validate::instance_name(instance)]
-        .into_iter()
-        .filter_map(Result::err)
-        .collect();
+    let errors: Vec<String> = [proto::validate::service_name(service), proto::validate::instance_name(instance)].into_iter().filter_map(Result::err).collect();
     if errors.is_empty() {
         Ok(())
     } else {
@@ -43,7 +40,12 @@ impl Node {
     /// Ready leader, then the replayed answer or `pre_check` and the proposal. The replay and
     /// the pre-check read one state: a retry whose first attempt applies in between must not
     /// fail the pre-check (a 404 for its own successful revoke).
-    async fn write(&self, request_id: Option<RequestId>, cmd: Cmd, pre_check: impl FnOnce(&crate::store::Store) -> Result<(), ApiError>) -> Result<Resp, ApiError> {
+    async fn write(
+        &self,
+        request_id: Option<RequestId>,
+        cmd: Cmd,
+        pre_check: impl FnOnce(&crate::store::Store) -> Result<(), ApiError>,
+    ) -> Result<Resp, ApiError> {
         self.ready().await?;
         let proposal = Proposal::new(cmd, request_id);
         {
@@ -112,8 +114,8 @@ impl Node {
     }
 
     pub async fn revoke(&self, request_id: Option<RequestId>, lease_id: LeaseId) -> Result<WriteResult, ApiError> {
-        let resp = self
-            .write(request_id, Cmd::RevokeLease { lease_id }, |s| {
+        let resp =
+            self.write(request_id, Cmd::RevokeLease { lease_id }, |s| {
                 if s.leases.contains_key(&lease_id) {
                     Ok(())
                 } else {

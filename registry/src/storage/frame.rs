@@ -56,11 +56,7 @@ impl FileError {
     }
 
     /// Wraps this error for openraft, which stops the node on any storage error.
-    pub fn into_storage_error(
-        self,
-        subject: ErrorSubject<u64>,
-        verb: ErrorVerb,
-    ) -> openraft::StorageError<u64> {
+    pub fn into_storage_error(self, subject: ErrorSubject<u64>, verb: ErrorVerb) -> openraft::StorageError<u64> {
         StorageIOError::new(subject, verb, AnyError::new(&self)).into()
     }
 
@@ -112,11 +108,7 @@ pub fn decode_frame(buf: &[u8], offset: usize) -> Result<Option<(&[u8], usize)>,
         // for a write that was merely cut short.
         let magic = MAGIC.to_le_bytes();
         let n = rest.len().min(4);
-        return Err(if rest[..n] == magic[..n] {
-            FrameError::Truncated
-        } else {
-            FrameError::BadMagic
-        });
+        return Err(if rest[..n] == magic[..n] { FrameError::Truncated } else { FrameError::BadMagic });
     }
     if read_u32(rest, 0) != MAGIC {
         return Err(FrameError::BadMagic);
@@ -132,9 +124,7 @@ pub fn decode_frame(buf: &[u8], offset: usize) -> Result<Option<(&[u8], usize)>,
 /// The first offset after `from` at which a complete, valid frame starts, if any.
 pub fn find_valid_frame_after(buf: &[u8], from: usize) -> Option<usize> {
     let magic = MAGIC.to_le_bytes();
-    (from + 1..buf.len().saturating_sub(HEADER_LEN - 1))
-        .filter(|&o| buf[o..o + 4] == magic)
-        .find(|&o| matches!(decode_frame(buf, o), Ok(Some(_))))
+    (from + 1..buf.len().saturating_sub(HEADER_LEN - 1)).filter(|&o| buf[o..o + 4] == magic).find(|&o| matches!(decode_frame(buf, o), Ok(Some(_))))
 }
 
 fn read_u32(buf: &[u8], at: usize) -> u32 {
@@ -246,7 +236,9 @@ pub fn create_dir_durable(dir: &Path) -> Result<Vec<PathBuf>, FileError> {
     }
     let mut synced = Vec::new();
     for d in missing.iter().rev() {
-        fs::create_dir(d).or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) }).map_err(|e| FileError::io(d, "create directory", e))?;
+        fs::create_dir(d)
+            .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+            .map_err(|e| FileError::io(d, "create directory", e))?;
         let parent = match d.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -273,9 +265,7 @@ pub fn read_framed(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
     };
     match decode_frame(&data, 0) {
         Ok(Some((payload, end))) if end == data.len() => Ok(Some(payload.to_vec())),
-        Ok(Some((_, end))) => {
-            Err(FileError::corrupt(path, end as u64, "unexpected bytes after the frame"))
-        }
+        Ok(Some((_, end))) => Err(FileError::corrupt(path, end as u64, "unexpected bytes after the frame")),
         Ok(None) => Err(FileError::corrupt(path, 0, "file is empty")),
         Err(kind) => Err(FileError::corrupt(path, 0, kind.to_string())),
     }
@@ -283,12 +273,7 @@ pub fn read_framed(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
 
 /// Opens a file for writing without truncating it, creating it if needed.
 pub fn open_for_write(path: &Path) -> Result<File, FileError> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| FileError::io(path, "open for write", e))
+    OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(|e| FileError::io(path, "open for write", e))
 }
 
 #[cfg(test)]

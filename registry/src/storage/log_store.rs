@@ -31,9 +31,8 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::frame::{
-    decode_frame, encode_frame, encode_frame_into, find_valid_frame_after, open_for_write,
-    read_framed, sync_dir, write_atomic, write_atomic_unsynced, FileError,
-    FrameError, HEADER_LEN,
+    decode_frame, encode_frame, encode_frame_into, find_valid_frame_after, open_for_write, read_framed, sync_dir, write_atomic, write_atomic_unsynced,
+    FileError, FrameError, HEADER_LEN,
 };
 use crate::types::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
 
@@ -115,9 +114,7 @@ impl LogStore {
         let (tx, writer) = Writer::spawn(dir, &scans, hook)?;
         Ok(LogStore {
             dir: dir.to_path_buf(),
-            reader: LogReader {
-                entries: Arc::new(RwLock::new(entry_map(&scans, last_purged.as_ref()))),
-            },
+            reader: LogReader { entries: Arc::new(RwLock::new(entry_map(&scans, last_purged.as_ref()))) },
             vote,
             committed,
             last_purged,
@@ -137,10 +134,7 @@ impl LogStore {
     ///
     /// Entries at or below the purge point are dropped: they count as purged already, and
     /// writing them would put lower indexes after higher ones on disk.
-    fn stage(
-        &mut self,
-        entries: impl IntoIterator<Item = Entry>,
-    ) -> Result<Vec<SegmentWrite>, Box<StorageError>> {
+    fn stage(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<Vec<SegmentWrite>, Box<StorageError>> {
         let shared = Arc::clone(&self.reader.entries);
         let mut map = write_lock(&shared);
         let purged_next = self.last_purged.map_or(0, |p| p.index + 1);
@@ -149,9 +143,7 @@ impl LogStore {
         for entry in entries.into_iter().filter(|e| e.log_id.index >= purged_next) {
             check_follows(prev.as_ref(), &entry.log_id)?;
             prev = Some(entry.log_id);
-            let payload = to_json(&entry, "log entry").map_err(|e| {
-                Box::new(e.into_storage_error(ErrorSubject::Logs, ErrorVerb::Write))
-            })?;
+            let payload = to_json(&entry, "log entry").map_err(|e| Box::new(e.into_storage_error(ErrorSubject::Logs, ErrorVerb::Write)))?;
             encoded.push((entry, payload));
         }
 
@@ -238,19 +230,13 @@ fn normalize(range: impl RangeBounds<u64>) -> Option<(u64, Option<u64>)> {
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(&mut self, range: RB) -> Result<Vec<Entry>, StorageError> {
         Ok(self.entries_in(range))
     }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(&mut self, range: RB) -> Result<Vec<Entry>, StorageError> {
         Ok(self.reader.entries_in(range))
     }
 }
@@ -260,10 +246,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
         let last = read_lock(&self.reader.entries).last_key_value().map(|(_, (e, _))| e.log_id);
-        Ok(LogState {
-            last_purged_log_id: self.last_purged,
-            last_log_id: last.or(self.last_purged),
-        })
+        Ok(LogState { last_purged_log_id: self.last_purged, last_log_id: last.or(self.last_purged) })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -296,19 +279,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.committed)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let writes = self.stage(entries).map_err(|e| *e)?;
         // Even an empty append goes through the writer: completions must arrive in order.
-        self.send(Op::Append { writes, callback })
-            .map_err(|e| e.into_storage_error(ErrorSubject::Logs, ErrorVerb::Write))
+        self.send(Op::Append { writes, callback }).map_err(|e| e.into_storage_error(ErrorSubject::Logs, ErrorVerb::Write))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -322,14 +300,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         };
         // The writer deletes a segment cut back to nothing, so that no segment is ever empty.
-        self.active = (pos.offset > 0).then_some(ActiveSegment {
-            first: pos.segment,
-            len: pos.offset,
-            next_index: index,
-        });
-        self.request(|reply| Op::Truncate { at: pos, reply })
-            .await
-            .map_err(|e| e.into_storage_error(ErrorSubject::Logs, ErrorVerb::Delete))
+        self.active = (pos.offset > 0).then_some(ActiveSegment { first: pos.segment, len: pos.offset, next_index: index });
+        self.request(|reply| Op::Truncate { at: pos, reply }).await.map_err(|e| e.into_storage_error(ErrorSubject::Logs, ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -338,9 +310,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let purge_err = |e: FileError| e.into_storage_error(ErrorSubject::Logs, ErrorVerb::Delete);
         let payload = to_json(&log_id, "purged log id").map_err(purge_err)?;
-        self.request(|reply| Op::Purge { payload, upto: log_id.index, reply })
-            .await
-            .map_err(purge_err)?;
+        self.request(|reply| Op::Purge { payload, upto: log_id.index, reply }).await.map_err(purge_err)?;
 
         let mut map = write_lock(&self.reader.entries);
         *map = map.split_off(&(log_id.index + 1));
@@ -365,14 +335,8 @@ fn check_follows(prev: Option<&LogId>, next: &LogId) -> Result<(), Box<StorageEr
 /// issues one `write` per segment per batch.
 fn push_frame(writes: &mut Vec<SegmentWrite>, pos: Pos, payload: &[u8]) {
     match writes.last_mut() {
-        Some(w) if w.segment == pos.segment && w.offset + w.bytes.len() as u64 == pos.offset => {
-            encode_frame_into(&mut w.bytes, payload)
-        }
-        _ => writes.push(SegmentWrite {
-            segment: pos.segment,
-            offset: pos.offset,
-            bytes: encode_frame(payload),
-        }),
+        Some(w) if w.segment == pos.segment && w.offset + w.bytes.len() as u64 == pos.offset => encode_frame_into(&mut w.bytes, payload),
+        _ => writes.push(SegmentWrite { segment: pos.segment, offset: pos.offset, bytes: encode_frame(payload) }),
     }
 }
 
@@ -397,8 +361,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, FileError> {
     let Some(payload) = read_framed(path)? else {
         return Ok(None);
     };
-    let value = serde_json::from_slice(&payload)
-        .map_err(|e| FileError::corrupt(path, HEADER_LEN as u64, format!("invalid JSON: {e}")))?;
+    let value = serde_json::from_slice(&payload).map_err(|e| FileError::corrupt(path, HEADER_LEN as u64, format!("invalid JSON: {e}")))?;
     Ok(Some(value))
 }
 
@@ -501,13 +464,8 @@ fn scan_segment(first: u64, path: PathBuf, is_last: bool) -> Result<SegmentScan,
         match decode_frame(&data, offset) {
             Ok(None) => break,
             Ok(Some((payload, next))) => {
-                let entry = serde_json::from_slice::<Entry>(payload).map_err(|e| {
-                    FileError::corrupt(
-                        &path,
-                        offset as u64,
-                        format!("frame holds an invalid log entry: {e}"),
-                    )
-                })?;
+                let entry = serde_json::from_slice::<Entry>(payload)
+                    .map_err(|e| FileError::corrupt(&path, offset as u64, format!("frame holds an invalid log entry: {e}")))?;
                 entries.push((entry, offset as u64));
                 offset = next;
             }
@@ -528,36 +486,17 @@ fn scan_segment(first: u64, path: PathBuf, is_last: bool) -> Result<SegmentScan,
 /// says it runs past the end (that field may be the damaged part). This can also reject a tail
 /// that the filesystem persisted out of order, but refusing to start is recoverable by an
 /// operator, while silently dropping acknowledged entries would break Raft's guarantees.
-fn check_torn_tail(
-    path: &Path,
-    data: &[u8],
-    offset: usize,
-    kind: FrameError,
-    is_last: bool,
-) -> Result<(), FileError> {
+fn check_torn_tail(path: &Path, data: &[u8], offset: usize, kind: FrameError, is_last: bool) -> Result<(), FileError> {
     if !is_last {
-        return Err(FileError::corrupt(
-            path,
-            offset as u64,
-            format!("{kind} in a segment that is not the last one"),
-        ));
+        return Err(FileError::corrupt(path, offset as u64, format!("{kind} in a segment that is not the last one")));
     }
     match find_valid_frame_after(data, offset) {
-        Some(next) => Err(FileError::corrupt(
-            path,
-            offset as u64,
-            format!("{kind}, but a valid frame follows at offset {next}: damage, not a torn write"),
-        )),
+        Some(next) => Err(FileError::corrupt(path, offset as u64, format!("{kind}, but a valid frame follows at offset {next}: damage, not a torn write"))),
         None => Ok(()),
     }
 }
 
-fn cut_torn_tail(
-    path: &Path,
-    offset: usize,
-    file_len: usize,
-    kind: FrameError,
-) -> Result<(), FileError> {
+fn cut_torn_tail(path: &Path, offset: usize, file_len: usize, kind: FrameError) -> Result<(), FileError> {
     tracing::warn!(
         path = %path.display(),
         offset,
@@ -585,15 +524,11 @@ fn check_sequence(scans: &[SegmentScan], purged: Option<&LogId>) -> Result<(), F
             let index = entry.log_id.index;
             let corrupt = |reason: String| FileError::corrupt(&scan.path, *offset, reason);
             if index != next_in_segment {
-                return Err(corrupt(format!(
-                    "expected log index {next_in_segment}, found {index}"
-                )));
+                return Err(corrupt(format!("expected log index {next_in_segment}, found {index}")));
             }
             if index >= purged_next {
                 if let Some(prev) = prev_live.filter(|p| p + 1 != index) {
-                    return Err(corrupt(format!(
-                        "log index {index} follows {prev}: the entries between are missing (a deleted or lost segment)"
-                    )));
+                    return Err(corrupt(format!("log index {index} follows {prev}: the entries between are missing (a deleted or lost segment)")));
                 }
                 prev_live = Some(index);
             }
@@ -607,9 +542,7 @@ fn entry_map(scans: &[SegmentScan], purged: Option<&LogId>) -> EntryMap {
     let purged_next = purged.map_or(0, |p| p.index + 1);
     scans
         .iter()
-        .flat_map(|s| {
-            s.entries.iter().map(move |(e, offset)| (e, Pos { segment: s.first, offset: *offset }))
-        })
+        .flat_map(|s| s.entries.iter().map(move |(e, offset)| (e, Pos { segment: s.first, offset: *offset })))
         .filter(|(e, _)| e.log_id.index >= purged_next)
         .map(|(e, pos)| (e.log_id.index, (e.clone(), pos)))
         .collect()
@@ -679,11 +612,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn spawn(
-        dir: &Path,
-        scans: &[SegmentScan],
-        hook: FlushHook,
-    ) -> Result<(mpsc::Sender<Op>, JoinHandle<()>), FileError> {
+    fn spawn(dir: &Path, scans: &[SegmentScan], hook: FlushHook) -> Result<(mpsc::Sender<Op>, JoinHandle<()>), FileError> {
         let writer = Writer {
             dir: dir.to_path_buf(),
             log_dir: dir.join(LOG_DIR),
@@ -724,8 +653,7 @@ impl Writer {
                 let _ = reply.send(self.barrier(|w| w.purge(&payload, upto)));
             }
             Op::SaveVote { payload, reply } => {
-                let _ =
-                    reply.send(self.barrier(|w| write_atomic(&w.dir.join(VOTE_FILE), &payload)));
+                let _ = reply.send(self.barrier(|w| write_atomic(&w.dir.join(VOTE_FILE), &payload)));
             }
         }
     }
@@ -741,10 +669,7 @@ impl Writer {
     }
 
     /// Runs an operation that must not overtake earlier appends, so it makes them durable first.
-    fn barrier(
-        &mut self,
-        op: impl FnOnce(&mut Self) -> Result<(), FileError>,
-    ) -> Result<(), FileError> {
+    fn barrier(&mut self, op: impl FnOnce(&mut Self) -> Result<(), FileError>) -> Result<(), FileError> {
         self.flush();
         self.check_healthy()?;
         self.hook.call();
@@ -775,8 +700,7 @@ impl Writer {
 
     fn write(&mut self, w: SegmentWrite) -> Result<(), FileError> {
         let seg = self.open_segment(w.segment)?;
-        let written =
-            seg.file.seek(SeekFrom::Start(w.offset)).and_then(|_| seg.file.write_all(&w.bytes));
+        let written = seg.file.seek(SeekFrom::Start(w.offset)).and_then(|_| seg.file.write_all(&w.bytes));
         seg.dirty = true;
         written.map_err(|e| FileError::io(&seg.path, "write", e))
     }
@@ -890,10 +814,7 @@ mod tests {
     }
 
     fn ent(term: u64, index: u64) -> Entry {
-        Entry {
-            log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Cmd::GrantLease { ttl_ms: index, owner: None }.into()),
-        }
+        Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Cmd::GrantLease { ttl_ms: index, owner: None }.into()) }
     }
 
     fn ents(term: u64, indexes: std::ops::Range<u64>) -> Vec<Entry> {
@@ -1028,11 +949,7 @@ mod tests {
             // A hole is refused before it reaches memory or disk.
             assert!(store.blocking_append(ents(2, 30..31)).await.is_err());
             store.purge(log_id(2, 21)).await.unwrap();
-            assert_eq!(
-                segments(dir.path()),
-                vec![21],
-                "the segment of purged entries 0..5 is deleted"
-            );
+            assert_eq!(segments(dir.path()), vec![21], "the segment of purged entries 0..5 is deleted");
         }
         let mut store = LogStore::open(dir.path()).unwrap();
         assert_eq!(read_all(&mut store).await, ids(2, 22..23));
@@ -1069,8 +986,7 @@ mod tests {
             f.truncate(HEADER_LEN + 10);
             f
         };
-        let tails: [&[u8]; 3] =
-            [&half_frame, &[0u8; 7], b"\x01\x02 garbage without a frame header"];
+        let tails: [&[u8]; 3] = [&half_frame, &[0u8; 7], b"\x01\x02 garbage without a frame header"];
         for tail in tails {
             let dir = tempfile::tempdir().unwrap();
             {
@@ -1142,10 +1058,7 @@ mod tests {
         let end = fs::metadata(&last).unwrap().len();
         append_bytes(&last, &encode_frame(b"{not json"));
         let err = open_err(dir.path());
-        assert!(
-            err.contains(&last.display().to_string()) && err.contains(&format!("offset {end}")),
-            "{err}"
-        );
+        assert!(err.contains(&last.display().to_string()) && err.contains(&format!("offset {end}")), "{err}");
         assert!(err.contains("invalid log entry"), "{err}");
         fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(end).unwrap();
 

@@ -97,10 +97,11 @@ impl Cluster {
         wait_until(Duration::from_secs(15), "a leader agreed by all", || async {
             let leaders: Vec<Option<u64>> = ids.iter().map(|i| self.leader_of(*i)).collect();
             match leaders[0] {
-                Some(l) if ids.contains(&l)
-                    && leaders.iter().all(|x| *x == Some(l))
-                    && self.nodes[&l].node.is_leader()
-                    && ids.iter().all(|i| self.nodes[i].node.serving_current().is_ok()) =>
+                Some(l)
+                    if ids.contains(&l)
+                        && leaders.iter().all(|x| *x == Some(l))
+                        && self.nodes[&l].node.is_leader()
+                        && ids.iter().all(|i| self.nodes[i].node.serving_current().is_ok()) =>
                 {
                     Some(l)
                 }
@@ -138,4 +139,3 @@ impl Drop for Cluster {
 pub fn spec(port: u64, lease: Option<u64>) -> InstanceSpec {
     InstanceSpec { address: "10.0.0.5".into(), port, lease_id: lease, weight: 100, state: Default::default(), meta: Default::default() }
 }
-

@@ -70,11 +70,7 @@ impl ServerOptions {
         let mut fields = Map::new();
         let mut words = text.split_whitespace();
         while let Some(w) = words.next() {
-            let mut value = |what: &str| {
-                words
-                    .next()
-                    .ok_or_else(|| anyhow::anyhow!("server option `{w}` needs {what}"))
-            };
+            let mut value = |what: &str| words.next().ok_or_else(|| anyhow::anyhow!("server option `{w}` needs {what}"));
             match w {
                 "check" => {
                     fields.insert("check".into(), json!("enabled"));
@@ -102,13 +98,9 @@ impl ServerOptions {
 
 /// `1s`, `500ms`, `2m`, `1h`, or a bare number of milliseconds (HAProxy's default unit).
 fn parse_ms(text: &str) -> anyhow::Result<u64> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| anyhow::anyhow!("`{text}` is not a duration"))?;
+    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("`{text}` is not a duration"))?;
     let factor = match unit {
         "" | "ms" => 1,
         "s" => 1_000,
@@ -129,9 +121,7 @@ struct Answer {
 
 impl Answer {
     fn json(&self) -> Result<Value, DriverError> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            DriverError::Protocol(format!("answer is not JSON ({e}): {}", self.text()))
-        })
+        serde_json::from_slice(&self.body).map_err(|e| DriverError::Protocol(format!("answer is not JSON ({e}): {}", self.text())))
     }
 
     fn text(&self) -> String {
@@ -142,25 +132,17 @@ impl Answer {
     /// The error body's message, or the raw text.
     fn message(&self) -> String {
         match serde_json::from_slice::<Value>(&self.body) {
-            Ok(v) => v
-                .get("message")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| self.text()),
+            Ok(v) => v.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| self.text()),
             Err(_) => self.text(),
         }
     }
 
     fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
     }
 
     fn config_version(&self) -> Option<i64> {
-        self.header("Configuration-Version")
-            .and_then(|v| v.trim().parse().ok())
+        self.header("Configuration-Version").and_then(|v| v.trim().parse().ok())
     }
 
     /// The usual mapping of a failed answer: 5xx is the API's trouble (try later), 4xx a refusal.
@@ -191,8 +173,7 @@ struct GenerationTracker {
 impl GenerationTracker {
     fn observe(&mut self, pid: i64, uptime: Option<i64>) -> Generation {
         if let Some((last_pid, last_uptime)) = self.last {
-            let restarted_same_pid =
-                last_pid == pid && matches!((last_uptime, uptime), (Some(a), Some(b)) if b < a);
+            let restarted_same_pid = last_pid == pid && matches!((last_uptime, uptime), (Some(a), Some(b)) if b < a);
             if restarted_same_pid {
                 self.epoch += 1;
             }
@@ -227,13 +208,7 @@ pub struct DataplaneApi {
 impl DataplaneApi {
     /// `url` is the API's address (`http://HOST:PORT`, with or without the `/v3` or `/v2` base
     /// path); `server_options` are HAProxy server keywords mapped onto the models' fields.
-    pub fn new(
-        url: &str,
-        version: DataplaneVersion,
-        user: Option<String>,
-        password: Option<String>,
-        server_options: String,
-    ) -> anyhow::Result<DataplaneApi> {
+    pub fn new(url: &str, version: DataplaneVersion, user: Option<String>, password: Option<String>, server_options: String) -> anyhow::Result<DataplaneApi> {
         let options = ServerOptions::parse(&server_options)?;
         let mut trimmed = url.trim().trim_end_matches('/').to_string();
         for suffix in ["/v3", "/v2"] {
@@ -245,14 +220,11 @@ impl DataplaneApi {
             DataplaneVersion::V3 => "v3",
             DataplaneVersion::V2 => "v2",
         };
-        let base = Url::parse(&format!("{trimmed}/{prefix}"))
-            .map_err(|e| anyhow::anyhow!("--dataplane-url {url}: {e}"))?;
+        let base = Url::parse(&format!("{trimmed}/{prefix}")).map_err(|e| anyhow::anyhow!("--dataplane-url {url}: {e}"))?;
         if !matches!(base.scheme(), "http" | "https") {
             anyhow::bail!("--dataplane-url {url}: use http:// or https://");
         }
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()?;
+        let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
         Ok(DataplaneApi {
             http,
             base,
@@ -281,10 +253,7 @@ impl DataplaneApi {
 
     /// Configuration servers of `backend` as the driver last knew them (read or committed).
     pub fn config_servers(&self, backend: &str) -> Vec<String> {
-        self.config
-            .get(backend)
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default()
+        self.config.get(backend).map(|m| m.keys().cloned().collect()).unwrap_or_default()
     }
 
     /// Ops applied at runtime but not yet persisted in the configuration, for `backend`.
@@ -298,12 +267,7 @@ impl DataplaneApi {
         match v.get("status").and_then(Value::as_str) {
             Some("in_progress") => Ok(ReloadStatus::InProgress),
             Some("succeeded") => Ok(ReloadStatus::Succeeded),
-            Some("failed") => Ok(ReloadStatus::Failed(
-                v.get("response")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-            )),
+            Some("failed") => Ok(ReloadStatus::Failed(v.get("response").and_then(Value::as_str).unwrap_or("").to_string())),
             other => Err(DriverError::Protocol(format!("reload status {other:?}"))),
         }
     }
@@ -319,20 +283,11 @@ impl DataplaneApi {
         a.json()
     }
 
-    async fn call(
-        &self,
-        method: Method,
-        segments: &[&str],
-        query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<Answer, DriverError> {
+    async fn call(&self, method: Method, segments: &[&str], query: &[(&str, String)], body: Option<&Value>) -> Result<Answer, DriverError> {
         let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|_| DriverError::Protocol("base URL cannot take a path".into()))?
-            .extend(segments);
+        url.path_segments_mut().map_err(|_| DriverError::Protocol("base URL cannot take a path".into()))?.extend(segments);
         if !query.is_empty() {
-            url.query_pairs_mut()
-                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+            url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         }
         let mut req = self.http.request(method.clone(), url.clone());
         if let Some(user) = &self.user {
@@ -341,23 +296,12 @@ impl DataplaneApi {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| DriverError::Unreachable(format!("{method} {}: {e}", url.path())))?;
+        let resp = req.send().await.map_err(|e| DriverError::Unreachable(format!("{method} {}: {e}", url.path())))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| DriverError::Unreachable(format!("{method} {}: {e}", url.path())))?
-            .to_vec();
+        let body = resp.bytes().await.map_err(|e| DriverError::Unreachable(format!("{method} {}: {e}", url.path())))?.to_vec();
         tracing::debug!(%method, path = url.path(), status = status.as_u16(), "data plane API");
-        Ok(Answer {
-            status,
-            headers,
-            body,
-        })
+        Ok(Answer { status, headers, body })
     }
 
     fn v3(&self) -> bool {
@@ -365,15 +309,9 @@ impl DataplaneApi {
     }
 
     /// Path and query of the runtime servers of `backend` (optionally one of them).
-    fn runtime_path<'a>(
-        &self,
-        backend: &'a str,
-        name: Option<&'a str>,
-    ) -> (Vec<&'a str>, Vec<(&'static str, String)>) {
+    fn runtime_path<'a>(&self, backend: &'a str, name: Option<&'a str>) -> (Vec<&'a str>, Vec<(&'static str, String)>) {
         if self.v3() {
-            let mut p = vec![
-                "services", "haproxy", "runtime", "backends", backend, "servers",
-            ];
+            let mut p = vec!["services", "haproxy", "runtime", "backends", backend, "servers"];
             p.extend(name);
             (p, vec![])
         } else {
@@ -384,20 +322,9 @@ impl DataplaneApi {
     }
 
     /// Path and query of the configuration servers of `backend` (optionally one of them).
-    fn config_path<'a>(
-        &self,
-        backend: &'a str,
-        name: Option<&'a str>,
-    ) -> (Vec<&'a str>, Vec<(&'static str, String)>) {
+    fn config_path<'a>(&self, backend: &'a str, name: Option<&'a str>) -> (Vec<&'a str>, Vec<(&'static str, String)>) {
         if self.v3() {
-            let mut p = vec![
-                "services",
-                "haproxy",
-                "configuration",
-                "backends",
-                backend,
-                "servers",
-            ];
+            let mut p = vec!["services", "haproxy", "configuration", "backends", backend, "servers"];
             p.extend(name);
             (p, vec![])
         } else {
@@ -414,18 +341,12 @@ impl DataplaneApi {
         match self.get_json(&path, &query, &format!("reading runtime servers of {backend}")).await? {
             Value::Array(items) => Ok(items),
             Value::Null => Ok(vec![]),
-            other => Err(DriverError::Protocol(format!(
-                "runtime servers: expected an array, got {other}"
-            ))),
+            other => Err(DriverError::Protocol(format!("runtime servers: expected an array, got {other}"))),
         }
     }
 
     /// Configuration servers of `backend` (in `tx` if given), and the version the answer carries.
-    async fn read_config(
-        &self,
-        backend: &str,
-        tx: Option<&str>,
-    ) -> Result<(BTreeMap<String, Value>, Option<i64>), DriverError> {
+    async fn read_config(&self, backend: &str, tx: Option<&str>) -> Result<(BTreeMap<String, Value>, Option<i64>), DriverError> {
         let (path, mut query) = self.config_path(backend, None);
         if let Some(t) = tx {
             query.push(("transaction_id", t.to_string()));
@@ -445,31 +366,19 @@ impl DataplaneApi {
         let items = match items {
             Value::Array(items) => items,
             Value::Null => vec![],
-            other => {
-                return Err(DriverError::Protocol(format!(
-                    "configuration servers: expected an array, got {other}"
-                )))
-            }
+            other => return Err(DriverError::Protocol(format!("configuration servers: expected an array, got {other}"))),
         };
         let mut out = BTreeMap::new();
         for s in items {
-            let name = s.get("name").and_then(Value::as_str).ok_or_else(|| {
-                DriverError::Protocol(format!("configuration server without a name: {s}"))
-            })?;
+            let name = s.get("name").and_then(Value::as_str).ok_or_else(|| DriverError::Protocol(format!("configuration server without a name: {s}")))?;
             out.insert(name.to_string(), s);
         }
         Ok((out, version))
     }
 
     /// Current sessions and weight of each server of `backend`, from the native stats.
-    async fn read_stats(
-        &self,
-        backend: &str,
-    ) -> Result<HashMap<String, (u64, Option<u32>)>, DriverError> {
-        let query = [
-            ("type", "server".to_string()),
-            ("parent", backend.to_string()),
-        ];
+    async fn read_stats(&self, backend: &str) -> Result<HashMap<String, (u64, Option<u32>)>, DriverError> {
+        let query = [("type", "server".to_string()), ("parent", backend.to_string())];
         let v = self.get_json(&["services", "haproxy", "stats", "native"], &query, &format!("reading stats of {backend}")).await?;
         // v3: one `native_stats` object; v2: an array of them, one per runtime API.
         let collections = match v {
@@ -485,24 +394,15 @@ impl DataplaneApi {
                 if s.get("type").and_then(Value::as_str) != Some("server") {
                     continue;
                 }
-                if s.get("backend_name")
-                    .and_then(Value::as_str)
-                    .is_some_and(|b| b != backend)
-                {
+                if s.get("backend_name").and_then(Value::as_str).is_some_and(|b| b != backend) {
                     continue;
                 }
                 let Some(name) = s.get("name").and_then(Value::as_str) else {
                     continue;
                 };
                 let st = s.get("stats");
-                let scur = st
-                    .and_then(|x| x.get("scur"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                let weight = st
-                    .and_then(|x| x.get("weight"))
-                    .and_then(Value::as_u64)
-                    .map(|w| w as u32);
+                let scur = st.and_then(|x| x.get("scur")).and_then(Value::as_u64).unwrap_or(0);
+                let weight = st.and_then(|x| x.get("weight")).and_then(Value::as_u64).map(|w| w as u32);
                 let e = out.entry(name.to_string()).or_insert((0, weight));
                 e.0 += scur;
             }
@@ -516,68 +416,28 @@ impl DataplaneApi {
         if a.status != StatusCode::OK {
             return Err(a.error("reading the configuration version"));
         }
-        let v =
-            a.json()?.as_i64().or(a.config_version()).ok_or_else(|| {
-                DriverError::Protocol(format!("configuration version: {}", a.text()))
-            })?;
+        let v = a.json()?.as_i64().or(a.config_version()).ok_or_else(|| DriverError::Protocol(format!("configuration version: {}", a.text())))?;
         self.config_version = Some(v);
         Ok(v)
     }
 
-    fn to_actual(
-        &self,
-        backend: &str,
-        s: &Value,
-        stats: &HashMap<String, (u64, Option<u32>)>,
-    ) -> Result<ActualServer, DriverError> {
-        let name = s
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| DriverError::Protocol(format!("runtime server without a name: {s}")))?
-            .to_string();
-        let addr = s
-            .get("address")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+    fn to_actual(&self, backend: &str, s: &Value, stats: &HashMap<String, (u64, Option<u32>)>) -> Result<ActualServer, DriverError> {
+        let name = s.get("name").and_then(Value::as_str).ok_or_else(|| DriverError::Protocol(format!("runtime server without a name: {s}")))?.to_string();
+        let addr = s.get("address").and_then(Value::as_str).unwrap_or("").to_string();
         let port = s.get("port").and_then(Value::as_u64).unwrap_or(0) as u16;
         let state = match s.get("admin_state").and_then(Value::as_str) {
             Some("ready") => AdminState::Ready,
             Some("drain") => AdminState::Drain,
             Some("maint") => AdminState::Maint,
-            other => {
-                return Err(DriverError::Protocol(format!(
-                    "server {name}: admin_state {other:?}"
-                )))
-            }
+            other => return Err(DriverError::Protocol(format!("server {name}: admin_state {other:?}"))),
         };
         let (sessions, stats_weight) = stats.get(&name).copied().unwrap_or((0, None));
         // v3 reports the user weight (`uweight`, or `weight`); v2's runtime model has none, so
         // take the configured weight, then the stats' weight.
-        let runtime_weight = s
-            .get("uweight")
-            .and_then(Value::as_u64)
-            .or_else(|| s.get("weight").and_then(Value::as_u64))
-            .map(|w| w as u32);
-        let config_weight = self
-            .config
-            .get(backend)
-            .and_then(|c| c.get(&name))
-            .and_then(|c| c.get("weight"))
-            .and_then(Value::as_u64)
-            .map(|w| w as u32);
-        let weight = runtime_weight
-            .or(config_weight)
-            .or(stats_weight)
-            .unwrap_or(1);
-        Ok(ActualServer {
-            name,
-            addr,
-            port,
-            weight,
-            state,
-            sessions,
-        })
+        let runtime_weight = s.get("uweight").and_then(Value::as_u64).or_else(|| s.get("weight").and_then(Value::as_u64)).map(|w| w as u32);
+        let config_weight = self.config.get(backend).and_then(|c| c.get(&name)).and_then(|c| c.get("weight")).and_then(Value::as_u64).map(|w| w as u32);
+        let weight = runtime_weight.or(config_weight).or(stats_weight).unwrap_or(1);
+        Ok(ActualServer { name, addr, port, weight, state, sessions })
     }
 
     // ----- runtime changes -----
@@ -591,42 +451,27 @@ impl DataplaneApi {
                 body.insert("port".into(), json!(d.port));
                 body.insert("weight".into(), json!(d.weight));
                 let (path, query) = self.runtime_path(backend, None);
-                let a = self
-                    .call(Method::POST, &path, &query, Some(&Value::Object(body)))
-                    .await?;
+                let a = self.call(Method::POST, &path, &query, Some(&Value::Object(body))).await?;
                 if !a.status.is_success() {
                     return Err(a.error(&format!("adding runtime server {backend}/{}", d.name)));
                 }
                 // A dynamic server starts in maintenance: bring it to its state.
-                self.runtime_put(backend, &d.name, json!({ "admin_state": d.state.as_str() }))
-                    .await?;
-                let a = ActualServer {
-                    name: d.name.clone(),
-                    addr: d.addr.clone(),
-                    port: d.port,
-                    weight: d.weight,
-                    state: d.state,
-                    sessions: 0,
-                };
-                self.runtime
-                    .entry(backend.to_string())
-                    .or_default()
-                    .insert(d.name.clone(), a);
+                self.runtime_put(backend, &d.name, json!({ "admin_state": d.state.as_str() })).await?;
+                let a = ActualServer { name: d.name.clone(), addr: d.addr.clone(), port: d.port, weight: d.weight, state: d.state, sessions: 0 };
+                self.runtime.entry(backend.to_string()).or_default().insert(d.name.clone(), a);
             }
             Op::SetWeight { name, weight } => {
                 // Only v3's runtime model has a weight; with v2 the weight goes to the
                 // configuration only and takes effect at the reload its commit asks for.
                 if self.v3() {
-                    self.runtime_put(backend, name, json!({ "weight": weight }))
-                        .await?;
+                    self.runtime_put(backend, name, json!({ "weight": weight })).await?;
                 }
                 if let Some(s) = self.runtime.get_mut(backend).and_then(|m| m.get_mut(name)) {
                     s.weight = *weight;
                 }
             }
             Op::SetState { name, state } => {
-                self.runtime_put(backend, name, json!({ "admin_state": state.as_str() }))
-                    .await?;
+                self.runtime_put(backend, name, json!({ "admin_state": state.as_str() })).await?;
                 if let Some(s) = self.runtime.get_mut(backend).and_then(|m| m.get_mut(name)) {
                     s.state = *state;
                 }
@@ -637,11 +482,7 @@ impl DataplaneApi {
                 // 404: already gone, which is what was wanted. Anything else (typically the
                 // server still has connections; the API forced it into maintenance) is a refusal.
                 if !(a.status.is_success() || a.status == StatusCode::NOT_FOUND) {
-                    return Err(DriverError::Refused(format!(
-                        "deleting runtime server {backend}/{name}: {} {}",
-                        a.status.as_u16(),
-                        a.message()
-                    )));
+                    return Err(DriverError::Refused(format!("deleting runtime server {backend}/{name}: {} {}", a.status.as_u16(), a.message())));
                 }
                 if let Some(m) = self.runtime.get_mut(backend) {
                     m.remove(name);
@@ -674,31 +515,15 @@ impl DataplaneApi {
     }
 
     /// What the configuration of each touched server should be after `ops` (`None`: absent).
-    fn config_targets(
-        &self,
-        backend: &str,
-        base: &BTreeMap<String, Value>,
-        ops: &[Op],
-    ) -> BTreeMap<String, Option<Value>> {
+    fn config_targets(&self, backend: &str, base: &BTreeMap<String, Value>, ops: &[Op]) -> BTreeMap<String, Option<Value>> {
         let mut targets: BTreeMap<String, Option<Value>> = BTreeMap::new();
         for op in ops {
             let name = op.server().to_string();
             let current = || -> Option<Value> {
-                targets
-                    .get(&name)
-                    .cloned()
-                    .flatten()
-                    .or_else(|| base.get(&name).cloned())
-                    .or_else(|| {
-                        let a = self.runtime.get(backend)?.get(&name)?;
-                        Some(self.config_server(&DesiredServer {
-                            name: a.name.clone(),
-                            addr: a.addr.clone(),
-                            port: a.port,
-                            weight: a.weight,
-                            state: a.state,
-                        }))
-                    })
+                targets.get(&name).cloned().flatten().or_else(|| base.get(&name).cloned()).or_else(|| {
+                    let a = self.runtime.get(backend)?.get(&name)?;
+                    Some(self.config_server(&DesiredServer { name: a.name.clone(), addr: a.addr.clone(), port: a.port, weight: a.weight, state: a.state }))
+                })
             };
             let next = match op {
                 Op::Add(d) => {
@@ -783,29 +608,13 @@ impl DataplaneApi {
     }
 
     /// One attempt: start a transaction at `version`, write, commit.
-    async fn transaction(
-        &mut self,
-        backend: &str,
-        version: i64,
-        writes: &[(String, Option<Value>, bool)],
-    ) -> Result<(), TxEnd> {
-        let a = self
-            .call(
-                Method::POST,
-                &["services", "haproxy", "transactions"],
-                &[("version", version.to_string())],
-                None,
-            )
-            .await
-            .map_err(TxEnd::Fail)?;
+    async fn transaction(&mut self, backend: &str, version: i64, writes: &[(String, Option<Value>, bool)]) -> Result<(), TxEnd> {
+        let a = self.call(Method::POST, &["services", "haproxy", "transactions"], &[("version", version.to_string())], None).await.map_err(TxEnd::Fail)?;
         match a.status {
             StatusCode::CREATED | StatusCode::OK => {}
             StatusCode::CONFLICT => {
                 self.stats.version_conflicts += 1;
-                return Err(TxEnd::Retry(format!(
-                    "starting a transaction at version {version}: 409 {}",
-                    a.message()
-                )));
+                return Err(TxEnd::Retry(format!("starting a transaction at version {version}: 409 {}", a.message())));
             }
             _ => return Err(TxEnd::Fail(a.error("starting a transaction"))),
         }
@@ -816,33 +625,16 @@ impl DataplaneApi {
             .get("id")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| {
-                TxEnd::Fail(DriverError::Protocol(format!(
-                    "transaction without an id: {}",
-                    a.text()
-                )))
-            })?;
+            .ok_or_else(|| TxEnd::Fail(DriverError::Protocol(format!("transaction without an id: {}", a.text()))))?;
         let result = self.write_and_commit(backend, &tx, writes).await;
         if result.is_err() {
             // Best effort: do not leave open transactions behind (the API limits them).
-            let _ = self
-                .call(
-                    Method::DELETE,
-                    &["services", "haproxy", "transactions", &tx],
-                    &[],
-                    None,
-                )
-                .await;
+            let _ = self.call(Method::DELETE, &["services", "haproxy", "transactions", &tx], &[], None).await;
         }
         result
     }
 
-    async fn write_and_commit(
-        &mut self,
-        backend: &str,
-        tx: &str,
-        writes: &[(String, Option<Value>, bool)],
-    ) -> Result<(), TxEnd> {
+    async fn write_and_commit(&mut self, backend: &str, tx: &str, writes: &[(String, Option<Value>, bool)]) -> Result<(), TxEnd> {
         for (name, target, exists) in writes {
             let (method, path, mut query) = match (target, exists) {
                 (Some(_), false) => {
@@ -859,51 +651,23 @@ impl DataplaneApi {
                 }
             };
             query.push(("transaction_id", tx.to_string()));
-            let a = self
-                .call(method.clone(), &path, &query, target.as_ref())
-                .await
-                .map_err(TxEnd::Fail)?;
+            let a = self.call(method.clone(), &path, &query, target.as_ref()).await.map_err(TxEnd::Fail)?;
             match a.status {
                 s if s.is_success() => {}
                 StatusCode::CONFLICT => {
                     self.stats.version_conflicts += 1;
-                    return Err(TxEnd::Retry(format!(
-                        "{method} configuration server {backend}/{name}: 409 {}",
-                        a.message()
-                    )));
+                    return Err(TxEnd::Retry(format!("{method} configuration server {backend}/{name}: 409 {}", a.message())));
                 }
                 // Our copy of the configuration was stale: read it again and start over.
-                StatusCode::NOT_FOUND => {
-                    return Err(TxEnd::Retry(format!(
-                        "{method} configuration server {backend}/{name}: 404 {}",
-                        a.message()
-                    )))
-                }
-                _ => {
-                    return Err(TxEnd::Fail(
-                        a.error(&format!("{method} configuration server {backend}/{name}")),
-                    ))
-                }
+                StatusCode::NOT_FOUND => return Err(TxEnd::Retry(format!("{method} configuration server {backend}/{name}: 404 {}", a.message()))),
+                _ => return Err(TxEnd::Fail(a.error(&format!("{method} configuration server {backend}/{name}")))),
             }
         }
-        let a = self
-            .call(
-                Method::PUT,
-                &["services", "haproxy", "transactions", tx],
-                &[],
-                None,
-            )
-            .await
-            .map_err(TxEnd::Fail)?;
+        let a = self.call(Method::PUT, &["services", "haproxy", "transactions", tx], &[], None).await.map_err(TxEnd::Fail)?;
         match a.status {
             StatusCode::OK | StatusCode::ACCEPTED => {
                 self.stats.transactions_committed += 1;
-                self.config_version = a.config_version().or_else(|| {
-                    a.json()
-                        .ok()
-                        .and_then(|v| v.get("_version").and_then(Value::as_i64))
-                        .map(|v| v + 1)
-                });
+                self.config_version = a.config_version().or_else(|| a.json().ok().and_then(|v| v.get("_version").and_then(Value::as_i64)).map(|v| v + 1));
                 if a.status == StatusCode::ACCEPTED {
                     self.stats.reloads_requested += 1;
                     if let Some(id) = a.header("Reload-ID") {
@@ -915,21 +679,13 @@ impl DataplaneApi {
             }
             StatusCode::NOT_ACCEPTABLE => {
                 self.stats.outdated_commits += 1;
-                Err(TxEnd::Retry(format!(
-                    "committing transaction {tx}: 406 {}",
-                    a.message()
-                )))
+                Err(TxEnd::Retry(format!("committing transaction {tx}: 406 {}", a.message())))
             }
             StatusCode::CONFLICT => {
                 self.stats.version_conflicts += 1;
-                Err(TxEnd::Retry(format!(
-                    "committing transaction {tx}: 409 {}",
-                    a.message()
-                )))
+                Err(TxEnd::Retry(format!("committing transaction {tx}: 409 {}", a.message())))
             }
-            _ => Err(TxEnd::Fail(
-                a.error(&format!("committing transaction {tx}")),
-            )),
+            _ => Err(TxEnd::Fail(a.error(&format!("committing transaction {tx}")))),
         }
     }
 
@@ -967,10 +723,7 @@ fn merge(into: &mut Value, from: &Value) {
 /// Whether the configuration entry `have` already carries every field of `want`.
 fn same_server(want: &Value, have: &Value) -> bool {
     match want.as_object() {
-        Some(w) => w.iter().all(|(k, v)| {
-            have.get(k) == Some(v)
-                || (k == "maintenance" && v == "disabled" && have.get(k).is_none())
-        }),
+        Some(w) => w.iter().all(|(k, v)| have.get(k) == Some(v) || (k == "maintenance" && v == "disabled" && have.get(k).is_none())),
         None => false,
     }
 }
@@ -983,20 +736,11 @@ impl Driver for DataplaneApi {
             Value::Array(items) => items.first().cloned().unwrap_or(Value::Null),
             other => other.clone(),
         };
-        if let Some(err) = first
-            .get("error")
-            .and_then(Value::as_str)
-            .filter(|e| !e.is_empty())
-        {
+        if let Some(err) = first.get("error").and_then(Value::as_str).filter(|e| !e.is_empty()) {
             return Err(DriverError::Unreachable(format!("process info: {err}")));
         }
-        let info = first
-            .get("info")
-            .ok_or_else(|| DriverError::Protocol(format!("process info without `info`: {v}")))?;
-        let pid = info
-            .get("pid")
-            .and_then(Value::as_i64)
-            .ok_or_else(|| DriverError::Protocol(format!("process info without a pid: {v}")))?;
+        let info = first.get("info").ok_or_else(|| DriverError::Protocol(format!("process info without `info`: {v}")))?;
+        let pid = info.get("pid").and_then(Value::as_i64).ok_or_else(|| DriverError::Protocol(format!("process info without a pid: {v}")))?;
         let uptime = info.get("uptime").and_then(Value::as_i64);
         Ok(self.generation.observe(pid, uptime))
     }
@@ -1012,17 +756,8 @@ impl Driver for DataplaneApi {
         }
         let runtime = self.read_runtime(backend).await?;
         let stats = self.read_stats(backend).await?;
-        let servers = runtime
-            .iter()
-            .map(|s| self.to_actual(backend, s, &stats))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.runtime.insert(
-            backend.to_string(),
-            servers
-                .iter()
-                .map(|s| (s.name.clone(), s.clone()))
-                .collect(),
-        );
+        let servers = runtime.iter().map(|s| self.to_actual(backend, s, &stats)).collect::<Result<Vec<_>, _>>()?;
+        self.runtime.insert(backend.to_string(), servers.iter().map(|s| (s.name.clone(), s.clone())).collect());
         Ok(servers)
     }
 
@@ -1061,10 +796,7 @@ mod tests {
     #[test]
     fn server_options_map_to_model_fields() {
         let o = ServerOptions::parse("check inter 1s fall 2 rise 1").unwrap();
-        assert_eq!(
-            Value::Object(o.fields),
-            json!({"check": "enabled", "inter": 1000, "fall": 2, "rise": 1})
-        );
+        assert_eq!(Value::Object(o.fields), json!({"check": "enabled", "inter": 1000, "fall": 2, "rise": 1}));
         assert!(ServerOptions::parse("check ssl verify none").is_err());
         assert!(ServerOptions::parse("inter").is_err());
         assert_eq!(parse_ms("250ms").unwrap(), 250);
@@ -1074,23 +806,9 @@ mod tests {
 
     #[test]
     fn base_url_gets_the_version_path() {
-        let d = DataplaneApi::new(
-            "http://127.0.0.1:5555/v3/",
-            DataplaneVersion::V3,
-            None,
-            None,
-            String::new(),
-        )
-        .unwrap();
+        let d = DataplaneApi::new("http://127.0.0.1:5555/v3/", DataplaneVersion::V3, None, None, String::new()).unwrap();
         assert_eq!(d.base.as_str(), "http://127.0.0.1:5555/v3");
-        let d = DataplaneApi::new(
-            "http://127.0.0.1:5555",
-            DataplaneVersion::V2,
-            None,
-            None,
-            String::new(),
-        )
-        .unwrap();
+        let d = DataplaneApi::new("http://127.0.0.1:5555", DataplaneVersion::V2, None, None, String::new()).unwrap();
         assert_eq!(d.base.as_str(), "http://127.0.0.1:5555/v2");
     }
 
@@ -1103,10 +821,6 @@ mod tests {
         assert_ne!(a, b);
         let c = g.observe(11, Some(5));
         assert_eq!(b, c);
-        assert_ne!(
-            g.observe(11, Some(1)),
-            c,
-            "same pid but uptime went back: a restart"
-        );
+        assert_ne!(g.observe(11, Some(1)), c, "same pid but uptime went back: a restart");
     }
 }

@@ -232,7 +232,14 @@ impl Driver for RuntimeApi {
         let sessions = parse_stat_sessions(&self.command(&cmd).await?, backend)?;
         Ok(rows
             .into_iter()
-            .map(|r| ActualServer { sessions: sessions.get(&r.name).copied().unwrap_or(0), name: r.name, addr: r.addr, port: r.port, weight: r.weight, state: r.state })
+            .map(|r| ActualServer {
+                sessions: sessions.get(&r.name).copied().unwrap_or(0),
+                name: r.name,
+                addr: r.addr,
+                port: r.port,
+                weight: r.weight,
+                state: r.state,
+            })
             .collect())
     }
 
@@ -380,7 +387,8 @@ pub fn parse_stat_sessions(text: &str, backend: &str) -> Result<HashMap<String, 
             continue;
         }
         let scur = f.get(i_scur).copied().unwrap_or("");
-        let n = if scur.is_empty() { 0 } else { scur.parse().map_err(|_| DriverError::Protocol(format!("show stat: scur {scur:?} is not a number: {line}")))? };
+        let n =
+            if scur.is_empty() { 0 } else { scur.parse().map_err(|_| DriverError::Protocol(format!("show stat: scur {scur:?} is not a number: {line}")))? };
         out.insert(sv.to_string(), n);
     }
     Ok(out)

@@ -402,13 +402,8 @@ struct Mem {
 impl Mem {
     fn of(pid: u32) -> Mem {
         let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
+        let field =
+            |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0);
         Mem { rss_kb: field("VmRSS:"), hwm_kb: field("VmHWM:") }
     }
     fn json(&self) -> Value {
@@ -522,11 +517,7 @@ impl Conn {
         let mut line = Vec::with_capacity(128);
         read_line(io, &mut line).await?;
         let status_line = String::from_utf8_lossy(&line);
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
+        let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
         let (mut length, mut chunked, mut close) = (None, false, false);
         for i in 0.. {
             ensure!(i < MAX_HEADER_LINES, "too many header lines");
@@ -975,18 +966,35 @@ async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: SocketAddr, n: 
 
     let ideal_period_ms = if rate > 0.0 { n as f64 / rate * 1000.0 } else { f64::INFINITY };
     let mut t = String::new();
-    let _ = writeln!(t, "granted {granted} leases in {:.2} s ({:.0} grants/s, {} in flight; each grant is a Raft entry, fsynced)", grant_time.as_secs_f64(), granted as f64 / grant_time.as_secs_f64(), args.setup_concurrency);
+    let _ = writeln!(
+        t,
+        "granted {granted} leases in {:.2} s ({:.0} grants/s, {} in flight; each grant is a Raft entry, fsynced)",
+        grant_time.as_secs_f64(),
+        granted as f64 / grant_time.as_secs_f64(),
+        args.setup_concurrency
+    );
     let _ = writeln!(t, "keepalives/s (client, 2xx):     {:>10.0}   over {:.1} s", rate, elapsed.as_secs_f64());
     let _ = writeln!(t, "keepalives/s (leader metric):   {:>10.0}", server_rate);
     let _ = writeln!(t, "keepalive latency:              {}", lat.line());
     let _ = writeln!(t, "each lease renewed every ~{:.0} ms on average; largest gap between two renewals of one lease: {:.0} ms in the window, {:.0} ms over its whole life incl. granting (TTL {} ms)", ideal_period_ms, max_gap_window_ms, max_gap_ms, args.ttl_ms);
-    let _ = writeln!(t, "EXPIRED WHILE RENEWED:          {expired_while_renewed}   (sum of registry_lease_expiries_total over all nodes, before/after){}", if expired_while_renewed == 0 { "" } else { "  <-- MUST BE 0" });
+    let _ = writeln!(
+        t,
+        "EXPIRED WHILE RENEWED:          {expired_while_renewed}   (sum of registry_lease_expiries_total over all nodes, before/after){}",
+        if expired_while_renewed == 0 { "" } else { "  <-- MUST BE 0" }
+    );
     let _ = writeln!(t, "keepalive answers 404 / other non-2xx / I/O errors: {not_found} / {other} / {io_err}");
-    let _ = writeln!(t, "CPU during the window (% of one core): nodes {:?}, load generator {:.0}%  (machine total = {}%)", cpu_nodes.iter().map(|c| c.round()).collect::<Vec<_>>(), cpu_me, 100 * js_cores());
+    let _ = writeln!(
+        t,
+        "CPU during the window (% of one core): nodes {:?}, load generator {:.0}%  (machine total = {}%)",
+        cpu_nodes.iter().map(|c| c.round()).collect::<Vec<_>>(),
+        cpu_me,
+        100 * js_cores()
+    );
     let _ = writeln!(t, "RSS after the window: {}", rss_line(&rss));
     match all_expired_after {
         Some(d) => {
-            let _ = writeln!(t, "after renewal stopped, all {granted} leases expired within {:.2} s (TTL {:.1} s)", d.as_secs_f64(), args.ttl_ms as f64 / 1000.0);
+            let _ =
+                writeln!(t, "after renewal stopped, all {granted} leases expired within {:.2} s (TTL {:.1} s)", d.as_secs_f64(), args.ttl_ms as f64 / 1000.0);
         }
         None => {
             let _ = writeln!(t, "WARNING: after renewal stopped, not all {granted} leases expired within TTL + 30 s");
@@ -1027,7 +1035,11 @@ fn leader_node(cluster: &Cluster, addr: SocketAddr) -> &NodeProc {
 }
 
 fn rss_line(m: &[Mem]) -> String {
-    m.iter().enumerate().map(|(i, m)| format!("node{} {:.1} MiB (peak {:.1})", i + 1, m.rss_kb as f64 / 1024.0, m.hwm_kb as f64 / 1024.0)).collect::<Vec<_>>().join(", ")
+    m.iter()
+        .enumerate()
+        .map(|(i, m)| format!("node{} {:.1} MiB (peak {:.1})", i + 1, m.rss_kb as f64 / 1024.0, m.hwm_kb as f64 / 1024.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Writers waiting for their event, by instance name.
@@ -1139,7 +1151,9 @@ async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result
     let follower = cluster.nodes.iter().find(|n| n.id != leader_id).expect("3 nodes");
     let service = "bench-latency";
     let mut conn = Conn::new(leader);
-    let grant = write_retry(&mut conn, "POST", "/v1/leases", &serde_json::to_vec(&json!({"ttl_ms": args.mem_ttl_ms}))?, Instant::now() + Duration::from_secs(10)).await?;
+    let grant =
+        write_retry(&mut conn, "POST", "/v1/leases", &serde_json::to_vec(&json!({"ttl_ms": args.mem_ttl_ms}))?, Instant::now() + Duration::from_secs(10))
+            .await?;
     let lease = grant["lease_id"].as_u64().ok_or_else(|| anyhow!("grant without lease_id"))?;
     let since = grant["revision"].as_u64().unwrap_or(lease);
     let set = Arc::new(LeaseSet::with_capacity(1));
@@ -1190,7 +1204,10 @@ async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result
         let _ = writeln!(t, "PUT acknowledged by leader -> put event on follower watch: {}", vis.line());
         let _ = writeln!(t, "PUT sent -> put event on follower watch (end to end):     {}", e2e.line());
         let _ = writeln!(t, "PUT sent -> acknowledged by the leader (commit, fsync):   {}", ack.line());
-        let mut extra = format!("event seen before the ack arrived: {}; revision mismatches: {}; not seen within 5 s: {}; failed PUTs: {}", s.seen_before_ack, s.revision_mismatch, s.missing, s.failed);
+        let mut extra = format!(
+            "event seen before the ack arrived: {}; revision mismatches: {}; not seen within 5 s: {}; failed PUTs: {}",
+            s.seen_before_ack, s.revision_mismatch, s.missing, s.failed
+        );
         if let Some(d) = elapsed {
             let _ = write!(extra, "; throughput {:.0} registrations/s", ack.count as f64 / d.as_secs_f64());
         }
@@ -1203,7 +1220,12 @@ async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result
     };
     one("sequential", &format!("{} sequential registrations, 1 writer", args.latency_samples), &mut seq, None);
     if args.latency_writers > 0 {
-        one("concurrent", &format!("{} writers x {} registrations", args.latency_writers, args.latency_samples.div_ceil(args.latency_writers)), &mut conc, Some(conc_elapsed));
+        one(
+            "concurrent",
+            &format!("{} writers x {} registrations", args.latency_writers, args.latency_samples.div_ceil(args.latency_writers)),
+            &mut conc,
+            Some(conc_elapsed),
+        );
         j["concurrent"]["writers"] = json!(args.latency_writers);
     }
     Ok((t, j))
@@ -1267,7 +1289,10 @@ async fn memory_phase(args: &Args, cluster: &Cluster, leader: SocketAddr, idle: 
     let mut counts = Vec::new();
     for node in &cluster.nodes {
         let v = cluster.get_json(&format!("{}/v1/services?stale=true", node.url)).await?;
-        let c: u64 = v["services"].as_array().map(|a| a.iter().filter(|s| s["service"].as_str().is_some_and(|s| s.starts_with("bench-mem-"))).filter_map(|s| s["instances"].as_u64()).sum()).unwrap_or(0);
+        let c: u64 = v["services"]
+            .as_array()
+            .map(|a| a.iter().filter(|s| s["service"].as_str().is_some_and(|s| s.starts_with("bench-mem-"))).filter_map(|s| s["instances"].as_u64()).sum())
+            .unwrap_or(0);
         counts.push(c);
     }
     let expired = cluster.expiries().await?.saturating_sub(expired_before);
@@ -1277,11 +1302,24 @@ async fn memory_phase(args: &Args, cluster: &Cluster, leader: SocketAddr, idle: 
 
     let mut t = String::new();
     let _ = writeln!(t, "\n--- memory: {n} instances, each under its own lease (TTL {} ms, renewed every ~TTL/4) ---", args.mem_ttl_ms);
-    let _ = writeln!(t, "granted {n} leases in {:.2} s ({:.0}/s); registered {n} instances in {:.2} s ({:.0} PUTs/s, {} in flight); all nodes applied them {} ms later", grant_time.as_secs_f64(), n as f64 / grant_time.as_secs_f64(), put_time.as_secs_f64(), n as f64 / put_time.as_secs_f64(), args.setup_concurrency, caught_up.as_millis());
+    let _ = writeln!(
+        t,
+        "granted {n} leases in {:.2} s ({:.0}/s); registered {n} instances in {:.2} s ({:.0} PUTs/s, {} in flight); all nodes applied them {} ms later",
+        grant_time.as_secs_f64(),
+        n as f64 / grant_time.as_secs_f64(),
+        put_time.as_secs_f64(),
+        n as f64 / put_time.as_secs_f64(),
+        args.setup_concurrency,
+        caught_up.as_millis()
+    );
     let _ = writeln!(t, "instances per node (stale list): {counts:?}; leases expired meanwhile: {expired}; keepalive 404s: {renew_404}");
     let _ = writeln!(t, "RSS idle (after start):          {}", rss_line(&idle));
     let _ = writeln!(t, "RSS with {n} instances:        {}", rss_line(&mem));
-    let _ = writeln!(t, "data directory size:             {}", disk.iter().enumerate().map(|(i, b)| format!("node{} {:.1} MiB", i + 1, *b as f64 / 1048576.0)).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(
+        t,
+        "data directory size:             {}",
+        disk.iter().enumerate().map(|(i, b)| format!("node{} {:.1} MiB", i + 1, *b as f64 / 1048576.0)).collect::<Vec<_>>().join(", ")
+    );
     let j = json!({
         "instances": n,
         "leases": n,

@@ -45,7 +45,10 @@ const BACKEND: &str = "web-servers";
 const SERVICE: &str = "web-servers";
 
 #[derive(Parser, Debug)]
-#[command(name = "syncer_bench", about = "Benchmark the syncer: a backend going from 0 to N servers and back on real HAProxy (target <= 1 s each way, 0 reloads)")]
+#[command(
+    name = "syncer_bench",
+    about = "Benchmark the syncer: a backend going from 0 to N servers and back on real HAProxy (target <= 1 s each way, 0 reloads)"
+)]
 struct Args {
     /// Instances registered (and servers expected in HAProxy) per round.
     #[arg(long, default_value_t = 1000)]
@@ -224,7 +227,12 @@ async fn scrape(http: &reqwest::Client, admin: &str) -> Result<BTreeMap<String, 
 }
 
 fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, prefix: &str) -> BTreeMap<String, f64> {
-    after.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0))).filter(|(_, d)| *d != 0.0).collect()
+    after
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d != 0.0)
+        .collect()
 }
 
 fn ops_by_kind(m: &BTreeMap<String, f64>) -> BTreeMap<String, u64> {
@@ -502,7 +510,8 @@ async fn round(env: &Env<'_>, mode: &str, round_no: usize, base_port: u16) -> Re
     for _ in 0..a.leases.max(1) {
         leases.push(env.client.grant(Duration::from_millis(a.lease_ttl_ms)).await.context("granting a lease")?.lease_id);
     }
-    let renewer = Renewer::start(env.client.clone(), leases.clone(), Duration::from_millis(a.lease_ttl_ms / 3), Duration::from_secs(a.phase_timeout_secs * 3 + 60));
+    let renewer =
+        Renewer::start(env.client.clone(), leases.clone(), Duration::from_millis(a.lease_ttl_ms / 3), Duration::from_secs(a.phase_timeout_secs * 3 + 60));
     let ports: Vec<u16> = (0..n).map(|i| base_port + i as u16).collect();
 
     let add = env
@@ -613,7 +622,9 @@ async fn run(args: &Args) -> Result<()> {
     let bins: Vec<(&str, PathBuf)> = ["registry", "syncer"]
         .into_iter()
         .map(|n| {
-            std::panic::catch_unwind(|| binary(n)).map(|p| (n, p)).map_err(|_| anyhow!("{n} binary missing: run `cargo build --release -p registry -p syncer` (or set E2E_BIN_DIR)"))
+            std::panic::catch_unwind(|| binary(n))
+                .map(|p| (n, p))
+                .map_err(|_| anyhow!("{n} binary missing: run `cargo build --release -p registry -p syncer` (or set E2E_BIN_DIR)"))
         })
         .collect::<Result<_>>()?;
     let syncer_bin = bins[1].1.clone();
@@ -625,7 +636,8 @@ async fn run(args: &Args) -> Result<()> {
     let cluster = RegistryCluster::start(3).await;
     eprintln!("starting HAProxy with backend {BACKEND}...");
     let haproxy = Haproxy::start(&[BACKEND]).await;
-    let version = cli(&haproxy.socket_path(), "show info").await?.lines().find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string())).unwrap_or_default();
+    let version =
+        cli(&haproxy.socket_path(), "show info").await?.lines().find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string())).unwrap_or_default();
     let reloads_before = haproxy.reloads().await;
     let loads_before = haproxy.loads();
 
@@ -669,7 +681,8 @@ async fn run(args: &Args) -> Result<()> {
     let metrics_start = scrape(&http, &admin).await?;
     eprintln!("ready after {:.1} s; running {} round(s) x {:?} with {} instances...", t0.elapsed().as_secs_f64(), args.rounds, args.modes, args.instances);
 
-    let env = Env { args, client: Arc::new(cluster.client()), http: http.clone(), sock: haproxy.socket_path(), admin: admin.clone(), syncer_log: syncer_log.clone() };
+    let env =
+        Env { args, client: Arc::new(cluster.client()), http: http.clone(), sock: haproxy.socket_path(), admin: admin.clone(), syncer_log: syncer_log.clone() };
     let mut phases: Vec<Phase> = Vec::new();
     let mut renew_failures = 0;
     let mut k = 0u32;
@@ -786,7 +799,13 @@ fn stats_line(s: &Value) -> String {
     if s["n"] == 0 {
         return format!("no samples ({} timed out)", s["missing"]);
     }
-    let mut l = format!("min {:>8.1}  median {:>8.1}  max {:>8.1} ms  (n={})", s["min_ms"].as_f64().unwrap_or(0.0), s["median_ms"].as_f64().unwrap_or(0.0), s["max_ms"].as_f64().unwrap_or(0.0), s["n"]);
+    let mut l = format!(
+        "min {:>8.1}  median {:>8.1}  max {:>8.1} ms  (n={})",
+        s["min_ms"].as_f64().unwrap_or(0.0),
+        s["median_ms"].as_f64().unwrap_or(0.0),
+        s["max_ms"].as_f64().unwrap_or(0.0),
+        s["n"]
+    );
     if s["missing"].as_u64().unwrap_or(0) > 0 {
         let _ = write!(l, ", {} timed out", s["missing"]);
     }
@@ -805,7 +824,12 @@ fn report(args: &Args, ctx: &Ctx, phases: &[Phase]) -> (String, Value) {
     let target = args.target_ms as f64;
     let mut t = String::new();
     let _ = writeln!(t, "=== syncer benchmark: backend {BACKEND} 0 -> {n} -> 0 servers on real HAProxy ===");
-    let _ = writeln!(t, "HAProxy {} (Runtime API, unix socket); 3-node loopback registry; {} cores", ctx.version, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let _ = writeln!(
+        t,
+        "HAProxy {} (Runtime API, unix socket); 3-node loopback registry; {} cores",
+        ctx.version,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     let _ = writeln!(t, "registry: {}", ctx.registry_bin.display());
     let _ = writeln!(t, "syncer:   {} {}", ctx.syncer_bin.display(), ctx.shown_args);
     let _ = writeln!(t, "          (--max-remove-fraction 1 --min-servers 0: the breaker must not hold the mass removal)");
@@ -817,7 +841,11 @@ fn report(args: &Args, ctx: &Ctx, phases: &[Phase]) -> (String, Value) {
     let _ = writeln!(t, "target: <= {} ms each way, 0 reloads", args.target_ms);
 
     let _ = writeln!(t, "\n--- per round (ms; 'first' = from the first request sent, 'last' = from the last request acknowledged) ---");
-    let _ = writeln!(t, "{:<7} {:>2} {:<7} {:>9} {:>9} {:>9} {:>11} {:>11} {:>12} {:>6} {:>6}  ops (metrics)", "mode", "#", "dir", "requests", "first", "last", "1st change", "log ops", "slowest poll", "passes", "held");
+    let _ = writeln!(
+        t,
+        "{:<7} {:>2} {:<7} {:>9} {:>9} {:>9} {:>11} {:>11} {:>12} {:>6} {:>6}  ops (metrics)",
+        "mode", "#", "dir", "requests", "first", "last", "1st change", "log ops", "slowest poll", "passes", "held"
+    );
     for p in phases {
         let log_ops = match (p.log_first_op_ms, p.log_last_op_ms) {
             (Some(a), Some(b)) => format!("{a:.0}-{b:.0}"),
@@ -842,7 +870,9 @@ fn report(args: &Args, ctx: &Ctx, phases: &[Phase]) -> (String, Value) {
         );
     }
 
-    let pick = |dir: &str, mode: Option<&str>, f: fn(&Phase) -> Option<f64>| -> Vec<Option<f64>> { phases.iter().filter(|p| p.direction == dir && mode.is_none_or(|m| p.mode == m)).map(f).collect() };
+    let pick = |dir: &str, mode: Option<&str>, f: fn(&Phase) -> Option<f64>| -> Vec<Option<f64>> {
+        phases.iter().filter(|p| p.direction == dir && mode.is_none_or(|m| p.mode == m)).map(f).collect()
+    };
     let mut summary = json!({});
     let _ = writeln!(t, "\n--- summary (min / median / max) ---");
     let add_first = stats(&pick("add", None, |p| p.from_first_ms));
@@ -872,7 +902,11 @@ fn report(args: &Args, ctx: &Ctx, phases: &[Phase]) -> (String, Value) {
         ctx.loads.1,
         if reloads == 0 { "PASS" } else { "FAIL" }
     );
-    let _ = writeln!(t, "syncer over the run: syncer_ops_total {:?}; passes {}; errors {}; held removals {}; HAProxy restarts seen {}", ctx.total_ops, ctx.passes, ctx.errors, ctx.held, ctx.restarts);
+    let _ = writeln!(
+        t,
+        "syncer over the run: syncer_ops_total {:?}; passes {}; errors {}; held removals {}; HAProxy restarts seen {}",
+        ctx.total_ops, ctx.passes, ctx.errors, ctx.held, ctx.restarts
+    );
     if ctx.renew_failures > 0 {
         let _ = writeln!(t, "lease keepalive failures: {}", ctx.renew_failures);
     }

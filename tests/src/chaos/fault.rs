@@ -16,17 +16,42 @@ use super::topology::Topology;
 /// What happened when, for the validators.
 #[derive(Debug, Clone)]
 pub enum Event {
-    RegistryKilled { node: usize, leader: bool },
-    RegistryRestarted { node: usize },
-    RegistryPaused { node: usize, leader: bool },
-    RegistryResumed { node: usize },
-    Partitioned { node: usize, leader: bool },
-    Healed { node: usize },
-    DiskStalled { node: usize, leader: bool },
-    DiskResumed { node: usize },
+    RegistryKilled {
+        node: usize,
+        leader: bool,
+    },
+    RegistryRestarted {
+        node: usize,
+    },
+    RegistryPaused {
+        node: usize,
+        leader: bool,
+    },
+    RegistryResumed {
+        node: usize,
+    },
+    Partitioned {
+        node: usize,
+        leader: bool,
+    },
+    Healed {
+        node: usize,
+    },
+    DiskStalled {
+        node: usize,
+        leader: bool,
+    },
+    DiskResumed {
+        node: usize,
+    },
     /// A host's announcer and web server were SIGKILLed.
-    HostKilled { host: usize, with_leader: bool },
-    HostRestarted { host: usize },
+    HostKilled {
+        host: usize,
+        with_leader: bool,
+    },
+    HostRestarted {
+        host: usize,
+    },
 }
 
 #[derive(Debug, Default)]

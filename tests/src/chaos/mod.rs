@@ -11,10 +11,7 @@ use std::time::Duration;
 
 /// How long the faults run: `CHAOS_DURATION` (`90s`, `10m`, ...), default 90 s.
 pub fn duration_from_env() -> Duration {
-    std::env::var("CHAOS_DURATION")
-        .ok()
-        .and_then(|v| parse_duration(&v))
-        .unwrap_or(Duration::from_secs(90))
+    std::env::var("CHAOS_DURATION").ok().and_then(|v| parse_duration(&v)).unwrap_or(Duration::from_secs(90))
 }
 
 fn parse_duration(s: &str) -> Option<Duration> {

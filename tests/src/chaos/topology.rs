@@ -78,7 +78,12 @@ impl Topology {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-                Node { proc: Proc::spawn(&format!("registry-{}", i + 1), &binary("registry"), &args, dir.path()), ip: ips[i].clone(), addr: addrs[i].clone(), stall_file }
+                Node {
+                    proc: Proc::spawn(&format!("registry-{}", i + 1), &binary("registry"), &args, dir.path()),
+                    ip: ips[i].clone(),
+                    addr: addrs[i].clone(),
+                    stall_file,
+                }
             })
             .collect();
         let haproxy = Haproxy::start(&["web-servers", "api-servers"]).await;
@@ -123,7 +128,8 @@ check = {{ tcp = "127.0.0.1:{api_port}", interval = "300ms", timeout = "1s", ris
     }
 
     pub fn spawn_host(&self, name: &str, web_port: u16, api_port: u16) -> Host {
-        let web_args: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{web_port}"), "--listen".into(), format!("127.0.0.1:{api_port}"), "--name".into(), name.into()];
+        let web_args: Vec<String> =
+            vec!["--listen".into(), format!("127.0.0.1:{web_port}"), "--listen".into(), format!("127.0.0.1:{api_port}"), "--name".into(), name.into()];
         let web = Proc::spawn(&format!("{name}-web"), &binary("demo_web"), &web_args, self.dir.path());
         let cfg: PathBuf = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&cfg, self.announcer_config(web_port, api_port)).unwrap();

@@ -72,7 +72,12 @@ pub fn no_live_instance_dropped(rec: &Record, log: &Log, hosts: &[HostPorts], st
     Verdict {
         name: "1 no live instance dropped from HAProxy",
         passed: violations.is_empty(),
-        figures: format!("{} samples, {windows} live windows, {} violations {:?}", rec.samples.len(), violations.len(), violations.iter().take(5).collect::<Vec<_>>()),
+        figures: format!(
+            "{} samples, {windows} live windows, {} violations {:?}",
+            rec.samples.len(),
+            violations.len(),
+            violations.iter().take(5).collect::<Vec<_>>()
+        ),
     }
 }
 
@@ -132,7 +137,11 @@ pub fn dead_instances_removed_in_time(rec: &Record, log: &Log, hosts: &[HostPort
     Verdict {
         name: "3 dead instances removed within TTL + 1 s",
         passed: late.is_empty() && !delays.is_empty(),
-        figures: format!("{} kills ({} with the leader), slowest {max:?} (with leader {max_leader:?}), bound {bound:?}, late {late:?}", delays.len(), delays.iter().filter(|(_, l)| *l).count()),
+        figures: format!(
+            "{} kills ({} with the leader), slowest {max:?} (with leader {max_leader:?}), bound {bound:?}, late {late:?}",
+            delays.len(),
+            delays.iter().filter(|(_, l)| *l).count()
+        ),
     }
 }
 
@@ -153,6 +162,10 @@ pub fn success_rate(rec: &Record) -> Verdict {
     Verdict {
         name: "5 HTTP success rate through HAProxy",
         passed: total > 0 && rate >= 99.9,
-        figures: format!("{rate:.3}% of {total} requests ({} failed; target 99.9%) {:?}", rec.requests_failed, rec.failures.iter().take(3).map(|(_, e)| e).collect::<Vec<_>>()),
+        figures: format!(
+            "{rate:.3}% of {total} requests ({} failed; target 99.9%) {:?}",
+            rec.requests_failed,
+            rec.failures.iter().take(3).map(|(_, e)| e).collect::<Vec<_>>()
+        ),
     }
 }

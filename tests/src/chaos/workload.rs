@@ -123,7 +123,8 @@ async fn churn(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<A
         let (client, leases, running) = (client.clone(), leases.clone(), running.clone());
         tokio::spawn(async move {
             loop {
-                let live: Vec<(usize, u64)> = leases.lock().unwrap().iter().enumerate().filter(|(_, c)| !c.revoked && c.expired_after.is_none()).map(|(i, c)| (i, c.lease)).collect();
+                let live: Vec<(usize, u64)> =
+                    leases.lock().unwrap().iter().enumerate().filter(|(_, c)| !c.revoked && c.expired_after.is_none()).map(|(i, c)| (i, c.lease)).collect();
                 for (i, lease) in live {
                     let result = client.keepalive(lease).await;
                     let mut l = leases.lock().unwrap();
@@ -158,7 +159,14 @@ async fn churn(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<A
         n += 1;
         let name = format!("churn-{n}");
         if let Ok(g) = client.grant(CHURN_TTL).await {
-            let spec = InstanceSpec { address: "127.0.0.1".into(), port: 1 + n % 60000, lease_id: Some(g.lease_id), weight: 1, state: Default::default(), meta: Default::default() };
+            let spec = InstanceSpec {
+                address: "127.0.0.1".into(),
+                port: 1 + n % 60000,
+                lease_id: Some(g.lease_id),
+                weight: 1,
+                state: Default::default(),
+                meta: Default::default(),
+            };
             if let Ok(w) = client.put_instance("churn", &name, &spec).await {
                 record.lock().unwrap().acked.push((name.clone(), w.revision, g.lease_id));
                 leases.lock().unwrap().push(Churned { name, lease: g.lease_id, last_renewed: Instant::now(), expired_after: None, revoked: false });

@@ -125,14 +125,8 @@ impl DataplaneDouble {
         let state = Arc::new(Mutex::new(State {
             api,
             version: 1,
-            config: backends
-                .iter()
-                .map(|b| (b.to_string(), BTreeMap::new()))
-                .collect(),
-            runtime: backends
-                .iter()
-                .map(|b| (b.to_string(), BTreeMap::new()))
-                .collect(),
+            config: backends.iter().map(|b| (b.to_string(), BTreeMap::new())).collect(),
+            runtime: backends.iter().map(|b| (b.to_string(), BTreeMap::new())).collect(),
             transactions: BTreeMap::new(),
             tx_seq: 0,
             reloads: Vec::new(),
@@ -145,20 +139,13 @@ impl DataplaneDouble {
             response_violations: Vec::new(),
             log: Vec::new(),
         }));
-        let app = axum::Router::new()
-            .fallback(handle)
-            .with_state((state.clone(), spec));
+        let app = axum::Router::new().fallback(handle).with_state((state.clone(), spec));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        DataplaneDouble {
-            addr,
-            api,
-            state,
-            task,
-        }
+        DataplaneDouble { addr, api, state, task }
     }
 
     /// `http://127.0.0.1:PORT` (without the base path).
@@ -185,19 +172,11 @@ impl DataplaneDouble {
 
     /// How many requests reached `operation` (an operationId) and got a 2xx.
     pub fn count_ok(&self, operation: &str) -> usize {
-        self.st()
-            .log
-            .iter()
-            .filter(|r| r.operation == operation && (200..300).contains(&r.status))
-            .count()
+        self.st().log.iter().filter(|r| r.operation == operation && (200..300).contains(&r.status)).count()
     }
 
     pub fn count(&self, operation: &str) -> usize {
-        self.st()
-            .log
-            .iter()
-            .filter(|r| r.operation == operation)
-            .count()
+        self.st().log.iter().filter(|r| r.operation == operation).count()
     }
 
     pub fn config_version(&self) -> i64 {
@@ -218,11 +197,7 @@ impl DataplaneDouble {
     }
 
     pub fn open_transactions(&self) -> usize {
-        self.st()
-            .transactions
-            .values()
-            .filter(|t| t.status == "in_progress")
-            .count()
+        self.st().transactions.values().filter(|t| t.status == "in_progress").count()
     }
 
     pub fn reloads(&self) -> Vec<Reload> {
@@ -232,36 +207,18 @@ impl DataplaneDouble {
     /// Sets the current connections of a runtime server.
     pub fn set_connections(&self, backend: &str, server: &str, n: u64) {
         let mut st = self.st();
-        let s = st
-            .runtime
-            .get_mut(backend)
-            .and_then(|b| b.get_mut(server))
-            .unwrap_or_else(|| panic!("no runtime server {backend}/{server}"));
+        let s = st.runtime.get_mut(backend).and_then(|b| b.get_mut(server)).unwrap_or_else(|| panic!("no runtime server {backend}/{server}"));
         s.connections = n;
     }
 
     /// Adds a server to the configuration and the runtime, as if declared in haproxy.cfg.
     pub fn declare_server(&self, backend: &str, name: &str, address: &str, port: u16) {
         let mut st = self.st();
-        st.config.entry(backend.to_string()).or_default().insert(
-            name.to_string(),
-            json!({"name": name, "address": address, "port": port}),
-        );
+        st.config.entry(backend.to_string()).or_default().insert(name.to_string(), json!({"name": name, "address": address, "port": port}));
         let id = st.next_server_id;
         st.next_server_id += 1;
-        let rs = RuntimeServer {
-            name: name.into(),
-            id,
-            address: address.into(),
-            port: Some(port),
-            weight: 1,
-            admin_state: "ready".into(),
-            connections: 0,
-        };
-        st.runtime
-            .entry(backend.to_string())
-            .or_default()
-            .insert(name.to_string(), rs);
+        let rs = RuntimeServer { name: name.into(), id, address: address.into(), port: Some(port), weight: 1, admin_state: "ready".into(), connections: 0 };
+        st.runtime.entry(backend.to_string()).or_default().insert(name.to_string(), rs);
     }
 
     /// The next `n` configuration writes (transaction starts and server writes) get 409.
@@ -313,21 +270,10 @@ impl State {
                     RuntimeServer {
                         name: name.clone(),
                         id,
-                        address: s
-                            .get("address")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
+                        address: s.get("address").and_then(Value::as_str).unwrap_or("").to_string(),
                         port: s.get("port").and_then(Value::as_u64).map(|p| p as u16),
                         weight: s.get("weight").and_then(Value::as_u64).unwrap_or(1) as u32,
-                        admin_state: if s.get("maintenance").and_then(Value::as_str)
-                            == Some("enabled")
-                        {
-                            "maint"
-                        } else {
-                            "ready"
-                        }
-                        .into(),
+                        admin_state: if s.get("maintenance").and_then(Value::as_str) == Some("enabled") { "maint" } else { "ready" }.into(),
                         connections: 0,
                     },
                 );
@@ -338,17 +284,10 @@ impl State {
     }
 
     fn new_reload(&mut self) -> String {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
         let id = format!("{y:04}-{m:02}-{d:02}-{}", self.reloads.len() + 1);
-        self.reloads.push(Reload {
-            id: id.clone(),
-            status: "in_progress".into(),
-            timestamp: secs,
-        });
+        self.reloads.push(Reload { id: id.clone(), status: "in_progress".into(), timestamp: secs });
         id
     }
 
@@ -388,9 +327,7 @@ fn base64(input: &[u8]) -> String {
     const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in input.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
+        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= c.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -410,19 +347,11 @@ struct Answer {
 }
 
 fn ok(status: u16, body: Value) -> Answer {
-    Answer {
-        status,
-        headers: vec![],
-        body: Some(body),
-    }
+    Answer { status, headers: vec![], body: Some(body) }
 }
 
 fn empty(status: u16) -> Answer {
-    Answer {
-        status,
-        headers: vec![],
-        body: None,
-    }
+    Answer { status, headers: vec![], body: None }
 }
 
 fn error(status: u16, message: impl Into<String>) -> Answer {
@@ -438,64 +367,30 @@ impl Answer {
 
 async fn handle(AxState((state, spec)): AxState<Shared>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, 16 << 20)
-        .await
-        .unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, 16 << 20).await.unwrap_or_default();
     let method = parts.method.as_str().to_string();
     let uri = parts.uri.to_string();
     let raw_path = parts.uri.path();
-    let query: Vec<(String, String)> =
-        reqwest::Url::parse(&format!("http://x/?{}", parts.uri.query().unwrap_or("")))
-            .map(|u| {
-                u.query_pairs()
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
-    let content_type = parts
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let query: Vec<(String, String)> = reqwest::Url::parse(&format!("http://x/?{}", parts.uri.query().unwrap_or("")))
+        .map(|u| u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+        .unwrap_or_default();
+    let content_type = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
 
     let mut errors = Vec::new();
     let expected_auth = format!("Basic {}", base64(format!("{USER}:{PASSWORD}").as_bytes()));
-    let auth_ok = parts
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        == Some(expected_auth.as_str());
+    let auth_ok = parts.headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected_auth.as_str());
     if !auth_ok {
         errors.push("missing or wrong basic auth (the spec requires basic_auth)".to_string());
     }
-    let (op, spec_errors) = match raw_path
-        .strip_prefix(spec.version.base_path())
-        .filter(|p| p.starts_with('/'))
-    {
-        Some(path) => spec.validate_request(&spec::Request {
-            method: &method,
-            path,
-            query: &query,
-            content_type: content_type.as_deref(),
-            body: &bytes,
-        }),
-        None => (
-            None,
-            vec![format!(
-                "{raw_path} is not under the base path {}",
-                spec.version.base_path()
-            )],
-        ),
+    let (op, spec_errors) = match raw_path.strip_prefix(spec.version.base_path()).filter(|p| p.starts_with('/')) {
+        Some(path) => spec.validate_request(&spec::Request { method: &method, path, query: &query, content_type: content_type.as_deref(), body: &bytes }),
+        None => (None, vec![format!("{raw_path} is not under the base path {}", spec.version.base_path())]),
     };
     errors.extend(spec_errors);
 
     let answer = if !errors.is_empty() {
         let msg = errors.join("; ");
-        state.lock().unwrap().violations.push(Violation {
-            method: method.clone(),
-            uri: uri.clone(),
-            errors,
-        });
+        state.lock().unwrap().violations.push(Violation { method: method.clone(), uri: uri.clone(), errors });
         if auth_ok {
             error(400, format!("request does not match the spec: {msg}"))
         } else {
@@ -503,24 +398,13 @@ async fn handle(AxState((state, spec)): AxState<Shared>, req: Request) -> Respon
         }
     } else {
         let op = op.as_ref().expect("a valid request has an operation");
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        let q: BTreeMap<&str, &str> = query
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let q: BTreeMap<&str, &str> = query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut st = state.lock().unwrap();
         dispatch(&mut st, &op.id, &op.path_params, &q, body)
     };
 
-    let body_bytes = answer
-        .body
-        .as_ref()
-        .map(|b| serde_json::to_vec(b).unwrap())
-        .unwrap_or_default();
+    let body_bytes = answer.body.as_ref().map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
     {
         let mut st = state.lock().unwrap();
         if let Some(op) = &op {
@@ -531,12 +415,7 @@ async fn handle(AxState((state, spec)): AxState<Shared>, req: Request) -> Respon
                 }
             }
         }
-        st.log.push(Record {
-            method,
-            uri,
-            operation: op.as_ref().map(|o| o.id.clone()).unwrap_or_default(),
-            status: answer.status,
-        });
+        st.log.push(Record { method, uri, operation: op.as_ref().map(|o| o.id.clone()).unwrap_or_default(), status: answer.status });
     }
     let mut resp = Response::builder().status(StatusCode::from_u16(answer.status).unwrap());
     if answer.body.is_some() {
@@ -548,21 +427,10 @@ async fn handle(AxState((state, spec)): AxState<Shared>, req: Request) -> Respon
     resp.body(Body::from(body_bytes)).unwrap()
 }
 
-fn dispatch(
-    st: &mut State,
-    op: &str,
-    path: &BTreeMap<String, String>,
-    q: &BTreeMap<&str, &str>,
-    body: Value,
-) -> Answer {
+fn dispatch(st: &mut State, op: &str, path: &BTreeMap<String, String>, q: &BTreeMap<&str, &str>, body: Value) -> Answer {
     // v3 names the backend in the path; v2 in `backend` (or `parent_name`) of the query.
-    let backend = path
-        .get("parent_name")
-        .map(String::as_str)
-        .or_else(|| q.get("backend").copied())
-        .or_else(|| q.get("parent_name").copied())
-        .unwrap_or("")
-        .to_string();
+    let backend =
+        path.get("parent_name").map(String::as_str).or_else(|| q.get("backend").copied()).or_else(|| q.get("parent_name").copied()).unwrap_or("").to_string();
     let name = path.get("name").cloned().unwrap_or_default();
     match op {
         "getConfigurationVersion" => ok(200, json!(st.version)).header("Configuration-Version", st.version),
@@ -739,7 +607,13 @@ fn dispatch(
         },
         "getTransactions" => ok(
             200,
-            Value::Array(st.transactions.iter().filter(|(_, t)| q.get("status").is_none_or(|s| *s == t.status)).map(|(id, t)| json!({"id": id, "_version": t.version, "status": t.status})).collect()),
+            Value::Array(
+                st.transactions
+                    .iter()
+                    .filter(|(_, t)| q.get("status").is_none_or(|s| *s == t.status))
+                    .map(|(id, t)| json!({"id": id, "_version": t.version, "status": t.status}))
+                    .collect(),
+            ),
         ),
         "deleteTransaction" => match st.transactions.remove(path.get("id").map(String::as_str).unwrap_or("")) {
             Some(_) => empty(204),
@@ -759,7 +633,8 @@ fn dispatch(
                 if injected {
                     st.fail_commits -= 1;
                 }
-                return error(406, format!("transaction {id} is outdated: version {} but the configuration is at {current}", st.transactions[&id].version)).header("Configuration-Version", current);
+                return error(406, format!("transaction {id} is outdated: version {} but the configuration is at {current}", st.transactions[&id].version))
+                    .header("Configuration-Version", current);
             }
             let tx = st.transactions.remove(&id).unwrap();
             st.config = tx.config;
@@ -775,9 +650,7 @@ fn dispatch(
 fn config_write(
     st: &mut State,
     q: &BTreeMap<&str, &str>,
-    f: impl FnOnce(
-        &mut BTreeMap<String, BTreeMap<String, Value>>,
-    ) -> Result<(u16, Option<Value>), Answer>,
+    f: impl FnOnce(&mut BTreeMap<String, BTreeMap<String, Value>>) -> Result<(u16, Option<Value>), Answer>,
 ) -> Answer {
     let (tx, version) = (q.get("transaction_id"), q.get("version"));
     if tx.is_some() && version.is_some() {
@@ -788,8 +661,7 @@ fn config_write(
     }
     if st.fail_config_writes > 0 {
         st.fail_config_writes -= 1;
-        return error(409, "version mismatch (injected)")
-            .header("Configuration-Version", st.version);
+        return error(409, "version mismatch (injected)").header("Configuration-Version", st.version);
     }
     let current = st.version;
     if let Some(t) = tx {
@@ -801,31 +673,19 @@ fn config_write(
         }
         return match f(&mut tx.config) {
             // Inside a transaction nothing is applied yet: 202, no reload.
-            Ok((_, body)) => Answer {
-                status: 202,
-                headers: vec![],
-                body,
-            }
-            .header("Configuration-Version", current),
+            Ok((_, body)) => Answer { status: 202, headers: vec![], body }.header("Configuration-Version", current),
             Err(a) => a.header("Configuration-Version", current),
         };
     }
     let v: i64 = version.and_then(|v| v.parse().ok()).unwrap_or(-1);
     if v != current {
-        return error(409, format!("version mismatch: have {current}, given {v}"))
-            .header("Configuration-Version", current);
+        return error(409, format!("version mismatch: have {current}, given {v}")).header("Configuration-Version", current);
     }
     match f(&mut st.config) {
         Ok((_, body)) => {
             st.version += 1;
             let reload = st.new_reload();
-            Answer {
-                status: 202,
-                headers: vec![],
-                body,
-            }
-            .header("Configuration-Version", st.version)
-            .header("Reload-ID", reload)
+            Answer { status: 202, headers: vec![], body }.header("Configuration-Version", st.version).header("Reload-ID", reload)
         }
         Err(a) => a.header("Configuration-Version", current),
     }
@@ -837,20 +697,11 @@ mod tests {
 
     #[test]
     fn responses_are_checked_too() {
-        for (api, op_path) in [
-            (
-                ApiVersion::V3,
-                "/services/haproxy/runtime/backends/b/servers",
-            ),
-            (ApiVersion::V2, "/services/haproxy/runtime/servers"),
-        ] {
+        for (api, op_path) in [(ApiVersion::V3, "/services/haproxy/runtime/backends/b/servers"), (ApiVersion::V2, "/services/haproxy/runtime/servers")] {
             let spec = Spec::get(api);
             let op = spec.find("GET", op_path).unwrap();
-            assert!(spec
-                .validate_response(&op, 200, br#"[{"name": "s", "admin_state": "ready"}]"#)
-                .is_empty());
-            let bad =
-                spec.validate_response(&op, 200, br#"[{"name": "s", "admin_state": "bogus"}]"#);
+            assert!(spec.validate_response(&op, 200, br#"[{"name": "s", "admin_state": "ready"}]"#).is_empty());
+            let bad = spec.validate_response(&op, 200, br#"[{"name": "s", "admin_state": "bogus"}]"#);
             assert!(bad.iter().any(|e| e.contains("is not one of")), "{bad:?}");
             assert!(!spec.validate_response(&op, 200, b"").is_empty());
         }

@@ -53,11 +53,7 @@ pub fn spec_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     // This crate is `<workspace>/tests`.
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("..")
-        .join("shared")
-        .join("reference")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("shared").join("reference")
 }
 
 /// A path template: literal segments (`None` = a `{parameter}`), parameter names, the text.
@@ -99,8 +95,7 @@ impl Spec {
             ApiVersion::V2 => &V2,
             ApiVersion::V3 => &V3,
         };
-        cell.get_or_init(|| Arc::new(Spec::load(version).unwrap_or_else(|e| panic!("{e}"))))
-            .clone()
+        cell.get_or_init(|| Arc::new(Spec::load(version).unwrap_or_else(|e| panic!("{e}")))).clone()
     }
 
     pub fn load(version: ApiVersion) -> Result<Spec, String> {
@@ -108,16 +103,12 @@ impl Spec {
         let root: Value = match version {
             ApiVersion::V3 => {
                 let p = dir.join("dataplaneapi-v3.4-openapi.yaml");
-                let text = std::fs::read_to_string(&p).map_err(|e| {
-                    format!("reading {}: {e} (set DATAPLANE_SPEC_DIR)", p.display())
-                })?;
+                let text = std::fs::read_to_string(&p).map_err(|e| format!("reading {}: {e} (set DATAPLANE_SPEC_DIR)", p.display()))?;
                 serde_yaml::from_str(&text).map_err(|e| format!("parsing {}: {e}", p.display()))?
             }
             ApiVersion::V2 => {
                 let p = dir.join("dataplaneapi-v2.9-swagger.json");
-                let text = std::fs::read_to_string(&p).map_err(|e| {
-                    format!("reading {}: {e} (set DATAPLANE_SPEC_DIR)", p.display())
-                })?;
+                let text = std::fs::read_to_string(&p).map_err(|e| format!("reading {}: {e} (set DATAPLANE_SPEC_DIR)", p.display()))?;
                 serde_json::from_str(&text).map_err(|e| format!("parsing {}: {e}", p.display()))?
             }
         };
@@ -126,42 +117,16 @@ impl Spec {
             ApiVersion::V2 => root.get("basePath").and_then(Value::as_str),
         };
         if base != Some(version.base_path()) {
-            return Err(format!(
-                "spec for {version:?} has base path {base:?}, expected {}",
-                version.base_path()
-            ));
+            return Err(format!("spec for {version:?} has base path {base:?}, expected {}", version.base_path()));
         }
         let mut paths = Vec::new();
-        for template in root
-            .get("paths")
-            .and_then(Value::as_object)
-            .ok_or("spec without paths")?
-            .keys()
-        {
-            let segs: Vec<Option<String>> = template
-                .trim_start_matches('/')
-                .split('/')
-                .map(|s| {
-                    if s.starts_with('{') {
-                        None
-                    } else {
-                        Some(s.to_string())
-                    }
-                })
-                .collect();
-            let names: Vec<String> = template
-                .trim_start_matches('/')
-                .split('/')
-                .map(|s| s.trim_start_matches('{').trim_end_matches('}').to_string())
-                .collect();
+        for template in root.get("paths").and_then(Value::as_object).ok_or("spec without paths")?.keys() {
+            let segs: Vec<Option<String>> =
+                template.trim_start_matches('/').split('/').map(|s| if s.starts_with('{') { None } else { Some(s.to_string()) }).collect();
+            let names: Vec<String> = template.trim_start_matches('/').split('/').map(|s| s.trim_start_matches('{').trim_end_matches('}').to_string()).collect();
             paths.push((segs, names, template.clone()));
         }
-        Ok(Spec {
-            version,
-            root,
-            paths,
-            regexes: Mutex::new(BTreeMap::new()),
-        })
+        Ok(Spec { version, root, paths, regexes: Mutex::new(BTreeMap::new()) })
     }
 
     fn oas3(&self) -> bool {
@@ -184,11 +149,7 @@ impl Spec {
 
     /// The operation for `method` and `path` (after the base path), if the spec has one.
     pub fn find(&self, method: &str, path: &str) -> Result<Operation<'_>, String> {
-        let segs: Vec<String> = path
-            .trim_start_matches('/')
-            .split('/')
-            .map(percent_decode)
-            .collect();
+        let segs: Vec<String> = path.trim_start_matches('/').split('/').map(percent_decode).collect();
         // Prefer the template with the most literal segments (`/a/b` over `/a/{x}`).
         let mut best: Option<(usize, &PathTemplate)> = None;
         for entry in &self.paths {
@@ -207,32 +168,17 @@ impl Spec {
                 }
             }
         }
-        let (_, (tsegs, names, template)) =
-            best.ok_or_else(|| format!("no path in the {:?} spec matches {path}", self.version))?;
+        let (_, (tsegs, names, template)) = best.ok_or_else(|| format!("no path in the {:?} spec matches {path}", self.version))?;
         let item = &self.root["paths"][template.as_str()];
-        let op = item.get(method.to_ascii_lowercase()).ok_or_else(|| {
-            format!(
-                "{method} is not an operation of {template} in the {:?} spec",
-                self.version
-            )
-        })?;
+        let op = item.get(method.to_ascii_lowercase()).ok_or_else(|| format!("{method} is not an operation of {template} in the {:?} spec", self.version))?;
         let mut path_params = BTreeMap::new();
         for ((t, n), s) in tsegs.iter().zip(names).zip(&segs) {
             if t.is_none() {
                 path_params.insert(n.clone(), s.clone());
             }
         }
-        let id = op
-            .get("operationId")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        Ok(Operation {
-            id,
-            template: template.clone(),
-            path_params,
-            op,
-        })
+        let id = op.get("operationId").and_then(Value::as_str).unwrap_or("").to_string();
+        Ok(Operation { id, template: template.clone(), path_params, op })
     }
 
     /// Every way `req` breaks the spec (empty: valid); also the operation when there is one.
@@ -244,10 +190,7 @@ impl Spec {
         };
         let item = &self.root["paths"][op.template.as_str()];
         let mut params: Vec<&Value> = Vec::new();
-        for list in [item.get("parameters"), op.op.get("parameters")]
-            .into_iter()
-            .flatten()
-        {
+        for list in [item.get("parameters"), op.op.get("parameters")].into_iter().flatten() {
             for p in list.as_array().into_iter().flatten() {
                 params.push(self.resolve(p));
             }
@@ -257,11 +200,7 @@ impl Spec {
         for p in &params {
             let name = p.get("name").and_then(Value::as_str).unwrap_or("");
             let required = p.get("required").and_then(Value::as_bool).unwrap_or(false);
-            let schema = if self.oas3() {
-                p.get("schema").unwrap_or(&Value::Null)
-            } else {
-                *p
-            };
+            let schema = if self.oas3() { p.get("schema").unwrap_or(&Value::Null) } else { *p };
             match p.get("in").and_then(Value::as_str) {
                 Some("path") => {
                     let v = op.path_params.get(name).cloned().unwrap_or_default();
@@ -269,71 +208,41 @@ impl Spec {
                 }
                 Some("query") => {
                     known_query.push(name);
-                    let values: Vec<&String> = req
-                        .query
-                        .iter()
-                        .filter(|(k, _)| k == name)
-                        .map(|(_, v)| v)
-                        .collect();
+                    let values: Vec<&String> = req.query.iter().filter(|(k, _)| k == name).map(|(_, v)| v).collect();
                     if values.is_empty() && required {
                         errs.push(format!("required query parameter `{name}` is missing"));
                     }
-                    if values.len() > 1
-                        && self.resolve(schema).get("type").and_then(Value::as_str) != Some("array")
-                    {
-                        errs.push(format!(
-                            "query parameter `{name}` is given {} times",
-                            values.len()
-                        ));
+                    if values.len() > 1 && self.resolve(schema).get("type").and_then(Value::as_str) != Some("array") {
+                        errs.push(format!("query parameter `{name}` is given {} times", values.len()));
                     }
                     for v in values {
                         self.check_param(&format!("query parameter {name}"), v, schema, &mut errs);
                     }
                 }
-                Some("body") => {
-                    body_schema = Some((p.get("schema").unwrap_or(&Value::Null), required))
-                }
+                Some("body") => body_schema = Some((p.get("schema").unwrap_or(&Value::Null), required)),
                 _ => {}
             }
         }
         for (k, _) in req.query {
             if !known_query.contains(&k.as_str()) {
-                errs.push(format!(
-                    "unknown query parameter `{k}` for {} {}",
-                    req.method, op.template
-                ));
+                errs.push(format!("unknown query parameter `{k}` for {} {}", req.method, op.template));
             }
         }
         if self.oas3() {
             if let Some(rb) = op.op.get("requestBody").map(|r| self.resolve(r)) {
                 let required = rb.get("required").and_then(Value::as_bool).unwrap_or(false);
-                let schema = rb
-                    .pointer("/content/application~1json/schema")
-                    .unwrap_or(&Value::Null);
+                let schema = rb.pointer("/content/application~1json/schema").unwrap_or(&Value::Null);
                 body_schema = Some((schema, required));
             }
         }
         match body_schema {
-            None if !req.body.is_empty() => {
-                errs.push(format!("{} {} takes no body", req.method, op.template))
-            }
+            None if !req.body.is_empty() => errs.push(format!("{} {} takes no body", req.method, op.template)),
             None => {}
-            Some((_, true)) if req.body.is_empty() => {
-                errs.push(format!("{} {} needs a body", req.method, op.template))
-            }
+            Some((_, true)) if req.body.is_empty() => errs.push(format!("{} {} needs a body", req.method, op.template)),
             Some((_, false)) if req.body.is_empty() => {}
             Some((schema, _)) => {
-                if !req.content_type.is_some_and(|c| {
-                    c.split(';')
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .eq_ignore_ascii_case("application/json")
-                }) {
-                    errs.push(format!(
-                        "body content type is {:?}, not application/json",
-                        req.content_type
-                    ));
+                if !req.content_type.is_some_and(|c| c.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json")) {
+                    errs.push(format!("body content type is {:?}, not application/json", req.content_type));
                 }
                 match serde_json::from_slice::<Value>(req.body) {
                     Ok(v) => self.check(&v, schema, "body", true, &mut errs),
@@ -348,38 +257,18 @@ impl Spec {
     pub fn validate_response(&self, op: &Operation, status: u16, body: &[u8]) -> Vec<String> {
         let mut errs = Vec::new();
         let responses = &op.op["responses"];
-        let Some(r) = responses
-            .get(status.to_string())
-            .or_else(|| responses.get("default"))
-        else {
-            return vec![format!(
-                "{} {}: status {status} is not documented",
-                op.id, op.template
-            )];
+        let Some(r) = responses.get(status.to_string()).or_else(|| responses.get("default")) else {
+            return vec![format!("{} {}: status {status} is not documented", op.id, op.template)];
         };
         let r = self.resolve(r);
-        let schema = if self.oas3() {
-            r.pointer("/content/application~1json/schema")
-        } else {
-            r.get("schema")
-        };
+        let schema = if self.oas3() { r.pointer("/content/application~1json/schema") } else { r.get("schema") };
         match schema {
-            Some(s) if body.is_empty() => {
-                errs.push(format!("{}: response {status} needs a body ({s})", op.id))
-            }
+            Some(s) if body.is_empty() => errs.push(format!("{}: response {status} needs a body ({s})", op.id)),
             Some(s) => match serde_json::from_slice::<Value>(body) {
-                Ok(v) => self.check(
-                    &v,
-                    s,
-                    &format!("{} response {status}", op.id),
-                    false,
-                    &mut errs,
-                ),
+                Ok(v) => self.check(&v, s, &format!("{} response {status}", op.id), false, &mut errs),
                 Err(e) => errs.push(format!("{}: response {status} is not JSON: {e}", op.id)),
             },
-            None if !body.is_empty() => {
-                errs.push(format!("{}: response {status} takes no body", op.id))
-            }
+            None if !body.is_empty() => errs.push(format!("{}: response {status} takes no body", op.id)),
             None => {}
         }
         errs
@@ -402,11 +291,7 @@ impl Spec {
                 "false" => Value::Bool(false),
                 _ => return errs.push(format!("{what}: `{raw}` is not true or false")),
             },
-            Some("array") => Value::Array(
-                raw.split(',')
-                    .map(|x| Value::String(x.to_string()))
-                    .collect(),
-            ),
+            Some("array") => Value::Array(raw.split(',').map(|x| Value::String(x.to_string())).collect()),
             _ => Value::String(raw.to_string()),
         };
         self.check(&v, s, what, false, errs);
@@ -414,10 +299,7 @@ impl Spec {
 
     fn regex(&self, pattern: &str) -> Option<regex::Regex> {
         let mut cache = self.regexes.lock().unwrap();
-        cache
-            .entry(pattern.to_string())
-            .or_insert_with(|| regex::Regex::new(pattern).ok())
-            .clone()
+        cache.entry(pattern.to_string()).or_insert_with(|| regex::Regex::new(pattern).ok()).clone()
     }
 
     /// Names of the properties `s` declares, with those of its `allOf` members.
@@ -426,12 +308,7 @@ impl Spec {
         if let Some(p) = s.get("properties").and_then(Value::as_object) {
             out.extend(p.keys().cloned());
         }
-        for m in s
-            .get("allOf")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for m in s.get("allOf").and_then(Value::as_array).into_iter().flatten() {
             self.declared(m, out);
         }
     }
@@ -441,35 +318,19 @@ impl Spec {
         self.check_inner(v, schema, at, strict, true, errs);
     }
 
-    fn check_inner(
-        &self,
-        v: &Value,
-        schema: &Value,
-        at: &str,
-        strict: bool,
-        check_unknown: bool,
-        errs: &mut Vec<String>,
-    ) {
+    fn check_inner(&self, v: &Value, schema: &Value, at: &str, strict: bool, check_unknown: bool, errs: &mut Vec<String>) {
         let s = self.resolve(schema);
         if !s.is_object() {
             return;
         }
         if v.is_null() {
-            let nullable = s.get("nullable").and_then(Value::as_bool).unwrap_or(false)
-                || s.get("x-nullable")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
+            let nullable = s.get("nullable").and_then(Value::as_bool).unwrap_or(false) || s.get("x-nullable").and_then(Value::as_bool).unwrap_or(false);
             if !nullable && s.get("type").is_some() {
                 errs.push(format!("{at}: null is not allowed"));
             }
             return;
         }
-        for m in s
-            .get("allOf")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for m in s.get("allOf").and_then(Value::as_array).into_iter().flatten() {
             self.check_inner(v, m, at, strict, false, errs);
         }
         for (key, exactly_one) in [("anyOf", false), ("oneOf", true)] {
@@ -489,31 +350,17 @@ impl Spec {
         }
         if let Some(e) = s.get("enum").and_then(Value::as_array) {
             if !e.contains(v) {
-                errs.push(format!(
-                    "{at}: {v} is not one of {}",
-                    Value::Array(e.clone())
-                ));
+                errs.push(format!("{at}: {v} is not one of {}", Value::Array(e.clone())));
             }
         }
-        let implied_object =
-            v.is_object() && (s.get("properties").is_some() || s.get("allOf").is_some());
-        let ty = s.get("type").and_then(Value::as_str).or(if implied_object {
-            Some("object")
-        } else {
-            None
-        });
+        let implied_object = v.is_object() && (s.get("properties").is_some() || s.get("allOf").is_some());
+        let ty = s.get("type").and_then(Value::as_str).or(if implied_object { Some("object") } else { None });
         match ty {
             Some("object") => {
                 let Some(obj) = v.as_object() else {
                     return errs.push(format!("{at}: expected an object, got {v}"));
                 };
-                for r in s
-                    .get("required")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                {
+                for r in s.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
                     if !obj.contains_key(r) {
                         errs.push(format!("{at}: required property `{r}` is missing"));
                     }
@@ -530,10 +377,7 @@ impl Spec {
                         self.check_inner(pv, ps, &here, strict, true, errs);
                     } else if let Some(a) = additional.filter(|a| a.is_object()) {
                         self.check_inner(pv, a, &here, strict, true, errs);
-                    } else if check_unknown
-                        && !declared.iter().any(|d| d == k)
-                        && (strict || additional == Some(&Value::Bool(false)))
-                    {
+                    } else if check_unknown && !declared.iter().any(|d| d == k) && (strict || additional == Some(&Value::Bool(false))) {
                         errs.push(format!("{here}: no such property in the schema"));
                     }
                 }
@@ -570,42 +414,27 @@ impl Spec {
                     }
                 }
                 let len = text.chars().count() as u64;
-                if s.get("minLength")
-                    .and_then(Value::as_u64)
-                    .is_some_and(|n| len < n)
-                {
+                if s.get("minLength").and_then(Value::as_u64).is_some_and(|n| len < n) {
                     errs.push(format!("{at}: shorter than minLength"));
                 }
-                if s.get("maxLength")
-                    .and_then(Value::as_u64)
-                    .is_some_and(|n| len > n)
-                {
+                if s.get("maxLength").and_then(Value::as_u64).is_some_and(|n| len > n) {
                     errs.push(format!("{at}: longer than maxLength"));
                 }
             }
             Some("integer") | Some("number") => {
-                let is_int =
-                    v.is_i64() || v.is_u64() || v.as_f64().is_some_and(|f| f.fract() == 0.0);
+                let is_int = v.is_i64() || v.is_u64() || v.as_f64().is_some_and(|f| f.fract() == 0.0);
                 if !v.is_number() || (ty == Some("integer") && !is_int) {
                     return errs.push(format!("{at}: expected {}, got {v}", ty.unwrap()));
                 }
                 let n = v.as_f64().unwrap_or(0.0);
-                if s.get("minimum")
-                    .and_then(Value::as_f64)
-                    .is_some_and(|m| n < m)
-                {
+                if s.get("minimum").and_then(Value::as_f64).is_some_and(|m| n < m) {
                     errs.push(format!("{at}: {v} is below the minimum {}", s["minimum"]));
                 }
-                if s.get("maximum")
-                    .and_then(Value::as_f64)
-                    .is_some_and(|m| n > m)
-                {
+                if s.get("maximum").and_then(Value::as_f64).is_some_and(|m| n > m) {
                     errs.push(format!("{at}: {v} is above the maximum {}", s["maximum"]));
                 }
             }
-            Some("boolean") if !v.is_boolean() => {
-                errs.push(format!("{at}: expected a boolean, got {v}"))
-            }
+            Some("boolean") if !v.is_boolean() => errs.push(format!("{at}: expected a boolean, got {v}")),
             _ => {}
         }
     }
@@ -617,9 +446,7 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(x) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-            {
+            if let Ok(x) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
                 out.push(x);
                 i += 3;
                 continue;
