@@ -321,7 +321,10 @@ async fn snapshots_bound_the_log_and_bring_a_new_member_up() {
     small(&mut cfg);
     c.nodes.insert(4, Cluster::spawn(l, cfg, c.faults.clone()).await);
     client.add_member(4, &addr).await.unwrap();
-    wait_until(Duration::from_secs(10), "node 4 caught up", || async { (c.applied(4) >= last).then_some(()) }).await;
+    wait_until(Duration::from_secs(10), "node 4 caught up and current", || async {
+        (c.applied(4) >= last && c.nodes[&4].node.serving_current().is_ok()).then_some(())
+    })
+    .await;
     assert_eq!(c.nodes[&4].node.read_store(|s| s.instance_count()), 20);
     // Its watch history starts at the snapshot: resuming from before it says `compacted`.
     let mut w = c.client_for(&[4]).watch(None, Some(1)).await.unwrap();

@@ -120,7 +120,7 @@ impl Drop for Proc {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            let tail: Vec<&str> = text.lines().rev().take(std::env::var("E2E_LOG_LINES").ok().and_then(|n| n.parse().ok()).unwrap_or(60)).collect();
             eprintln!("----- last lines of {} ({}) -----", self.name, self.log.display());
             for l in tail.into_iter().rev() {
                 eprintln!("{l}");

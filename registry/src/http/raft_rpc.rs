@@ -11,13 +11,16 @@ use crate::error::ApiError;
 use crate::node::Node;
 use crate::types::{NodeId, TypeConfig};
 
-pub async fn append(State(node): State<Arc<Node>>, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Json<serde_json::Value> {
+pub async fn append(State(node): State<Arc<Node>>, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Result<Json<serde_json::Value>, ApiError> {
+    if !node.may_append() {
+        return Err(ApiError::Unavailable("rejoining: not taking appends until the old membership entry is gone".into()));
+    }
     let resp = node.raft().append_entries(req).await;
     // Anything but "your vote is stale" means the sender leads the current term.
     if matches!(&resp, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
         node.note_leader_contact();
     }
-    Json(serde_json::to_value(resp).expect("serializable"))
+    Ok(Json(serde_json::to_value(resp).expect("serializable")))
 }
 
 pub async fn vote(State(node): State<Arc<Node>>, Json(req): Json<VoteRequest<NodeId>>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -32,6 +35,9 @@ pub async fn vote(State(node): State<Arc<Node>>, Json(req): Json<VoteRequest<Nod
 pub async fn snapshot(State(node): State<Arc<Node>>, Json(req): Json<InstallSnapshotRequest<TypeConfig>>) -> Result<Json<serde_json::Value>, ApiError> {
     // openraft seeks to whatever offset a chunk names and writes there, into memory: a bogus
     // offset would allocate up to it, or leave a hole in the snapshot.
+    if !node.may_append() {
+        return Err(ApiError::Unavailable("rejoining: not taking snapshots until the old membership entry is gone".into()));
+    }
     let (id, offset, len) = (req.meta.snapshot_id.clone(), req.offset, req.data.len() as u64);
     node.check_snapshot_chunk(&id, offset, len)?;
     let vote = req.vote;

@@ -210,7 +210,13 @@ pub async fn join(node: super::NodeRef, id: u64, advertise: String, peers: Vec<S
     let mut wait = Duration::from_millis(200);
     let mut removed = false;
     loop {
-        match join_once(&client, id, &advertise, &mut removed).await {
+        let result = join_once(&client, id, &advertise, &mut removed, || {
+            if let Some(n) = node.upgrade() {
+                n.old_self_removed();
+            }
+        })
+        .await;
+        match result {
             Ok(()) => {
                 tracing::info!(id, "joined the cluster as a voter");
                 if let Some(n) = node.upgrade() {
@@ -228,7 +234,7 @@ pub async fn join(node: super::NodeRef, id: u64, advertise: String, peers: Vec<S
     }
 }
 
-async fn join_once(client: &client::Client, id: u64, advertise: &str, removed: &mut bool) -> Result<(), client::Error> {
+async fn join_once(client: &client::Client, id: u64, advertise: &str, removed: &mut bool, on_removed: impl FnOnce()) -> Result<(), client::Error> {
     let info = client.cluster().await?;
     // Once removed, a listing of this id is this node's new self (an add whose answer was lost).
     if !*removed && info.members.iter().any(|m| m.id == id) {
@@ -247,6 +253,7 @@ async fn join_once(client: &client::Client, id: u64, advertise: &str, removed: &
         }
     }
     *removed = true;
+    on_removed();
     tracing::info!(id, %advertise, "asking to be added as a learner, then promoted");
     client.add_member(id, advertise).await.map(|_| ())
 }

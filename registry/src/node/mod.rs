@@ -153,6 +153,9 @@ pub struct Node {
     receiving: Mutex<Option<(String, u64)>>,
     /// Rejoining with an empty log (`--join`): no votes until back in the membership.
     joining: std::sync::atomic::AtomicBool,
+    /// While rejoining, until the old self is out of the membership: no appends either, so
+    /// the leader never sees this id's log go backwards.
+    old_self_listed: std::sync::atomic::AtomicBool,
     watches: Arc<std::sync::atomic::AtomicUsize>,
     blocking: Arc<std::sync::atomic::AtomicUsize>,
     stop: watch::Sender<bool>,
@@ -247,6 +250,7 @@ impl Node {
             expiry_wake: Arc::new(Notify::new()),
             receiving: Mutex::new(None),
             joining: Default::default(),
+            old_self_listed: Default::default(),
             watches: Default::default(),
             blocking: Default::default(),
             stop: watch::channel(false).0,
@@ -260,6 +264,7 @@ impl Node {
         ];
         if joining {
             node.joining.store(true, std::sync::atomic::Ordering::SeqCst);
+            node.old_self_listed.store(true, std::sync::atomic::Ordering::SeqCst);
             let peers: Vec<String> = node.config.peers.iter().filter(|(id, _)| **id != node.id).map(|(_, a)| a.clone()).collect();
             tasks.push(tokio::spawn(membership::join(Arc::downgrade(&node), node.id, node.config.advertise.clone(), peers, node.stop.subscribe())));
         }
@@ -400,6 +405,16 @@ impl Node {
     /// Whether this node may answer vote requests: not while it rejoins with an empty log.
     pub(crate) fn may_vote(&self) -> bool {
         !self.joining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether this node may take appends: not while its old self is still a member.
+    pub(crate) fn may_append(&self) -> bool {
+        !self.old_self_listed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The old self is out of the membership (or was never in it): appends may come.
+    fn old_self_removed(&self) {
+        self.old_self_listed.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The join finished: vote again, and forget the marker.
