@@ -64,9 +64,16 @@ async fn a_leader_with_a_stalled_disk_stops_renewing_so_the_renewed_lease_surviv
         (r.status() == 503 && !r.headers().contains_key(proto::LEADER_HEADER)).then_some(())
     })
     .await;
-    // Hold the stall for TTL + 3 s in all: long enough for the new leader to expire the lease
-    // if renewals did not reach it.
-    tokio::time::sleep((ttl + Duration::from_secs(3)).saturating_sub(stall_started.elapsed())).await;
+    // Hold the stall for TTL + 3 s in all, long enough for the new leader to expire the lease
+    // if renewals did not reach it, checking on the majority throughout that it has not.
+    let majority = c.client_for(&rest);
+    let stall_ends = stall_started + ttl + Duration::from_secs(3);
+    while Instant::now() < stall_ends {
+        if let Ok(s) = majority.service("web", false).await {
+            assert!(s.instances.iter().any(|i| i.instance == "a"), "the new leader dropped the renewed instance during the stall: {s:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     c.faults.unstall_disk(old);
 
     wait_until(Duration::from_secs(10), "the old leader to step down", || async { (!c.nodes[&old].node.is_leader()).then_some(()) }).await;
@@ -330,7 +337,8 @@ async fn watches_blocking_queries_and_leases_per_client_are_limited() {
 async fn leases_expire_on_time_under_write_load() {
     let c = Cluster::start_defaults(3).await;
     let client = c.client();
-    let ttl = Duration::from_secs(1);
+    // The announcer's default TTL.
+    let ttl = Duration::from_secs(3);
     let lease = client.grant(ttl).await.unwrap().lease_id;
     client.put_instance("web", "dead", &spec(1, Some(lease))).await.unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -347,7 +355,7 @@ async fn leases_expire_on_time_under_write_load() {
         })
         .collect();
     let granted = Instant::now();
-    wait_until(Duration::from_secs(5), "the unrenewed instance to go", || async {
+    wait_until(ttl + Duration::from_secs(5), "the unrenewed instance to go", || async {
         client.service("web", false).await.ok().filter(|s| s.instances.is_empty()).map(|_| ())
     })
     .await;

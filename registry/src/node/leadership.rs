@@ -106,6 +106,11 @@ impl Leadership {
 
     /// Waits up to `wait` for this node to become ready in a fresh term.
     pub async fn wait_ready(&self, wait: Duration) -> Result<u64, NotFresh> {
+        // The keepalive path: a ready leader answers without subscribing to anything.
+        match self.ready_term(Instant::now()) {
+            Err(NotFresh::NotReady) => {}
+            other => return other,
+        }
         let deadline = Instant::now() + wait;
         let mut rx = self.ready.subscribe();
         loop {

@@ -148,8 +148,17 @@ pub async fn run(t: &mut Topology, until: Instant, partitions: bool) -> Log {
                 let (n, leader) = pick_node(t).await;
                 std::fs::write(&t.nodes[n].stall_file, b"").expect("create the stall file");
                 log.push(Event::DiskStalled { node: n, leader });
-                // TTL + 3 s: a stalled leader that kept renewing would lose every lease.
-                tokio::time::sleep(super::topology::TTL + Duration::from_secs(3)).await;
+                // TTL + 3 s: a stalled leader that kept renewing would lose every lease. Meanwhile
+                // note when the others have elected someone else (the fault took effect).
+                let until = Instant::now() + super::topology::TTL + Duration::from_secs(3);
+                let mut replaced = !leader;
+                while Instant::now() < until {
+                    if !replaced && t.leader().await.is_some_and(|l| l != n) {
+                        replaced = true;
+                        eprintln!("[chaos] stalled leader {n} replaced");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 let _ = std::fs::remove_file(&t.nodes[n].stall_file);
                 log.push(Event::DiskResumed { node: n });
             }
