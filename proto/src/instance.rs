@@ -69,6 +69,22 @@ pub fn default_weight() -> u32 {
     100
 }
 
+/// A registration that passed `validate::instance_spec`: the typed value the registry
+/// replicates (it is the payload of a put in the Raft log, and so also a snapshot format).
+/// Only validation builds one from a request body, so a bad port or weight never reaches the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub address: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<LeaseId>,
+    pub weight: u32,
+    #[serde(default)]
+    pub state: InstanceState,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+}
+
 /// An instance as stored and returned by the registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {

@@ -14,7 +14,7 @@ pub mod znode;
 
 pub use cluster::{ClusterInfo, Member, MemberChange, NodeRole};
 pub use error::{ErrorBody, ErrorCode};
-pub use instance::{Instance, InstanceSpec, InstanceState, LeaseInfo, ServiceInstances, ServiceList, ServiceSummary, WriteResult};
+pub use instance::{Instance, InstanceSpec, InstanceState, LeaseInfo, Registration, ServiceInstances, ServiceList, ServiceSummary, WriteResult};
 pub use lease::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest};
 pub use report::{BackendReport, SyncerReport};
 pub use watch::WatchEvent;

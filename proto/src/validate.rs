@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::InstanceSpec;
+use crate::{InstanceSpec, Registration};
 
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_WEIGHT: u32 = 256;
@@ -60,8 +60,9 @@ pub fn address(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a registration body; returns every problem, not just the first.
-pub fn instance_spec(spec: &InstanceSpec) -> Result<u16, Vec<String>> {
+/// Checks a registration body; returns every problem, not just the first, or the typed
+/// registration to replicate.
+pub fn instance_spec(spec: &InstanceSpec) -> Result<Registration, Vec<String>> {
     let mut errors = Vec::new();
     if let Err(e) = address(&spec.address) {
         errors.push(e);
@@ -84,7 +85,14 @@ pub fn instance_spec(spec: &InstanceSpec) -> Result<u16, Vec<String>> {
         }
     }
     if errors.is_empty() {
-        Ok(spec.port as u16)
+        Ok(Registration {
+            address: spec.address.clone(),
+            port: spec.port as u16,
+            lease_id: spec.lease_id,
+            weight: spec.weight,
+            state: spec.state,
+            meta: spec.meta.clone(),
+        })
     } else {
         Err(errors)
     }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use proto::{InstanceSpec, LeaseId, Revision};
+use proto::{LeaseId, Registration, Revision};
 
 /// A replicated command. Applying one is deterministic: it reads no clock and no local state
 /// beyond the store and the entry's own log id.
@@ -22,8 +22,14 @@ pub enum Cmd {
     /// term of the entry carrying it: a decision taken under one leadership never lands under
     /// another (docs/api.md, "Leases").
     ExpireLeases { term: u64, lease_ids: Vec<LeaseId> },
-    /// Create or replace an instance (validated before it is proposed).
-    PutInstance { service: String, instance: String, spec: InstanceSpec },
+    /// Create or replace an instance. Only a validated `Registration` can be proposed; its log
+    /// field keeps the name `spec` that earlier logs used.
+    PutInstance {
+        service: String,
+        instance: String,
+        #[serde(rename = "spec")]
+        registration: Registration,
+    },
     /// Remove an instance.
     DeleteInstance { service: String, instance: String },
     /// Name the cluster; proposed once, by its first leader. Later ones are no-ops.
@@ -93,5 +99,29 @@ pub enum Resp {
 impl Default for Resp {
     fn default() -> Self {
         Resp::Ok { revision: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log is a stability boundary: an entry written by an earlier build (port as a plain
+    /// number under `spec`) must still decode, and decode to the same fingerprint.
+    #[test]
+    fn a_put_from_an_earlier_log_still_decodes() {
+        let old = r#"{"cmd":"put_instance","service":"web","instance":"a","spec":{"address":"10.0.0.5","port":8080,"weight":100,"state":"up","meta":{}},"request_id":"k1"}"#;
+        let p: Proposal = serde_json::from_str(old).unwrap();
+        let Cmd::PutInstance { registration, .. } = &p.cmd else { panic!("decoded as {:?}", p.cmd) };
+        assert_eq!((registration.address.as_str(), registration.port, registration.weight), ("10.0.0.5", 8080, 100));
+        let again: Proposal = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
+        assert_eq!(again, p);
+        assert_eq!(again.fingerprint(), p.fingerprint());
+    }
+
+    #[test]
+    fn a_port_out_of_range_does_not_decode() {
+        let bad = r#"{"cmd":"put_instance","service":"web","instance":"a","spec":{"address":"10.0.0.5","port":70000,"weight":100}}"#;
+        assert!(serde_json::from_str::<Proposal>(bad).is_err());
     }
 }

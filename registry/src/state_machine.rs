@@ -26,11 +26,14 @@ use crate::types::{Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, S
 use crate::watch::WatchHub;
 
 /// What the state machine shares with readers (HTTP handlers, the lease loop, metrics).
+///
+/// Its fields are private: only the state machine in this module writes `data` (through
+/// `Store::apply`), everyone else gets a read guard.
 pub struct Shared {
-    pub data: RwLock<Applied>,
-    pub hub: WatchHub,
+    data: RwLock<Applied>,
+    hub: WatchHub,
     /// Entries applied since this process started.
-    pub applied_entries: AtomicU64,
+    applied_entries: AtomicU64,
     /// The snapshot on disk, as (meta, bytes). Its lock is held while the file is replaced, so
     /// a build and an install never write at once and the newer one always stays.
     snapshot: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
@@ -76,7 +79,7 @@ impl StateMachine {
         if let Some(bytes) = frame::read_framed(&shared.snapshot_path)? {
             let file: SnapshotFile =
                 serde_json::from_slice(&bytes).map_err(|e| frame::FileError::corrupt(&shared.snapshot_path, 0, format!("snapshot does not decode: {e}")))?;
-            let revision = file.data.store.revision;
+            let revision = file.data.store.revision();
             let data = serde_json::to_vec(&file.data).expect("store serializes");
             *shared.data.write().unwrap() = file.data;
             *shared.snapshot.lock().unwrap() = Some((file.meta, data));
@@ -103,6 +106,20 @@ fn supersedes(new: Option<LogId>, old: Option<LogId>) -> bool {
 }
 
 impl Shared {
+    /// The applied state, read-only. Hold the guard briefly: the apply path waits for it.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Applied> {
+        self.data.read().unwrap()
+    }
+
+    pub fn hub(&self) -> &WatchHub {
+        &self.hub
+    }
+
+    /// Entries applied since this process started.
+    pub fn applied_entries(&self) -> u64 {
+        self.applied_entries.load(Ordering::Relaxed)
+    }
+
     /// Writes `data` as the snapshot file unless the one there is newer, and makes it the
     /// current snapshot. Returns the current snapshot, which is the newer of the two. Blocking.
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &Applied) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
@@ -211,7 +228,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (kept, data) =
             tokio::task::spawn_blocking(move || shared.save_snapshot(&meta2, &data).map(|(kept, _)| (kept, data))).await.expect("snapshot task panicked")?;
         if kept.last_log_id == meta.last_log_id {
-            let revision = data.store.revision;
+            let revision = data.store.revision();
             *self.shared.data.write().unwrap() = data;
             self.shared.hub.reset(revision);
         }
@@ -241,7 +258,7 @@ mod tests {
 
     fn reopened_revision(dir: &Path) -> u64 {
         let sm = StateMachine::open(dir, 10, 1 << 20).unwrap();
-        let r = sm.shared.data.read().unwrap().store.revision;
+        let r = sm.shared.data.read().unwrap().store.revision();
         r
     }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use proto::{Instance, InstanceSpec, LeaseId, Revision, WatchEvent};
+use proto::{Instance, LeaseId, Registration, Revision, WatchEvent};
 
 use crate::command::{Cmd, Proposal, RequestId, Resp};
 
@@ -27,26 +27,26 @@ pub struct Lease {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Store {
     /// Index of the last applied entry; every change is stamped with the index of its entry.
-    pub revision: Revision,
+    revision: Revision,
     /// Highest term seen in an applied entry.
-    pub term: u64,
-    pub services: BTreeMap<String, BTreeMap<String, Instance>>,
+    term: u64,
+    services: BTreeMap<String, BTreeMap<String, Instance>>,
     /// Revision of the last change per service, kept after the last instance is gone so that a
     /// blocking query on an emptied service still wakes up.
-    pub service_index: BTreeMap<String, Revision>,
-    pub leases: BTreeMap<LeaseId, Lease>,
+    service_index: BTreeMap<String, Revision>,
+    leases: BTreeMap<LeaseId, Lease>,
     /// Answers of the last writes that carried a request id, so a retry applies once.
     #[serde(default)]
-    pub requests: Requests,
+    requests: Requests,
     /// The cluster's name, set once by its first leader.
     #[serde(default)]
-    pub cluster_id: Option<String>,
+    cluster_id: Option<String>,
     /// Members that have acknowledged the log at least once.
     #[serde(default)]
-    pub started: BTreeSet<u64>,
+    started: BTreeSet<u64>,
     /// Live leases per owner, for the per-client limit.
     #[serde(default)]
-    pub leases_by_owner: BTreeMap<String, u64>,
+    leases_by_owner: BTreeMap<String, u64>,
 }
 
 /// How many request ids the store remembers. At the 2,000-odd durable writes per second a
@@ -130,7 +130,7 @@ impl Store {
                     Resp::Ok { revision: index }
                 }
             }
-            Cmd::PutInstance { service, instance, spec } => self.put(service, instance, spec, &mut events),
+            Cmd::PutInstance { service, instance, registration } => self.put(service, instance, registration, &mut events),
             Cmd::DeleteInstance { service, instance } => match self.remove_instance(service, instance, &mut events) {
                 true => Resp::Ok { revision: index },
                 false => Resp::InstanceNotFound { service: service.clone(), instance: instance.clone() },
@@ -154,7 +154,7 @@ impl Store {
         self.term = self.term.max(term);
     }
 
-    fn put(&mut self, service: &str, name: &str, spec: &InstanceSpec, events: &mut Vec<WatchEvent>) -> Resp {
+    fn put(&mut self, service: &str, name: &str, spec: &Registration, events: &mut Vec<WatchEvent>) -> Resp {
         let rev = self.revision;
         if let Some(id) = spec.lease_id {
             if !self.leases.contains_key(&id) {
@@ -176,7 +176,7 @@ impl Store {
             service: service.to_string(),
             instance: name.to_string(),
             address: spec.address.clone(),
-            port: spec.port as u16,
+            port: spec.port,
             weight: spec.weight,
             state: spec.state,
             meta: spec.meta.clone(),
@@ -221,6 +221,47 @@ impl Store {
         true
     }
 
+    /// Index of the last applied entry.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Highest term seen in an applied entry.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Every instance, by service then name.
+    pub fn services(&self) -> &BTreeMap<String, BTreeMap<String, Instance>> {
+        &self.services
+    }
+
+    pub fn instance(&self, service: &str, name: &str) -> Option<&Instance> {
+        self.services.get(service)?.get(name)
+    }
+
+    pub fn leases(&self) -> &BTreeMap<LeaseId, Lease> {
+        &self.leases
+    }
+
+    pub fn lease(&self, id: LeaseId) -> Option<&Lease> {
+        self.leases.get(&id)
+    }
+
+    /// The idempotency window of recent request ids.
+    pub fn requests(&self) -> &Requests {
+        &self.requests
+    }
+
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    /// Members that have acknowledged the log at least once.
+    pub fn started(&self) -> &BTreeSet<u64> {
+        &self.started
+    }
+
     pub fn instances(&self, service: &str) -> Vec<Instance> {
         self.services.get(service).map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
@@ -248,8 +289,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn spec(lease: Option<u64>) -> InstanceSpec {
-        InstanceSpec { address: "10.0.0.5".into(), port: 8080, lease_id: lease, weight: 100, state: Default::default(), meta: Default::default() }
+    fn spec(lease: Option<u64>) -> Registration {
+        Registration { address: "10.0.0.5".into(), port: 8080, lease_id: lease, weight: 100, state: Default::default(), meta: Default::default() }
     }
 
     fn apply(s: &mut Store, index: u64, term: u64, cmd: Cmd) -> (Resp, Vec<WatchEvent>) {
@@ -257,7 +298,7 @@ mod tests {
     }
 
     fn put(service: &str, instance: &str, lease: Option<u64>) -> Cmd {
-        Cmd::PutInstance { service: service.into(), instance: instance.into(), spec: spec(lease) }
+        Cmd::PutInstance { service: service.into(), instance: instance.into(), registration: spec(lease) }
     }
 
     #[test]

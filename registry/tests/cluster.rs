@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{fast, spec, Cluster};
-use e2e::wait_for as wait_until;
 use proto::WatchEvent;
 use registry::faults::Faults;
 use registry::node::NodeConfig;
+use testkit::wait_for as wait_until;
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

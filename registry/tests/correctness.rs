@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use client::{Update, Watcher};
 use common::{spec, Cluster};
-use e2e::wait_for as wait_until;
+use testkit::wait_for as wait_until;
 use tokio::time::Instant;
 
 /// Keeps renewing `lease` through `client` every `every`; returns how many renewals said the
@@ -140,7 +140,7 @@ async fn a_new_leader_behind_on_apply_never_answers_not_found() {
     let client = c.client_for(&[old]);
     let lease = client.grant(Duration::from_secs(30)).await.unwrap().lease_id;
     client.put_instance("web", "a", &spec(80, Some(lease))).await.unwrap();
-    assert!(c.nodes[&next].node.read_store(|s| !s.leases.contains_key(&lease)), "the next leader has not applied the grant yet");
+    assert!(c.nodes[&next].node.read_store(|s| s.lease(lease).is_none()), "the next leader has not applied the grant yet");
 
     // Move leadership to `next`: cut off the old leader, and keep `other` from winning.
     c.faults.isolate(old);
@@ -182,7 +182,7 @@ async fn a_slow_commit_forwarded_by_a_follower_grants_exactly_one_lease() {
     let rev = c.client().put_instance("web", "after", &spec(2, None)).await.unwrap().revision;
     wait_until(Duration::from_secs(10), "every node applied everything", || async { c.nodes.keys().all(|i| c.applied(*i) >= rev).then_some(()) }).await;
     for (id, n) in &c.nodes {
-        let leases: Vec<u64> = n.node.read_store(|s| s.leases.keys().copied().collect());
+        let leases: Vec<u64> = n.node.read_store(|s| s.leases().keys().copied().collect());
         assert_eq!(leases, vec![granted.lease_id], "node {id} holds {leases:?}");
     }
 }

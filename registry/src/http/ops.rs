@@ -34,9 +34,9 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     x.last_log_index.set(ix.last_log as i64);
     x.term.set(m.current_term as i64);
     x.is_leader.set((m.state == ServerState::Leader) as i64);
-    x.applied_entries.inner().store(node.shared().applied_entries.load(Ordering::Relaxed), Ordering::Relaxed);
+    x.applied_entries.inner().store(node.shared().applied_entries(), Ordering::Relaxed);
     node.read_store(|s| {
-        x.leases_live.set(s.leases.len() as i64);
+        x.leases_live.set(s.leases().len() as i64);
         x.instances.set(s.instance_count() as i64);
     });
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], x.render()).into_response()

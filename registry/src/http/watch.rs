@@ -46,7 +46,7 @@ pub async fn watch(State(node): State<Arc<Node>>, QueryOf(q): QueryOf<WatchQuery
     node.serving_current()?;
     // Taken here so a refusal is a 429 answer; the stream task holds it until it ends.
     let permit = node.watch_permit()?;
-    let since = q.since.unwrap_or_else(|| node.shared().hub.head());
+    let since = q.since.unwrap_or_else(|| node.shared().hub().head());
     let (tx, rx) = mpsc::channel::<Line>(16);
     // The task ends when the client goes away (`tx` closes) or the node stops being current.
     tokio::spawn(stream_events(node, q.service, since, tx, permit));
@@ -67,7 +67,7 @@ async fn stream_events(node: Arc<Node>, service: Option<String>, mut since: u64,
     let _gone = Guard(|| {
         node.metrics().watch_clients.dec();
     });
-    let hub = &node.shared().hub;
+    let hub = &node.shared().hub();
     let mut rx = hub.subscribe();
     // Progress is due a second after the last line sent, however often the node applies
     // entries that this watcher's filter skips.

@@ -40,8 +40,8 @@ pub(super) async fn run(node: NodeRef, wake: Arc<Notify>, mut stop: watch::Recei
         }
         let now = Instant::now();
         if now >= last_sync + SYNC_EVERY {
-            let d = n.shared.data.read().unwrap();
-            n.keeper(|k| k.sync(&d.store.leases, now));
+            let d = n.shared.read();
+            n.keeper(|k| k.sync(d.store.leases(), now));
             last_sync = now;
         }
         if retry_at.is_some_and(|r| now < r) {
@@ -60,10 +60,10 @@ impl Node {
     async fn expire_due(&self) -> Result<(), ()> {
         let now = Instant::now();
         let (term, due) = {
-            let d = self.shared.data.read().unwrap();
+            let d = self.shared.read();
             let mut k = self.keeper.lock().unwrap();
             let Some(term) = k.term() else { return Ok(()) };
-            let (due, gone): (Vec<u64>, Vec<u64>) = k.expired(now).into_iter().partition(|id| d.store.leases.contains_key(id));
+            let (due, gone): (Vec<u64>, Vec<u64>) = k.expired(now).into_iter().partition(|id| d.store.lease(*id).is_some());
             for id in gone {
                 k.forget(id);
             }

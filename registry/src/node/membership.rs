@@ -68,7 +68,7 @@ impl Node {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let matched = |id: u64| m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
-        let (cluster_id, started) = self.read_store(|s| (s.cluster_id.clone(), s.started.clone()));
+        let (cluster_id, started) = self.read_store(|s| (s.cluster_id().map(str::to_string), s.started().clone()));
         let members = membership
             .nodes()
             .map(|(id, n)| Member {
@@ -164,7 +164,7 @@ pub(super) async fn record_started(node: super::NodeRef, mut stop: watch::Receiv
 impl Node {
     /// What the leader still has to record, if anything.
     fn membership_record(&self) -> Option<Cmd> {
-        let (has_id, started) = self.read_store(|s| (s.cluster_id.is_some(), s.started.clone()));
+        let (has_id, started) = self.read_store(|s| (s.cluster_id().is_some(), s.started().clone()));
         if !has_id {
             return Some(Cmd::InitCluster { cluster_id: format!("{:016x}", rand::random::<u64>()) });
         }

@@ -312,7 +312,7 @@ impl Node {
 
     /// Reads the replicated store as this node has applied it.
     pub fn read_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
-        f(&self.shared.data.read().unwrap().store)
+        f(&self.shared.read().store)
     }
 
     pub fn raft_metrics(&self) -> RaftMetrics {
@@ -504,11 +504,11 @@ impl Node {
         let applied_own_term = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
         // Lock order everywhere: `shared.data`, then `keeper`. (std's RwLock queues a reader
         // behind a waiting writer, so the opposite order deadlocks against `apply`.)
-        let d = self.shared.data.read().unwrap();
+        let d = self.shared.read();
         let mut k = self.keeper.lock().unwrap();
         if leader && applied_own_term {
             if k.term() != Some(m.current_term) {
-                k.start_term(m.current_term, d.store.leases.values(), now);
+                k.start_term(m.current_term, d.store.leases().values(), now);
                 tracing::info!(term = m.current_term, leases = k.len(), "leader: started every lease's clock afresh");
                 self.leadership.set_ready(Some(m.current_term));
                 self.expiry_wake.notify_one();

@@ -55,11 +55,11 @@ impl Node {
         let Some(index) = opts.index else { return Ok(()) };
         let _permit = self.blocking_permit()?;
         let deadline = Instant::now() + opts.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
-        let mut rx = self.shared.hub.subscribe();
+        let mut rx = self.shared.hub().subscribe();
         // Look again at least this often whether this node is still current.
         let recheck = self.config.election_timeout.1;
         loop {
-            if current(&self.shared.data.read().unwrap().store) > index {
+            if current(&self.shared.read().store) > index {
                 return Ok(());
             }
             tokio::select! {
@@ -74,10 +74,10 @@ impl Node {
     pub async fn services(&self, opts: ReadOptions) -> Result<(ServiceList, Staleness), ApiError> {
         self.before_read(&opts).await?;
         self.wait_for_change(&opts, Store::last_change).await?;
-        let d = self.shared.data.read().unwrap();
+        let d = self.shared.read();
         let services =
-            d.store.services.iter().map(|(name, m)| ServiceSummary { service: name.clone(), instances: m.len(), index: d.store.index_of(name) }).collect();
-        let list = ServiceList { revision: d.store.revision, index: d.store.last_change(), services };
+            d.store.services().iter().map(|(name, m)| ServiceSummary { service: name.clone(), instances: m.len(), index: d.store.index_of(name) }).collect();
+        let list = ServiceList { revision: d.store.revision(), index: d.store.last_change(), services };
         drop(d);
         Ok((list, self.staleness()))
     }
@@ -92,8 +92,8 @@ impl Node {
     /// A service's instances, with lease timings where this node keeps the clocks.
     fn read_service(&self, service: &str) -> ServiceInstances {
         let (revision, index, mut instances) = {
-            let d = self.shared.data.read().unwrap();
-            (d.store.revision, d.store.index_of(service), d.store.instances(service))
+            let d = self.shared.read();
+            (d.store.revision(), d.store.index_of(service), d.store.instances(service))
         };
         let keeper = self.keeper.lock().unwrap();
         if keeper.term().is_some() {

@@ -49,8 +49,8 @@ impl Node {
         self.ready().await?;
         let proposal = Proposal::new(cmd, request_id);
         {
-            let d = self.shared.data.read().unwrap();
-            if let Some(done) = d.store.requests.replay(&proposal) {
+            let d = self.shared.read();
+            if let Some(done) = d.store.requests().replay(&proposal) {
                 return Ok(done);
             }
             pre_check(&d.store)?;
@@ -77,8 +77,8 @@ impl Node {
             Resp::Granted { lease_id, ttl_ms, revision } => {
                 // Start its clock now, so it shows in listings at once and the expiry loop
                 // knows its deadline (unless this replays a grant whose lease is gone since).
-                let d = self.shared.data.read().unwrap();
-                if d.store.leases.contains_key(&lease_id) {
+                let d = self.shared.read();
+                if d.store.lease(lease_id).is_some() {
                     self.keeper(|k| k.start(lease_id, ttl_ms, Instant::now()));
                     self.expiry_wake.notify_one();
                 }
@@ -94,8 +94,8 @@ impl Node {
     pub async fn keepalive(&self, lease_id: LeaseId) -> Result<KeepaliveResponse, ApiError> {
         let term = self.ready().await?;
         let ttl_ms = {
-            let d = self.shared.data.read().unwrap();
-            d.store.leases.get(&lease_id).map(|l| l.ttl_ms).ok_or(ApiError::LeaseNotFound(lease_id))?
+            let d = self.shared.read();
+            d.store.lease(lease_id).map(|l| l.ttl_ms).ok_or(ApiError::LeaseNotFound(lease_id))?
         };
         let (ttl, new_clock) = self.keeper(|k| {
             if k.term() != Some(term) {
@@ -114,14 +114,8 @@ impl Node {
     }
 
     pub async fn revoke(&self, request_id: Option<RequestId>, lease_id: LeaseId) -> Result<WriteResult, ApiError> {
-        let resp =
-            self.write(request_id, Cmd::RevokeLease { lease_id }, |s| {
-                if s.leases.contains_key(&lease_id) {
-                    Ok(())
-                } else {
-                    Err(ApiError::LeaseNotFound(lease_id))
-                }
-            })
+        let resp = self
+            .write(request_id, Cmd::RevokeLease { lease_id }, |s| if s.lease(lease_id).is_some() { Ok(()) } else { Err(ApiError::LeaseNotFound(lease_id)) })
             .await?;
         self.keeper(|k| k.forget(lease_id));
         written(resp)
@@ -129,12 +123,12 @@ impl Node {
 
     pub async fn put_instance(&self, request_id: Option<RequestId>, service: String, instance: String, spec: InstanceSpec) -> Result<WriteResult, ApiError> {
         check_names(&service, &instance)?;
-        proto::validate::instance_spec(&spec).map_err(|errors| ApiError::InvalidArgument(errors.join("; ")))?;
-        let lease = spec.lease_id;
-        let cmd = Cmd::PutInstance { service, instance, spec };
+        let registration = proto::validate::instance_spec(&spec).map_err(|errors| ApiError::InvalidArgument(errors.join("; ")))?;
+        let lease = registration.lease_id;
+        let cmd = Cmd::PutInstance { service, instance, registration };
         written(
             self.write(request_id, cmd, |s| match lease {
-                Some(id) if !s.leases.contains_key(&id) => Err(ApiError::LeaseNotFound(id)),
+                Some(id) if s.lease(id).is_none() => Err(ApiError::LeaseNotFound(id)),
                 _ => Ok(()),
             })
             .await?,
@@ -144,7 +138,7 @@ impl Node {
     pub async fn delete_instance(&self, request_id: Option<RequestId>, service: String, instance: String) -> Result<WriteResult, ApiError> {
         check_names(&service, &instance)?;
         let not_found = ApiError::NotFound(format!("instance {instance:?} of service {service:?}"));
-        let exists = |s: &crate::store::Store| s.services.get(&service).and_then(|m| m.get(&instance)).is_some();
+        let exists = |s: &crate::store::Store| s.instance(&service, &instance).is_some();
         let cmd = Cmd::DeleteInstance { service: service.clone(), instance: instance.clone() };
         written(self.write(request_id, cmd, |s| if exists(s) { Ok(()) } else { Err(not_found) }).await?)
     }

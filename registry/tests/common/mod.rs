@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::wait_for as wait_until;
 use proto::InstanceSpec;
 use registry::faults::Faults;
 use registry::node::{Node, NodeConfig};
+use testkit::wait_for as wait_until;
 
 pub struct TestNode {
     pub node: Arc<Node>,
@@ -117,7 +117,7 @@ impl Cluster {
     }
 
     pub fn applied(&self, id: u64) -> u64 {
-        self.nodes[&id].node.read_store(|s| s.revision)
+        self.nodes[&id].node.read_store(|s| s.revision())
     }
 
     pub async fn stop(&mut self, id: u64) -> TestNode {
