@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 /// Path of a workspace binary (`registry`, `announcer`, `syncer`), built by `cargo build`.
 /// `E2E_BIN_DIR` overrides the directory.
 pub fn binary(name: &str) -> PathBuf {
@@ -27,21 +25,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Polls `f` until it returns `Some`, panicking with `what` after `limit`.
-pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+pub use testkit::wait_for;
 
 /// A child process whose output goes to a log file; killed when dropped.
 pub struct Proc {
