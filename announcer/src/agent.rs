@@ -128,7 +128,7 @@ impl State {
             .enumerate()
             .filter(|(i, _)| self.healthy(*i))
             .map(|(_, s)| {
-                let a = Announcement { address: s.host.clone(), port: s.port, weight: s.weight, state, meta: s.meta.clone() };
+                let a = Announcement { address: s.address.clone(), port: s.port, weight: s.weight, state, meta: s.meta.clone() };
                 ((s.service.clone(), s.instance.clone()), a)
             })
             .collect()

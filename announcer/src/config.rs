@@ -154,7 +154,8 @@ pub struct CheckConfig {
 pub struct ServiceConfig {
     pub service: String,
     pub instance: String,
-    pub host: String,
+    /// The address the instance is reached at (an IP or DNS name, without the port).
+    pub address: String,
     pub port: u16,
     pub weight: u32,
     pub meta: BTreeMap<String, String>,
@@ -256,8 +257,8 @@ fn service_config(p: &mut Problems, at: &str, s: FileService) -> Option<ServiceC
     if p.0.len() > before {
         return None;
     }
-    let (host, port) = hp?;
-    Some(ServiceConfig { service: s.name, instance, host, port, weight, meta: s.meta, check })
+    let (address, port) = hp?;
+    Some(ServiceConfig { service: s.name, instance, address, port, weight, meta: s.meta, check })
 }
 
 impl RunArgs {
@@ -414,7 +415,7 @@ mod tests {
         let c = args().resolve().unwrap();
         assert_eq!(c.services.len(), 1);
         let s = &c.services[0];
-        assert_eq!((s.instance.as_str(), s.host.as_str(), s.port, s.weight), ("10.0.0.5:8080", "10.0.0.5", 8080, 100));
+        assert_eq!((s.instance.as_str(), s.address.as_str(), s.port, s.weight), ("10.0.0.5:8080", "10.0.0.5", 8080, 100));
         assert_eq!(c.ttl, Duration::from_secs(3));
         assert_eq!(c.drain, Duration::from_secs(5));
     }

@@ -1,4 +1,4 @@
-//! Publishing to ZooKeeper (decision 9: ZooKeeper stays a first-class backend): one ephemeral
+//! Publishing to ZooKeeper (ZooKeeper stays a first-class backend: docs/announcer.md): one ephemeral
 //! znode per instance at `/<service>/<instance id>` (e.g. `/web-servers/10.0.0.5:8080`) holding
 //! the announcement as JSON, all under one session per announcer process.
 //!
