@@ -88,7 +88,10 @@ mod tests {
     }
 
     fn desired(names: &[String]) -> DesiredSet {
-        names.iter().map(|n| (n.clone(), DesiredServer { name: n.clone(), addr: "127.0.0.1".into(), port: 1, weight: 100, state: AdminState::Ready })).collect()
+        names
+            .iter()
+            .map(|n| (n.clone(), DesiredServer { name: n.clone(), address: "127.0.0.1".into(), port: 1, weight: 100, state: AdminState::Ready }))
+            .collect()
     }
 
     fn removals(names: &[String]) -> Vec<Op> {

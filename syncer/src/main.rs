@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use syncer::config::{Config, LogFormat, RunArgs, Source, Target};
+use syncer::driver::Driver;
 use syncer::metrics::Metrics;
-use syncer::model::Driver;
 use syncer::reconcile::Reconciler;
 use syncer::state::StateDir;
 use tokio::signal::unix::{signal, SignalKind};
@@ -39,12 +39,17 @@ async fn run_with<D: Driver + Send + 'static>(driver: D, config: Config, metrics
         Source::Registry(urls) => {
             let source_client = client::Client::new(urls)?;
             tokio::spawn(syncer::source::registry::run(source_client, services, tx));
-            let (host, port) = match config.admin {
+            let (address, port) = match config.admin {
                 Some(a) => (a.ip().to_string(), a.port()),
                 None => ("127.0.0.1".to_string(), 1),
             };
-            let reporter =
-                syncer::report::Reporter { client: client::Client::new(urls)?, id: config.id.clone(), host, port, mappings: config.settings.mappings.clone() };
+            let reporter = syncer::report::Reporter {
+                client: client::Client::new(urls)?,
+                id: config.id.clone(),
+                address,
+                port,
+                mappings: config.settings.mappings.clone(),
+            };
             tokio::spawn(reporter.run(applied));
         }
         Source::Zookeeper { connect, session_timeout } => {

@@ -1,9 +1,13 @@
 //! The syncer's vocabulary: desired and actual servers of one HAProxy backend, and the
-//! operations that move one towards the other.
+//! operations that move one towards the other. Pure data; what applies the operations is in
+//! `driver`.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+/// The driver vocabulary lives in `driver`; re-exported here for the paths callers already use.
+pub use crate::driver::{Driver, DriverError, Generation};
 
 /// Administrative state of a server, as HAProxy's Runtime API names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -40,7 +44,7 @@ pub struct DesiredServer {
     /// HAProxy server name (see `server_name`).
     pub name: String,
     /// IP address or host name.
-    pub addr: String,
+    pub address: String,
     pub port: u16,
     pub weight: u32,
     pub state: AdminState,
@@ -53,7 +57,7 @@ pub type DesiredSet = BTreeMap<String, DesiredServer>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActualServer {
     pub name: String,
-    pub addr: String,
+    pub address: String,
     pub port: u16,
     /// The user-set weight.
     pub weight: u32,
@@ -112,42 +116,4 @@ pub fn server_name(instance: &str) -> String {
 
 pub fn is_managed(name: &str) -> bool {
     name.starts_with(MANAGED_PREFIX)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError {
-    /// HAProxy (or the Data Plane API) cannot be reached; try again later.
-    #[error("unreachable: {0}")]
-    Unreachable(String),
-    /// HAProxy refused an operation.
-    #[error("refused: {0}")]
-    Refused(String),
-    /// The answer could not be understood.
-    #[error("bad answer: {0}")]
-    Protocol(String),
-}
-
-impl DriverError {
-    pub fn is_retriable(&self) -> bool {
-        !matches!(self, DriverError::Protocol(_))
-    }
-}
-
-/// Identity of the running HAProxy process; a change means it restarted or reloaded and lost
-/// every dynamic server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Generation(pub String);
-
-/// What drives HAProxy: the Runtime API or the Data Plane API.
-#[allow(async_fn_in_trait)]
-pub trait Driver {
-    /// The running process's identity (pid and start time, or the Data Plane API's equivalent).
-    async fn generation(&mut self) -> Result<Generation, DriverError>;
-
-    /// Every server of `backend`, managed or not.
-    async fn servers(&mut self, backend: &str) -> Result<Vec<ActualServer>, DriverError>;
-
-    /// Applies `ops` to `backend` in order. Stops at the first failure and says which ops were
-    /// done (their count) alongside the error, so the caller re-reads and re-plans.
-    async fn apply(&mut self, backend: &str, ops: &[Op]) -> Result<(), (usize, DriverError)>;
 }

@@ -27,7 +27,7 @@ pub fn plan(actual: &[ActualServer], desired: &DesiredSet, draining: &Draining, 
     for (name, want) in desired {
         match by_name.get(name.as_str()) {
             None => ops.push(Op::Add(want.clone())),
-            Some(have) if have.addr != want.addr || have.port != want.port => {
+            Some(have) if have.address != want.address || have.port != want.port => {
                 ops.push(Op::Remove { name: name.clone() });
                 ops.push(Op::Add(want.clone()));
             }
@@ -70,11 +70,11 @@ mod tests {
     use crate::model::DesiredServer;
 
     fn d(name: &str, port: u16, weight: u32, state: AdminState) -> DesiredServer {
-        DesiredServer { name: name.into(), addr: "127.0.0.1".into(), port, weight, state }
+        DesiredServer { name: name.into(), address: "127.0.0.1".into(), port, weight, state }
     }
 
     fn a(name: &str, port: u16, weight: u32, state: AdminState, sessions: u64) -> ActualServer {
-        ActualServer { name: name.into(), addr: "127.0.0.1".into(), port, weight, state, sessions }
+        ActualServer { name: name.into(), address: "127.0.0.1".into(), port, weight, state, sessions }
     }
 
     fn set(servers: &[DesiredServer]) -> DesiredSet {

@@ -11,8 +11,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::breaker::{Breaker, Limits};
+use crate::driver::{Driver, Generation};
 use crate::metrics::{BackendLabel, Metrics, OpLabel};
-use crate::model::{is_managed, server_name, AdminState, DesiredServer, DesiredSet, Driver, Generation, Op};
+use crate::model::{is_managed, server_name, AdminState, DesiredServer, DesiredSet, Op};
 use crate::plan::{plan, Draining};
 use crate::source::{Rx, Snapshot};
 use crate::state::StateDir;
@@ -61,7 +62,7 @@ pub fn desired_set(snap: &Snapshot, service: &str) -> DesiredSet {
             let name = server_name(instance);
             let server = DesiredServer {
                 name: name.clone(),
-                addr: e.addr.clone(),
+                address: e.address.clone(),
                 port: e.port,
                 weight: e.weight.min(proto::validate::MAX_WEIGHT),
                 state: AdminState::from(e.state),
@@ -235,7 +236,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::model::{ActualServer, DriverError};
+    use crate::driver::DriverError;
+    use crate::model::ActualServer;
     use crate::source::{channel, Endpoint, SourceState};
 
     /// An in-memory HAProxy that records every `apply` call.
@@ -261,7 +263,7 @@ mod tests {
                     Op::Add(d) => {
                         s.insert(
                             d.name.clone(),
-                            ActualServer { name: d.name.clone(), addr: d.addr.clone(), port: d.port, weight: d.weight, state: d.state, sessions: 0 },
+                            ActualServer { name: d.name.clone(), address: d.address.clone(), port: d.port, weight: d.weight, state: d.state, sessions: 0 },
                         );
                     }
                     Op::SetWeight { name, weight } => s.get_mut(name).unwrap().weight = *weight,
@@ -290,7 +292,7 @@ mod tests {
         let mut s = Snapshot { revision, ..Default::default() };
         let m = s.services.entry("web".into()).or_default();
         for i in 0..n {
-            m.insert(format!("10.0.0.1:{}", 8000 + i), Endpoint { addr: "10.0.0.1".into(), port: 8000 + i, weight: 100, state: Default::default() });
+            m.insert(format!("10.0.0.1:{}", 8000 + i), Endpoint { address: "10.0.0.1".into(), port: 8000 + i, weight: 100, state: Default::default() });
         }
         SourceState { snapshot: Some(s), healthy: true, last_ok: Some(SystemTime::now()), error: None, corrections: 0 }
     }

@@ -17,7 +17,7 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Reporter {
     pub client: Client,
     pub id: String,
-    pub host: String,
+    pub address: String,
     pub port: u16,
     pub mappings: Vec<Mapping>,
 }
@@ -32,7 +32,7 @@ impl Reporter {
                 .collect(),
         };
         let meta = report.to_meta();
-        InstanceSpec { address: self.host.clone(), port: self.port as u64, lease_id: Some(lease), weight: 0, state: proto::InstanceState::Up, meta }
+        InstanceSpec { address: self.address.clone(), port: self.port as u64, lease_id: Some(lease), weight: 0, state: proto::InstanceState::Up, meta }
     }
 
     /// Runs until `applied` closes; failures are logged and retried (the report is advisory).

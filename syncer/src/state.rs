@@ -57,10 +57,20 @@ mod tests {
         snap.services
             .entry("web".into())
             .or_default()
-            .insert("a".into(), Endpoint { addr: "127.0.0.1".into(), port: 80, weight: 100, state: Default::default() });
+            .insert("a".into(), Endpoint { address: "127.0.0.1".into(), port: 80, weight: 100, state: Default::default() });
         s.save(&snap).unwrap();
         assert_eq!(s.load().unwrap(), Some(snap));
         std::fs::write(s.path(), "{garbage").unwrap();
         assert!(s.load().unwrap_err().contains("desired.json"));
+    }
+
+    /// `desired.json` is an on-disk format: what an earlier build saved still loads.
+    #[test]
+    fn a_state_saved_by_an_earlier_build_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        std::fs::write(s.path(), r#"{"revision":7,"services":{"web":{"a":{"addr":"10.0.0.5","port":8080,"weight":100,"state":"up"}}}}"#).unwrap();
+        let snap = s.load().unwrap().unwrap();
+        assert_eq!(snap.services["web"]["a"].address, "10.0.0.5");
     }
 }

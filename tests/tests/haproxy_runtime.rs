@@ -33,7 +33,7 @@ async fn web(name: &str) -> u16 {
 }
 
 fn desired(instance: &str, port: u16, weight: u32, state: AdminState) -> DesiredServer {
-    DesiredServer { name: server_name(instance), addr: "127.0.0.1".into(), port, weight, state }
+    DesiredServer { name: server_name(instance), address: "127.0.0.1".into(), port, weight, state }
 }
 
 fn driver(h: &Haproxy) -> RuntimeApi {
@@ -78,7 +78,7 @@ async fn add_weight_state_remove_through_runtime_api_without_reloads() {
     assert_eq!(servers.keys().cloned().collect::<Vec<_>>(), vec!["sd-a", "sd-b", "sd-c"]);
     for (n, p) in ["a", "b", "c"].iter().zip(ports) {
         let s = &servers[&server_name(n)];
-        assert_eq!((s.addr.as_str(), s.port, s.weight, s.state, s.sessions), ("127.0.0.1", p, 100, AdminState::Ready, 0), "{s:?}");
+        assert_eq!((s.address.as_str(), s.port, s.weight, s.state, s.sessions), ("127.0.0.1", p, 100, AdminState::Ready, 0), "{s:?}");
         assert!(is_managed(&s.name));
     }
 
@@ -178,7 +178,7 @@ async fn refusals_stop_the_batch_and_say_how_far_it_got() {
     }
     // A value that would smuggle a second command in is refused before anything is sent.
     let mut evil = desired("x", port, 1, AdminState::Ready);
-    evil.addr = "127.0.0.1;shutdown".into();
+    evil.address = "127.0.0.1;shutdown".into();
     assert!(matches!(d.apply(BACKEND, &[Op::Add(evil)]).await, Err((0, DriverError::Refused(_)))));
 
     // Nothing listening: unreachable, and retriable.
@@ -236,7 +236,7 @@ async fn config_declared_servers_are_reported_but_not_managed() {
     let s = &servers["static1"];
     assert!(!is_managed(&s.name));
     // A config server without a weight has weight 1, and is ready.
-    assert_eq!((s.addr.as_str(), s.port, s.weight, s.state), ("127.0.0.1", static_port, 1, AdminState::Ready));
+    assert_eq!((s.address.as_str(), s.port, s.weight, s.state), ("127.0.0.1", static_port, 1, AdminState::Ready));
     assert!(is_managed(&servers["sd-a"].name));
     assert_eq!(h.reloads().await, 0);
 }

@@ -27,7 +27,7 @@ fn assert_clean(double: &DataplaneDouble) {
 }
 
 fn server(name: &str, port: u16, weight: u32, state: AdminState) -> DesiredServer {
-    DesiredServer { name: name.into(), addr: "127.0.0.1".into(), port, weight, state }
+    DesiredServer { name: name.into(), address: "127.0.0.1".into(), port, weight, state }
 }
 
 fn find<'a>(servers: &'a [ActualServer], name: &str) -> Option<&'a ActualServer> {
@@ -60,7 +60,7 @@ async fn round_trip(api: ApiVersion) {
     let now = d.servers(BACKEND).await.unwrap();
     assert_eq!(
         find(&now, "sd-a"),
-        Some(&ActualServer { name: "sd-a".into(), addr: "127.0.0.1".into(), port: 8081, weight: 10, state: AdminState::Ready, sessions: 0 })
+        Some(&ActualServer { name: "sd-a".into(), address: "127.0.0.1".into(), port: 8081, weight: 10, state: AdminState::Ready, sessions: 0 })
     );
     assert_eq!(find(&now, "sd-b").unwrap().state, AdminState::Maint);
 

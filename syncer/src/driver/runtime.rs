@@ -30,7 +30,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::model::{ActualServer, AdminState, DesiredServer, Driver, DriverError, Generation, Op};
+use crate::driver::{Driver, DriverError, Generation};
+use crate::model::{ActualServer, AdminState, DesiredServer, Op};
 
 /// Options `add server` gets when the configuration gives none: health-check every second,
 /// down after 2 failures, up after 1 success (so a new server takes traffic within ~1 s).
@@ -148,8 +149,8 @@ impl RuntimeApi {
     }
 
     async fn add(&self, backend: &str, d: &DesiredServer) -> Result<(), DriverError> {
-        check_token("address", &d.addr)?;
-        let addr = if d.addr.contains(':') { format!("[{}]:{}", d.addr, d.port) } else { format!("{}:{}", d.addr, d.port) };
+        check_token("address", &d.address)?;
+        let addr = if d.address.contains(':') { format!("[{}]:{}", d.address, d.port) } else { format!("{}:{}", d.address, d.port) };
         let mut cmd = format!("add server {backend}/{} {addr}", d.name);
         if !self.server_options.trim().is_empty() {
             cmd.push(' ');
@@ -235,7 +236,7 @@ impl Driver for RuntimeApi {
             .map(|r| ActualServer {
                 sessions: sessions.get(&r.name).copied().unwrap_or(0),
                 name: r.name,
-                addr: r.addr,
+                address: r.address,
                 port: r.port,
                 weight: r.weight,
                 state: r.state,
@@ -303,7 +304,7 @@ pub fn parse_show_info(text: &str) -> Result<Generation, DriverError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateRow {
     pub name: String,
-    pub addr: String,
+    pub address: String,
     pub port: u16,
     /// `srv_uweight`: the weight set by configuration or `set weight`.
     pub weight: u32,
@@ -354,7 +355,7 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<StateRow>, DriverError> {
         let admin_bits = num(i_admin)?;
         rows.push(StateRow {
             name: get(i_name)?.to_string(),
-            addr: get(i_addr)?.to_string(),
+            address: get(i_addr)?.to_string(),
             port: u16::try_from(num(i_port)?).map_err(|_| DriverError::Protocol(format!("show servers state: port out of range: {line}")))?,
             weight: num(i_weight)?,
             state: admin_state(admin_bits),
@@ -515,7 +516,7 @@ web,sd-y,0,0,0,0,,0,0,0,,0,,0,0,0,0,MAINT,1,1,0,,,0,,,1,3,3,,0,,2,0,,0,,,,0,0,0,
     #[test]
     fn servers_state_rows() {
         let rows = parse_servers_state(SERVERS_STATE).unwrap();
-        let got: Vec<_> = rows.iter().map(|r| (r.name.as_str(), r.addr.as_str(), r.port, r.weight, r.state, r.admin_bits)).collect();
+        let got: Vec<_> = rows.iter().map(|r| (r.name.as_str(), r.address.as_str(), r.port, r.weight, r.state, r.admin_bits)).collect();
         assert_eq!(
             got,
             vec![
@@ -542,7 +543,7 @@ web,sd-y,0,0,0,0,,0,0,0,,0,,0,0,0,0,MAINT,1,1,0,,,0,,,1,3,3,,0,,2,0,,0,,,,0,0,0,
         // Same data, columns in another order and one unknown column: still parsed.
         let text = "1\n# srv_port extra srv_admin_state srv_name srv_uweight srv_addr\n8080 x 8 sd-a 20 10.0.0.5\n\n";
         let rows = parse_servers_state(text).unwrap();
-        assert_eq!(rows, vec![StateRow { name: "sd-a".into(), addr: "10.0.0.5".into(), port: 8080, weight: 20, state: AdminState::Drain, admin_bits: 8 }]);
+        assert_eq!(rows, vec![StateRow { name: "sd-a".into(), address: "10.0.0.5".into(), port: 8080, weight: 20, state: AdminState::Drain, admin_bits: 8 }]);
     }
 
     #[test]

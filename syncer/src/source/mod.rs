@@ -1,9 +1,18 @@
 //! Sources of the desired state: the registry (a resumable watch) and ZooKeeper (children
-//! watches). Each keeps a `SourceState` current in a `tokio::sync::watch` channel, which the
-//! reconciler reads: it always sees the latest full state, never a queue of deltas.
+//! watches). A source says what it learned as `Update`s and when it failed; its `Feed` folds the
+//! updates into a `Snapshot` and keeps a `SourceState` current in a `tokio::sync::watch`
+//! channel, which the reconciler reads: it always sees the latest full state, never a queue of
+//! deltas.
 
+mod backoff;
+mod feed;
 pub mod registry;
+mod update;
 pub mod zookeeper;
+
+pub use backoff::Backoff;
+pub use feed::Feed;
+pub use update::Update;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -14,7 +23,9 @@ use serde::{Deserialize, Serialize};
 /// One endpoint of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    pub addr: String,
+    /// Saved in `desired.json`: earlier builds wrote this field as `addr`.
+    #[serde(alias = "addr")]
+    pub address: String,
     pub port: u16,
     pub weight: u32,
     pub state: InstanceState,
@@ -46,15 +57,4 @@ pub type Rx = tokio::sync::watch::Receiver<SourceState>;
 
 pub fn channel() -> (Tx, Rx) {
     tokio::sync::watch::channel(SourceState::default())
-}
-
-/// Marks the source as down, keeping the last snapshot (fail static).
-pub fn mark_down(tx: &Tx, error: String) {
-    tx.send_modify(|s| {
-        if s.healthy || s.error.as_deref() != Some(&error) {
-            tracing::warn!(%error, "source unavailable; keeping HAProxy as it is");
-        }
-        s.healthy = false;
-        s.error = Some(error);
-    });
 }

@@ -5,17 +5,19 @@
 //! should stay zero.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use client::{Client, Update, Watcher};
+use client::{Client, Watcher};
 use proto::{Instance, WatchEvent};
-use rand::Rng;
 use tokio::time::Instant;
 
-use super::{mark_down, Endpoint, Snapshot, Tx};
+use super::{Backoff, Endpoint, Feed, Snapshot, Tx, Update};
+
+/// After a failed list or a broken stream: 100 ms, doubling to 2 s, each ±50 %.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 0.5);
 
 fn endpoint(i: &Instance) -> Endpoint {
-    Endpoint { addr: i.address.clone(), port: i.port, weight: i.weight, state: i.state }
+    Endpoint { address: i.address.clone(), port: i.port, weight: i.weight, state: i.state }
 }
 
 /// Lists every watched service. Also returns the revision to watch from and each service's
@@ -36,11 +38,6 @@ async fn list(client: &Client, services: &[String]) -> Result<(Snapshot, u64, BT
     Ok((snap, if since == u64::MAX { 0 } else { since }, indexes))
 }
 
-fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(100) * 2u32.pow(attempt.min(5));
-    base.min(Duration::from_secs(2)).mul_f64(rand::thread_rng().gen_range(0.5..1.5))
-}
-
 /// How often the source re-lists even though the watch looks healthy.
 pub const RELIST_EVERY: Duration = Duration::from_secs(300);
 
@@ -52,16 +49,14 @@ pub async fn run(client: Client, services: Vec<String>, tx: Tx) {
 /// `run`, re-listing every `relist_every`.
 pub async fn run_with(client: Client, services: Vec<String>, tx: Tx, relist_every: Duration) {
     let filter = if services.len() == 1 { Some(services[0].clone()) } else { None };
-    let mut attempt = 0;
+    let mut feed = Feed::new(tx, "registry", BACKOFF);
     // What the watch had built, and the revision it was complete up to, at the last re-list.
     let mut known: Option<(Snapshot, u64)> = None;
     'relist: loop {
-        let (mut snap, since, indexes) = match list(&client, &services).await {
+        let (listed, since, indexes) = match list(&client, &services).await {
             Ok(x) => x,
             Err(e) => {
-                mark_down(&tx, format!("listing services: {e}"));
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
+                tokio::time::sleep(feed.failed(format!("listing services: {e}"))).await;
                 continue;
             }
         };
@@ -69,42 +64,36 @@ pub async fn run_with(client: Client, services: Vec<String>, tx: Tx, relist_ever
             // Only services that have not changed since the watch was complete can be
             // compared: a later change may simply not have arrived yet.
             let settled = |name: &String| indexes.get(name).is_some_and(|i| *i <= complete);
-            let fixed = differences(&only(&old, settled), &only(&snap, settled));
+            let fixed = differences(&only(&old, settled), &only(&listed, settled));
             if fixed > 0 {
                 tracing::warn!(fixed, "the periodic re-list corrected endpoints the watch had missed");
-                tx.send_modify(|s| s.corrections += fixed as u64);
+                feed.add_corrections(fixed as u64);
             }
         }
-        publish(&tx, &snap);
+        feed.publish([Update::Reset(listed)]);
         let relist_at = Instant::now() + relist_every;
         let mut watcher = Watcher::new(client.clone(), filter.clone(), since);
         loop {
             let next = tokio::select! {
                 n = watcher.next() => n,
                 _ = tokio::time::sleep_until(relist_at) => {
-                    known = Some((snap, watcher.since()));
+                    known = Some((feed.current().clone(), watcher.since()));
                     continue 'relist;
                 }
             };
             match next {
-                Ok(Update::Compacted { revision, compact_revision }) => {
+                Ok(client::Update::Compacted { revision, compact_revision }) => {
                     tracing::warn!(since = watcher.since(), revision, compact_revision, "watch history compacted; re-listing");
                     known = None;
                     continue 'relist;
                 }
-                Ok(Update::Changes { events, .. }) => {
-                    attempt = 0;
-                    for event in events {
-                        apply(&mut snap, &services, event);
-                    }
-                    publish(&tx, &snap);
+                // One publish per revision: the reconciler never sees part of one.
+                Ok(client::Update::Changes { events, .. }) => {
+                    feed.reset_backoff();
+                    feed.publish(events.into_iter().filter_map(|event| update(&services, event)));
                 }
-                Ok(Update::Progress { .. }) => attempt = 0,
-                Err(e) => {
-                    mark_down(&tx, format!("watch stream: {e}"));
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
+                Ok(client::Update::Progress { .. }) => feed.reset_backoff(),
+                Err(e) => tokio::time::sleep(feed.failed(format!("watch stream: {e}"))).await,
             }
         }
     }
@@ -129,41 +118,30 @@ fn differences(a: &Snapshot, b: &Snapshot) -> usize {
         .sum()
 }
 
-/// Applies one event. The snapshot's revision moves only with changes to watched services: it
-/// is what the backends report they reflect, and moving it for other services (or progress
-/// lines) would make the syncer's own report, itself a write, trigger the next report.
-fn apply(snap: &mut Snapshot, services: &[String], event: WatchEvent) {
-    let revision = event.revision();
+/// The update one event makes. Only changes to watched services make one, so only they move
+/// the snapshot's revision: it is what the backends report they reflect, and moving it for
+/// other services (or progress lines) would make the syncer's own report, itself a write,
+/// trigger the next report.
+fn update(services: &[String], event: WatchEvent) -> Option<Update> {
     match event {
-        WatchEvent::Put { instance, .. } if services.contains(&instance.service) => {
-            snap.revision = snap.revision.max(revision);
-            snap.services.entry(instance.service.clone()).or_default().insert(instance.instance.clone(), endpoint(&instance));
+        WatchEvent::Put { revision, instance } if services.contains(&instance.service) => {
+            Some(Update::Put { endpoint: endpoint(&instance), service: instance.service, id: instance.instance, revision })
         }
-        WatchEvent::Delete { service, instance, .. } if services.contains(&service) => {
-            snap.revision = snap.revision.max(revision);
-            if let Some(m) = snap.services.get_mut(&service) {
-                m.remove(&instance);
-            }
-        }
-        _ => {}
+        WatchEvent::Delete { revision, service, instance } if services.contains(&service) => Some(Update::Delete { service, id: instance, revision }),
+        _ => None,
     }
-}
-
-fn publish(tx: &Tx, snap: &Snapshot) {
-    tx.send_modify(|s| {
-        if !s.healthy {
-            tracing::info!(revision = snap.revision, "source current");
-        }
-        s.snapshot = Some(snap.clone());
-        s.healthy = true;
-        s.last_ok = Some(SystemTime::now());
-        s.error = None;
-    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Folds one event into `snap`, as the source does.
+    fn apply(snap: &mut Snapshot, services: &[String], event: WatchEvent) {
+        if let Some(u) = update(services, event) {
+            snap.fold(u);
+        }
+    }
 
     fn instance(service: &str, name: &str, rev: u64) -> Instance {
         Instance {

@@ -7,28 +7,34 @@
 //! service in full; a periodic re-read covers a watch lost with a connection.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use proto::InstanceState;
 use zookeeper_client as zk;
 
-use super::{mark_down, Endpoint, Snapshot, Tx};
+use super::{Backoff, Endpoint, Feed, Snapshot, Tx, Update};
 
 /// Re-read everything at least this often.
 const RESYNC: Duration = Duration::from_secs(5);
+
+/// After a failed connection: 200 ms, doubling to 1.6 s, no jitter.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_millis(1600), 0.0);
+
+/// After a failed read within a session.
+const READ_RETRY: Duration = Duration::from_millis(200);
 
 /// Reads one child: its data if that is our JSON, else its name if that is `host:port`.
 pub fn parse_child(name: &str, data: &[u8]) -> Result<Endpoint, String> {
     if let Ok(j) = serde_json::from_slice::<proto::ZnodeData>(data) {
         if proto::validate::address(&j.address).is_ok() && j.port > 0 {
-            return Ok(Endpoint { addr: j.address, port: j.port, weight: j.weight.min(proto::validate::MAX_WEIGHT), state: j.state });
+            return Ok(Endpoint { address: j.address, port: j.port, weight: j.weight.min(proto::validate::MAX_WEIGHT), state: j.state });
         }
     }
     if let Some((host, port)) = name.rsplit_once(':') {
         if let (Ok(()), Ok(port)) = (proto::validate::address(host), port.parse::<u16>()) {
             if port > 0 {
-                return Ok(Endpoint { addr: host.to_string(), port, weight: 100, state: InstanceState::Up });
+                return Ok(Endpoint { address: host.to_string(), port, weight: 100, state: InstanceState::Up });
             }
         }
     }
@@ -83,46 +89,36 @@ async fn read_all(client: &zk::Client, services: &[String], watches: &mut Watche
     Ok(snap)
 }
 
-/// Runs forever, keeping `tx` current.
+/// Runs forever, keeping `tx` current. Each full read is one `Update::Reset`.
 pub async fn run(connect: String, session_timeout: Duration, services: Vec<String>, tx: Tx) {
-    let mut attempt = 0u32;
+    let mut feed = Feed::new(tx, "zookeeper", BACKOFF);
     loop {
         let connecting = zk::Client::connector().with_session_timeout(session_timeout).with_fail_eagerly().connect(&connect);
         let client = match tokio::time::timeout(session_timeout + Duration::from_secs(1), connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
-                mark_down(&tx, format!("connecting to ZooKeeper {connect}: {e}"));
-                tokio::time::sleep(Duration::from_millis(200 * (1 << attempt.min(3)))).await;
-                attempt += 1;
+                tokio::time::sleep(feed.failed(format!("connecting to ZooKeeper {connect}: {e}"))).await;
                 continue;
             }
             Err(_) => {
-                mark_down(&tx, format!("connecting to ZooKeeper {connect}: timed out"));
-                attempt += 1;
+                // The timeout was the wait; the attempt still counts.
+                feed.failed(format!("connecting to ZooKeeper {connect}: timed out"));
                 continue;
             }
         };
-        attempt = 0;
+        feed.reset_backoff();
         tracing::info!(session = %client.session_id(), zookeeper = %connect, "ZooKeeper session open");
         let mut state = client.state_watcher();
         loop {
             let mut watches = Watches::new();
             match read_all(&client, &services, &mut watches).await {
-                Ok(snap) => tx.send_modify(|s| {
-                    if !s.healthy {
-                        tracing::info!(revision = snap.revision, "ZooKeeper source current");
-                    }
-                    s.snapshot = Some(snap);
-                    s.healthy = true;
-                    s.last_ok = Some(SystemTime::now());
-                    s.error = None;
-                }),
+                Ok(snap) => feed.publish([Update::Reset(snap)]),
                 Err(e) => {
-                    mark_down(&tx, format!("reading ZooKeeper: {e}"));
+                    feed.mark_down(format!("reading ZooKeeper: {e}"));
                     if matches!(e, zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed) {
                         break;
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(READ_RETRY).await;
                     continue;
                 }
             }
@@ -131,11 +127,11 @@ pub async fn run(connect: String, session_timeout: Duration, services: Vec<Strin
                 _ = tokio::time::sleep(RESYNC) => {}
                 s = state.changed() => {
                     if s.is_terminated() {
-                        mark_down(&tx, format!("ZooKeeper session ended: {s:?}"));
+                        feed.mark_down(format!("ZooKeeper session ended: {s:?}"));
                         break;
                     }
                     if s == zk::SessionState::Disconnected {
-                        mark_down(&tx, "ZooKeeper disconnected".into());
+                        feed.mark_down("ZooKeeper disconnected".into());
                     }
                 }
             }
@@ -150,9 +146,9 @@ mod tests {
     #[test]
     fn children_by_name_or_json_data() {
         let e = parse_child("10.0.0.5:8080", b"").unwrap();
-        assert_eq!((e.addr.as_str(), e.port, e.weight), ("10.0.0.5", 8080, 100));
+        assert_eq!((e.address.as_str(), e.port, e.weight), ("10.0.0.5", 8080, 100));
         let e = parse_child("member_0000000001", br#"{"host": "10.0.0.6", "port": 9090, "weight": 5, "state": "drain"}"#).unwrap();
-        assert_eq!((e.addr.as_str(), e.port, e.weight, e.state), ("10.0.0.6", 9090, 5, InstanceState::Drain));
+        assert_eq!((e.address.as_str(), e.port, e.weight, e.state), ("10.0.0.6", 9090, 5, InstanceState::Drain));
         let e = parse_child("10.0.0.7:80", br#"{"host": "10.0.0.7", "port": 80, "meta": {"zone": "a"}}"#).unwrap();
         assert_eq!(e.port, 80);
         assert!(parse_child("member_1", b"\x00\x01binary").is_err());
