@@ -206,6 +206,18 @@ impl Zookeeper {
         .await
     }
 
+    /// Polls until the server no longer lists `session` (an ephemeral owner) in its `dump`: it
+    /// has expired the session, and with it the session's ephemeral znodes.
+    pub async fn wait_session_expired(&self, limit: Duration, session: i64) {
+        let session = format!("{session:#x}");
+        wait_for(limit, &format!("the server to expire session {session}"), || async {
+            let addr = self.addr();
+            let dump = tokio::task::spawn_blocking(move || four_letter(&addr, "dump")).await.unwrap()?;
+            (!dump.contains(&session)).then_some(())
+        })
+        .await
+    }
+
     /// Polls until `path` does not exist (a successful read says so; errors count as "not yet").
     pub async fn wait_gone(&self, limit: Duration, path: &str) {
         wait_for(limit, &format!("znode {path} to disappear"), || async { matches!(self.get(path).await, Ok(None)).then_some(()) }).await

@@ -183,17 +183,7 @@ async fn a_restarted_announcer_replaces_its_stale_znode() {
     assert!(restarted.elapsed() < ttl, "replaced only after the old session expired");
 
     // When the server finally expires the old session, the replacement is not taken with it.
-    let old_session = format!("{:#x}", old.ephemeral_owner);
-    wait_for(ttl + Duration::from_secs(5), "the server to expire the dead announcer's session", || async {
-        let dump = tokio::task::spawn_blocking({
-            let addr = zk.addr();
-            move || four_letter(&addr, "dump")
-        })
-        .await
-        .unwrap()?;
-        (!dump.contains(&old_session)).then_some(())
-    })
-    .await;
+    zk.wait_session_expired(ttl + Duration::from_secs(5), old.ephemeral_owner).await;
     let (v, stat) = zk.get_json(&path).await.unwrap().expect("the replacement znode went with the old session");
     assert_eq!(v, expected(port));
     assert_eq!(stat.ephemeral_owner, new.ephemeral_owner);
@@ -235,17 +225,7 @@ async fn the_announcer_rides_out_zookeeper_being_down() {
     let (_, after) = zk.wait_json(Duration::from_secs(10), &path, |v, s| *v == expected(port) && s.ephemeral_owner != before.ephemeral_owner).await;
 
     // The server expiring the old session leaves the new znode alone.
-    let old_session = format!("{:#x}", before.ephemeral_owner);
-    wait_for(TTL + Duration::from_secs(5), "the server to expire the old session", || async {
-        let dump = tokio::task::spawn_blocking({
-            let addr = zk.addr();
-            move || four_letter(&addr, "dump")
-        })
-        .await
-        .unwrap()?;
-        (!dump.contains(&old_session)).then_some(())
-    })
-    .await;
+    zk.wait_session_expired(TTL + Duration::from_secs(5), before.ephemeral_owner).await;
     let (_, stat) = zk.get_json(&path).await.unwrap().expect("znode went with the old session");
     assert_eq!(stat.ephemeral_owner, after.ephemeral_owner);
 
