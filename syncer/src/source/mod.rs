@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 /// One endpoint of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    /// Saved in `desired.json`: earlier builds wrote this field as `addr`.
-    #[serde(alias = "addr")]
+    /// Saved in `desired.json` as `addr`, the name earlier builds read, so a rollback keeps
+    /// the saved state; `address` is accepted too.
+    #[serde(rename = "addr", alias = "address")]
     pub address: String,
     pub port: u16,
     pub weight: u32,
