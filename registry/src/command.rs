@@ -114,9 +114,7 @@ mod tests {
         let p: Proposal = serde_json::from_str(old).unwrap();
         let Cmd::PutInstance { registration, .. } = &p.cmd else { panic!("decoded as {:?}", p.cmd) };
         assert_eq!((registration.address.as_str(), registration.port, registration.weight), ("10.0.0.5", 8080, 100));
-        let again: Proposal = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
-        assert_eq!(again, p);
-        assert_eq!(again.fingerprint(), p.fingerprint());
+        assert_eq!(serde_json::to_string(&p).unwrap(), old, "written exactly as earlier builds wrote it, so fingerprints match too");
     }
 
     #[test]

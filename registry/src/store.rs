@@ -148,7 +148,7 @@ impl Store {
     }
 
     /// Records that an entry without data (blank, membership) was applied.
-    pub fn advance(&mut self, index: u64, term: u64) {
+    pub(crate) fn advance(&mut self, index: u64, term: u64) {
         debug_assert!(index > self.revision || self.revision == 0, "apply out of order: {index} after {}", self.revision);
         self.revision = index;
         self.term = self.term.max(term);
@@ -224,11 +224,6 @@ impl Store {
     /// Index of the last applied entry.
     pub fn revision(&self) -> Revision {
         self.revision
-    }
-
-    /// Highest term seen in an applied entry.
-    pub fn term(&self) -> u64 {
-        self.term
     }
 
     /// Every instance, by service then name.

@@ -6,9 +6,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The driver vocabulary lives in `driver`; re-exported here for the paths callers already use.
-pub use crate::driver::{Driver, DriverError, Generation};
-
 /// Administrative state of a server, as HAProxy's Runtime API names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

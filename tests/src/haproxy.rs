@@ -158,7 +158,7 @@ impl Haproxy {
     /// syncer's own Runtime API driver (one parser of `show servers state` for all tests).
     /// Empty when HAProxy does not answer.
     pub async fn managed_ports(&self, backend: &str) -> std::collections::BTreeSet<u16> {
-        use syncer::model::Driver;
+        use syncer::driver::Driver;
         let mut api = syncer::driver::runtime::RuntimeApi::new(syncer::driver::runtime::Endpoint::Unix(self.socket_path()), "");
         match api.servers(backend).await {
             Ok(list) => list.into_iter().filter(|s| syncer::model::is_managed(&s.name)).map(|s| s.port).collect(),

@@ -11,7 +11,8 @@ use axum::Router;
 use e2e::haproxy::{Haproxy, StaticServer};
 use e2e::wait_for;
 use syncer::driver::runtime::{Endpoint, RuntimeApi, DEFAULT_SERVER_OPTIONS};
-use syncer::model::{is_managed, server_name, ActualServer, AdminState, DesiredServer, Driver, DriverError, Op};
+use syncer::driver::{Driver, DriverError};
+use syncer::model::{is_managed, server_name, ActualServer, AdminState, DesiredServer, Op};
 
 const BACKEND: &str = "web-servers";
 

@@ -4,7 +4,8 @@
 use e2e::dataplane_double::{ApiVersion, DataplaneDouble, PASSWORD, USER};
 use syncer::config::DataplaneVersion;
 use syncer::driver::dataplane::{DataplaneApi, ReloadStatus};
-use syncer::model::{ActualServer, AdminState, DesiredServer, Driver, DriverError, Op};
+use syncer::driver::{Driver, DriverError};
+use syncer::model::{ActualServer, AdminState, DesiredServer, Op};
 
 const BACKEND: &str = "web-servers";
 const OPTIONS: &str = "check inter 1s fall 2 rise 1";

@@ -132,37 +132,33 @@ fn pct(xs: &[f64], p: f64) -> f64 {
     v[rank.min(v.len() - 1)]
 }
 
-async fn until<T, F: AsyncFnMut() -> Option<T>>(limit: Duration, what: &str, mut f: F) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn until<T, Fut: std::future::Future<Output = Option<T>>>(limit: Duration, what: &str, f: impl FnMut() -> Fut) -> Result<T> {
+    testkit::poll_until(limit, what, f).await.map_err(anyhow::Error::msg)
 }
 
 async fn measure<S: System>(sys: &mut S, args: &Args) -> Result<Vec<Kill>> {
     let acks: Acks = Arc::default();
     let mut seq = 0u64;
     let mut kills = Vec::new();
+    // Writes are paced by a ticker, not slept between: one is issued every tick, however long
+    // the checks between ticks take.
+    let mut pace = tokio::time::interval(args.write_every);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     for round in 0..args.kills {
         until(Duration::from_secs(30), "the cluster to settle", || async { sys.settled().await.then_some(()) }).await?;
         let leader = until(Duration::from_secs(30), "a leader", || sys.leader()).await?;
         // Steady writes, ending at a random point of the heartbeat cycle.
         let steady_until = Instant::now() + args.steady + Duration::from_millis(rand::random::<u64>() % 100);
         while Instant::now() < steady_until {
+            pace.tick().await;
             seq += 1;
             sys.spawn_write(seq, acks.clone());
-            tokio::time::sleep(args.write_every).await;
         }
         let killed_at = Instant::now();
         sys.kill(leader);
         let mut elected = None;
         let resumed = loop {
+            pace.tick().await;
             seq += 1;
             sys.spawn_write(seq, acks.clone());
             if elected.is_none() {
@@ -179,7 +175,6 @@ async fn measure<S: System>(sys: &mut S, args: &Args) -> Result<Vec<Kill>> {
             if killed_at.elapsed() > Duration::from_secs(20) {
                 bail!("{}: no write acknowledged within 20 s of killing node {}", sys.name(), leader + 1);
             }
-            tokio::time::sleep(args.write_every).await;
         };
         let k = Kill { elected_ms: elected.map(|d| d.as_secs_f64() * 1e3), resumed_ms: resumed.as_secs_f64() * 1e3 };
         eprintln!(

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use proto::InstanceSpec;
 use syncer::driver::runtime::{Endpoint, RuntimeApi};
-use syncer::model::{is_managed, Driver};
+use syncer::driver::Driver;
+use syncer::model::is_managed;
 use tokio::time::Instant;
 
 /// `(backend, port)` of every managed server in one sample.

@@ -132,28 +132,23 @@ impl ApiClient {
 
     /// Path and query of the runtime servers of `backend` (optionally one of them).
     pub(super) fn runtime_path<'a>(&self, backend: &'a str, name: Option<&'a str>) -> ApiPath<'a> {
-        if self.v3() {
-            let mut p = vec!["services", "haproxy", "runtime", "backends", backend, "servers"];
-            p.extend(name);
-            (p, vec![])
-        } else {
-            let mut p = vec!["services", "haproxy", "runtime", "servers"];
-            p.extend(name);
-            (p, vec![("backend", backend.to_string())])
-        }
+        self.servers_path("runtime", backend, name)
     }
 
     /// Path and query of the configuration servers of `backend` (optionally one of them).
     pub(super) fn config_path<'a>(&self, backend: &'a str, name: Option<&'a str>) -> ApiPath<'a> {
-        if self.v3() {
-            let mut p = vec!["services", "haproxy", "configuration", "backends", backend, "servers"];
-            p.extend(name);
-            (p, vec![])
+        self.servers_path("configuration", backend, name)
+    }
+
+    /// v3 nests servers under their backend; v2 names the backend in the query.
+    fn servers_path<'a>(&self, section: &'a str, backend: &'a str, name: Option<&'a str>) -> ApiPath<'a> {
+        let (mut p, q) = if self.v3() {
+            (vec!["services", "haproxy", section, "backends", backend, "servers"], vec![])
         } else {
-            let mut p = vec!["services", "haproxy", "configuration", "servers"];
-            p.extend(name);
-            (p, vec![("backend", backend.to_string())])
-        }
+            (vec!["services", "haproxy", section, "servers"], vec![("backend", backend.to_string())])
+        };
+        p.extend(name);
+        (p, q)
     }
 
     // ----- reading -----

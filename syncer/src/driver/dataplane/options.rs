@@ -43,10 +43,10 @@ impl ServerOptions {
 
     /// These options plus the fields every server model has (`name`, `address`, `port`,
     /// `weight`); the caller adds what is particular to its model.
-    pub(super) fn server(&self, name: &str, addr: &str, port: u16, weight: u32) -> Map<String, Value> {
+    pub(super) fn server(&self, name: &str, address: &str, port: u16, weight: u32) -> Map<String, Value> {
         let mut body = self.fields.clone();
         body.insert("name".into(), json!(name));
-        body.insert("address".into(), json!(addr));
+        body.insert("address".into(), json!(address));
         body.insert("port".into(), json!(port));
         body.insert("weight".into(), json!(weight));
         body

@@ -13,7 +13,7 @@ use crate::model::{ActualServer, AdminState, Op};
 impl DataplaneApi {
     pub(super) fn to_actual(&self, backend: &str, s: &Value, stats: &ServerStats) -> Result<ActualServer, DriverError> {
         let name = s.get("name").and_then(Value::as_str).ok_or_else(|| DriverError::Protocol(format!("runtime server without a name: {s}")))?.to_string();
-        let addr = s.get("address").and_then(Value::as_str).unwrap_or("").to_string();
+        let address = s.get("address").and_then(Value::as_str).unwrap_or("").to_string();
         let port = s.get("port").and_then(Value::as_u64).unwrap_or(0) as u16;
         let state = match s.get("admin_state").and_then(Value::as_str) {
             Some("ready") => AdminState::Ready,
@@ -27,7 +27,7 @@ impl DataplaneApi {
         let runtime_weight = s.get("uweight").and_then(Value::as_u64).or_else(|| s.get("weight").and_then(Value::as_u64)).map(|w| w as u32);
         let config_weight = self.config.get(backend).and_then(|c| c.get(&name)).and_then(|c| c.get("weight")).and_then(Value::as_u64).map(|w| w as u32);
         let weight = runtime_weight.or(config_weight).or(stats_weight).unwrap_or(1);
-        Ok(ActualServer { name, address: addr, port, weight, state, sessions })
+        Ok(ActualServer { name, address, port, weight, state, sessions })
     }
 
     pub(super) async fn runtime_op(&mut self, backend: &str, op: &Op) -> Result<(), DriverError> {
