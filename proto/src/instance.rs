@@ -71,18 +71,42 @@ pub fn default_weight() -> u32 {
 
 /// A registration that passed `validate::instance_spec`: the typed value the registry
 /// replicates (it is the payload of a put in the Raft log, and so also a snapshot format).
-/// Only validation builds one from a request body, so a bad port or weight never reaches the log.
+///
+/// Sealed: the fields are private, so outside this crate a `Registration` comes only from
+/// `validate::instance_spec` or from decoding a log entry that an earlier validation produced.
+/// A bad port or weight therefore never reaches the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
-    pub address: String,
-    pub port: u16,
+    pub(crate) address: String,
+    pub(crate) port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease_id: Option<LeaseId>,
-    pub weight: u32,
+    pub(crate) lease_id: Option<LeaseId>,
+    pub(crate) weight: u32,
     #[serde(default)]
-    pub state: InstanceState,
+    pub(crate) state: InstanceState,
     #[serde(default)]
-    pub meta: BTreeMap<String, String>,
+    pub(crate) meta: BTreeMap<String, String>,
+}
+
+impl Registration {
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn lease_id(&self) -> Option<LeaseId> {
+        self.lease_id
+    }
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+    pub fn state(&self) -> InstanceState {
+        self.state
+    }
+    pub fn meta(&self) -> &BTreeMap<String, String> {
+        &self.meta
+    }
 }
 
 /// An instance as stored and returned by the registry.

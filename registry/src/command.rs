@@ -113,7 +113,7 @@ mod tests {
         let old = r#"{"cmd":"put_instance","service":"web","instance":"a","spec":{"address":"10.0.0.5","port":8080,"weight":100,"state":"up","meta":{}},"request_id":"k1"}"#;
         let p: Proposal = serde_json::from_str(old).unwrap();
         let Cmd::PutInstance { registration, .. } = &p.cmd else { panic!("decoded as {:?}", p.cmd) };
-        assert_eq!((registration.address.as_str(), registration.port, registration.weight), ("10.0.0.5", 8080, 100));
+        assert_eq!((registration.address(), registration.port(), registration.weight()), ("10.0.0.5", 8080, 100));
         assert_eq!(serde_json::to_string(&p).unwrap(), old, "written exactly as earlier builds wrote it, so fingerprints match too");
     }
 

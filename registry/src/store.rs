@@ -156,31 +156,31 @@ impl Store {
 
     fn put(&mut self, service: &str, name: &str, spec: &Registration, events: &mut Vec<WatchEvent>) -> Resp {
         let rev = self.revision;
-        if let Some(id) = spec.lease_id {
+        if let Some(id) = spec.lease_id() {
             if !self.leases.contains_key(&id) {
                 return Resp::LeaseNotFound { lease_id: id };
             }
         }
         let previous = self.services.get(service).and_then(|m| m.get(name)).cloned();
         if let Some(old_lease) = previous.as_ref().and_then(|p| p.lease_id) {
-            if Some(old_lease) != spec.lease_id {
+            if Some(old_lease) != spec.lease_id() {
                 if let Some(l) = self.leases.get_mut(&old_lease) {
                     l.instances.remove(&(service.to_string(), name.to_string()));
                 }
             }
         }
-        if let Some(id) = spec.lease_id {
+        if let Some(id) = spec.lease_id() {
             self.leases.get_mut(&id).expect("checked above").instances.insert((service.to_string(), name.to_string()));
         }
         let instance = Instance {
             service: service.to_string(),
             instance: name.to_string(),
-            address: spec.address.clone(),
-            port: spec.port,
-            weight: spec.weight,
-            state: spec.state,
-            meta: spec.meta.clone(),
-            lease_id: spec.lease_id,
+            address: spec.address().to_string(),
+            port: spec.port(),
+            weight: spec.weight(),
+            state: spec.state(),
+            meta: spec.meta().clone(),
+            lease_id: spec.lease_id(),
             create_revision: previous.map(|p| p.create_revision).unwrap_or(rev),
             mod_revision: rev,
             lease: None,
@@ -285,7 +285,9 @@ mod tests {
     use super::*;
 
     fn spec(lease: Option<u64>) -> Registration {
-        Registration { address: "10.0.0.5".into(), port: 8080, lease_id: lease, weight: 100, state: Default::default(), meta: Default::default() }
+        let body =
+            proto::InstanceSpec { address: "10.0.0.5".into(), port: 8080, lease_id: lease, weight: 100, state: Default::default(), meta: Default::default() };
+        proto::validate::instance_spec(&body).expect("a valid registration")
     }
 
     fn apply(s: &mut Store, index: u64, term: u64, cmd: Cmd) -> (Resp, Vec<WatchEvent>) {

@@ -124,7 +124,7 @@ impl Node {
     pub async fn put_instance(&self, request_id: Option<RequestId>, service: String, instance: String, spec: InstanceSpec) -> Result<WriteResult, ApiError> {
         check_names(&service, &instance)?;
         let registration = proto::validate::instance_spec(&spec).map_err(|errors| ApiError::InvalidArgument(errors.join("; ")))?;
-        let lease = registration.lease_id;
+        let lease = registration.lease_id();
         let cmd = Cmd::PutInstance { service, instance, registration };
         written(
             self.write(request_id, cmd, |s| match lease {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{Backoff, Snapshot, Tx, Update};
+use super::{Backoff, Discovery, Snapshot, Tx};
 
 pub struct Feed {
     tx: Tx,
@@ -27,7 +27,7 @@ impl Feed {
 
     /// Folds one batch (a whole revision, or a whole listing) and publishes the result: the
     /// source is current. An empty batch still says so.
-    pub fn publish(&mut self, updates: impl IntoIterator<Item = Update>) {
+    pub fn publish(&mut self, updates: impl IntoIterator<Item = Discovery>) {
         for u in updates {
             self.current.fold(u);
         }
@@ -77,9 +77,9 @@ mod tests {
     use super::*;
     use crate::source::{channel, Endpoint};
 
-    fn put(id: &str, revision: u64) -> Update {
+    fn put(id: &str, revision: u64) -> Discovery {
         let endpoint = Endpoint { address: "10.0.0.1".into(), port: 80, weight: 100, state: Default::default() };
-        Update::Put { service: "web".into(), id: id.into(), endpoint, revision }
+        Discovery::Put { service: "web".into(), id: id.into(), endpoint, revision }
     }
 
     #[test]

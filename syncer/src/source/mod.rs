@@ -1,18 +1,18 @@
 //! Sources of the desired state: the registry (a resumable watch) and ZooKeeper (children
-//! watches). A source says what it learned as `Update`s and when it failed; its `Feed` folds the
+//! watches). A source says what it learned as `Discovery` values and when it failed; its `Feed` folds the
 //! updates into a `Snapshot` and keeps a `SourceState` current in a `tokio::sync::watch`
 //! channel, which the reconciler reads: it always sees the latest full state, never a queue of
 //! deltas.
 
 mod backoff;
+mod discovery;
 mod feed;
 pub mod registry;
-mod update;
 pub mod zookeeper;
 
 pub use backoff::Backoff;
+pub use discovery::Discovery;
 pub use feed::Feed;
-pub use update::Update;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;

@@ -11,7 +11,7 @@ use client::{Client, Watcher};
 use proto::{Instance, WatchEvent};
 use tokio::time::Instant;
 
-use super::{Backoff, Endpoint, Feed, Snapshot, Tx, Update};
+use super::{Backoff, Discovery, Endpoint, Feed, Snapshot, Tx};
 
 /// After a failed list or a broken stream: 100 ms, doubling to 2 s, each ±50 %.
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 0.5);
@@ -70,7 +70,7 @@ pub async fn run_with(client: Client, services: Vec<String>, tx: Tx, relist_ever
                 feed.add_corrections(fixed as u64);
             }
         }
-        feed.publish([Update::Reset(listed)]);
+        feed.publish([Discovery::Reset(listed)]);
         let relist_at = Instant::now() + relist_every;
         let mut watcher = Watcher::new(client.clone(), filter.clone(), since);
         loop {
@@ -122,12 +122,12 @@ fn differences(a: &Snapshot, b: &Snapshot) -> usize {
 /// the snapshot's revision: it is what the backends report they reflect, and moving it for
 /// other services (or progress lines) would make the syncer's own report, itself a write,
 /// trigger the next report.
-fn update(services: &[String], event: WatchEvent) -> Option<Update> {
+fn update(services: &[String], event: WatchEvent) -> Option<Discovery> {
     match event {
         WatchEvent::Put { revision, instance } if services.contains(&instance.service) => {
-            Some(Update::Put { endpoint: endpoint(&instance), service: instance.service, id: instance.instance, revision })
+            Some(Discovery::Put { endpoint: endpoint(&instance), service: instance.service, id: instance.instance, revision })
         }
-        WatchEvent::Delete { revision, service, instance } if services.contains(&service) => Some(Update::Delete { service, id: instance, revision }),
+        WatchEvent::Delete { revision, service, instance } if services.contains(&service) => Some(Discovery::Delete { service, id: instance, revision }),
         _ => None,
     }
 }

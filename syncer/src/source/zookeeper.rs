@@ -13,7 +13,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use proto::InstanceState;
 use zookeeper_client as zk;
 
-use super::{Backoff, Endpoint, Feed, Snapshot, Tx, Update};
+use super::{Backoff, Discovery, Endpoint, Feed, Snapshot, Tx};
 
 /// Re-read everything at least this often.
 const RESYNC: Duration = Duration::from_secs(5);
@@ -89,7 +89,7 @@ async fn read_all(client: &zk::Client, services: &[String], watches: &mut Watche
     Ok(snap)
 }
 
-/// Runs forever, keeping `tx` current. Each full read is one `Update::Reset`.
+/// Runs forever, keeping `tx` current. Each full read is one `Discovery::Reset`.
 pub async fn run(connect: String, session_timeout: Duration, services: Vec<String>, tx: Tx) {
     let mut feed = Feed::new(tx, "zookeeper", BACKOFF);
     loop {
@@ -112,7 +112,7 @@ pub async fn run(connect: String, session_timeout: Duration, services: Vec<Strin
         loop {
             let mut watches = Watches::new();
             match read_all(&client, &services, &mut watches).await {
-                Ok(snap) => feed.publish([Update::Reset(snap)]),
+                Ok(snap) => feed.publish([Discovery::Reset(snap)]),
                 Err(e) => {
                     feed.mark_down(format!("reading ZooKeeper: {e}"));
                     if matches!(e, zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed) {

@@ -5,7 +5,7 @@ use super::{Endpoint, Snapshot};
 
 /// One thing a source learned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Update {
+pub enum Discovery {
     /// The complete state of every watched service at the snapshot's revision (a registry
     /// listing, a full ZooKeeper read): replaces everything known, revision included.
     Reset(Snapshot),
@@ -18,14 +18,14 @@ pub enum Update {
 impl Snapshot {
     /// Folds one update in. A reset is the truth at its revision; a put or a delete only moves
     /// the revision forward. A service emptied by deletes stays, with no endpoints.
-    pub fn fold(&mut self, update: Update) {
+    pub fn fold(&mut self, update: Discovery) {
         match update {
-            Update::Reset(snapshot) => *self = snapshot,
-            Update::Put { service, id, endpoint, revision } => {
+            Discovery::Reset(snapshot) => *self = snapshot,
+            Discovery::Put { service, id, endpoint, revision } => {
                 self.revision = self.revision.max(revision);
                 self.services.entry(service).or_default().insert(id, endpoint);
             }
-            Update::Delete { service, id, revision } => {
+            Discovery::Delete { service, id, revision } => {
                 self.revision = self.revision.max(revision);
                 if let Some(m) = self.services.get_mut(&service) {
                     m.remove(&id);
@@ -43,12 +43,12 @@ mod tests {
         Endpoint { address: "10.0.0.1".into(), port, weight: 100, state: Default::default() }
     }
 
-    fn put(service: &str, id: &str, port: u16, revision: u64) -> Update {
-        Update::Put { service: service.into(), id: id.into(), endpoint: endpoint(port), revision }
+    fn put(service: &str, id: &str, port: u16, revision: u64) -> Discovery {
+        Discovery::Put { service: service.into(), id: id.into(), endpoint: endpoint(port), revision }
     }
 
-    fn delete(service: &str, id: &str, revision: u64) -> Update {
-        Update::Delete { service: service.into(), id: id.into(), revision }
+    fn delete(service: &str, id: &str, revision: u64) -> Discovery {
+        Discovery::Delete { service: service.into(), id: id.into(), revision }
     }
 
     fn ports(snap: &Snapshot, service: &str) -> Vec<(String, u16)> {
@@ -62,7 +62,7 @@ mod tests {
         snap.fold(put("api", "b", 81, 8));
         let mut listed = Snapshot { revision: 5, ..Default::default() };
         listed.services.entry("web".into()).or_default().insert("c".into(), endpoint(82));
-        snap.fold(Update::Reset(listed.clone()));
+        snap.fold(Discovery::Reset(listed.clone()));
         assert_eq!(snap, listed, "services, endpoints and revision all come from the reset");
     }
 
