@@ -47,13 +47,13 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "REGISTRY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Leader heartbeat interval [default: 100ms].
+    /// Leader heartbeat interval [default: 50ms].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub heartbeat: Option<Duration>,
-    /// Shortest election timeout [default: 500ms].
+    /// Shortest election timeout; less one heartbeat, how long a leader acts on its last quorum ack [default: 200ms].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub election_timeout_min: Option<Duration>,
-    /// Longest election timeout [default: 1s].
+    /// Longest election timeout; also how long a voter refuses votes after hearing a leader, the floor of a failover [default: 300ms].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub election_timeout_max: Option<Duration>,
     /// Shortest lease TTL a client may ask for [default: 1s].
@@ -263,9 +263,9 @@ impl ServeArgs {
             }
             (None, l) => l.map(|l| l.to_string()),
         };
-        let heartbeat = self.heartbeat.or(file.heartbeat).unwrap_or(Duration::from_millis(100));
-        let et_min = self.election_timeout_min.or(file.election_timeout_min).unwrap_or(Duration::from_millis(500));
-        let et_max = self.election_timeout_max.or(file.election_timeout_max).unwrap_or(Duration::from_millis(1000));
+        let heartbeat = self.heartbeat.or(file.heartbeat).unwrap_or(crate::node::DEFAULT_HEARTBEAT);
+        let et_min = self.election_timeout_min.or(file.election_timeout_min).unwrap_or(crate::node::DEFAULT_ELECTION_TIMEOUT.0);
+        let et_max = self.election_timeout_max.or(file.election_timeout_max).unwrap_or(crate::node::DEFAULT_ELECTION_TIMEOUT.1);
         if heartbeat.is_zero() || heartbeat * MIN_ELECTION_HEARTBEATS > et_min {
             errors.push(format!(
                 "heartbeat: {heartbeat:?} must be above zero and at most a {MIN_ELECTION_HEARTBEATS}th of election-timeout-min {et_min:?}, so a leader's lease keeps a margin over its heartbeats"
@@ -379,12 +379,12 @@ mod tests {
         let path = dir.path().join("r.toml");
         std::fs::write(
             &path,
-            "id = 2\nlisten = \"127.0.0.1:7002\"\ndata_dir = \"/tmp/x\"\nheartbeat = \"50ms\"\n[peers]\n1 = \"127.0.0.1:7001\"\n2 = \"127.0.0.1:7002\"\n",
+            "id = 2\nlisten = \"127.0.0.1:7002\"\ndata_dir = \"/tmp/x\"\nheartbeat = \"40ms\"\n[peers]\n1 = \"127.0.0.1:7001\"\n2 = \"127.0.0.1:7002\"\n",
         )
         .unwrap();
         let args = ServeArgs { config: Some(path), id: Some(2), ..Default::default() };
         let s = args.resolve().unwrap();
-        assert_eq!(s.node.heartbeat, Duration::from_millis(50));
+        assert_eq!(s.node.heartbeat, Duration::from_millis(40));
         assert_eq!(s.node.advertise, "127.0.0.1:7002");
         assert_eq!(s.node.peers.len(), 2);
     }

@@ -1,9 +1,11 @@
-//! Lease deadlines, kept on the leader only (docs/api.md, "Leases").
+//! Lease deadlines, kept on the leader only (docs/api.md, "Lease semantics").
 //!
 //! A keepalive moves a deadline in memory; it is not a log entry. Only expiry goes through Raft.
-//! The keeper belongs to one leadership term: when a node becomes leader it starts every lease's
-//! clock afresh (deadline = now + TTL), so a leader change never expires a lease that was being
-//! renewed, whatever the previous leader's clocks said.
+//! The keeper belongs to one leadership term. The leader shares how recently each lease was
+//! renewed with its followers (outside the log), and they keep it in `Renewals`; a node that
+//! becomes leader starts each lease's clock from there (`inherited`): a dead holder's lease
+//! runs out about when it would have under the old leader, and a live holder always has time to
+//! reach the new one.
 //!
 //! Deadlines are kept in an ordered index as well as by id, so the expiry loop can sleep until
 //! the next one and find what is due without scanning every lease.
@@ -25,6 +27,54 @@ pub struct LeaseKeeper {
     clocks: HashMap<LeaseId, Clock>,
     /// Every clock's `(deadline, id)`, earliest first.
     by_deadline: BTreeSet<(Instant, LeaseId)>,
+    /// Every clock's `(renewed, id)`, oldest first: what to share since a given time.
+    by_renewal: BTreeSet<(Instant, LeaseId)>,
+}
+
+/// The deadline a new leader gives a lease it inherits, and the renewal time it records.
+///
+/// - Renewed at `last` (as shared by the previous leader): `last + ttl`, but not before
+///   `now + ttl/3 + settle`. A holder renews every ttl/3; whatever the failover cost, its next
+///   renewal reaches the new leader within ttl/3 of the new leader being ready, plus `settle`
+///   for followers to learn the new leader and forward.
+/// - Nothing known (granted in the last moments before the change): a full `ttl` from now.
+pub fn inherited(ttl: Duration, last: Option<Instant>, now: Instant, settle: Duration) -> (Instant, Instant) {
+    match last {
+        Some(t) => ((t + ttl).max(now + ttl / 3 + settle), t.min(now)),
+        None => (now + ttl, now),
+    }
+}
+
+/// On a follower: when each lease was last renewed, as its leaders shared it. Times are this
+/// node's own monotonic clock (the leader sends ages, not instants).
+#[derive(Debug, Default)]
+pub struct Renewals {
+    last: HashMap<LeaseId, Instant>,
+}
+
+impl Renewals {
+    /// Records a renewal; an older report never moves a time back.
+    pub fn note(&mut self, id: LeaseId, at: Instant) {
+        let t = self.last.entry(id).or_insert(at);
+        *t = (*t).max(at);
+    }
+
+    pub fn get(&self, id: LeaseId) -> Option<Instant> {
+        self.last.get(&id).copied()
+    }
+
+    /// Forgets leases that are gone.
+    pub fn retain(&mut self, mut keep: impl FnMut(LeaseId) -> bool) {
+        self.last.retain(|id, _| keep(*id));
+    }
+
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -55,27 +105,42 @@ impl LeaseKeeper {
         self.term
     }
 
-    /// Starts the clocks of a new leadership: every lease gets a full TTL from `now`.
-    pub fn start_term<'a>(&mut self, term: u64, leases: impl IntoIterator<Item = &'a Lease>, now: Instant) {
+    /// Starts the clocks of a new leadership from the renewals this node was told of
+    /// (`inherited`).
+    pub fn start_term<'a>(&mut self, term: u64, leases: impl IntoIterator<Item = &'a Lease>, known: &Renewals, now: Instant, settle: Duration) {
         self.stop();
         self.term = Some(term);
         for l in leases {
-            self.insert(l.id, Clock::start(l.ttl_ms, now));
+            let ttl = Duration::from_millis(l.ttl_ms);
+            let (deadline, renewed) = inherited(ttl, known.get(l.id), now, settle);
+            self.insert(l.id, Clock { ttl, deadline, renewed });
         }
     }
 
-    /// This node is no longer leader: its clocks mean nothing any more.
-    pub fn stop(&mut self) {
+    /// This node is no longer leader: its clocks mean nothing any more. Returns the renewal
+    /// times it knew, which stay true facts for whoever leads next.
+    pub fn stop(&mut self) -> Vec<(LeaseId, Instant)> {
         self.term = None;
-        self.clocks.clear();
         self.by_deadline.clear();
+        self.by_renewal.clear();
+        self.clocks.drain().map(|(id, c)| (id, c.renewed)).collect()
     }
 
     fn insert(&mut self, id: LeaseId, clock: Clock) {
         if let Some(old) = self.clocks.insert(id, clock) {
             self.by_deadline.remove(&(old.deadline, id));
+            self.by_renewal.remove(&(old.renewed, id));
         }
         self.by_deadline.insert((clock.deadline, id));
+        self.by_renewal.insert((clock.renewed, id));
+    }
+
+    /// Leases renewed (or whose clock started) at or after `since`, with when.
+    pub fn renewed_since(&self, since: Option<Instant>) -> Vec<(LeaseId, Instant)> {
+        match since {
+            None => self.by_renewal.iter().map(|(t, id)| (*id, *t)).collect(),
+            Some(s) => self.by_renewal.range((s, 0)..).map(|(t, id)| (*id, *t)).collect(),
+        }
     }
 
     /// Starts the clock of a lease the store knows about (just granted), unless it has one.
@@ -108,6 +173,7 @@ impl LeaseKeeper {
     pub fn forget(&mut self, id: LeaseId) {
         if let Some(c) = self.clocks.remove(&id) {
             self.by_deadline.remove(&(c.deadline, id));
+            self.by_renewal.remove(&(c.renewed, id));
         }
     }
 
@@ -171,7 +237,7 @@ mod tests {
     async fn a_lease_expires_one_ttl_after_its_last_keepalive() {
         let store = leases(&[(1, 3000)]);
         let mut k = LeaseKeeper::new();
-        k.start_term(1, store.values(), Instant::now());
+        k.start_term(1, store.values(), &Renewals::default(), Instant::now(), SETTLE);
         tokio::time::advance(Duration::from_millis(2000)).await;
         k.keepalive(1, 3000, Instant::now()).unwrap();
         tokio::time::advance(Duration::from_millis(2999)).await;
@@ -181,26 +247,109 @@ mod tests {
         assert_eq!(k.expired(Instant::now()), vec![1]);
     }
 
+    const SETTLE: Duration = Duration::from_millis(300);
+
     #[tokio::test(start_paused = true)]
-    async fn a_new_term_restarts_every_clock() {
+    async fn a_new_term_without_shared_renewals_restarts_every_clock() {
         let store = leases(&[(1, 1000), (2, 5000)]);
         let mut k = LeaseKeeper::new();
-        k.start_term(1, store.values(), Instant::now());
+        k.start_term(1, store.values(), &Renewals::default(), Instant::now(), SETTLE);
         tokio::time::advance(Duration::from_millis(4000)).await;
         assert_eq!(k.expired(Instant::now()), vec![1]);
-        // Leadership moves; the new leader knows nothing of old deadlines.
+        // Leadership moves; the new leader was told of no renewal.
         k.stop();
         assert!(k.expired(Instant::now()).is_empty());
-        k.start_term(2, store.values(), Instant::now());
+        k.start_term(2, store.values(), &Renewals::default(), Instant::now(), SETTLE);
         assert!(k.expired(Instant::now()).is_empty(), "a leader change must not expire anything");
         tokio::time::advance(Duration::from_millis(1000)).await;
         assert_eq!(k.expired(Instant::now()), vec![1]);
     }
 
+    /// One leader renews, shares with a follower, dies; the follower leads next. Three times.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewed_lease_survives_three_leader_changes_in_a_row() {
+        let store = leases(&[(1, 3000)]);
+        let mut leader = LeaseKeeper::new();
+        leader.start_term(1, store.values(), &Renewals::default(), Instant::now(), SETTLE);
+        for term in 2..=4 {
+            // The holder renews every TTL/3; the leader shares each renewal within a heartbeat.
+            let mut follower = Renewals::default();
+            for _ in 0..3 {
+                tokio::time::advance(Duration::from_millis(1000)).await;
+                leader.keepalive(1, 3000, Instant::now()).unwrap();
+                tokio::time::advance(Duration::from_millis(50)).await;
+                for (id, at) in leader.renewed_since(None) {
+                    follower.note(id, at);
+                }
+            }
+            // The leader dies just before the next renewal; an election takes up to a second.
+            tokio::time::advance(Duration::from_millis(900)).await;
+            leader.stop();
+            tokio::time::advance(Duration::from_millis(1000)).await;
+            leader.start_term(term, store.values(), &follower, Instant::now(), SETTLE);
+            assert!(leader.expired(Instant::now()).is_empty(), "term {term}: the change expired a renewed lease");
+            // The holder's retry lands within its renewal period of the new leader being ready.
+            tokio::time::advance(Duration::from_millis(1000)).await;
+            assert!(leader.keepalive(1, 3000, Instant::now()).is_ok(), "term {term}: the holder's next renewal was refused");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_whose_holder_died_with_the_leader_keeps_its_old_deadline() {
+        let store = leases(&[(1, 3000)]);
+        let mut follower = Renewals::default();
+        let last = Instant::now();
+        follower.note(1, last);
+        // The holder and the leader die right after that renewal; the election takes 350 ms.
+        tokio::time::advance(Duration::from_millis(350)).await;
+        let mut k = LeaseKeeper::new();
+        k.start_term(2, store.values(), &follower, Instant::now(), SETTLE);
+        assert_eq!(k.next_deadline(), Some(last + Duration::from_millis(3000)), "TTL from the last renewal, not from the election");
+        let info = k.info(1, Instant::now()).unwrap();
+        assert_eq!(info.since_renewal_ms, 350);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inherited_deadlines_leave_a_live_holder_one_renewal_period() {
+        let now = Instant::now();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let later = Instant::now();
+        let ttl = Duration::from_secs(3);
+        assert_eq!(inherited(ttl, None, later, SETTLE), (later + ttl, later), "nothing known: a full TTL");
+        let (deadline, renewed) = inherited(ttl, Some(now), later, SETTLE);
+        assert_eq!((deadline, renewed), (later + Duration::from_millis(1300), now), "a long failover: TTL/3 + settle from now");
+        let recent = later - Duration::from_millis(100);
+        assert_eq!(inherited(ttl, Some(recent), later, SETTLE).0, recent + ttl, "a short one: TTL from the last renewal");
+    }
+
+    #[test]
+    fn renewals_never_move_back() {
+        let mut r = Renewals::default();
+        let t = Instant::now();
+        r.note(1, t + Duration::from_secs(2));
+        r.note(1, t);
+        assert_eq!(r.get(1), Some(t + Duration::from_secs(2)));
+        r.retain(|id| id != 1);
+        assert!(r.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewed_since_lists_what_changed() {
+        let mut k = LeaseKeeper::new();
+        k.start_term(1, leases(&[(1, 1000), (2, 1000)]).values(), &Renewals::default(), Instant::now(), SETTLE);
+        let t0 = Instant::now();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        k.keepalive(2, 1000, Instant::now()).unwrap();
+        assert_eq!(k.renewed_since(None).len(), 2);
+        assert_eq!(k.renewed_since(Some(t0 + Duration::from_millis(1))), vec![(2, Instant::now())]);
+        k.forget(2);
+        assert!(k.renewed_since(Some(t0 + Duration::from_millis(1))).is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn sync_starts_new_leases_and_forgets_gone_ones() {
         let mut k = LeaseKeeper::new();
-        k.start_term(3, leases(&[(1, 1000)]).values(), Instant::now());
+        k.start_term(3, leases(&[(1, 1000)]).values(), &Renewals::default(), Instant::now(), SETTLE);
         tokio::time::advance(Duration::from_millis(900)).await;
         k.sync(&leases(&[(2, 1000)]), Instant::now());
         assert_eq!(k.len(), 1);
@@ -224,7 +373,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_keepalive_after_the_deadline_does_not_revive_the_lease() {
         let mut k = LeaseKeeper::new();
-        k.start_term(1, leases(&[(1, 1000), (2, 1000)]).values(), Instant::now());
+        k.start_term(1, leases(&[(1, 1000), (2, 1000)]).values(), &Renewals::default(), Instant::now(), SETTLE);
         tokio::time::advance(Duration::from_millis(999)).await;
         assert_eq!(k.keepalive(2, 1000, Instant::now()), Ok(Duration::from_secs(1)), "just in time");
         tokio::time::advance(Duration::from_millis(1)).await;
@@ -238,7 +387,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_deadline_index_follows_keepalives_and_forgets() {
         let mut k = LeaseKeeper::new();
-        k.start_term(1, leases(&[(1, 1000), (2, 2000), (3, 3000)]).values(), Instant::now());
+        k.start_term(1, leases(&[(1, 1000), (2, 2000), (3, 3000)]).values(), &Renewals::default(), Instant::now(), SETTLE);
         let t0 = Instant::now();
         assert_eq!(k.next_deadline(), Some(t0 + Duration::from_secs(1)));
         tokio::time::advance(Duration::from_millis(500)).await;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{fast, spec, Cluster};
+use common::{spec, Cluster};
 use proto::WatchEvent;
 use registry::faults::Faults;
 use registry::node::NodeConfig;
@@ -75,7 +75,7 @@ async fn membership_grows_and_shrinks_at_runtime() {
     let addr = l.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     // No peers: the new node waits to be added.
-    let n4 = Cluster::spawn(l, fast(NodeConfig::new(4, addr.clone(), dir.path().to_path_buf(), BTreeMap::new())), c.faults.clone()).await;
+    let n4 = Cluster::spawn(l, NodeConfig::new(4, addr.clone(), dir.path().to_path_buf(), BTreeMap::new()), c.faults.clone()).await;
     c.nodes.insert(4, n4);
     let client = c.client_for(&[1, 2, 3]);
     client.add_member(4, &addr).await.unwrap();
@@ -317,7 +317,7 @@ async fn snapshots_bound_the_log_and_bring_a_new_member_up() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = fast(NodeConfig::new(4, addr.clone(), dir.path().to_path_buf(), BTreeMap::new()));
+    let mut cfg = NodeConfig::new(4, addr.clone(), dir.path().to_path_buf(), BTreeMap::new());
     small(&mut cfg);
     c.nodes.insert(4, Cluster::spawn(l, cfg, c.faults.clone()).await);
     client.add_member(4, &addr).await.unwrap();
@@ -392,7 +392,7 @@ async fn health_readiness_and_metrics() {
     // A node that is not in any cluster is alive but not ready.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let lone = Cluster::spawn(l, fast(NodeConfig::new(9, "127.0.0.1:1".into(), dir.path().to_path_buf(), BTreeMap::new())), Faults::default()).await;
+    let lone = Cluster::spawn(l, NodeConfig::new(9, "127.0.0.1:1".into(), dir.path().to_path_buf(), BTreeMap::new()), Faults::default()).await;
     assert_eq!(http.get(format!("{}/healthz", lone.url)).send().await.unwrap().status(), 200);
     assert_eq!(http.get(format!("{}/readyz", lone.url)).send().await.unwrap().status(), 503);
     lone.http.abort();

@@ -50,6 +50,7 @@ async fn chaos() {
     let workload = Workload::start(frontends, t.haproxy.socket_path(), t.urls());
     let start = Instant::now();
     let log = fault::run(&mut t, start + duration, partitions).await;
+    let faults_end = Instant::now();
     // Let the last restarted hosts come back before the books close.
     let _ = tokio::time::timeout(Duration::from_secs(15), wait_for(Duration::from_secs(15), "hosts back", || all_hosts_served(&t))).await;
     let record = workload.stop().await;
@@ -98,6 +99,7 @@ async fn chaos() {
         validate::dead_instances_removed_in_time(&record, &log, &hosts),
         validate::nodes_converge(&converged.0, converged.1, if code == 0 { healthy } else { 0 }, members),
         validate::success_rate(&record),
+        validate::writes_available(&record, &log, start, faults_end),
     ];
     let count = |f: fn(&Event) -> bool| log.count(f);
     eprintln!("\n[chaos] faults over {:?}:", start.elapsed());

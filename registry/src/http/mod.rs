@@ -58,6 +58,8 @@ pub fn router(node: Arc<Node>) -> Router {
     let raft = Router::new()
         .route("/raft/append", post(raft_rpc::append))
         .route("/raft/vote", post(raft_rpc::vote))
+        .route("/raft/prevote", post(raft_rpc::prevote))
+        .route("/raft/renewals", post(raft_rpc::renewals))
         .route("/raft/snapshot", post(raft_rpc::snapshot))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
     api.merge(raft).layer(middleware::from_fn_with_state(node.clone(), leader_hint)).with_state(node)

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::Json;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 
 use crate::error::ApiError;
-use crate::node::Node;
+use crate::network::SnapshotChunk;
+use crate::node::{Node, PreVoteRequest, PreVoteResponse, RenewalAck, RenewalShare};
 use crate::types::{NodeId, TypeConfig};
 
 pub async fn append(State(node): State<Arc<Node>>, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -32,7 +34,24 @@ pub async fn vote(State(node): State<Arc<Node>>, Json(req): Json<VoteRequest<Nod
     Ok(Json(serde_json::to_value(node.raft().vote(req).await).expect("serializable")))
 }
 
-pub async fn snapshot(State(node): State<Arc<Node>>, Json(req): Json<InstallSnapshotRequest<TypeConfig>>) -> Result<Json<serde_json::Value>, ApiError> {
+/// Lease renewals shared by the leader (`node/handover.rs`).
+pub async fn renewals(State(node): State<Arc<Node>>, Json(share): Json<RenewalShare>) -> Json<RenewalAck> {
+    Json(node.receive_renewals(share))
+}
+
+/// A pre-vote (`node/election.rs`): answered from this node's own view, changes nothing in Raft.
+pub async fn prevote(State(node): State<Arc<Node>>, Json(req): Json<PreVoteRequest>) -> Json<PreVoteResponse> {
+    Json(node.prevote(req).await)
+}
+
+pub async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+    // A chunk is megabytes: parse it off the async threads, so heartbeats keep going.
+    let parsed = tokio::task::spawn_blocking(move || serde_json::from_slice::<SnapshotChunk>(&body)).await;
+    let req: InstallSnapshotRequest<TypeConfig> = match parsed {
+        Ok(Ok(chunk)) => chunk.into(),
+        Ok(Err(e)) => return Err(ApiError::InvalidArgument(format!("snapshot chunk: {e}"))),
+        Err(e) => return Err(ApiError::Unavailable(format!("snapshot chunk: {e}"))),
+    };
     // openraft seeks to whatever offset a chunk names and writes there, into memory: a bogus
     // offset would allocate up to it, or leave a hole in the snapshot.
     if !node.may_append() {

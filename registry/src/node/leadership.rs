@@ -139,6 +139,11 @@ impl Leadership {
         recent(&self.contact) && recent(&self.confirmed)
     }
 
+    /// When a leader's append last reached this node.
+    pub fn last_contact(&self) -> Option<Instant> {
+        *self.contact.lock().unwrap()
+    }
+
     /// Time since a leader's append last reached this node.
     pub fn since_contact(&self, now: Instant) -> Option<Duration> {
         self.contact.lock().unwrap().map(|t| now.saturating_duration_since(t))

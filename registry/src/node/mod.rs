@@ -2,10 +2,13 @@
 //!
 //! `Node` is the façade the HTTP layer calls: every write with its checks (`writes`), every
 //! read with its consistency rule (`reads`), membership and cluster info (`membership`). It
-//! knows nothing of HTTP. Two background tasks run beside it, both stopped by `shutdown` or
-//! when the node is dropped: `leadership::follow` and `expiry::run`.
+//! knows nothing of HTTP. Background tasks run beside it, all stopped by `shutdown` or when
+//! the node is dropped: `leadership::follow` and `confirm_leader`, `expiry::run`,
+//! `election::run` and `membership::record_started`.
 
+mod election;
 mod expiry;
+mod handover;
 pub mod leadership;
 mod membership;
 mod reads;
@@ -23,19 +26,22 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use election::{PreVoteRequest, PreVoteResponse};
+pub use handover::{RenewalAck, RenewalShare};
 pub use reads::{ReadOptions, Staleness, DEFAULT_WAIT, MAX_WAIT};
 pub use writes::check_names;
 
 use crate::command::{Proposal, Resp};
 use crate::error::ApiError;
 use crate::faults::Faults;
-use crate::lease::LeaseKeeper;
+use crate::lease::{LeaseKeeper, Renewals};
 use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::state_machine::{Shared, StateMachine};
-use crate::storage::log_store::LogStore;
+use crate::storage::log_store::{LogReader, LogStore};
 use crate::store::Store;
 use crate::types::{NodeId, Raft, RaftMetrics};
+use election::Election;
 use leadership::{Leadership, NotFresh};
 
 /// Everything a node needs to start; built from flags or a config file by `config`.
@@ -75,6 +81,15 @@ pub struct NodeConfig {
     pub source_ip: Option<std::net::IpAddr>,
 }
 
+/// Leader heartbeat interval. On a LAN a round trip is well under a millisecond; 50 ms leaves
+/// room for a loaded host and still lets followers notice a dead leader quickly.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(50);
+
+/// Election timeouts (min, max). The max is also openraft's leader lease: a voter refuses votes
+/// that long after it last heard a leader, which sets the floor of a failover (docs/operations.md,
+/// "Failover timing"). The min, less a heartbeat, is how long a leader acts on its last quorum ack.
+pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) = (Duration::from_millis(200), Duration::from_millis(300));
+
 impl NodeConfig {
     /// Defaults for everything but identity and location.
     pub fn new(id: NodeId, advertise: String, data_dir: PathBuf, peers: BTreeMap<NodeId, String>) -> NodeConfig {
@@ -83,8 +98,8 @@ impl NodeConfig {
             advertise,
             data_dir,
             peers,
-            heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            heartbeat: DEFAULT_HEARTBEAT,
+            election_timeout: DEFAULT_ELECTION_TIMEOUT,
             min_ttl: Duration::from_secs(1),
             max_ttl: Duration::from_secs(3600),
             history: 100_000,
@@ -142,7 +157,12 @@ pub struct Node {
     raft: Raft,
     shared: Arc<Shared>,
     keeper: Mutex<LeaseKeeper>,
+    /// As a follower: when each lease was last renewed, as the leader shared it (`handover`).
+    renewals: Mutex<Renewals>,
     leadership: Leadership,
+    election: Election,
+    /// A reader over the log openraft writes, for the last log id a pre-vote compares.
+    log: LogReader,
     metrics: Metrics,
     /// HTTP client for forwarding to the leader.
     http: reqwest::Client,
@@ -211,8 +231,12 @@ impl Node {
             .connect_timeout(Duration::from_millis(500))
             .build()
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let log_reader = log.get_log_reader().await;
         let network = Network { from: config.id, http: http.clone(), faults: faults.clone() };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm).await.map_err(|e| StartError::Raft(e.to_string()))?;
+        // Elections are decided by `election::run` (a pre-vote, timed to the voters' lease),
+        // not by openraft's own timer.
+        raft.runtime_config().elect(false);
         let bootstrap = fresh && config.peers.contains_key(&config.id) && !config.join;
         if bootstrap {
             membership::check_not_amnesiac(config.id, &config.data_dir, &config.peers).await.map_err(StartError::LostData)?;
@@ -240,10 +264,13 @@ impl Node {
         let node = Arc::new(Node {
             id: config.id,
             leadership: Leadership::new(config.id, config.heartbeat, config.election_timeout),
+            election: Election::new(config.election_timeout, Instant::now()),
+            log: log_reader,
             config,
             raft,
             shared,
             keeper: Mutex::new(LeaseKeeper::new()),
+            renewals: Mutex::new(Renewals::default()),
             metrics: Metrics::default(),
             http,
             faults,
@@ -261,6 +288,8 @@ impl Node {
             tokio::spawn(expiry::run(Arc::downgrade(&node), node.expiry_wake.clone(), node.stop.subscribe())),
             tokio::spawn(membership::record_started(Arc::downgrade(&node), node.stop.subscribe())),
             tokio::spawn(leadership::confirm_leader(Arc::downgrade(&node), node.stop.subscribe())),
+            tokio::spawn(election::run(Arc::downgrade(&node), node.stop.subscribe())),
+            tokio::spawn(handover::share(Arc::downgrade(&node), node.stop.subscribe())),
         ];
         if joining {
             node.joining.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -497,32 +526,43 @@ impl Node {
     }
 
     /// Makes the lease clocks match leadership, from the leadership task only. A leader starts
-    /// every clock afresh once it has applied an entry of its own term (then its store holds
-    /// every lease its predecessors granted); a node that stops leading drops its clocks.
+    /// the clocks once it has applied an entry of its own term (then its store holds every
+    /// lease its predecessors granted), each from the last renewal it was told of
+    /// (`lease::inherited`); a node that stops leading drops its clocks, keeping their renewal
+    /// times as a follower would have been told them.
     fn align_clocks(&self, m: &RaftMetrics, now: Instant) {
         let leader = m.state == ServerState::Leader && m.current_leader == Some(self.id);
         let applied_own_term = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
-        // Lock order everywhere: `shared.data`, then `keeper`. (std's RwLock queues a reader
-        // behind a waiting writer, so the opposite order deadlocks against `apply`.)
+        // Lock order everywhere: `shared.data`, then `keeper`, then `renewals`. (std's RwLock
+        // queues a reader behind a waiting writer, so another order deadlocks against `apply`.)
         let d = self.shared.read();
         let mut k = self.keeper.lock().unwrap();
+        let stop = |k: &mut LeaseKeeper| {
+            let mut r = self.renewals.lock().unwrap();
+            for (id, at) in k.stop() {
+                r.note(id, at);
+            }
+        };
         if leader && applied_own_term {
             if k.term() != Some(m.current_term) {
-                k.start_term(m.current_term, d.store.leases().values(), now);
-                tracing::info!(term = m.current_term, leases = k.len(), "leader: started every lease's clock afresh");
+                let known = self.renewals.lock().unwrap();
+                k.start_term(m.current_term, d.store.leases().values(), &known, now, self.config.election_timeout.1);
+                let inherited = d.store.leases().keys().filter(|id| known.get(**id).is_some()).count();
+                drop(known);
+                tracing::info!(term = m.current_term, leases = k.len(), inherited, "leader: started the lease clocks from the renewals it was told of");
                 self.leadership.set_ready(Some(m.current_term));
                 self.expiry_wake.notify_one();
             }
         } else if leader {
             // Elected, still applying the predecessor's tail.
             if k.term().is_some_and(|t| t != m.current_term) {
-                k.stop();
+                stop(&mut k);
             }
             self.leadership.set_ready(None);
         } else {
             if k.term().is_some() {
                 tracing::info!(term = m.current_term, "no longer leader: dropped the lease clocks");
-                k.stop();
+                stop(&mut k);
             }
             self.leadership.set_ready(None);
         }
@@ -546,8 +586,9 @@ pub const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Entries per append RPC. openraft 0.9 gives an append one heartbeat interval to arrive and
 /// be stored; its default of 300 entries of up to 64 KiB each (the API's body limit) is 20 MB,
-/// which never makes it, and a follower that far behind never catches up. 16 bounds an append
-/// near 1 MB; a follower at the tail gets a few entries per append anyway.
+/// which never makes it, and a follower that far behind never catches up. 16 bounds the count;
+/// `network::APPEND_BYTES` cuts an append of large entries further, to what one heartbeat
+/// carries.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
 
 /// A weak handle for background tasks: they must not keep a dropped node alive.

@@ -197,6 +197,12 @@ impl Drop for LogStore {
 }
 
 impl LogReader {
+    /// The id of the last entry held (written or being written), if any is: what a vote
+    /// compares. A log emptied by a purge holds none; the caller knows the purge point.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        read_lock(&self.entries).last_key_value().map(|(_, (e, _))| e.log_id)
+    }
+
     fn entries_in(&self, range: impl RangeBounds<u64>) -> Vec<Entry> {
         let Some((start, end)) = normalize(range) else {
             return Vec::new();

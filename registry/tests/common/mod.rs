@@ -23,13 +23,6 @@ pub struct Cluster {
     pub _dir: tempfile::TempDir,
 }
 
-pub fn fast(mut c: NodeConfig) -> NodeConfig {
-    c.heartbeat = Duration::from_millis(50);
-    c.election_timeout = (Duration::from_millis(300), Duration::from_millis(600));
-    c.lease_check = Duration::from_millis(50);
-    c
-}
-
 impl Cluster {
     pub async fn start(n: u64) -> Cluster {
         Self::start_with(n, |_| {}).await
@@ -45,8 +38,9 @@ impl Cluster {
         Self::start_from(n, |c| c, tweak).await
     }
 
+    /// Every cluster runs with the timings a user gets; `tweak` changes what a test needs.
     pub async fn start_with(n: u64, tweak: fn(&mut NodeConfig)) -> Cluster {
-        Self::start_from(n, fast, tweak).await
+        Self::start_from(n, |c| c, tweak).await
     }
 
     async fn start_from(n: u64, base: fn(NodeConfig) -> NodeConfig, tweak: fn(&mut NodeConfig)) -> Cluster {

@@ -139,7 +139,7 @@ pub async fn run(t: &mut Topology, until: Instant, partitions: bool) -> Log {
                 let (n, leader) = pick_node(t).await;
                 t.nodes[n].proc.signal("STOP");
                 log.push(Event::RegistryPaused { node: n, leader });
-                // Much longer than the 180 ms maximum election timeout.
+                // Five times the default maximum election timeout (300 ms): the others elect a new leader.
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 t.nodes[n].proc.signal("CONT");
                 log.push(Event::RegistryResumed { node: n });

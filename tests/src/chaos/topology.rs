@@ -60,18 +60,7 @@ impl Topology {
                     &dir.path().join(format!("data{}", i + 1)).display().to_string(),
                     "--peers",
                     &peers,
-                    // A quarter of the shortest election timeout: the least `registry serve` accepts,
-                    // so a leader's lease keeps three heartbeats of margin.
-                    "--heartbeat",
-                    "25ms",
-                    // A new leader restarts every lease's clock at its election, so a host dying
-                    // with the leader leaves after election time + TTL. An election takes up to
-                    // about twice the maximum timeout (followers refuse votes for that long after
-                    // the last heartbeat), so TTL + 1 s needs a maximum well under 500 ms.
-                    "--election-timeout-min",
-                    "100ms",
-                    "--election-timeout-max",
-                    "180ms",
+                    // No timing flags: the chaos run holds the registry to its defaults.
                     "--fault-disk-stall-file",
                     &stall_file.display().to_string(),
                 ]

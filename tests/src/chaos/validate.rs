@@ -169,3 +169,42 @@ pub fn success_rate(rec: &Record) -> Verdict {
         ),
     }
 }
+
+/// Validator 6. Writes stay available: for every SIGKILL of the leader, the time to the first
+/// acknowledged write issued after it (bound 1 s, the failover target with the defaults), and
+/// the longest stretch of the run with no write acknowledged at all, whatever the fault.
+pub fn writes_available(rec: &Record, log: &Log, start: Instant, end: Instant) -> Verdict {
+    let bound = Duration::from_secs(1);
+    let mut kills = Vec::new();
+    let mut unresumed = 0;
+    for (t, e) in &log.events {
+        if !matches!(e, Event::RegistryKilled { leader: true, .. }) {
+            continue;
+        }
+        match rec.writes.iter().filter(|(issued, _)| issued >= t).map(|(_, acked)| *acked).min() {
+            Some(acked) => kills.push(acked.duration_since(*t)),
+            None => unresumed += 1,
+        }
+    }
+    kills.sort();
+    let p50 = kills.get(kills.len().saturating_sub(1) / 2).copied().unwrap_or_default();
+    let max = kills.last().copied().unwrap_or_default();
+    let mut acks: Vec<Instant> = rec.writes.iter().map(|(_, a)| *a).filter(|a| *a >= start && *a <= end).collect();
+    acks.sort();
+    let (mut gap, mut gap_at) = (Duration::ZERO, Duration::ZERO);
+    for w in std::iter::once(start).chain(acks.iter().copied()).chain(std::iter::once(end)).collect::<Vec<_>>().windows(2) {
+        if w[1] - w[0] > gap {
+            (gap, gap_at) = (w[1] - w[0], w[0] - start);
+        }
+    }
+    Verdict {
+        name: "6 writes resume within 1 s of a leader kill",
+        passed: unresumed == 0 && max <= bound && !rec.writes.is_empty(),
+        figures: format!(
+            "{} leader kills: p50 {p50:?}, max {max:?} (bound {bound:?}){}; longest gap without an acknowledged write {gap:?}, {gap_at:?} into the run; {} writes acknowledged",
+            kills.len(),
+            if unresumed > 0 { format!(", {unresumed} never resumed") } else { String::new() },
+            rec.writes.len()
+        ),
+    }
+}

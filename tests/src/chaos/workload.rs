@@ -27,6 +27,8 @@ pub struct Record {
     /// Churn instances revoked on purpose.
     pub revoked: BTreeSet<String>,
     pub churned: Vec<Churned>,
+    /// Probe writes: (issued, acknowledged), for write availability.
+    pub writes: Vec<(Instant, Instant)>,
 }
 
 pub struct Workload {
@@ -44,7 +46,8 @@ impl Workload {
             tasks.push(tokio::spawn(http_load(url, record.clone(), running.clone())));
         }
         tasks.push(tokio::spawn(sample(socket, record.clone(), running.clone())));
-        tasks.push(tokio::spawn(churn(registry, record.clone(), running.clone())));
+        tasks.push(tokio::spawn(churn(registry.clone(), record.clone(), running.clone())));
+        tasks.push(tokio::spawn(probe_writes(registry, record.clone(), running.clone())));
         Workload { record, running, tasks }
     }
 
@@ -99,6 +102,33 @@ async fn sample(socket: PathBuf, record: Arc<Mutex<Record>>, running: Arc<Atomic
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Service the write probe writes to; its few instances are overwritten again and again.
+pub const PROBE_SERVICE: &str = "write-probe";
+
+/// A write every 20 ms through a client that knows every node, each in its own task so a
+/// write stuck on a dead node does not hold back the next. Acknowledged ones are recorded.
+async fn probe_writes(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<AtomicBool>) {
+    let client = Arc::new(client::Client::new(&registry).unwrap());
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut writes = tokio::task::JoinSet::new();
+    let mut n = 0u64;
+    while running.load(Ordering::SeqCst) {
+        tick.tick().await;
+        n += 1;
+        let (client, record) = (client.clone(), record.clone());
+        writes.spawn(async move {
+            let spec =
+                InstanceSpec { address: "127.0.0.1".into(), port: 1 + n % 8, lease_id: None, weight: 1, state: Default::default(), meta: Default::default() };
+            let issued = Instant::now();
+            if client.put_instance(PROBE_SERVICE, &format!("w{}", n % 8), &spec).await.is_ok() {
+                record.lock().unwrap().writes.push((issued, Instant::now()));
+            }
+        });
+        while writes.try_join_next().is_some() {}
+    }
+    while writes.join_next().await.is_some() {}
 }
 
 /// One churn registration and how its lease fared.

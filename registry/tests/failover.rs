@@ -1,0 +1,210 @@
+//! Leader changes with the timings a user gets: elections behind a pre-vote
+//! (`node/election.rs`), and lease clocks that carry over to the next leader
+//! (`node/handover.rs`, `lease::inherited`).
+//!
+//! These run in real time: the nodes talk HTTP over loopback, which paused tokio time would
+//! race. The clock rule itself is tested with paused time beside it, in `lease.rs`.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{spec, Cluster};
+use testkit::wait_for as wait_until;
+use tokio::time::Instant;
+
+const TTL: Duration = Duration::from_secs(3);
+
+/// Renews `lease` through `client` every TTL/3 and, after a failure, every 100 ms, as the
+/// announcer does. Records every answer that says the lease is gone.
+fn renew(client: client::Client, lease: u64, ttl: Duration) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<String>>>) {
+    let lost = Arc::new(Mutex::new(Vec::new()));
+    let seen = lost.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match client.keepalive(lease).await {
+                Ok(_) => tokio::time::sleep(ttl / 3).await,
+                Err(e) if e.to_string().contains("404") => {
+                    seen.lock().unwrap().push(e.to_string());
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    (task, lost)
+}
+
+/// A leader other than `old` that every node but `old` agrees on.
+async fn new_leader(c: &Cluster, old: u64) -> u64 {
+    let rest = c.others(&[old]);
+    c.wait_leader(Some(&rest)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_lease_survives_three_leader_changes_in_a_row() {
+    let c = Cluster::start(3).await;
+    let client = c.client();
+    let lease = client.grant(TTL).await.unwrap().lease_id;
+    client.put_instance("web", "a", &spec(80, Some(lease))).await.unwrap();
+    let (renewer, lost) = renew(c.client(), lease, TTL);
+    let mut terms = Vec::new();
+    for _ in 0..3 {
+        let old = c.wait_leader(None).await;
+        // Let a few renewals and shares go by, then cut the leader off: the others elect.
+        tokio::time::sleep(TTL / 2).await;
+        c.faults.isolate(old);
+        let next = new_leader(&c, old).await;
+        terms.push(c.nodes[&next].node.raft_metrics().current_term);
+        c.faults.heal();
+    }
+    let leader = c.wait_leader(None).await;
+    // One more full TTL under the last leader.
+    tokio::time::sleep(TTL).await;
+    renewer.abort();
+    assert!(lost.lock().unwrap().is_empty(), "a renewal was told the lease was gone: {:?}", lost.lock().unwrap());
+    assert!(c.nodes[&leader].node.read_store(|s| s.lease(lease).is_some()), "the renewed lease expired across the changes (terms {terms:?})");
+    assert!(terms.windows(2).all(|w| w[0] < w[1]), "three changes, three terms: {terms:?}");
+}
+
+/// The holder renews every TTL/3, stops, and the leader dies right after. The new leader runs
+/// the lease from the last renewal it was told of. The leader shares renewals once a heartbeat,
+/// so when it dies a heartbeat after the last renewal the lease ends a TTL after that renewal;
+/// when it dies at once, the renewal before counts, a renewal period earlier. Either way the
+/// lease is gone within TTL + 500 ms of the last renewal, and it is never cut short for a holder
+/// that keeps renewing every TTL/3 (the other tests).
+async fn holder_and_leader_die(leader_dies_after: Duration, not_before: Duration) {
+    let c = Cluster::start(3).await;
+    let old = c.wait_leader(None).await;
+    let client = c.client();
+    let lease = client.grant(TTL).await.unwrap().lease_id;
+    client.put_instance("web", "a", &spec(80, Some(lease))).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(TTL / 3).await;
+        client.keepalive(lease).await.unwrap();
+    }
+    // The last renewal: the leader takes it after this send.
+    let sent = Instant::now();
+    client.keepalive(lease).await.unwrap();
+    // The holder stops; the leader dies (is cut off for good).
+    tokio::time::sleep_until(sent + leader_dies_after).await;
+    c.faults.isolate(old);
+    let next = new_leader(&c, old).await;
+    let elected = sent.elapsed();
+    let gone = wait_until(TTL + Duration::from_secs(5), "the lease to expire on the new leader", || async {
+        c.nodes[&next].node.read_store(|s| s.lease(lease).is_none()).then(|| sent.elapsed())
+    })
+    .await;
+    eprintln!("leader cut {leader_dies_after:?} after the last renewal; new leader after {elected:?}; lease gone {gone:?} after the last renewal was sent");
+    assert!(gone >= not_before, "expired {gone:?} after its last renewal, before {not_before:?}");
+    assert!(gone <= TTL + Duration::from_millis(500), "expired {gone:?} after its last renewal; the bound is TTL + 500 ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_holder_stopped_before_the_leader_died_expires_a_ttl_after_its_last_renewal() {
+    // Three heartbeats: the last renewal has been shared.
+    holder_and_leader_die(Duration::from_millis(150), TTL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_the_dying_leader_never_shared_costs_at_most_one_renewal_period() {
+    holder_and_leader_die(Duration::ZERO, TTL - TTL / 3 - Duration::from_millis(50)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_old_leaders_renewals_do_not_count() {
+    let c = Cluster::start(3).await;
+    let old = c.wait_leader(None).await;
+    let lease = c.client().grant(TTL).await.unwrap().lease_id;
+    // The holder can reach only the old leader, and keeps renewing through it.
+    let through_old = c.client_for(&[old]);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let cut = Instant::now() + TTL / 2;
+    let renewer = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            loop {
+                if through_old.keepalive(lease).await.is_ok() {
+                    acked.lock().unwrap().push(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep_until(cut).await;
+    c.faults.isolate(old);
+    let next = new_leader(&c, old).await;
+    let gone = wait_until(TTL + Duration::from_secs(5), "the lease to expire on the majority's leader", || async {
+        c.nodes[&next].node.read_store(|s| s.lease(lease).is_none()).then(|| cut.elapsed())
+    })
+    .await;
+    renewer.abort();
+    let after_cut: Vec<Duration> = acked.lock().unwrap().iter().filter(|t| **t > cut).map(|t| *t - cut).collect();
+    eprintln!("old leader acknowledged {} renewals after the cut ({after_cut:?}); lease gone {gone:?} after the cut", after_cut.len());
+    // The old leader stops acknowledging within its lease (election-timeout-min - heartbeat),
+    // and whatever it acknowledged meanwhile never reached the majority.
+    assert!(after_cut.iter().all(|d| *d <= Duration::from_millis(150)), "the cut-off leader kept acknowledging renewals: {after_cut:?}");
+    assert!(gone <= TTL + Duration::from_millis(500), "the lease lived {gone:?} past the cut: the cut-off leader's renewals counted");
+    // Healed, the old leader follows; it neither revives the lease nor changes the leader.
+    c.faults.heal();
+    assert_eq!(c.wait_leader(None).await, next);
+    assert!(c.nodes[&old].node.read_store(|s| s.lease(lease).is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_granted_just_before_the_change_is_not_expired_early() {
+    let c = Cluster::start(3).await;
+    let old = c.wait_leader(None).await;
+    // The shortest TTL the registry allows, so an early expiry would show.
+    let ttl = Duration::from_secs(1);
+    let lease = c.client_for(&[old]).grant(ttl).await.unwrap().lease_id;
+    c.faults.isolate(old);
+    let rest = c.others(&[old]);
+    let (renewer, lost) = renew(c.client_for(&rest), lease, ttl);
+    let next = new_leader(&c, old).await;
+    // Three TTLs under the new leader.
+    tokio::time::sleep(ttl * 3).await;
+    renewer.abort();
+    assert!(lost.lock().unwrap().is_empty(), "a renewal was told the lease was gone: {:?}", lost.lock().unwrap());
+    assert!(c.nodes[&next].node.read_store(|s| s.lease(lease).is_some()), "the lease granted just before the change expired");
+}
+
+/// Pre-vote: a follower cut off for many election timeouts does not raise its term, so when
+/// it comes back the leader stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_and_back_does_not_disrupt_the_leader() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader(None).await;
+    let term = c.nodes[&leader].node.raft_metrics().current_term;
+    let follower = c.others(&[leader])[0];
+    c.faults.isolate(follower);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.nodes[&follower].node.raft_metrics().current_term, term, "the cut-off follower raised its term without a pre-vote majority");
+    c.faults.heal();
+    assert_eq!(c.wait_leader(None).await, leader);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = c.nodes[&leader].node.raft_metrics();
+    assert_eq!((after.current_leader, after.current_term), (Some(leader), term), "the returning follower disturbed the leader");
+}
+
+/// A node restarted while the leader is healthy rejoins as a follower, in the same term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_does_not_disrupt_a_healthy_leader() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.wait_leader(None).await;
+    let term = c.nodes[&leader].node.raft_metrics().current_term;
+    let id = c.others(&[leader])[0];
+    let cfg = c.nodes[&id].node.config().clone();
+    let addr = c.nodes[&id].url.trim_start_matches("http://").to_string();
+    c.stop(id).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The same address and data directory, as a restarted process would have.
+    let l = wait_until(Duration::from_secs(5), "the old port to be free", || async { tokio::net::TcpListener::bind(&addr).await.ok() }).await;
+    let back = Cluster::spawn(l, cfg, c.faults.clone()).await;
+    c.nodes.insert(id, back);
+    assert_eq!(c.wait_leader(None).await, leader);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = c.nodes[&leader].node.raft_metrics();
+    assert_eq!((after.current_leader, after.current_term), (Some(leader), term), "the restarted node disturbed the leader");
+}
