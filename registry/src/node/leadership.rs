@@ -28,8 +28,11 @@ struct Seen {
 
 pub struct Leadership {
     id: NodeId,
-    /// Oldest quorum ack a leader still acts on: below the shortest election timeout by one
-    /// heartbeat, so a follower cannot have started an election while we think we lead.
+    /// Oldest quorum ack a leader still acts on: the longest election timeout less one
+    /// heartbeat. Every voter of that quorum refuses votes for the longest election timeout
+    /// after the append it acknowledged (openraft's leader lease), and no node campaigns
+    /// sooner after its last contact (`election`), so no other leader can exist meanwhile.
+    /// (The ack's age counts from when the acknowledged append was sent.)
     lease: Duration,
     /// How long a follower trusts its leader without hearing from it: the longest election
     /// timeout, by which it would have started an election itself.
@@ -62,7 +65,7 @@ impl Leadership {
     pub fn new(id: NodeId, heartbeat: Duration, election_timeout: (Duration, Duration)) -> Leadership {
         Leadership {
             id,
-            lease: election_timeout.0.saturating_sub(heartbeat),
+            lease: election_timeout.1.saturating_sub(heartbeat),
             follower_trust: election_timeout.1,
             seen: Mutex::new(None),
             contact: Mutex::new(None),
@@ -243,10 +246,10 @@ mod tests {
         let l = leadership();
         l.observe(&metrics(true, 3, Some(20)), Instant::now());
         assert_eq!(l.fresh_term(Instant::now()), Ok(3));
-        tokio::time::advance(Duration::from_millis(380)).await;
-        assert_eq!(l.fresh_term(Instant::now()), Ok(3), "20 ms at publish + 380 ms since is within the 400 ms lease");
+        tokio::time::advance(Duration::from_millis(880)).await;
+        assert_eq!(l.fresh_term(Instant::now()), Ok(3), "20 ms at publish + 880 ms since is within the 900 ms lease");
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(l.fresh_term(Instant::now()), Err(NotFresh::Stale), "no publish for 381 ms: the ack is older than the lease");
+        assert_eq!(l.fresh_term(Instant::now()), Err(NotFresh::Stale), "no publish for 881 ms: the ack is older than the lease");
         l.observe(&metrics(true, 3, Some(10)), Instant::now());
         assert_eq!(l.fresh_term(Instant::now()), Ok(3), "a new publish with a recent ack makes it fresh again");
     }
