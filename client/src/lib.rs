@@ -262,6 +262,11 @@ impl Client {
         self.call(Method::GET, &format!("/v1/services?stale={stale}"), None::<&()>, None).await
     }
 
+    /// The most recent instance removals and their causes, oldest first.
+    pub async fn removals(&self, stale: bool) -> Result<proto::RemovalList, Error> {
+        self.call(Method::GET, &format!("/v1/removals?stale={stale}"), None::<&()>, None).await
+    }
+
     pub async fn service(&self, service: &str, stale: bool) -> Result<ServiceInstances, Error> {
         self.call(Method::GET, &format!("/v1/services/{service}?stale={stale}"), None::<&()>, None).await
     }

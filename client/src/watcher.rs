@@ -138,7 +138,7 @@ mod tests {
     }
 
     fn del(rev: Revision, i: &str) -> WatchEvent {
-        WatchEvent::Delete { revision: rev, service: "web".into(), instance: i.into() }
+        WatchEvent::Delete { revision: rev, service: "web".into(), instance: i.into(), cause: None }
     }
 
     #[test]

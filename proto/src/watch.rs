@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{Instance, Revision};
+use crate::{Instance, RemovalCause, Revision};
 
 /// One line of the `GET /v1/watch` stream (newline-delimited JSON).
 ///
@@ -11,8 +11,14 @@ use crate::{Instance, Revision};
 pub enum WatchEvent {
     /// An instance was created or changed.
     Put { revision: Revision, instance: Instance },
-    /// An instance was removed.
-    Delete { revision: Revision, service: String, instance: String },
+    /// An instance was removed, and why (absent from registries that predate causes).
+    Delete {
+        revision: Revision,
+        service: String,
+        instance: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<RemovalCause>,
+    },
     /// `since` is older than the retained history; the stream ends. Re-list, then watch from the
     /// `revision` of the re-list answer. `revision` here is the answering node's latest.
     Compacted { revision: Revision, compact_revision: Revision },

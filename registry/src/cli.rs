@@ -62,6 +62,28 @@ pub async fn ls(client: &Client, service: Option<&str>, stale: bool, output: Out
     Ok(table(&["SERVICE", "INSTANCE", "ADDRESS", "STATE", "WEIGHT", "LEASE", "TTL-LEFT", "LAST-RENEWAL"], &rows))
 }
 
+/// The most recent removals (of one service, or all), oldest first, with cause and time.
+pub async fn removed(client: &Client, service: Option<&str>, stale: bool, output: Output) -> Result<String, client::Error> {
+    let list = client.removals(stale).await?;
+    let removals: Vec<proto::Removal> = list.removals.into_iter().filter(|r| service.is_none_or(|s| r.service == s)).collect();
+    if output == Output::Json {
+        return Ok(serde_json::to_string_pretty(&removals).expect("serializable") + "\n");
+    }
+    let rows: Vec<Vec<String>> = removals
+        .iter()
+        .map(|r| {
+            let when = r.at_ms.map(utc).unwrap_or_else(|| "-".into());
+            vec![when, r.service.clone(), r.instance.clone(), format!("{}:{}", r.address, r.port), r.cause.to_string(), r.revision.to_string()]
+        })
+        .collect();
+    Ok(table(&["TIME", "SERVICE", "INSTANCE", "ADDRESS", "CAUSE", "REVISION"], &rows))
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
+fn utc(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub leader: Option<u64>,
@@ -215,5 +237,14 @@ mod tests {
     fn table_aligns_columns() {
         let t = table(&["A", "BB"], &[vec!["long".into(), "x".into()]]);
         assert_eq!(t, "A     BB\nlong  x\n");
+    }
+}
+
+#[cfg(test)]
+mod removal_tests {
+    #[test]
+    fn utc_times() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
     }
 }

@@ -48,6 +48,10 @@ pub struct Proposal {
     pub cmd: Cmd,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,
+    /// The proposing leader's wall clock (ms since the Unix epoch), for the record of
+    /// removals only: `apply` copies it, it never compares it with anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
 }
 
 /// A client's idempotency key for one write (`Idempotency-Key`), the same on every retry.
@@ -55,13 +59,13 @@ pub type RequestId = String;
 
 impl From<Cmd> for Proposal {
     fn from(cmd: Cmd) -> Proposal {
-        Proposal { cmd, request_id: None }
+        Proposal { cmd, request_id: None, at_ms: None }
     }
 }
 
 impl Proposal {
     pub fn new(cmd: Cmd, request_id: Option<RequestId>) -> Proposal {
-        Proposal { cmd, request_id }
+        Proposal { cmd, request_id, at_ms: None }
     }
 
     /// A stable 64-bit fingerprint of the command (FNV-1a over its JSON), the same on every

@@ -39,6 +39,10 @@ enum Command {
         /// Read from the answering node's replica instead of the leader (no lease timings).
         #[arg(long)]
         stale: bool,
+        /// Show the most recent removals instead (the last 1000), with their cause and time:
+        /// expired (lease, term), revoked, deregistered, or replaced by a new address.
+        #[arg(long)]
+        removed: bool,
     },
     /// Show members, roles, leader, term, log indexes and which nodes are unreachable.
     Status {
@@ -126,11 +130,14 @@ async fn main() -> ExitCode {
                 }
             }
         },
-        Command::Ls { client: args, service, stale } => {
+        Command::Ls { client: args, service, stale, removed } => {
             let c = match client(&args) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if removed {
+                return run_client(cli::removed(&c, service.as_deref(), stale, args.output)).await;
+            }
             run_client(cli::ls(&c, service.as_deref(), stale, args.output)).await
         }
         Command::Status { client: args } => {

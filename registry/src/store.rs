@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use proto::{Instance, LeaseId, Registration, Revision, WatchEvent};
+use proto::{Instance, LeaseId, Registration, Removal, RemovalCause, Revision, WatchEvent};
 
 use crate::command::{Cmd, Proposal, RequestId, Resp};
 
@@ -47,7 +47,13 @@ pub struct Store {
     /// Live leases per owner, for the per-client limit.
     #[serde(default)]
     leases_by_owner: BTreeMap<String, u64>,
+    /// The last `RECENT_REMOVALS` instance removals, with their causes, oldest first.
+    #[serde(default)]
+    removals: VecDeque<Removal>,
 }
+
+/// How many removals the store remembers for `GET /v1/removals`.
+pub const RECENT_REMOVALS: usize = 1000;
 
 /// How many request ids the store remembers. At the 2,000-odd durable writes per second a
 /// 3-node cluster sustains, that is half a minute, far longer than any client retries.
@@ -99,14 +105,14 @@ impl Store {
         if let Some(done) = self.requests.replay(proposal) {
             return (done, Vec::new());
         }
-        let (resp, events) = self.apply_cmd(index, term, &proposal.cmd);
+        let (resp, events) = self.apply_cmd(index, term, &proposal.cmd, proposal.at_ms);
         if let Some(id) = &proposal.request_id {
             self.requests.record(id, proposal.fingerprint(), &resp);
         }
         (resp, events)
     }
 
-    fn apply_cmd(&mut self, index: u64, term: u64, cmd: &Cmd) -> (Resp, Vec<WatchEvent>) {
+    fn apply_cmd(&mut self, index: u64, term: u64, cmd: &Cmd, at_ms: Option<u64>) -> (Resp, Vec<WatchEvent>) {
         let mut events = Vec::new();
         let resp = match cmd {
             Cmd::GrantLease { ttl_ms, owner } => {
@@ -116,7 +122,7 @@ impl Store {
                 self.leases.insert(index, Lease { id: index, ttl_ms: *ttl_ms, instances: BTreeSet::new(), owner: owner.clone() });
                 Resp::Granted { lease_id: index, ttl_ms: *ttl_ms, revision: index }
             }
-            Cmd::RevokeLease { lease_id } => match self.remove_lease(*lease_id, &mut events) {
+            Cmd::RevokeLease { lease_id } => match self.remove_lease(*lease_id, RemovalCause::Revoked { lease_id: *lease_id }, at_ms, &mut events) {
                 true => Resp::Ok { revision: index },
                 false => Resp::LeaseNotFound { lease_id: *lease_id },
             },
@@ -125,13 +131,13 @@ impl Store {
                     Resp::StaleTerm { term: *decided_in, entry_term: term }
                 } else {
                     for id in lease_ids {
-                        self.remove_lease(*id, &mut events);
+                        self.remove_lease(*id, RemovalCause::Expired { lease_id: *id, term }, at_ms, &mut events);
                     }
                     Resp::Ok { revision: index }
                 }
             }
-            Cmd::PutInstance { service, instance, registration } => self.put(service, instance, registration, &mut events),
-            Cmd::DeleteInstance { service, instance } => match self.remove_instance(service, instance, &mut events) {
+            Cmd::PutInstance { service, instance, registration } => self.put(service, instance, registration, at_ms, &mut events),
+            Cmd::DeleteInstance { service, instance } => match self.remove_instance(service, instance, RemovalCause::Deregistered, at_ms, &mut events) {
                 true => Resp::Ok { revision: index },
                 false => Resp::InstanceNotFound { service: service.clone(), instance: instance.clone() },
             },
@@ -154,7 +160,7 @@ impl Store {
         self.term = self.term.max(term);
     }
 
-    fn put(&mut self, service: &str, name: &str, spec: &Registration, events: &mut Vec<WatchEvent>) -> Resp {
+    fn put(&mut self, service: &str, name: &str, spec: &Registration, at_ms: Option<u64>, events: &mut Vec<WatchEvent>) -> Resp {
         let rev = self.revision;
         if let Some(id) = spec.lease_id() {
             if !self.leases.contains_key(&id) {
@@ -181,17 +187,36 @@ impl Store {
             state: spec.state(),
             meta: spec.meta().clone(),
             lease_id: spec.lease_id(),
-            create_revision: previous.map(|p| p.create_revision).unwrap_or(rev),
+            create_revision: previous.as_ref().map(|p| p.create_revision).unwrap_or(rev),
             mod_revision: rev,
             lease: None,
         };
+        if let Some(old) = previous.as_ref().filter(|p| (p.address.as_str(), p.port) != (spec.address(), spec.port())) {
+            let cause = RemovalCause::Replaced { address: spec.address().to_string(), port: spec.port() };
+            self.record_removal(old, cause, at_ms);
+        }
         self.services.entry(service.to_string()).or_default().insert(name.to_string(), instance.clone());
         self.service_index.insert(service.to_string(), rev);
         events.push(WatchEvent::Put { revision: rev, instance });
         Resp::Ok { revision: rev }
     }
 
-    fn remove_instance(&mut self, service: &str, name: &str, events: &mut Vec<WatchEvent>) -> bool {
+    fn record_removal(&mut self, gone: &Instance, cause: RemovalCause, at_ms: Option<u64>) {
+        self.removals.push_back(Removal {
+            revision: self.revision,
+            service: gone.service.clone(),
+            instance: gone.instance.clone(),
+            address: gone.address.clone(),
+            port: gone.port,
+            cause,
+            at_ms,
+        });
+        while self.removals.len() > RECENT_REMOVALS {
+            self.removals.pop_front();
+        }
+    }
+
+    fn remove_instance(&mut self, service: &str, name: &str, cause: RemovalCause, at_ms: Option<u64>, events: &mut Vec<WatchEvent>) -> bool {
         let Some(instances) = self.services.get_mut(service) else { return false };
         let Some(removed) = instances.remove(name) else { return false };
         if instances.is_empty() {
@@ -201,11 +226,12 @@ impl Store {
             l.instances.remove(&(service.to_string(), name.to_string()));
         }
         self.service_index.insert(service.to_string(), self.revision);
-        events.push(WatchEvent::Delete { revision: self.revision, service: service.to_string(), instance: name.to_string() });
+        self.record_removal(&removed, cause.clone(), at_ms);
+        events.push(WatchEvent::Delete { revision: self.revision, service: service.to_string(), instance: name.to_string(), cause: Some(cause) });
         true
     }
 
-    fn remove_lease(&mut self, id: LeaseId, events: &mut Vec<WatchEvent>) -> bool {
+    fn remove_lease(&mut self, id: LeaseId, cause: RemovalCause, at_ms: Option<u64>, events: &mut Vec<WatchEvent>) -> bool {
         let Some(lease) = self.leases.remove(&id) else { return false };
         if let Some(o) = &lease.owner {
             if let Some(n) = self.leases_by_owner.get_mut(o) {
@@ -216,9 +242,14 @@ impl Store {
             }
         }
         for (service, instance) in &lease.instances {
-            self.remove_instance(service, instance, events);
+            self.remove_instance(service, instance, cause.clone(), at_ms, events);
         }
         true
+    }
+
+    /// The most recent removals, oldest first.
+    pub fn removals(&self) -> &VecDeque<Removal> {
+        &self.removals
     }
 
     /// Index of the last applied entry.
@@ -413,6 +444,58 @@ mod tests {
         };
         assert_eq!(run(), run());
     }
+
+    #[test]
+    fn every_removal_records_its_cause_in_the_event_and_the_recent_list() {
+        let mut s = Store::default();
+        let at = |cmd: Cmd, ms: u64| Proposal { at_ms: Some(ms), ..Proposal::new(cmd, None) };
+        s.apply(1, 1, &Cmd::GrantLease { ttl_ms: 3000, owner: None }.into());
+        s.apply(2, 1, &Cmd::GrantLease { ttl_ms: 3000, owner: None }.into());
+        apply(&mut s, 3, 1, put("web", "a", Some(1)));
+        apply(&mut s, 4, 1, put("web", "b", Some(2)));
+        apply(&mut s, 5, 1, put("web", "c", None));
+        let cause = |events: &[WatchEvent]| match events {
+            [WatchEvent::Delete { cause, .. }] => cause.clone(),
+            other => panic!("expected one delete, got {other:?}"),
+        };
+        let (_, ev) = s.apply(6, 2, &at(Cmd::ExpireLeases { term: 2, lease_ids: vec![1] }, 1000));
+        assert_eq!(cause(&ev), Some(RemovalCause::Expired { lease_id: 1, term: 2 }));
+        let (_, ev) = s.apply(7, 2, &at(Cmd::RevokeLease { lease_id: 2 }, 2000));
+        assert_eq!(cause(&ev), Some(RemovalCause::Revoked { lease_id: 2 }));
+        let (_, ev) = s.apply(8, 2, &at(Cmd::DeleteInstance { service: "web".into(), instance: "c".into() }, 3000));
+        assert_eq!(cause(&ev), Some(RemovalCause::Deregistered));
+        // Re-registering "c" elsewhere replaces the old address; the same address does not.
+        apply(&mut s, 9, 2, put("web", "c", None));
+        let body =
+            proto::InstanceSpec { address: "10.0.0.6".into(), port: 9090, lease_id: None, weight: 100, state: Default::default(), meta: Default::default() };
+        let moved = Cmd::PutInstance { service: "web".into(), instance: "c".into(), registration: proto::validate::instance_spec(&body).unwrap() };
+        let (_, ev) = s.apply(10, 2, &at(moved, 4000));
+        assert!(matches!(ev.as_slice(), [WatchEvent::Put { .. }]), "a replacement is a put to watchers");
+        apply(&mut s, 11, 2, put("web", "d", None));
+        apply(&mut s, 12, 2, put("web", "d", None));
+        let got: Vec<(u64, &str, &str, Option<u64>)> = s.removals().iter().map(|r| (r.revision, r.instance.as_str(), r.cause.kind(), r.at_ms)).collect();
+        assert_eq!(
+            got,
+            vec![(6, "a", "expired", Some(1000)), (7, "b", "revoked", Some(2000)), (8, "c", "deregistered", Some(3000)), (10, "c", "replaced", Some(4000))]
+        );
+        let replaced = s.removals().back().unwrap();
+        assert_eq!((replaced.address.as_str(), replaced.port), ("10.0.0.5", 8080), "the removal names the old address");
+        assert_eq!(replaced.cause, RemovalCause::Replaced { address: "10.0.0.6".into(), port: 9090 });
+    }
+
+    #[test]
+    fn the_recent_removals_are_bounded() {
+        let mut s = Store::default();
+        let mut index = 0;
+        for i in 0..(RECENT_REMOVALS + 5) {
+            index += 1;
+            apply(&mut s, index, 1, put("web", &format!("i{i}"), None));
+            index += 1;
+            apply(&mut s, index, 1, Cmd::DeleteInstance { service: "web".into(), instance: format!("i{i}") });
+        }
+        assert_eq!(s.removals().len(), RECENT_REMOVALS);
+        assert_eq!(s.removals().front().unwrap().instance, "i5", "the oldest go first");
+    }
 }
 
 #[cfg(test)]
@@ -420,7 +503,7 @@ mod request_tests {
     use super::*;
 
     fn grant(id: Option<&str>) -> Proposal {
-        Proposal { cmd: Cmd::GrantLease { ttl_ms: 3000, owner: None }, request_id: id.map(str::to_string) }
+        Proposal::new(Cmd::GrantLease { ttl_ms: 3000, owner: None }, id.map(str::to_string))
     }
 
     #[test]
@@ -441,7 +524,7 @@ mod request_tests {
     fn a_retried_revoke_answers_ok_not_lease_not_found() {
         let mut s = Store::default();
         s.apply(1, 1, &grant(None));
-        let revoke = Proposal { cmd: Cmd::RevokeLease { lease_id: 1 }, request_id: Some("c1:7".into()) };
+        let revoke = Proposal::new(Cmd::RevokeLease { lease_id: 1 }, Some("c1:7".into()));
         assert_eq!(s.apply(2, 1, &revoke).0, Resp::Ok { revision: 2 });
         assert_eq!(s.apply(3, 1, &revoke).0, Resp::Ok { revision: 2 });
     }
@@ -450,10 +533,10 @@ mod request_tests {
     fn the_window_forgets_the_oldest_ids() {
         let mut s = Store::default();
         for i in 0..REQUEST_WINDOW as u64 + 10 {
-            s.apply(i + 1, 1, &Proposal { cmd: Cmd::DeleteInstance { service: "w".into(), instance: "x".into() }, request_id: Some(format!("c:{i}")) });
+            s.apply(i + 1, 1, &Proposal::new(Cmd::DeleteInstance { service: "w".into(), instance: "x".into() }, Some(format!("c:{i}"))));
         }
         assert_eq!(s.requests.len(), REQUEST_WINDOW);
-        let key = |i: usize| Proposal { cmd: Cmd::DeleteInstance { service: "w".into(), instance: "x".into() }, request_id: Some(format!("c:{i}")) };
+        let key = |i: usize| Proposal::new(Cmd::DeleteInstance { service: "w".into(), instance: "x".into() }, Some(format!("c:{i}")));
         assert!(s.requests.replay(&key(0)).is_none());
         assert!(s.requests.replay(&key(REQUEST_WINDOW + 9)).is_some());
     }
@@ -463,7 +546,7 @@ mod request_tests {
     #[test]
     fn a_retry_through_another_node_is_a_retry_whatever_address_that_node_saw() {
         let mut s = Store::default();
-        let from = |owner: &str| Proposal { cmd: Cmd::GrantLease { ttl_ms: 3000, owner: Some(owner.into()) }, request_id: Some("k".into()) };
+        let from = |owner: &str| Proposal::new(Cmd::GrantLease { ttl_ms: 3000, owner: Some(owner.into()) }, Some("k".into()));
         let (first, _) = s.apply(1, 1, &from("10.0.0.7"));
         assert_eq!(s.apply(2, 1, &from("127.0.0.1")).0, first);
         assert_eq!(s.leases.len(), 1);
@@ -473,7 +556,7 @@ mod request_tests {
     fn a_key_reused_for_another_command_applies_nothing() {
         let mut s = Store::default();
         s.apply(1, 1, &grant(Some("k")));
-        let other = Proposal { cmd: Cmd::GrantLease { ttl_ms: 9000, owner: None }, request_id: Some("k".into()) };
+        let other = Proposal::new(Cmd::GrantLease { ttl_ms: 9000, owner: None }, Some("k".into()));
         assert_eq!(s.apply(2, 1, &other).0, Resp::KeyReused { request_id: "k".into() });
         assert_eq!(s.leases.len(), 1);
     }

@@ -130,7 +130,7 @@ mod tests {
     use super::*;
 
     fn del(rev: Revision, service: &str) -> WatchEvent {
-        WatchEvent::Delete { revision: rev, service: service.into(), instance: format!("i{rev}") }
+        WatchEvent::Delete { revision: rev, service: service.into(), instance: format!("i{rev}"), cause: None }
     }
 
     #[test]

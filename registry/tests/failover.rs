@@ -99,6 +99,12 @@ async fn holder_and_leader_die(leader_dies_after: Duration, not_before: Duration
     eprintln!("leader cut {leader_dies_after:?} after the last renewal; new leader after {elected:?}; lease gone {gone:?} after the last renewal was sent");
     assert!(gone >= not_before, "expired {gone:?} after its last renewal, before {not_before:?}");
     assert!(gone <= TTL + Duration::from_millis(500), "expired {gone:?} after its last renewal; the bound is TTL + 500 ms");
+    // The operator can tell why it went: expired, by the new leader's term.
+    let term = c.nodes[&next].node.raft_metrics().current_term;
+    let removals = c.client_for(&[next]).removals(false).await.unwrap().removals;
+    let r = removals.iter().find(|r| r.instance == "a").expect("the removal is listed");
+    assert_eq!(r.cause, proto::RemovalCause::Expired { lease_id: lease, term });
+    assert!(r.at_ms.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

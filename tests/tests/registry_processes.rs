@@ -92,6 +92,16 @@ async fn leader_sigkill_keeps_renewed_instances_and_the_node_rejoins() {
     let gone = stopped.elapsed();
     assert!(gone <= ttl + Duration::from_secs(1), "instances gone {gone:?} after renewals stopped (bound TTL + 1 s)");
     eprintln!("all 100 instances gone {gone:?} after renewals stopped (TTL {ttl:?})");
+    // And the operator can see why: `registry ls --removed`.
+    let urls = cluster.urls().join(",");
+    let (code, out, err) = registry_cli(&["ls", "--removed", "--service", "web-servers", "--registry", &urls, "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let removed: Vec<proto::Removal> = serde_json::from_str(&out).unwrap();
+    assert_eq!(removed.len(), 100, "{out}");
+    assert!(removed.iter().all(|r| matches!(r.cause, proto::RemovalCause::Expired { .. }) && r.at_ms.is_some()), "{out}");
+    let (code, out, err) = registry_cli(&["ls", "--removed", "--registry", &urls]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().next().is_some_and(|h| h.contains("CAUSE")) && out.contains("expired (lease "), "{out}");
 
     // Restart the killed node: it catches up and status shows three healthy members.
     cluster.nodes[leader].start();

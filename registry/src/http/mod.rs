@@ -40,6 +40,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/leases/{id}", delete(leases::revoke));
     let services = Router::new()
         .route("/v1/services", get(services::list))
+        .route("/v1/removals", get(services::removals))
         .route("/v1/services/{service}", get(services::get))
         .route("/v1/services/{service}/instances/{instance}", put(services::put_instance).delete(services::delete_instance));
     let cluster = Router::new()

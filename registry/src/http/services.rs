@@ -1,4 +1,4 @@
-//! `/v1/services`: reads (linearizable, stale, blocking) and instance writes.
+//! `/v1/services` and `/v1/removals`: reads (linearizable, stale, blocking) and instance writes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use proto::{InstanceSpec, ServiceInstances, ServiceList, WriteResult};
+use proto::{InstanceSpec, RemovalList, ServiceInstances, ServiceList, WriteResult};
 use serde::Deserialize;
 
 use super::extract::{JsonBody, QueryOf, RequestIdHeader};
@@ -45,6 +45,11 @@ fn staleness_headers(s: Staleness) -> HeaderMap {
 
 pub async fn list(State(node): State<Arc<Node>>, QueryOf(q): QueryOf<ReadQuery>) -> Result<(HeaderMap, Json<ServiceList>), ApiError> {
     let (list, s) = node.services(q.options()?).await?;
+    Ok((staleness_headers(s), Json(list)))
+}
+
+pub async fn removals(State(node): State<Arc<Node>>, QueryOf(q): QueryOf<ReadQuery>) -> Result<(HeaderMap, Json<RemovalList>), ApiError> {
+    let (list, s) = node.removals(q.options()?).await?;
     Ok((staleness_headers(s), Json(list)))
 }
 

@@ -497,7 +497,9 @@ impl Node {
     }
 
     /// Proposes a command and waits for it to be applied on this node (the leader).
-    async fn propose(&self, proposal: Proposal) -> Result<Resp, ApiError> {
+    async fn propose(&self, mut proposal: Proposal) -> Result<Resp, ApiError> {
+        // The wall clock goes into the entry (for the removals record), so `apply` reads none.
+        proposal.at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64);
         let write = self.raft.client_write(proposal);
         match tokio::time::timeout(self.config.write_timeout, write).await {
             Err(_) => Err(ApiError::Unavailable("timed out waiting for the write to commit; it may still apply".into())),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use proto::{ServiceInstances, ServiceList, ServiceSummary};
+use proto::{RemovalList, ServiceInstances, ServiceList, ServiceSummary};
 use tokio::time::Instant;
 
 use super::Node;
@@ -78,6 +78,17 @@ impl Node {
         let services =
             d.store.services().iter().map(|(name, m)| ServiceSummary { service: name.clone(), instances: m.len(), index: d.store.index_of(name) }).collect();
         let list = ServiceList { revision: d.store.revision(), index: d.store.last_change(), services };
+        drop(d);
+        Ok((list, self.staleness()))
+    }
+
+    /// The most recent instance removals with their causes, oldest first (a blocking query
+    /// waits for any change).
+    pub async fn removals(&self, opts: ReadOptions) -> Result<(RemovalList, Staleness), ApiError> {
+        self.before_read(&opts).await?;
+        self.wait_for_change(&opts, Store::last_change).await?;
+        let d = self.shared.read();
+        let list = RemovalList { revision: d.store.revision(), removals: d.store.removals().iter().cloned().collect() };
         drop(d);
         Ok((list, self.staleness()))
     }

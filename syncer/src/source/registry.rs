@@ -127,7 +127,7 @@ fn update(services: &[String], event: WatchEvent) -> Option<Discovery> {
         WatchEvent::Put { revision, instance } if services.contains(&instance.service) => {
             Some(Discovery::Put { endpoint: endpoint(&instance), service: instance.service, id: instance.instance, revision })
         }
-        WatchEvent::Delete { revision, service, instance } if services.contains(&service) => Some(Discovery::Delete { service, id: instance, revision }),
+        WatchEvent::Delete { revision, service, instance, .. } if services.contains(&service) => Some(Discovery::Delete { service, id: instance, revision }),
         _ => None,
     }
 }
@@ -167,7 +167,7 @@ mod tests {
         apply(&mut snap, &services, WatchEvent::Put { revision: 4, instance: instance("other", "b", 4) });
         assert_eq!(snap.services.len(), 1);
         assert_eq!(snap.revision, 3, "another service's change does not move the revision");
-        apply(&mut snap, &services, WatchEvent::Delete { revision: 5, service: "web".into(), instance: "a".into() });
+        apply(&mut snap, &services, WatchEvent::Delete { revision: 5, service: "web".into(), instance: "a".into(), cause: None });
         assert!(snap.services["web"].is_empty());
         assert_eq!(snap.revision, 5);
         apply(&mut snap, &services, WatchEvent::Progress { revision: 9 });
@@ -183,7 +183,7 @@ mod tests {
         }
         let mut b = a.clone();
         assert_eq!(differences(&a, &b), 0);
-        apply(&mut b, &services, WatchEvent::Delete { revision: 4, service: "web".into(), instance: "a".into() });
+        apply(&mut b, &services, WatchEvent::Delete { revision: 4, service: "web".into(), instance: "a".into(), cause: None });
         let mut changed = instance("web", "b", 5);
         changed.port = 81;
         apply(&mut b, &services, WatchEvent::Put { revision: 5, instance: changed });
