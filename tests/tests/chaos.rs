@@ -95,7 +95,7 @@ async fn chaos() {
 
     let verdicts = vec![
         validate::no_live_instance_dropped(&record, &log, &hosts, start),
-        validate::nothing_acknowledged_lost(&record, &churn, &converged.0),
+        validate::nothing_acknowledged_lost(&record, &log, &churn, &converged.0),
         validate::dead_instances_removed_in_time(&record, &log, &hosts),
         validate::nodes_converge(&converged.0, converged.1, if code == 0 { healthy } else { 0 }, members),
         validate::success_rate(&record),

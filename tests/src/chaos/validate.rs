@@ -85,13 +85,17 @@ pub fn no_live_instance_dropped(rec: &Record, log: &Log, hosts: &[HostPorts], st
 /// the end unless it was revoked on purpose or its lease went a whole TTL without a successful
 /// keepalive (the client's doing, not the registry's); a lease the registry dropped while it was
 /// being renewed within its TTL is a loss; and no node ends below an acknowledged revision.
-pub fn nothing_acknowledged_lost(rec: &Record, present: &BTreeSet<String>, node_revisions: &[u64]) -> Verdict {
+pub fn nothing_acknowledged_lost(rec: &Record, log: &Log, present: &BTreeSet<String>, node_revisions: &[u64]) -> Verdict {
     use super::workload::CHURN_TTL;
     let dropped_while_renewed: Vec<String> = rec
         .churned
         .iter()
         .filter(|c| c.expired_after.is_some_and(|gap| gap < CHURN_TTL))
-        .map(|c| format!("{} ({:?} after its last renewal)", c.name, c.expired_after.unwrap()))
+        .map(|c| {
+            let (at, answer) = c.expired_answer.clone().unwrap_or((Instant::now(), String::new()));
+            let last_fault = log.events.iter().rev().find(|(t, _)| *t <= at).map(|(t, e)| format!("{e:?} {:?} before", at - *t));
+            format!("{} (lease {}, {:?} after its last renewal; answer {answer:?}; last fault {last_fault:?})", c.name, c.lease, c.expired_after.unwrap())
+        })
         .collect();
     let unrenewed = rec.churned.iter().filter(|c| c.expired_after.is_some_and(|gap| gap >= CHURN_TTL)).count();
     let expected: Vec<&String> = rec.churned.iter().filter(|c| !c.revoked && c.expired_after.is_none()).map(|c| &c.name).collect();

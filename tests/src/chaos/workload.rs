@@ -139,6 +139,8 @@ pub struct Churned {
     pub last_renewed: Instant,
     /// The registry answered 404 to a keepalive: `Some(gap)` since the last successful one.
     pub expired_after: Option<Duration>,
+    /// When the 404 came, and what it said (which node answered, why).
+    pub expired_answer: Option<(Instant, String)>,
     pub revoked: bool,
 }
 
@@ -161,7 +163,10 @@ async fn churn(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<A
                     let mut l = leases.lock().unwrap();
                     match result {
                         Ok(_) => l[i].last_renewed = Instant::now(),
-                        Err(e) if e.is_not_found() && !l[i].revoked => l[i].expired_after = Some(l[i].last_renewed.elapsed()),
+                        Err(e) if e.is_not_found() && !l[i].revoked => {
+                            l[i].expired_after = Some(l[i].last_renewed.elapsed());
+                            l[i].expired_answer = Some((Instant::now(), e.to_string()));
+                        }
                         Err(_) => {}
                     }
                 }
@@ -200,7 +205,7 @@ async fn churn(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<A
             };
             if let Ok(w) = client.put_instance("churn", &name, &spec).await {
                 record.lock().unwrap().acked.push((name.clone(), w.revision, g.lease_id));
-                leases.lock().unwrap().push(Churned { name, lease: g.lease_id, last_renewed: Instant::now(), expired_after: None, revoked: false });
+                leases.lock().unwrap().push(Churned { name, lease: g.lease_id, last_renewed: Instant::now(), expired_after: None, expired_answer: None, revoked: false });
             }
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
