@@ -161,16 +161,66 @@ impl Leadership {
     }
 }
 
+/// Decides whether a metrics publish may be stamped with the time the leadership task sees it.
+///
+/// The stamp stands for "published about now". That is false when the task itself was held up:
+/// a process stopped (SIGSTOP) or starved of CPU sees, when it runs again, whatever was
+/// published before, and stamping it now would make a leader that has been frozen for seconds
+/// look fresh for another lease (and acknowledge renewals while another node leads). So the
+/// task wakes at least every `tick`; after a wake-up much later than that it stamps nothing
+/// until the next publish, which is then certainly recent.
+#[derive(Debug)]
+pub struct StallGuard {
+    tick: Duration,
+    last_wake: Instant,
+    suspect: bool,
+}
+
+impl StallGuard {
+    pub fn new(tick: Duration, now: Instant) -> StallGuard {
+        StallGuard { tick, last_wake: now, suspect: false }
+    }
+
+    /// How often the task must wake.
+    pub fn tick(&self) -> Duration {
+        self.tick
+    }
+
+    /// The task woke at `now`, for a new publish or not; returns whether it may stamp the
+    /// publish it sees now.
+    pub fn woke(&mut self, now: Instant, published: bool) -> bool {
+        let late = now.saturating_duration_since(self.last_wake) > self.tick * 3;
+        self.last_wake = now;
+        if late {
+            // What is in the channel may predate the stall: wait for the next publish.
+            self.suspect = true;
+            return false;
+        }
+        if published && self.suspect {
+            self.suspect = false;
+            return true;
+        }
+        published && !self.suspect
+    }
+}
+
 /// The leadership task: follows every metrics publish, stamps it, counts leader changes, and
 /// promotes or demotes the lease clocks (`Node::align_clocks`). Nothing else starts or stops
 /// them. Ends on `stop`, when Raft stops, or when the node is dropped.
 pub(super) async fn follow(node: super::NodeRef, mut rx: watch::Receiver<RaftMetrics>, mut stop: watch::Receiver<bool>) {
     let mut last_leader = None;
+    let mut guard = match node.upgrade() {
+        Some(n) => StallGuard::new(n.config.heartbeat / 2, Instant::now()),
+        None => return,
+    };
+    let mut published = true;
     loop {
         let m = rx.borrow_and_update().clone();
         let now = Instant::now();
         let Some(node) = node.upgrade() else { return };
-        node.leadership.observe(&m, now);
+        if guard.woke(now, published) {
+            node.leadership.observe(&m, now);
+        }
         if m.current_leader != last_leader {
             if m.current_leader.is_some() {
                 node.metrics.leader_changes.inc();
@@ -181,7 +231,13 @@ pub(super) async fn follow(node: super::NodeRef, mut rx: watch::Receiver<RaftMet
         node.align_clocks(&m, now);
         drop(node);
         tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                published = true;
+            }
+            _ = tokio::time::sleep(guard.tick()) => published = false,
             _ = stop.changed() => return,
         }
     }
@@ -252,6 +308,24 @@ mod tests {
         assert_eq!(l.fresh_term(Instant::now()), Err(NotFresh::Stale), "no publish for 881 ms: the ack is older than the lease");
         l.observe(&metrics(true, 3, Some(10)), Instant::now());
         assert_eq!(l.fresh_term(Instant::now()), Ok(3), "a new publish with a recent ack makes it fresh again");
+    }
+
+    /// A process stopped for a while must not stamp what was published before the stop as new.
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_seen_after_a_stall_is_not_stamped_until_the_next_one() {
+        let tick = Duration::from_millis(25);
+        let mut g = StallGuard::new(tick, Instant::now());
+        tokio::time::advance(tick).await;
+        assert!(g.woke(Instant::now(), true), "a publish seen on time is stamped");
+        tokio::time::advance(tick).await;
+        assert!(!g.woke(Instant::now(), false), "a plain tick stamps nothing");
+        // The process is stopped for 1.5 s; on waking it sees a publish from before the stop.
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert!(!g.woke(Instant::now(), true), "what was published before the stall is not stamped");
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert!(!g.woke(Instant::now(), false));
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert!(g.woke(Instant::now(), true), "the next publish is recent, and stamped");
     }
 
     #[tokio::test(start_paused = true)]

@@ -205,7 +205,14 @@ async fn churn(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<A
             };
             if let Ok(w) = client.put_instance("churn", &name, &spec).await {
                 record.lock().unwrap().acked.push((name.clone(), w.revision, g.lease_id));
-                leases.lock().unwrap().push(Churned { name, lease: g.lease_id, last_renewed: Instant::now(), expired_after: None, expired_answer: None, revoked: false });
+                leases.lock().unwrap().push(Churned {
+                    name,
+                    lease: g.lease_id,
+                    last_renewed: Instant::now(),
+                    expired_after: None,
+                    expired_answer: None,
+                    revoked: false,
+                });
             }
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
