@@ -34,15 +34,24 @@ pub struct LeaseKeeper {
 /// The deadline a new leader gives a lease it inherits, and the renewal time it records.
 ///
 /// - Renewed at `last` (as shared by the previous leader): `last + ttl`, but not before
-///   `now + ttl/3 + settle`. A holder renews every ttl/3; whatever the failover cost, its next
-///   renewal reaches the new leader within ttl/3 of the new leader being ready, plus `settle`
-///   for followers to learn the new leader and forward.
+///   `now + min(ttl, ttl/3 + settle)`. A holder renews every ttl/3; whatever the failover cost,
+///   its next renewal reaches the new leader within ttl/3 of the new leader being ready, plus
+///   `settle`: a renewal stuck on the dead leader until the client's keepalive timeout, then
+///   the time for followers to learn the new leader and forward.
 /// - Nothing known (granted in the last moments before the change): a full `ttl` from now.
 pub fn inherited(ttl: Duration, last: Option<Instant>, now: Instant, settle: Duration) -> (Instant, Instant) {
     match last {
-        Some(t) => ((t + ttl).max(now + ttl / 3 + settle), t.min(now)),
+        Some(t) => ((t + ttl).max(now + ttl.min(ttl / 3 + settle)), t.min(now)),
         None => (now + ttl, now),
     }
+}
+
+/// `settle` for `inherited`: a keepalive the client sent to the dead leader hangs until the
+/// client's keepalive timeout (1 s, `client::Client::keepalive`), then it goes through a
+/// follower that must know the new leader (a heartbeat) and forward, twice the election
+/// timeout being a generous bound for both.
+pub fn settle(election_timeout_max: Duration) -> Duration {
+    Duration::from_secs(1) + 2 * election_timeout_max
 }
 
 /// On a follower: when each lease was last renewed, as its leaders shared it. Times are this
@@ -247,7 +256,7 @@ mod tests {
         assert_eq!(k.expired(Instant::now()), vec![1]);
     }
 
-    const SETTLE: Duration = Duration::from_millis(300);
+    const SETTLE: Duration = Duration::from_millis(1600);
 
     #[tokio::test(start_paused = true)]
     async fn a_new_term_without_shared_renewals_restarts_every_clock() {
@@ -317,7 +326,9 @@ mod tests {
         let ttl = Duration::from_secs(3);
         assert_eq!(inherited(ttl, None, later, SETTLE), (later + ttl, later), "nothing known: a full TTL");
         let (deadline, renewed) = inherited(ttl, Some(now), later, SETTLE);
-        assert_eq!((deadline, renewed), (later + Duration::from_millis(1300), now), "a long failover: TTL/3 + settle from now");
+        assert_eq!((deadline, renewed), (later + Duration::from_millis(2600), now), "a long failover: TTL/3 + settle from now");
+        let short = Duration::from_secs(1);
+        assert_eq!(inherited(short, Some(now), later, SETTLE).0, later + short, "never more than a full TTL");
         let recent = later - Duration::from_millis(100);
         assert_eq!(inherited(ttl, Some(recent), later, SETTLE).0, recent + ttl, "a short one: TTL from the last renewal");
     }

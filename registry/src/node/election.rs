@@ -15,8 +15,8 @@
 //!   the node does not campaign, so its term stays where it is. A node cut off from the
 //!   majority, or just restarted while the leader is healthy, therefore never raises the term
 //!   and never makes a healthy leader step down when it comes back.
-//! - A voter that says yes to someone holds back its own campaign for one round, so two
-//!   survivors rarely split the vote.
+//! - A voter that says yes to a candidate holds back its own campaign for one round (once per
+//!   candidate and term), so two survivors rarely split the vote.
 //!
 //! The pre-vote is advisory: the vote itself is still openraft's, with its own checks.
 
@@ -62,6 +62,8 @@ pub struct Election {
     /// Random spread added to each wait, so survivors do not campaign at the same moment.
     spread: Duration,
     state: Mutex<ElectionState>,
+    /// The last candidate and term this node granted a pre-vote to.
+    granted: Mutex<Option<(NodeId, u64)>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +88,8 @@ enum Round {
 impl Election {
     pub fn new(election_timeout: (Duration, Duration), now: Instant) -> Election {
         let spread = election_timeout.1.saturating_sub(election_timeout.0);
-        Election { lease: election_timeout.1, spread, state: Mutex::new(ElectionState { quiet_since: now, jitter: random_upto(spread), not_before: None }) }
+        let state = Mutex::new(ElectionState { quiet_since: now, jitter: random_upto(spread), not_before: None });
+        Election { lease: election_timeout.1, spread, state, granted: Mutex::new(None) }
     }
 
     /// Something happened that says a leader is alive (or a candidate is being helped): the
@@ -104,6 +107,14 @@ impl Election {
         let since = contact.map_or(s.quiet_since, |c| c.max(s.quiet_since));
         let due = since + self.lease + s.jitter;
         s.not_before.map_or(due, |n| n.max(due))
+    }
+
+    /// Whether this is the first pre-vote granted to `candidate` for `term`.
+    fn first_grant(&self, candidate: NodeId, term: u64) -> bool {
+        let mut last = self.granted.lock().unwrap();
+        let first = *last != Some((candidate, term));
+        *last = Some((candidate, term));
+        first
     }
 
     fn retry_at(&self, at: Instant) {
@@ -154,7 +165,12 @@ impl super::Node {
         if req.last_log_id < mine {
             return refuse(format!("the candidate's log ends at {:?}, this node's at {mine:?}", req.last_log_id), None);
         }
-        self.election.restart(now);
+        // Hold back this node's own campaign once per candidate and term, so two survivors do
+        // not split the vote; not on every repeat, or a candidate that cannot win (it reaches
+        // too few voters) would keep this node from ever campaigning.
+        if self.election.first_grant(req.candidate, req.term) {
+            self.election.restart(now);
+        }
         tracing::info!(candidate = req.candidate, term = req.term, "pre-vote granted");
         PreVoteResponse { granted: true, retry_after_ms: None, reason: "ok".into() }
     }

@@ -80,6 +80,21 @@ impl Leadership {
         *self.seen.lock().unwrap() = Some(Seen { at: now, leader, term: m.current_term, quorum_ack_ms: m.millis_since_quorum_ack });
     }
 
+    /// Records a publish that may be old (seen after a stall): who leads and in what term
+    /// count at once, but the quorum ack it shows gets no new stamp; in another term it counts
+    /// as no ack at all.
+    pub fn observe_unstamped(&self, m: &RaftMetrics) {
+        let leader = m.state == ServerState::Leader && m.current_leader == Some(self.id);
+        let mut seen = self.seen.lock().unwrap();
+        if let Some(s) = seen.as_mut() {
+            if s.term != m.current_term {
+                s.quorum_ack_ms = None;
+            }
+            s.leader = leader;
+            s.term = m.current_term;
+        }
+    }
+
     /// A leader's append reached this node.
     pub fn note_contact(&self, now: Instant) {
         *self.contact.lock().unwrap() = Some(now);
@@ -220,6 +235,8 @@ pub(super) async fn follow(node: super::NodeRef, mut rx: watch::Receiver<RaftMet
         let Some(node) = node.upgrade() else { return };
         if guard.woke(now, published) {
             node.leadership.observe(&m, now);
+        } else {
+            node.leadership.observe_unstamped(&m);
         }
         if m.current_leader != last_leader {
             if m.current_leader.is_some() {

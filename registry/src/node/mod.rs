@@ -548,7 +548,7 @@ impl Node {
         if leader && applied_own_term {
             if k.term() != Some(m.current_term) {
                 let known = self.renewals.lock().unwrap();
-                k.start_term(m.current_term, d.store.leases().values(), &known, now, self.config.election_timeout.1);
+                k.start_term(m.current_term, d.store.leases().values(), &known, now, crate::lease::settle(self.config.election_timeout.1));
                 let inherited = d.store.leases().keys().filter(|id| known.get(**id).is_some()).count();
                 drop(known);
                 tracing::info!(term = m.current_term, leases = k.len(), inherited, "leader: started the lease clocks from the renewals it was told of");
