@@ -80,21 +80,6 @@ impl Leadership {
         *self.seen.lock().unwrap() = Some(Seen { at: now, leader, term: m.current_term, quorum_ack_ms: m.millis_since_quorum_ack });
     }
 
-    /// Records a publish that may be old (seen after a stall): who leads and in what term
-    /// count at once, but the quorum ack it shows gets no new stamp; in another term it counts
-    /// as no ack at all.
-    pub fn observe_unstamped(&self, m: &RaftMetrics) {
-        let leader = m.state == ServerState::Leader && m.current_leader == Some(self.id);
-        let mut seen = self.seen.lock().unwrap();
-        if let Some(s) = seen.as_mut() {
-            if s.term != m.current_term {
-                s.quorum_ack_ms = None;
-            }
-            s.leader = leader;
-            s.term = m.current_term;
-        }
-    }
-
     /// A leader's append reached this node.
     pub fn note_contact(&self, now: Instant) {
         *self.contact.lock().unwrap() = Some(now);
@@ -157,6 +142,12 @@ impl Leadership {
         recent(&self.contact) && recent(&self.confirmed)
     }
 
+    /// Whether a leader's append reached this node within an election timeout: its leader is
+    /// worth forwarding to.
+    pub fn leader_heard(&self, now: Instant) -> bool {
+        self.since_contact(now).is_some_and(|d| d <= self.follower_trust)
+    }
+
     /// When a leader's append last reached this node.
     pub fn last_contact(&self) -> Option<Instant> {
         *self.contact.lock().unwrap()
@@ -176,24 +167,25 @@ impl Leadership {
     }
 }
 
-/// Decides whether a metrics publish may be stamped with the time the leadership task sees it.
+/// Decides the time a metrics publish is stamped with: when it may have been published at the
+/// earliest.
 ///
-/// The stamp stands for "published about now". That is false when the task itself was held up:
-/// a process stopped (SIGSTOP) or starved of CPU sees, when it runs again, whatever was
-/// published before, and stamping it now would make a leader that has been frozen for seconds
-/// look fresh for another lease (and acknowledge renewals while another node leads). So the
-/// task wakes at least every `tick`; after a wake-up much later than that it stamps nothing
-/// until the next publish, which is then certainly recent.
+/// The task consumes the channel every time it wakes, so a publish it sees now came after its
+/// previous wake-up; it is stamped with that wake-up, never with "now". A process stopped
+/// (SIGSTOP) or starved of CPU for seconds therefore sees, when it runs again, a publish
+/// stamped seconds ago: a leader that was frozen does not look fresh for another lease (and
+/// acknowledge renewals while another node leads). The task wakes at least every `tick`, so
+/// a running task understates freshness by at most one tick, and no threshold has to guess
+/// how late a wake-up must be to count as a stall.
 #[derive(Debug)]
 pub struct StallGuard {
     tick: Duration,
     last_wake: Instant,
-    suspect: bool,
 }
 
 impl StallGuard {
     pub fn new(tick: Duration, now: Instant) -> StallGuard {
-        StallGuard { tick, last_wake: now, suspect: false }
+        StallGuard { tick, last_wake: now }
     }
 
     /// How often the task must wake.
@@ -201,21 +193,9 @@ impl StallGuard {
         self.tick
     }
 
-    /// The task woke at `now`, for a new publish or not; returns whether it may stamp the
-    /// publish it sees now.
-    pub fn woke(&mut self, now: Instant, published: bool) -> bool {
-        let late = now.saturating_duration_since(self.last_wake) > self.tick * 3;
-        self.last_wake = now;
-        if late {
-            // What is in the channel may predate the stall: wait for the next publish.
-            self.suspect = true;
-            return false;
-        }
-        if published && self.suspect {
-            self.suspect = false;
-            return true;
-        }
-        published && !self.suspect
+    /// The task woke at `now`; returns the stamp for what it sees in the channel now.
+    pub fn woke(&mut self, now: Instant) -> Instant {
+        std::mem::replace(&mut self.last_wake, now)
     }
 }
 
@@ -232,11 +212,10 @@ pub(super) async fn follow(node: super::NodeRef, mut rx: watch::Receiver<RaftMet
     loop {
         let m = rx.borrow_and_update().clone();
         let now = Instant::now();
+        let stamp = guard.woke(now);
         let Some(node) = node.upgrade() else { return };
-        if guard.woke(now, published) {
-            node.leadership.observe(&m, now);
-        } else {
-            node.leadership.observe_unstamped(&m);
+        if published {
+            node.leadership.observe(&m, stamp);
         }
         if m.current_leader != last_leader {
             if m.current_leader.is_some() {
@@ -254,7 +233,7 @@ pub(super) async fn follow(node: super::NodeRef, mut rx: watch::Receiver<RaftMet
                 }
                 published = true;
             }
-            _ = tokio::time::sleep(guard.tick()) => published = false,
+            _ = tokio::time::sleep(guard.tick()) => published = rx.has_changed().unwrap_or(false),
             _ = stop.changed() => return,
         }
     }
@@ -329,20 +308,22 @@ mod tests {
 
     /// A process stopped for a while must not stamp what was published before the stop as new.
     #[tokio::test(start_paused = true)]
-    async fn a_publish_seen_after_a_stall_is_not_stamped_until_the_next_one() {
-        let tick = Duration::from_millis(25);
+    async fn a_publish_seen_after_a_stall_is_stamped_before_the_stall() {
+        let l = leadership();
+        let tick = Duration::from_millis(50);
         let mut g = StallGuard::new(tick, Instant::now());
         tokio::time::advance(tick).await;
-        assert!(g.woke(Instant::now(), true), "a publish seen on time is stamped");
-        tokio::time::advance(tick).await;
-        assert!(!g.woke(Instant::now(), false), "a plain tick stamps nothing");
+        l.observe(&metrics(true, 3, Some(10)), g.woke(Instant::now()));
+        assert_eq!(l.fresh_term(Instant::now()), Ok(3), "a publish seen on time is fresh");
         // The process is stopped for 1.5 s; on waking it sees a publish from before the stop.
         tokio::time::advance(Duration::from_millis(1500)).await;
-        assert!(!g.woke(Instant::now(), true), "what was published before the stall is not stamped");
+        let stamp = g.woke(Instant::now());
+        assert_eq!(Instant::now() - stamp, Duration::from_millis(1500), "stamped at the wake-up before the stall");
+        l.observe(&metrics(true, 3, Some(10)), stamp);
+        assert_eq!(l.fresh_term(Instant::now()), Err(NotFresh::Stale), "what was published before the stall does not make it fresh");
         tokio::time::advance(Duration::from_millis(5)).await;
-        assert!(!g.woke(Instant::now(), false));
-        tokio::time::advance(Duration::from_millis(5)).await;
-        assert!(g.woke(Instant::now(), true), "the next publish is recent, and stamped");
+        l.observe(&metrics(true, 3, Some(10)), g.woke(Instant::now()));
+        assert_eq!(l.fresh_term(Instant::now()), Ok(3), "the next publish is recent, and fresh again");
     }
 
     #[tokio::test(start_paused = true)]
@@ -356,6 +337,19 @@ mod tests {
         assert_eq!(l.ready_term(Instant::now()), Ok(4));
         l.observe(&metrics(false, 5, None), Instant::now());
         assert_eq!(l.ready_term(Instant::now()), Err(NotFresh::NotLeader));
+    }
+
+    /// A follower forwards to its leader only while it hears from it: a dead leader stays
+    /// openraft's `current_leader` until someone else wins.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_leader_is_not_worth_forwarding_to() {
+        let l = leadership();
+        assert!(!l.leader_heard(Instant::now()), "never heard");
+        l.note_contact(Instant::now());
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        assert!(l.leader_heard(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!l.leader_heard(Instant::now()), "silent for longer than an election timeout");
     }
 
     #[tokio::test(start_paused = true)]

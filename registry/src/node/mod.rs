@@ -388,9 +388,13 @@ impl Node {
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
+    /// "Not the leader": naming the leader (so the request is forwarded to it) only while it
+    /// was heard from within an election timeout. A dead or frozen leader stays openraft's
+    /// `current_leader` until someone else wins; forwarding to it would hold the client until
+    /// its own timeout, where `no_leader` sends it on to another node at once.
     pub fn not_leader(&self) -> ApiError {
         match self.leader() {
-            Some((id, addr)) if id != self.id => ApiError::NotLeader(Some((id, addr))),
+            Some((id, addr)) if id != self.id && self.leadership.leader_heard(Instant::now()) => ApiError::NotLeader(Some((id, addr))),
             _ => ApiError::NoLeader,
         }
     }

@@ -109,6 +109,12 @@ impl Node {
             // A deadline the expiry loop does not know yet.
             self.expiry_wake.notify_one();
         }
+        // Still a fresh leader of the same term as the renewal is acknowledged: this task may
+        // have been held up since `ready` (a stopped or starved process), and a renewal this
+        // node acknowledges while another leads is one the new leader may not know of.
+        if self.leadership.ready_term(Instant::now()) != Ok(term) {
+            return Err(ApiError::Unavailable("leadership changed during the keepalive; retry".into()));
+        }
         self.metrics.keepalives.inc();
         Ok(KeepaliveResponse { lease_id, ttl_ms: ttl.as_millis() as u64 })
     }
