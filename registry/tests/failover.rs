@@ -157,7 +157,10 @@ async fn a_partitioned_old_leaders_renewals_do_not_count() {
     // Healed, the old leader follows; it neither revives the lease nor changes the leader.
     c.faults.heal();
     assert_eq!(c.wait_leader(None).await, next);
-    assert!(c.nodes[&old].node.read_store(|s| s.lease(lease).is_none()));
+    // Current again is not caught up yet: wait until it applied what the leader has.
+    let target = c.applied(next);
+    wait_until(Duration::from_secs(5), "the old leader to catch up", || async { (c.applied(old) >= target).then_some(()) }).await;
+    assert!(c.nodes[&old].node.read_store(|s| s.lease(lease).is_none()), "the healed old leader still holds the expired lease");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
