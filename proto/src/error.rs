@@ -26,6 +26,10 @@ pub enum ErrorCode {
     /// No leader, or not the leader after one forward: nothing ran, always safe to retry.
     NoLeader,
     Unavailable,
+    /// 401: credentials are needed and none came.
+    Unauthenticated,
+    /// 403: the credentials do not allow this.
+    Forbidden,
     Internal,
     /// A code from a newer registry, or an answer that was not the API's error body.
     #[serde(other)]
@@ -44,6 +48,8 @@ impl ErrorCode {
             ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::NoLeader => "no_leader",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
@@ -62,7 +68,14 @@ mod tests {
 
     #[test]
     fn codes_are_their_snake_case_names_and_unknown_ones_are_tolerated() {
-        for c in [ErrorCode::InvalidArgument, ErrorCode::NoLeader, ErrorCode::IdempotencyKeyReused, ErrorCode::ResourceExhausted] {
+        for c in [
+            ErrorCode::InvalidArgument,
+            ErrorCode::NoLeader,
+            ErrorCode::IdempotencyKeyReused,
+            ErrorCode::ResourceExhausted,
+            ErrorCode::Unauthenticated,
+            ErrorCode::Forbidden,
+        ] {
             assert_eq!(serde_json::to_value(c).unwrap(), serde_json::Value::String(c.as_str().into()));
         }
         let b: ErrorBody = serde_json::from_str(r#"{"code":"quota_exceeded","message":"x"}"#).unwrap();

@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::node::NodeConfig;
+use crate::peer_auth::{ClusterSecret, PeerAuth};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -50,10 +51,10 @@ pub struct ServeArgs {
     /// Leader heartbeat interval [default: 50ms].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub heartbeat: Option<Duration>,
-    /// Shortest election timeout; less one heartbeat, how long a leader acts on its last quorum ack [default: 200ms].
+    /// Shortest election timeout; the spread up to the longest is the random part of a follower's wait [default: 200ms].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub election_timeout_min: Option<Duration>,
-    /// Longest election timeout; also how long a voter refuses votes after hearing a leader, the floor of a failover [default: 300ms].
+    /// Longest election timeout: how long a voter refuses votes after hearing a leader (the floor of a failover); less one heartbeat, how long a leader acts on its last quorum ack [default: 300ms].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub election_timeout_max: Option<Duration>,
     /// Shortest lease TTL a client may ask for [default: 1s].
@@ -86,6 +87,17 @@ pub struct ServeArgs {
     /// promoted once caught up. Ignored when the data directory already holds a log.
     #[arg(long, env = "REGISTRY_JOIN")]
     pub join: bool,
+    /// File holding the cluster's shared secret (at least 22 visible characters, e.g.
+    /// `head -c 32 /dev/urandom | base64`); every node must have the same one. Peer RPC and
+    /// forwarded requests without it are refused. Sent in plain text unless TLS is on: see
+    /// docs/security.md.
+    #[arg(long, env = "REGISTRY_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Run without peer authentication: anyone who can reach this port can force elections,
+    /// write the log and replace the store. For a laptop, never for a shared network; a warning
+    /// is logged every minute.
+    #[arg(long, env = "REGISTRY_INSECURE")]
+    pub insecure: bool,
     /// Test only: while this file exists, every flush of the Raft log hangs, as on a stalled
     /// volume. The chaos test's disk-stall fault.
     #[arg(long, hide = true)]
@@ -119,6 +131,8 @@ pub struct FileConfig {
     max_watches: Option<usize>,
     max_blocking_queries: Option<usize>,
     max_leases_per_client: Option<u64>,
+    cluster_secret_file: Option<PathBuf>,
+    insecure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,6 +319,29 @@ impl ServeArgs {
                 errors.push(format!("{name}: must be at least 1"));
             }
         }
+        let insecure = self.insecure || file.insecure.unwrap_or(false);
+        let peer_auth = match (self.cluster_secret_file.or(file.cluster_secret_file), insecure) {
+            (Some(_), true) => {
+                errors.push("cluster-secret-file and insecure: give one or the other".to_string());
+                None
+            }
+            (Some(path), false) => match ClusterSecret::from_file(&path) {
+                Ok(s) => Some(PeerAuth::Secret(s)),
+                Err(e) => {
+                    errors.push(format!("cluster-secret-file: {e}"));
+                    None
+                }
+            },
+            (None, true) => Some(PeerAuth::Insecure),
+            (None, false) => {
+                errors.push(
+                    "peer authentication: give --cluster-secret-file FILE (the same secret on every node; create one with \
+                     `head -c 32 /dev/urandom | base64 > FILE`), or --insecure to let anyone who reaches this port act as a peer"
+                        .to_string(),
+                );
+                None
+            }
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -317,6 +354,7 @@ impl ServeArgs {
         node.snapshot_every = snapshot_every;
         node.join = self.join;
         node.limits = limits;
+        node.peer_auth = peer_auth.unwrap();
         Ok(Serve {
             listen: listen.unwrap(),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
@@ -354,7 +392,8 @@ mod tests {
 
     #[test]
     fn election_timeouts_keep_a_margin_over_the_heartbeat() {
-        let base = || ServeArgs { id: Some(1), listen: Some("127.0.0.1:1".parse().unwrap()), data_dir: Some("/tmp/x".into()), ..Default::default() };
+        let base =
+            || ServeArgs { id: Some(1), listen: Some("127.0.0.1:1".parse().unwrap()), data_dir: Some("/tmp/x".into()), insecure: true, ..Default::default() };
         let ok = ServeArgs {
             heartbeat: Some(Duration::from_millis(25)),
             election_timeout_min: Some(Duration::from_millis(100)),
@@ -383,11 +422,28 @@ mod tests {
             "id = 2\nlisten = \"127.0.0.1:7002\"\ndata_dir = \"/tmp/x\"\nheartbeat = \"40ms\"\n[peers]\n1 = \"127.0.0.1:7001\"\n2 = \"127.0.0.1:7002\"\n",
         )
         .unwrap();
-        let args = ServeArgs { config: Some(path), id: Some(2), ..Default::default() };
+        let args = ServeArgs { config: Some(path), id: Some(2), insecure: true, ..Default::default() };
         let s = args.resolve().unwrap();
         assert_eq!(s.node.heartbeat, Duration::from_millis(40));
         assert_eq!(s.node.advertise, "127.0.0.1:7002");
         assert_eq!(s.node.peers.len(), 2);
+    }
+
+    #[test]
+    fn a_node_needs_peer_credentials_or_an_explicit_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = || ServeArgs { id: Some(1), listen: Some("127.0.0.1:1".parse().unwrap()), data_dir: Some("/tmp/x".into()), ..Default::default() };
+        let e = base().resolve().unwrap_err();
+        assert!(e.len() == 1 && e[0].starts_with("peer authentication:") && e[0].contains("--insecure"), "{e:?}");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "bm90LWEtcmVhbC1zZWNyZXQtYnV0LWxvbmctZW5vdWdo\n").unwrap();
+        let s = ServeArgs { cluster_secret_file: Some(secret.clone()), ..base() }.resolve().unwrap();
+        assert!(matches!(s.node.peer_auth, PeerAuth::Secret(_)));
+        let e = ServeArgs { cluster_secret_file: Some(secret), insecure: true, ..base() }.resolve().unwrap_err();
+        assert!(e[0].contains("one or the other"), "{e:?}");
+        let e = ServeArgs { cluster_secret_file: Some(dir.path().join("missing")), ..base() }.resolve().unwrap_err();
+        assert!(e[0].starts_with("cluster-secret-file:"), "{e:?}");
+        assert!(matches!(ServeArgs { insecure: true, ..base() }.resolve().unwrap().node.peer_auth, PeerAuth::Insecure));
     }
 
     #[test]

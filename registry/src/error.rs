@@ -27,6 +27,12 @@ pub enum ApiError {
     /// An idempotency key reused for a different request.
     #[error("{0}")]
     KeyReused(String),
+    /// No credentials, where they are needed.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Credentials that do not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -48,6 +54,8 @@ impl ApiError {
             ApiError::Unavailable(_) => C::Unavailable,
             ApiError::KeyReused(_) => C::IdempotencyKeyReused,
             ApiError::TooMany(_) => C::ResourceExhausted,
+            ApiError::Unauthenticated(_) => C::Unauthenticated,
+            ApiError::Forbidden(_) => C::Forbidden,
             ApiError::Internal(_) => C::Internal,
         }
     }

@@ -10,6 +10,7 @@ pub mod lease;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod peer_auth;
 pub mod server;
 pub mod state_machine;
 pub mod storage;

@@ -3,12 +3,22 @@
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// The label of `registry_auth_denied_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Default)]
 pub struct Metrics {
+    /// Requests refused for missing or wrong credentials, by reason.
+    pub auth_denied: Family<DeniedLabels, Counter>,
     pub keepalives: Counter,
     pub lease_expiries: Counter,
     pub expiry_refused: Counter,
@@ -29,6 +39,7 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut r = Registry::with_prefix("registry");
+        r.register("auth_denied", "Requests refused for missing or wrong credentials, by reason", self.auth_denied.clone());
         r.register("keepalives", "Lease keepalives accepted by this node as leader", self.keepalives.clone());
         r.register("lease_expiries", "Leases expired by this node as leader", self.lease_expiries.clone());
         r.register("lease_expiry_refused", "Expiry attempts abandoned because leadership could not be confirmed with a quorum", self.expiry_refused.clone());

@@ -35,6 +35,9 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
     if let Some(f) = &serve.fault_disk_stall_file {
         tracing::warn!(file = %f.display(), "test fault hook enabled: the Raft log stalls while this file exists");
     }
+    if matches!(config.peer_auth, crate::peer_auth::PeerAuth::Insecure) {
+        tokio::spawn(warn_insecure());
+    }
     let (node, http) = start(listener, config, Faults::from_stall_file(serve.fault_disk_stall_file)).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut metrics = node.watch_metrics();
@@ -61,4 +64,15 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
     http.abort();
     node.shutdown().await;
     Ok(())
+}
+
+/// `--insecure`: said at startup and every minute, so it is not lost in old logs.
+async fn warn_insecure() {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        tracing::warn!(
+            "running with --insecure: peer RPC is not authenticated; anyone who can reach this port can force elections, write the log and replace the store"
+        );
+    }
 }

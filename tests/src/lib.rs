@@ -114,6 +114,18 @@ impl Drop for Proc {
     }
 }
 
+/// Writes a fresh random cluster secret (`registry serve --cluster-secret-file`) into `dir`,
+/// readable by its owner only, and returns its path.
+pub fn write_cluster_secret(dir: &Path) -> PathBuf {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("cluster-secret");
+    let bytes: [u8; 32] = rand::random();
+    std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode(bytes) + "\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
 /// A registry cluster of real `registry serve` processes.
 pub struct RegistryCluster {
     pub nodes: Vec<Proc>,
@@ -132,6 +144,7 @@ impl RegistryCluster {
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let bin = binary("registry");
+        let secret = write_cluster_secret(dir.path()).display().to_string();
         let nodes = addrs
             .iter()
             .enumerate()
@@ -146,6 +159,8 @@ impl RegistryCluster {
                     dir.path().join(format!("data{}", i + 1)).display().to_string(),
                     "--peers".into(),
                     peers.clone(),
+                    "--cluster-secret-file".into(),
+                    secret.clone(),
                 ];
                 args.extend(extra.iter().map(|s| s.to_string()));
                 Proc::spawn(&format!("registry-{}", i + 1), &bin, &args, dir.path())

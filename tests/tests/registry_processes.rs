@@ -166,9 +166,22 @@ async fn ls_shows_lease_timings_and_json() {
 fn bad_serve_config_names_every_field_and_exits_2() {
     let (code, _, err) = registry_cli(&["serve", "--peers", "1=nohost,x=127.0.0.1:1", "--heartbeat", "2s"]);
     assert_eq!(code, 2, "{err}");
-    for field in ["id:", "listen:", "data-dir:", "peers:", "heartbeat:"] {
+    for field in ["id:", "listen:", "data-dir:", "peers:", "heartbeat:", "peer authentication:"] {
         assert!(err.contains(field), "{field} not named in: {err}");
     }
+}
+
+/// Without a cluster secret (or TLS, later) a node would take peer RPC from anyone: it does
+/// not start unless told `--insecure`, and says how to fix it.
+#[test]
+fn a_node_without_peer_credentials_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", e2e::free_port());
+    let data = dir.path().join("data");
+    let (code, _, err) = registry_cli(&["serve", "--id", "1", "--listen", &addr, "--data-dir", data.to_str().unwrap(), "--peers", &format!("1={addr}")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--cluster-secret-file") && err.contains("--insecure"), "the refusal does not say what to do: {err}");
+    assert!(!data.exists(), "it touched the data directory before refusing");
 }
 
 #[test]

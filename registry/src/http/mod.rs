@@ -2,8 +2,8 @@
 //! RPC, all on one address. Handlers are thin: they extract, call one `Node` method, and return
 //! its `Result`; `error` turns domain errors into answers and `forward` relays to the leader.
 //!
-//! Architecture Invariant: only this module knows axum. Cross-cutting concerns (TLS, token
-//! authentication) are meant to be added as tower layers in `router`, not inside handlers.
+//! Architecture Invariant: only this module knows axum. Cross-cutting concerns (peer
+//! authentication, and later TLS and tokens) are tower layers in `router`, not inside handlers.
 
 mod cluster;
 mod error;
@@ -11,6 +11,7 @@ mod extract;
 mod forward;
 mod leases;
 mod ops;
+mod peer;
 mod raft_rpc;
 mod services;
 mod watch;
@@ -63,7 +64,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/raft/renewals", post(raft_rpc::renewals))
         .route("/raft/snapshot", post(raft_rpc::snapshot))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
-    api.merge(raft).layer(middleware::from_fn_with_state(node.clone(), leader_hint)).with_state(node)
+    api.merge(raft)
+        .layer(middleware::from_fn_with_state(node.clone(), leader_hint))
+        // Outermost: who is a peer is settled before anything else looks at the request.
+        .layer(middleware::from_fn_with_state(node.clone(), peer::layer))
+        .with_state(node)
 }
 
 /// Names the leader on every answer so clients can go straight there next time, but only

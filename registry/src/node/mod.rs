@@ -37,6 +37,7 @@ use crate::faults::Faults;
 use crate::lease::{LeaseKeeper, Renewals};
 use crate::metrics::Metrics;
 use crate::network::Network;
+use crate::peer_auth::PeerAuth;
 use crate::state_machine::{Shared, StateMachine};
 use crate::storage::log_store::{LogReader, LogStore};
 use crate::store::Store;
@@ -79,6 +80,9 @@ pub struct NodeConfig {
     /// Source address of this node's outgoing peer and forwarding connections: the address it
     /// listens on, when that is a specific one, so peers (and firewalls) see one address per node.
     pub source_ip: Option<std::net::IpAddr>,
+    /// How peers prove they are members (`peer_auth`). The library default is `Insecure`;
+    /// `registry serve` refuses to start that way unless told `--insecure`.
+    pub peer_auth: PeerAuth,
 }
 
 /// Leader heartbeat interval. On a LAN a round trip is well under a millisecond; 50 ms leaves
@@ -87,7 +91,7 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(50);
 
 /// Election timeouts (min, max). The max is also openraft's leader lease: a voter refuses votes
 /// that long after it last heard a leader, which sets the floor of a failover (docs/operations.md,
-/// "Failover timing"). The min, less a heartbeat, is how long a leader acts on its last quorum ack.
+/// "Failover timing"); less a heartbeat, it is how long a leader acts on its last quorum ack.
 pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) = (Duration::from_millis(200), Duration::from_millis(300));
 
 impl NodeConfig {
@@ -111,6 +115,7 @@ impl NodeConfig {
             write_timeout: Duration::from_secs(5),
             join: false,
             source_ip: None,
+            peer_auth: PeerAuth::Insecure,
         }
     }
 }
@@ -225,7 +230,15 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
+        // Every request this client makes goes to a peer, so each carries the cluster's proof.
+        let mut proof = reqwest::header::HeaderMap::new();
+        if let Some(secret) = config.peer_auth.outgoing() {
+            let mut v = reqwest::header::HeaderValue::from_str(secret).map_err(|e| StartError::Raft(format!("cluster secret: {e}")))?;
+            v.set_sensitive(true);
+            proof.insert(crate::peer_auth::SECRET_HEADER, v);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(proof)
             .local_address(config.source_ip)
             .pool_idle_timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_millis(500))

@@ -9,6 +9,7 @@ use std::time::Duration;
 use proto::InstanceSpec;
 use registry::faults::Faults;
 use registry::node::{Node, NodeConfig};
+use registry::peer_auth::{ClusterSecret, PeerAuth};
 use testkit::wait_for as wait_until;
 
 pub struct TestNode {
@@ -66,7 +67,12 @@ impl Cluster {
         c
     }
 
-    pub async fn spawn(l: tokio::net::TcpListener, cfg: NodeConfig, faults: Faults) -> TestNode {
+    /// Starts a node; one left `Insecure` gets the harness's cluster secret, so every test
+    /// cluster runs with peer authentication on, as `registry serve` demands.
+    pub async fn spawn(l: tokio::net::TcpListener, mut cfg: NodeConfig, faults: Faults) -> TestNode {
+        if matches!(cfg.peer_auth, PeerAuth::Insecure) {
+            cfg.peer_auth = cluster_secret();
+        }
         let url = format!("http://{}", l.local_addr().unwrap());
         let (node, http) = registry::server::start(l, cfg, faults).await.unwrap();
         TestNode { node, url, http }
@@ -128,6 +134,13 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.faults.heal();
     }
+}
+
+/// The secret every harness node proves to its peers.
+pub const CLUSTER_SECRET: &str = "dGVzdC1jbHVzdGVyLXNlY3JldC1mb3ItdGhlLWhhcm5lc3M=";
+
+pub fn cluster_secret() -> PeerAuth {
+    PeerAuth::Secret(ClusterSecret::new(CLUSTER_SECRET).unwrap())
 }
 
 pub fn spec(port: u64, lease: Option<u64>) -> InstanceSpec {

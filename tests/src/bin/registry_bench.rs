@@ -211,6 +211,7 @@ impl Cluster {
         let ports = free_ports(3)?;
         let peers: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
         let peers = peers.join(",");
+        let secret = e2e::write_cluster_secret(&dir);
         for (i, port) in ports.iter().enumerate() {
             let id = i as u64 + 1;
             let data = dir.join(format!("node{id}"));
@@ -225,6 +226,8 @@ impl Cluster {
                 .arg("--data-dir")
                 .arg(&data)
                 .args(["--peers", &peers])
+                .arg("--cluster-secret-file")
+                .arg(&secret)
                 .args(&args.node_args)
                 .stdin(Stdio::null())
                 .stdout(out.try_clone()?)

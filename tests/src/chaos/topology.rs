@@ -47,6 +47,7 @@ impl Topology {
         let ips: Vec<String> = (1..=3).map(|i| format!("127.{net}.0.{i}")).collect();
         let addrs: Vec<String> = ips.iter().map(|ip| format!("{ip}:{}", free_port_on(ip))).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+        let secret = crate::write_cluster_secret(dir.path()).display().to_string();
         let nodes = (0..3)
             .map(|i| {
                 let stall_file = dir.path().join(format!("stall-disk-{}", i + 1));
@@ -60,6 +61,8 @@ impl Topology {
                     &dir.path().join(format!("data{}", i + 1)).display().to_string(),
                     "--peers",
                     &peers,
+                    "--cluster-secret-file",
+                    &secret,
                     // No timing flags: the chaos run holds the registry to its defaults.
                     "--fault-disk-stall-file",
                     &stall_file.display().to_string(),
