@@ -277,7 +277,10 @@ async fn a_snapshot_chunk_with_a_bogus_offset_is_refused() {
         data: vec![b'x'; 10],
         done: false,
     };
-    let http = reqwest::Client::new();
+    // As a peer: the checks under test come after peer authentication.
+    let mut proof = reqwest::header::HeaderMap::new();
+    proof.insert(registry::peer_auth::SECRET_HEADER, common::CLUSTER_SECRET.parse().unwrap());
+    let http = reqwest::Client::builder().default_headers(proof).build().unwrap();
     let r = http.post(&url).json(&chunk("s1", 1 << 40)).send().await.unwrap();
     assert_eq!(r.status(), 400, "past the limit");
     let r = http.post(&url).json(&chunk("s2", 100)).send().await.unwrap();

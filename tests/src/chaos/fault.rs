@@ -153,7 +153,7 @@ pub async fn run(t: &mut Topology, until: Instant, partitions: bool) -> Log {
                 let until = Instant::now() + super::topology::TTL + Duration::from_secs(3);
                 let mut replaced = !leader;
                 while Instant::now() < until {
-                    if !replaced && t.leader().await.is_some_and(|l| l != n) {
+                    if !replaced && t.leader_other_than(n).await.is_some() {
                         replaced = true;
                         eprintln!("[chaos] stalled leader {n} replaced");
                     }

@@ -142,6 +142,17 @@ check = {{ tcp = "127.0.0.1:{api_port}", interval = "300ms", timeout = "1s", ris
         None
     }
 
+    /// A node other than `n` that says it leads (`n` may still say so, frozen or stalled).
+    pub async fn leader_other_than(&self, n: usize) -> Option<usize> {
+        let c = self.client();
+        for (i, node) in self.nodes.iter().enumerate().filter(|(i, _)| *i != n) {
+            if c.cluster_at(&node.addr).await.is_ok_and(|info| info.role == proto::NodeRole::Leader) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     pub async fn wait_leader(&self, limit: Duration) -> usize {
         wait_for(limit, "a registry leader", || self.leader()).await
     }

@@ -201,11 +201,17 @@ pub fn writes_available(rec: &Record, log: &Log, start: Instant, end: Instant) -
             (gap, gap_at) = (w[1] - w[0], w[0] - start);
         }
     }
+    // The fault behind the gap: the last one injected before it ended.
+    let gap_end = start + gap_at + gap;
+    let cause = match log.events.iter().rfind(|(t, _)| *t <= gap_end) {
+        Some((t, e)) if *t >= start => format!("{e:?} at {:?}", t.duration_since(start)),
+        _ => "no fault".to_string(),
+    };
     Verdict {
         name: "6 writes resume within 1 s of a leader kill",
         passed: unresumed == 0 && max <= bound && !rec.writes.is_empty(),
         figures: format!(
-            "{} leader kills: p50 {p50:?}, max {max:?} (bound {bound:?}){}; longest gap without an acknowledged write {gap:?}, {gap_at:?} into the run; {} writes acknowledged",
+            "{} leader kills: p50 {p50:?}, max {max:?} (bound {bound:?}){}; longest gap without an acknowledged write {gap:?}, {gap_at:?} into the run (last fault before it: {cause}); {} writes acknowledged",
             kills.len(),
             if unresumed > 0 { format!(", {unresumed} never resumed") } else { String::new() },
             rec.writes.len()
