@@ -154,7 +154,7 @@ pub struct Serve {
 /// The shortest election timeout must be at least this many heartbeats. A leader acts (renews
 /// leases, expires them) only while its last quorum ack is younger than the longest election
 /// timeout less one heartbeat, and followers campaign no sooner than the longest timeout after
-/// their last contact; acks arrive about every 1.5 heartbeats (openraft's tick), plus a round
+/// their last contact; acks arrive about every heartbeat (`leadership::pulse`), plus a round
 /// trip and scheduling. Four heartbeats under even the shortest timeout keep a follower from
 /// campaigning over a few late heartbeats.
 pub const MIN_ELECTION_HEARTBEATS: u32 = 4;

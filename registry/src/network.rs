@@ -155,7 +155,7 @@ fn base64_or_numbers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, 
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
-    /// openraft 0.9 gives an append one heartbeat to arrive and be stored, and bounds it by a
+    /// openraft 0.9 gives an append `node::append_timeout` to arrive and be stored, and bounds it by a
     /// count of entries only. An append is cut to `APPEND_BYTES` here (at least one entry), and
     /// a cut append that succeeds is reported as `PartialSuccess` up to its last entry, so
     /// openraft sends the rest next. Large entries then catch up in several quick appends

@@ -239,6 +239,29 @@ pub(super) async fn follow(node: super::NodeRef, mut rx: watch::Receiver<RaftMet
     }
 }
 
+/// On the leader: a heartbeat to every follower each `--heartbeat`. openraft's own heartbeats
+/// come only every `append_timeout` (its `heartbeat_interval` is also its append timeout, which
+/// is kept longer); one already waiting behind an append is not sent twice. Ends on `stop` or
+/// when the node is dropped.
+pub(super) async fn pulse(node: super::NodeRef, mut stop: watch::Receiver<bool>) {
+    let every = {
+        let Some(n) = node.upgrade() else { return };
+        n.config.heartbeat
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(n) = node.upgrade() else { return };
+        if n.is_leader() && n.raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// On a follower: asks its leader, a few times per election timeout, whether it still has a
 /// fresh quorum (its `x-registry-leader` header names itself only then), and records the
 /// answer for `follower_current`. Ends on `stop` or when the node is dropped.

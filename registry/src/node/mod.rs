@@ -94,6 +94,12 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(50);
 /// "Failover timing"); less a heartbeat, it is how long a leader acts on its last quorum ack.
 pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) = (Duration::from_millis(200), Duration::from_millis(300));
 
+/// How long openraft waits for an append (its `heartbeat_interval`): half the shortest election
+/// timeout, never less than one heartbeat.
+pub fn append_timeout(config: &NodeConfig) -> Duration {
+    (config.election_timeout.0 / 2).max(config.heartbeat)
+}
+
 impl NodeConfig {
     /// Defaults for everything but identity and location.
     pub fn new(id: NodeId, advertise: String, data_dir: PathBuf, peers: BTreeMap<NodeId, String>) -> NodeConfig {
@@ -217,7 +223,12 @@ impl Node {
         let shared = sm.shared();
         let raft_config = openraft::Config {
             cluster_name: "registry".into(),
-            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            // openraft 0.9 gives every append this long to arrive, and sends its own heartbeats
+            // at this pace. Half the shortest election timeout lets a large append behind a
+            // slow fsync complete (at one heartbeat it timed out again and again, and the
+            // leader went stale with no election); `leadership::pulse` sends the heartbeats
+            // every `--heartbeat` instead.
+            heartbeat_interval: append_timeout(&config).as_millis() as u64,
             election_timeout_min: config.election_timeout.0.as_millis() as u64,
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
             // Each snapshot chunk (3 MiB, about 10 MiB as JSON) must arrive and be written within
@@ -301,6 +312,7 @@ impl Node {
             tokio::spawn(expiry::run(Arc::downgrade(&node), node.expiry_wake.clone(), node.stop.subscribe())),
             tokio::spawn(membership::record_started(Arc::downgrade(&node), node.stop.subscribe())),
             tokio::spawn(leadership::confirm_leader(Arc::downgrade(&node), node.stop.subscribe())),
+            tokio::spawn(leadership::pulse(Arc::downgrade(&node), node.stop.subscribe())),
             tokio::spawn(election::run(Arc::downgrade(&node), node.stop.subscribe())),
             tokio::spawn(handover::share(Arc::downgrade(&node), node.stop.subscribe())),
         ];
@@ -603,11 +615,11 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 /// How long one chunk of a snapshot may take to reach a follower and be stored there.
 pub const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Entries per append RPC. openraft 0.9 gives an append one heartbeat interval to arrive and
-/// be stored; its default of 300 entries of up to 64 KiB each (the API's body limit) is 20 MB,
-/// which never makes it, and a follower that far behind never catches up. 16 bounds the count;
-/// `network::APPEND_BYTES` cuts an append of large entries further, to what one heartbeat
-/// carries.
+/// Entries per append RPC. openraft 0.9 gives an append its `heartbeat_interval`
+/// (`append_timeout`, 100 ms by default) to arrive and be stored; its default of 300 entries of
+/// up to 64 KiB each (the API's body limit) is 20 MB, which never makes it, and a follower that
+/// far behind never catches up. 16 bounds the count; `network::APPEND_BYTES` cuts an append of
+/// large entries further, to what arrives in time.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
 
 /// A weak handle for background tasks: they must not keep a dropped node alive.
