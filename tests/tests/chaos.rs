@@ -93,6 +93,18 @@ async fn chaos() {
     let members = status["members"].as_array().map(|m| m.len()).unwrap_or(0);
     let healthy = status["members"].as_array().map(|m| m.iter().filter(|m| m["reachable"] == true).count()).unwrap_or(0);
 
+    // For a churn lease dropped while renewed: what the registry recorded about its removal
+    // (expired in which term, or revoked), to tell which leader dropped it.
+    let dropped: Vec<&str> =
+        record.churned.iter().filter(|c| c.expired_after.is_some_and(|gap| gap < e2e::chaos::workload::CHURN_TTL)).map(|c| c.name.as_str()).collect();
+    if !dropped.is_empty() {
+        if let Ok(list) = client.removals(false).await {
+            for r in list.removals.iter().filter(|r| r.service == "churn" && dropped.contains(&r.instance.as_str())) {
+                eprintln!("[chaos] removal of {} at revision {} (leader's clock {:?} ms): {:?}", r.instance, r.revision, r.at_ms, r.cause);
+            }
+        }
+    }
+
     let verdicts = vec![
         validate::no_live_instance_dropped(&record, &log, &hosts, start),
         validate::nothing_acknowledged_lost(&record, &log, &churn, &converged.0),
