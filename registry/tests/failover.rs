@@ -219,3 +219,33 @@ async fn a_restarted_node_does_not_disrupt_a_healthy_leader() {
     let after = c.nodes[&leader].node.raft_metrics();
     assert_eq!((after.current_leader, after.current_term), (Some(leader), term), "the restarted node disturbed the leader");
 }
+
+/// A grant whose first answer was lost (it timed out on a leader that then stalled) is sent
+/// again with the same idempotency key and answered from the replay window, maybe seconds
+/// later. The client learns of the lease only then, so its clock must run from then: before,
+/// the replay handed out a lease already near its deadline, and the first keepalive got 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_grant_gives_its_lease_a_fresh_ttl() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader(None).await;
+    let http = reqwest::Client::new();
+    let grant = || {
+        http.post(format!("{}/v1/leases", c.nodes[&leader].url))
+            .header(proto::IDEMPOTENCY_KEY_HEADER, "grant-whose-answer-was-lost")
+            .json(&serde_json::json!({ "ttl_ms": TTL.as_millis() as u64 }))
+            .send()
+    };
+    let first: proto::LeaseGrant = grant().await.unwrap().json().await.unwrap();
+    // The client never saw that answer; two thirds of a TTL later it sends the grant again.
+    tokio::time::sleep(TTL * 2 / 3).await;
+    let again: proto::LeaseGrant = grant().await.unwrap().json().await.unwrap();
+    assert_eq!(again.lease_id, first.lease_id, "the retry is answered from the replay window");
+    let replayed = Instant::now();
+    let client = c.client();
+    client.put_instance("web", "replayed", &spec(1, Some(again.lease_id))).await.unwrap();
+    let left = client.service("web", false).await.unwrap().instances[0].lease.as_ref().unwrap().remaining_ms;
+    assert!(left > (TTL.as_millis() as u64) * 3 / 4, "the replayed lease has {left} ms left of {TTL:?}: its clock still runs from the first grant");
+    // And it outlives the first grant's deadline without a renewal.
+    tokio::time::sleep_until(replayed + TTL / 2).await;
+    client.keepalive(again.lease_id).await.expect("the lease lives a TTL from the replay");
+}

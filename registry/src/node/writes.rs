@@ -75,14 +75,20 @@ impl Node {
         let cmd = Cmd::GrantLease { ttl_ms, owner: owner.clone() };
         match self.write(request_id, cmd, check).await? {
             Resp::Granted { lease_id, ttl_ms, revision } => {
-                // Start its clock now, so it shows in listings at once and the expiry loop
-                // knows its deadline (unless this replays a grant whose lease is gone since).
+                // The answer may replay a grant applied long ago, whose first answer was lost
+                // (a write that timed out on a stalled leader, say): the client learns of the
+                // lease only now, so its clock runs from now, as after a renewal, and a lease
+                // that is gone or past its deadline is not handed out. For a new grant this
+                // starts its clock, so it shows in listings at once and the expiry loop knows
+                // its deadline.
                 let d = self.shared.read();
-                if d.store.lease(lease_id).is_some() {
-                    self.keeper(|k| k.start(lease_id, ttl_ms, Instant::now()));
-                    self.expiry_wake.notify_one();
+                if d.store.lease(lease_id).is_none() {
+                    return Err(ApiError::LeaseNotFound(lease_id));
                 }
+                let clock = self.keeper(|k| if k.term().is_some() { k.keepalive(lease_id, ttl_ms, Instant::now()).map(|_| ()) } else { Ok(()) });
                 drop(d);
+                clock.map_err(|_| ApiError::LeaseNotFound(lease_id))?;
+                self.expiry_wake.notify_one();
                 Ok(LeaseGrant { lease_id, ttl_ms, revision })
             }
             Resp::KeyReused { request_id } => Err(key_reused(request_id)),
