@@ -87,7 +87,7 @@ async fn send(node: &Node, to: &ForwardTo, method: Method, uri: &Uri, headers: &
     let relayed: Vec<(String, Vec<u8>)> = resp
         .headers()
         .iter()
-        .filter(|(k, _)| *k == reqwest::header::CONTENT_TYPE || k.as_str().starts_with("x-registry-"))
+        .filter(|(k, _)| *k == reqwest::header::CONTENT_TYPE || (k.as_str().starts_with("x-registry-") && k.as_str() != crate::peer_auth::SECRET_HEADER))
         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
         .collect();
     let bytes = resp.bytes().await.map_err(|e| ApiError::Unavailable(format!("reading the leader's answer failed: {e}")))?;

@@ -210,8 +210,10 @@ pub(super) async fn follow(node: super::NodeRef, mut rx: watch::Receiver<RaftMet
     };
     let mut published = true;
     loop {
-        let m = rx.borrow_and_update().clone();
+        // The time first, then the channel: a publish landing in between would otherwise be
+        // seen next time and stamped with this `now`, later than it was made.
         let now = Instant::now();
+        let m = rx.borrow_and_update().clone();
         let stamp = guard.woke(now);
         let Some(node) = node.upgrade() else { return };
         if published {

@@ -250,6 +250,8 @@ impl Node {
         }
         let http = reqwest::Client::builder()
             .default_headers(proof)
+            // A redirect could carry the cluster secret to another host.
+            .redirect(reqwest::redirect::Policy::none())
             .local_address(config.source_ip)
             .pool_idle_timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_millis(500))
