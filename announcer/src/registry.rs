@@ -1,8 +1,10 @@
 //! Publishing to the registry: one lease per announcer process, instances attached to it.
 
+use std::future::Future;
 use std::time::Duration;
 
 use client::Client;
+use tokio::time::Instant;
 use proto::{InstanceSpec, LeaseId};
 
 use crate::publish::{Desired, PublishError, Publisher};
@@ -11,13 +13,15 @@ pub struct RegistryPublisher {
     client: Client,
     ttl: Duration,
     lease: Option<LeaseId>,
+    /// When the registry last acknowledged the lease (its grant or a keepalive).
+    renewed_at: Instant,
     /// What the registry holds under our lease, as far as we know.
     published: Desired,
 }
 
 impl RegistryPublisher {
     pub fn new(client: Client, ttl: Duration) -> RegistryPublisher {
-        RegistryPublisher { client, ttl, lease: None, published: Desired::new() }
+        RegistryPublisher { client, ttl, lease: None, renewed_at: Instant::now(), published: Desired::new() }
     }
 
     pub fn lease(&self) -> Option<LeaseId> {
@@ -31,6 +35,37 @@ impl RegistryPublisher {
         self.lease = None;
         self.published.clear();
         PublishError::Lost(why)
+    }
+
+    /// Runs one write while keeping `lease` alive: a put stuck on a stalled leader waits for the
+    /// server's write timeout (5 s), longer than the default TTL (3 s), and the agent's own
+    /// keepalive tick cannot run until the write returns. Renewals go on at `TTL/3` from the
+    /// last acknowledged one, on their own connection, whatever the write is waiting for.
+    async fn renewing<T>(&mut self, lease: LeaseId, write: impl Future<Output = T>) -> T {
+        let every = self.tick_interval();
+        let (client, renewed_at) = (&self.client, &mut self.renewed_at);
+        let renew = async {
+            let mut next = *renewed_at + every;
+            loop {
+                tokio::time::sleep_until(next).await;
+                match client.keepalive(lease).await {
+                    Ok(_) => {
+                        *renewed_at = Instant::now();
+                        next = *renewed_at + every;
+                    }
+                    // The write fails too if the lease is gone, and reports why; otherwise
+                    // another node may answer soon.
+                    Err(e) => {
+                        tracing::debug!(lease, error = %e, "keepalive during a write failed");
+                        next = Instant::now() + Duration::from_millis(250);
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            r = write => r,
+            () = renew => unreachable!("the renewal loop never ends"),
+        }
     }
 
     fn map(&mut self, e: client::Error) -> PublishError {
@@ -55,6 +90,7 @@ impl Publisher for RegistryPublisher {
                 tracing::info!(lease = g.lease_id, ttl_ms = g.ttl_ms, "granted a lease");
                 self.published.clear();
                 self.lease = Some(g.lease_id);
+                self.renewed_at = Instant::now();
                 g.lease_id
             }
         };
@@ -64,13 +100,15 @@ impl Publisher for RegistryPublisher {
             }
             let spec =
                 InstanceSpec { address: a.address.clone(), port: a.port as u64, lease_id: Some(lease), weight: a.weight, state: a.state, meta: a.meta.clone() };
-            let w = self.client.put_instance(&key.0, &key.1, &spec).await.map_err(|e| self.map(e))?;
+            let client = self.client.clone();
+            let w = self.renewing(lease, client.put_instance(&key.0, &key.1, &spec)).await.map_err(|e| self.map(e))?;
             tracing::info!(service = %key.0, instance = %key.1, state = %a.state, revision = w.revision, "registered");
             self.published.insert(key.clone(), a.clone());
         }
         let stale: Vec<_> = self.published.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
         for key in stale {
-            match self.client.delete_instance(&key.0, &key.1).await {
+            let client = self.client.clone();
+            match self.renewing(lease, client.delete_instance(&key.0, &key.1)).await {
                 Ok(w) => tracing::info!(service = %key.0, instance = %key.1, revision = w.revision, "deregistered"),
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(self.map(e)),
@@ -82,7 +120,9 @@ impl Publisher for RegistryPublisher {
 
     async fn tick(&mut self) -> Result<(), PublishError> {
         let Some(lease) = self.lease else { return Ok(()) };
-        self.client.keepalive(lease).await.map(|_| ()).map_err(|e| self.map(e))
+        self.client.keepalive(lease).await.map_err(|e| self.map(e))?;
+        self.renewed_at = Instant::now();
+        Ok(())
     }
 
     async fn shutdown(&mut self) -> Result<(), PublishError> {

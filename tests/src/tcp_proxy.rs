@@ -107,3 +107,72 @@ async fn relay(client: TcpStream, server: TcpStream, marker: &[u8], armed: Arc<A
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// A TCP relay that, once armed, holds back the next request carrying a marker (say `PUT `)
+/// for a while before passing it on: a write stuck behind a stalled leader, as the client sees
+/// it. Other connections, and that one after the hold, pass untouched.
+pub struct HoldProxy {
+    pub addr: SocketAddr,
+    armed: Arc<AtomicBool>,
+    holds: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HoldProxy {
+    pub async fn start(target: SocketAddr, marker: &'static str, hold: std::time::Duration) -> HoldProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let armed = Arc::new(AtomicBool::new(false));
+        let holds = Arc::new(AtomicUsize::new(0));
+        let (a, h) = (armed.clone(), holds.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (armed, holds) = (a.clone(), h.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let down = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if find(&buf[..n], marker.as_bytes()).is_some() && armed.swap(false, Ordering::SeqCst) {
+                            holds.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(hold).await;
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                    let _ = down.await;
+                });
+            }
+        });
+        HoldProxy { addr, armed, holds, task }
+    }
+
+    /// Holds the next request that carries the marker.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn holds(&self) -> usize {
+        self.holds.load(Ordering::SeqCst)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for HoldProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

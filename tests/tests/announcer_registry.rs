@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use e2e::tcp_proxy::HoldProxy;
 use e2e::{binary, free_port, wait_for, Proc, RegistryCluster};
 use proto::{InstanceState, WatchEvent};
 use tokio::time::Instant;
@@ -193,4 +194,44 @@ async fn a_lost_lease_is_granted_again_and_a_second_signal_exits_at_once() {
     .await;
     assert_eq!(code, 130);
     assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+/// A write that hangs longer than the TTL (a put behind a stalled leader waits out the server's
+/// 5 s write timeout) must not starve the lease of renewals: the announcer keeps renewing on
+/// another connection, so the lease and the instance survive and the write lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_hanging_past_the_ttl_does_not_lose_the_lease() {
+    // One node that advertises the proxy as its address: the client follows the leader it is
+    // told of, and that must be the proxy for the proxy to see every write.
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    // 5 s against a 2 s TTL: without renewals during the write the lease is gone long before.
+    let proxy = HoldProxy::start(listen.parse().unwrap(), "PUT /v1/services/", Duration::from_secs(5)).await;
+    let secret = e2e::write_cluster_secret(dir.path()).display().to_string();
+    let args: Vec<String> = ["serve", "--id", "1", "--listen", &listen, "--peers", &format!("1={}", proxy.addr), "--cluster-secret-file", &secret, "--data-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.path().join("data").display().to_string()])
+        .collect();
+    let _node = Proc::spawn("registry-1", &binary("registry"), &args, dir.path());
+    let client = client::Client::new(&[format!("http://{listen}")]).unwrap();
+    wait_for(Duration::from_secs(15), "the node to lead", || async { client.cluster().await.ok().filter(|c| c.role == proto::NodeRole::Leader) }).await;
+    let w = web(dir.path(), "web-4");
+    let admin = free_port();
+    let _a = announcer(dir.path(), "announcer-4", &[proxy.url()], &w, admin, &[]);
+    let id = format!("127.0.0.1:{}", w.port);
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "registration").await;
+    let lease = client.service("web-servers", false).await.unwrap().instances[0].lease_id.unwrap();
+
+    proxy.arm();
+    let out = std::process::Command::new(binary("announcer")).args(["maint", "on", "--admin", &format!("127.0.0.1:{admin}")]).output().unwrap();
+    assert!(out.status.success());
+    wait_state(&client, &id, Some(InstanceState::Maint), Duration::from_secs(10), "the held put to land").await;
+    assert_eq!(proxy.holds(), 1, "the maintenance put was not held");
+    let now = client.service("web-servers", false).await.unwrap().instances[0].lease_id.unwrap();
+    assert_eq!(now, lease, "the lease was lost while the put hung");
+    let removals = client.removals(false).await.unwrap().removals;
+    assert!(removals.iter().all(|r| r.instance != id), "the instance was removed: {removals:?}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("announcer_lease_lost_total 0"), "{metrics}");
 }

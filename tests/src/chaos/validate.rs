@@ -98,7 +98,7 @@ pub fn nothing_acknowledged_lost(rec: &Record, log: &Log, present: &BTreeSet<Str
         })
         .collect();
     let unrenewed = rec.churned.iter().filter(|c| c.expired_after.is_some_and(|gap| gap >= CHURN_TTL)).count();
-    let expected: Vec<&String> = rec.churned.iter().filter(|c| !c.revoked && c.expired_after.is_none()).map(|c| &c.name).collect();
+    let expected: Vec<&String> = rec.churned.iter().filter(|c| c.registered && !c.revoked && c.expired_after.is_none()).map(|c| &c.name).collect();
     let missing: Vec<&&String> = expected.iter().filter(|n| !present.contains(**n)).collect();
     let max_ack = rec.acked.iter().map(|(_, r, _)| *r).max().unwrap_or(0);
     let min_node = node_revisions.iter().copied().min().unwrap_or(0);

@@ -136,6 +136,10 @@ async fn probe_writes(registry: Vec<String>, record: Arc<Mutex<Record>>, running
 pub struct Churned {
     pub name: String,
     pub lease: u64,
+    /// The put was acknowledged: the instance is expected at the end unless its lease went.
+    pub registered: bool,
+    /// From the grant's acknowledgement on: the lease is renewed while its put is pending, as
+    /// the announcer does, since a put stuck on a stalled leader can outlast the TTL.
     pub last_renewed: Instant,
     /// The registry answered 404 to a keepalive: `Some(gap)` since the last successful one.
     pub expired_after: Option<Duration>,
@@ -148,7 +152,7 @@ pub const CHURN_TTL: Duration = Duration::from_secs(5);
 
 /// Registration churn in service `churn`: keeps five instances alive under renewed leases,
 /// retiring the oldest and registering a new one every 150 ms. Renewal runs in its own task so
-/// a slow registration never delays it; every lease's fate is recorded.
+/// a slow registration never delays it, and starts at the grant; every lease's fate is recorded.
 async fn churn(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<AtomicBool>) {
     let client = Arc::new(client::Client::new(&registry).unwrap());
     let leases: Arc<Mutex<Vec<Churned>>> = Arc::default();
@@ -195,6 +199,19 @@ async fn churn(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<A
         n += 1;
         let name = format!("churn-{n}");
         if let Ok(g) = client.grant(CHURN_TTL).await {
+            let i = {
+                let mut l = leases.lock().unwrap();
+                l.push(Churned {
+                    name: name.clone(),
+                    lease: g.lease_id,
+                    registered: false,
+                    last_renewed: Instant::now(),
+                    expired_after: None,
+                    expired_answer: None,
+                    revoked: false,
+                });
+                l.len() - 1
+            };
             let spec = InstanceSpec {
                 address: "127.0.0.1".into(),
                 port: 1 + n % 60000,
@@ -203,16 +220,17 @@ async fn churn(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<A
                 state: Default::default(),
                 meta: Default::default(),
             };
-            if let Ok(w) = client.put_instance("churn", &name, &spec).await {
-                record.lock().unwrap().acked.push((name.clone(), w.revision, g.lease_id));
-                leases.lock().unwrap().push(Churned {
-                    name,
-                    lease: g.lease_id,
-                    last_renewed: Instant::now(),
-                    expired_after: None,
-                    expired_answer: None,
-                    revoked: false,
-                });
+            match client.put_instance("churn", &name, &spec).await {
+                Ok(w) => {
+                    record.lock().unwrap().acked.push((name.clone(), w.revision, g.lease_id));
+                    leases.lock().unwrap()[i].registered = true;
+                }
+                // The put may still have been applied; the revoke removes it either way, and
+                // the mark keeps the validator from expecting it (or counting its 404).
+                Err(_) => {
+                    leases.lock().unwrap()[i].revoked = true;
+                    let _ = client.revoke(g.lease_id).await;
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
