@@ -4,8 +4,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use client::Client;
-use tokio::time::Instant;
 use proto::{InstanceSpec, LeaseId};
+use tokio::time::Instant;
 
 use crate::publish::{Desired, PublishError, Publisher};
 

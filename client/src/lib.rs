@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use proto::{
     ClusterInfo, ErrorBody, ErrorCode, InstanceSpec, KeepaliveResponse, LeaseGrant, LeaseGrantRequest, LeaseId, MemberChange, ServiceInstances, ServiceList,
-    WatchEvent, WriteResult, IDEMPOTENCY_KEY_HEADER, LEADER_HEADER,
+    WatchEvent, WriteResult, CLUSTER_SECRET_HEADER, IDEMPOTENCY_KEY_HEADER, LEADER_HEADER,
 };
 
 use reqwest::{Method, StatusCode};
@@ -41,6 +41,8 @@ pub enum Error {
     Decode { url: String, reason: String },
     #[error("invalid registry URL {0:?}")]
     BadUrl(String),
+    #[error("bad credentials: {0}")]
+    BadCredentials(String),
 }
 
 impl Error {
@@ -48,7 +50,7 @@ impl Error {
         match self {
             Error::Api { status, .. } => *status >= 500,
             Error::Unavailable(_) | Error::Decode { .. } => true,
-            Error::BadUrl(_) => false,
+            Error::BadUrl(_) | Error::BadCredentials(_) => false,
         }
     }
 
@@ -93,10 +95,47 @@ pub fn normalize_url(raw: &str) -> Result<String, Error> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
+/// How to build a `Client` with credentials: `Client::builder(urls)...build()`.
+pub struct Builder {
+    urls: Vec<String>,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Builder {
+    /// Proves membership of the cluster (`--cluster-secret-file`): needed only to change the
+    /// membership. Sent on every request; never shown in logs or `Debug`.
+    pub fn cluster_secret(mut self, secret: &str) -> Result<Builder, Error> {
+        let mut v =
+            reqwest::header::HeaderValue::from_str(secret.trim()).map_err(|_| Error::BadCredentials("the cluster secret must be visible ASCII".into()))?;
+        v.set_sensitive(true);
+        self.headers.insert(CLUSTER_SECRET_HEADER, v);
+        Ok(self)
+    }
+
+    pub fn build(self) -> Result<Client, Error> {
+        let http = reqwest::Client::builder()
+            .default_headers(self.headers)
+            // A redirect could carry credentials to another host; the registry never redirects.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let id = rand::random::<u64>();
+        Ok(Client { inner: Arc::new(Inner { urls: self.urls, http, leader: Mutex::new(None), id, seq: AtomicU64::new(0) }) })
+    }
+}
+
 impl Client {
     /// `urls` are node base URLs (`http://host:port` or `host:port`); a single string may also
     /// hold several, comma-separated.
     pub fn new<S: AsRef<str>>(urls: &[S]) -> Result<Client, Error> {
+        Client::builder(urls)?.build()
+    }
+
+    /// Like `new`, with credentials to add before `build`.
+    pub fn builder<S: AsRef<str>>(urls: &[S]) -> Result<Builder, Error> {
         let urls: Vec<String> = urls
             .iter()
             .flat_map(|u| u.as_ref().split(',').map(str::to_string).collect::<Vec<_>>())
@@ -106,14 +145,7 @@ impl Client {
         if urls.is_empty() {
             return Err(Error::BadUrl(String::new()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        let id = rand::random::<u64>();
-        Ok(Client { inner: Arc::new(Inner { urls, http, leader: Mutex::new(None), id, seq: AtomicU64::new(0) }) })
+        Ok(Builder { urls, headers: reqwest::header::HeaderMap::new() })
     }
 
     pub fn urls(&self) -> &[String] {

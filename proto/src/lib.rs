@@ -47,6 +47,11 @@ pub const KNOWN_LEADER_HEADER: &str = "x-registry-known-leader";
 /// with a recent quorum). Absent if it never has. Tells how stale a `?stale=true` read may be.
 pub const LAST_CONTACT_HEADER: &str = "x-registry-last-contact-ms";
 
+/// HTTP header in which a registry node, or an operator changing the membership, proves it
+/// holds the cluster's shared secret (`--cluster-secret-file`). Peer RPC (`/raft/*`) and
+/// membership changes are refused without it; see docs/security.md.
+pub const CLUSTER_SECRET_HEADER: &str = "x-registry-cluster-secret";
+
 /// Reserved service under which every syncer reports, as an instance under its own lease,
 /// which registry revision each HAProxy backend it manages reflects (`SyncerReport`).
 pub const SYNCER_SERVICE: &str = "_syncers";

@@ -56,12 +56,22 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct MemberCredentials {
+    /// The cluster's shared secret (the nodes' --cluster-secret-file): membership changes are
+    /// refused without it, unless the cluster runs --insecure.
+    #[arg(long, env = "REGISTRY_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    cluster_secret_file: Option<std::path::PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum MembersAction {
     /// Add a node: it joins as a learner, catches up, then becomes a voter.
     Add {
         #[command(flatten)]
         client: ClientArgs,
+        #[command(flatten)]
+        credentials: MemberCredentials,
         /// The new node's id.
         #[arg(long)]
         id: u64,
@@ -73,6 +83,8 @@ enum MembersAction {
     Remove {
         #[command(flatten)]
         client: ClientArgs,
+        #[command(flatten)]
+        credentials: MemberCredentials,
         #[arg(long)]
         id: u64,
     },
@@ -92,6 +104,23 @@ fn client(args: &ClientArgs) -> Result<client::Client, ExitCode> {
         eprintln!("registry: {e}");
         ExitCode::from(2)
     })
+}
+
+/// A client for membership changes: with the cluster secret when one is given.
+fn member_client(args: &ClientArgs, credentials: &MemberCredentials) -> Result<client::Client, ExitCode> {
+    let fail = |e: String| {
+        eprintln!("registry: {e}");
+        ExitCode::from(2)
+    };
+    let builder = client::Client::builder(&args.registry).map_err(|e| fail(e.to_string()))?;
+    let builder = match &credentials.cluster_secret_file {
+        Some(path) => {
+            let secret = registry::peer_auth::ClusterSecret::from_file(path).map_err(fail)?;
+            builder.cluster_secret(secret.expose()).map_err(|e| fail(e.to_string()))?
+        }
+        None => builder,
+    };
+    builder.build().map_err(|e| fail(e.to_string()))
 }
 
 async fn run_client<F: std::future::Future<Output = Result<String, client::Error>>>(f: F) -> ExitCode {
@@ -148,8 +177,8 @@ async fn main() -> ExitCode {
             run_client(cli::status(&c, args.output)).await
         }
         Command::Members { action } => match action {
-            MembersAction::Add { client: args, id, addr } => {
-                let c = match client(&args) {
+            MembersAction::Add { client: args, credentials, id, addr } => {
+                let c = match member_client(&args, &credentials) {
                     Ok(c) => c,
                     Err(code) => return code,
                 };
@@ -160,8 +189,8 @@ async fn main() -> ExitCode {
                 })
                 .await
             }
-            MembersAction::Remove { client: args, id } => {
-                let c = match client(&args) {
+            MembersAction::Remove { client: args, credentials, id } => {
+                let c = match member_client(&args, &credentials) {
                     Ok(c) => c,
                     Err(code) => return code,
                 };

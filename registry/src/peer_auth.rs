@@ -1,6 +1,8 @@
-//! Who counts as a peer. Every `/raft` request, and every request that claims to be forwarded
-//! by another node, must prove it comes from a member of the cluster; anyone else who reaches
-//! the port could otherwise force elections, write the log or replace the store.
+//! Who counts as a peer. Every `/raft` request, every membership change, and every request that
+//! claims to be forwarded by another node, must prove it comes from a member of the cluster (or
+//! an operator holding its secret); anyone else who reaches the port could otherwise force
+//! elections, write the log, replace the store, or add a member of their own and be sent the
+//! whole log.
 //!
 //! Without TLS the proof is a shared secret (`--cluster-secret-file`), which every node sends on
 //! each peer request in `x-registry-cluster-secret` and which is compared in constant time. Over
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// The header a peer request carries its proof in.
-pub const SECRET_HEADER: &str = "x-registry-cluster-secret";
+pub const SECRET_HEADER: &str = proto::CLUSTER_SECRET_HEADER;
 
 /// Shortest accepted secret, in characters: 16 random bytes as hex or base64 are more.
 pub const MIN_SECRET_LEN: usize = 22;
@@ -63,7 +65,7 @@ impl PeerAuth {
     /// What this node sends on its own peer requests.
     pub fn outgoing(&self) -> Option<&str> {
         match self {
-            PeerAuth::Secret(s) => Some(&s.0),
+            PeerAuth::Secret(s) => Some(s.expose()),
             PeerAuth::Insecure => None,
         }
     }
@@ -109,6 +111,11 @@ impl ClusterSecret {
             }
         }
         ClusterSecret::new(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The secret's text, to send it.
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 
     /// Constant-time comparison (for equal lengths; the length is not a secret worth hiding).

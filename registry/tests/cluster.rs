@@ -78,12 +78,12 @@ async fn membership_grows_and_shrinks_at_runtime() {
     let n4 = Cluster::spawn(l, NodeConfig::new(4, addr.clone(), dir.path().to_path_buf(), BTreeMap::new()), c.faults.clone()).await;
     c.nodes.insert(4, n4);
     let client = c.client_for(&[1, 2, 3]);
-    client.add_member(4, &addr).await.unwrap();
+    c.operator_client_for(&[1, 2, 3]).add_member(4, &addr).await.unwrap();
     let info = client.cluster().await.unwrap();
     assert_eq!(info.members.iter().filter(|m| m.voter).count(), 4, "{info:?}");
     let w = client.put_instance("web", "x", &spec(1, None)).await.unwrap();
     wait_until(Duration::from_secs(5), "node 4 applies new writes", || async { (c.applied(4) >= w.revision).then_some(()) }).await;
-    client.remove_member(4).await.unwrap();
+    c.operator_client_for(&[1, 2, 3]).remove_member(4).await.unwrap();
     let info = client.cluster().await.unwrap();
     assert!(info.members.iter().all(|m| m.id != 4), "{info:?}");
     c.stop(4).await;
@@ -320,7 +320,7 @@ async fn snapshots_bound_the_log_and_bring_a_new_member_up() {
     let mut cfg = NodeConfig::new(4, addr.clone(), dir.path().to_path_buf(), BTreeMap::new());
     small(&mut cfg);
     c.nodes.insert(4, Cluster::spawn(l, cfg, c.faults.clone()).await);
-    client.add_member(4, &addr).await.unwrap();
+    c.operator_client_for(&[1, 2, 3]).add_member(4, &addr).await.unwrap();
     wait_until(Duration::from_secs(10), "node 4 caught up and current", || async {
         (c.applied(4) >= last && c.nodes[&4].node.serving_current().is_ok()).then_some(())
     })

@@ -223,7 +223,7 @@ async fn a_new_member_receives_a_50_mb_snapshot() {
     compact(&mut cfg);
     c.nodes.insert(4, Cluster::spawn(l, cfg, c.faults.clone()).await);
     let started = Instant::now();
-    client.add_member(4, &addr).await.unwrap();
+    c.operator_client_for(&[1, 2, 3]).add_member(4, &addr).await.unwrap();
     wait_until(Duration::from_secs(120), "node 4 caught up from the snapshot", || async { (c.applied(4) >= last).then_some(()) }).await;
     eprintln!("a {size}-byte snapshot reached the new member in {:?}", started.elapsed());
     assert_eq!(c.nodes[&4].node.read_store(|s| s.instance_count()), 1000);

@@ -95,3 +95,52 @@ async fn a_client_cannot_pose_as_a_forwarding_peer() {
     let (spoofed, real) = c.nodes[&leader].node.read_store(|s| (s.leases_of("10.9.9.9"), s.leases_of("127.0.0.1")));
     assert_eq!((spoofed, real), (0, 1), "the lease must count against the client's real address");
 }
+
+/// Membership changes are members-only too: an outsider who could add a node of its own would be
+/// sent the whole log (and then the cluster secret on every peer request), and one who could
+/// remove voters would cost the quorum its margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_need_the_cluster_secret() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader(None).await;
+    let follower = c.others(&[leader])[0];
+    let members = |c: &Cluster| c.nodes[&leader].node.raft_metrics().membership_config.membership().nodes().map(|(id, _)| *id).collect::<Vec<_>>();
+    let before = members(&c);
+    let http = reqwest::Client::new();
+    for id in [leader, follower] {
+        let url = &c.nodes[&id].url;
+        for (secret, status) in [(None, 401), (Some("d3JvbmctZ3Vlc3MtYXQtdGhlLXNlY3JldA=="), 403)] {
+            let add = http.post(format!("{url}/v1/cluster/members")).json(&serde_json::json!({ "id": 9, "addr": "127.0.0.1:1" }));
+            let remove = http.delete(format!("{url}/v1/cluster/members/{follower}"));
+            for req in [add, remove] {
+                let req = match secret {
+                    Some(s) => req.header(SECRET_HEADER, s),
+                    None => req,
+                };
+                let resp = req.send().await.unwrap();
+                assert_eq!(resp.status().as_u16(), status, "node {id}, secret {secret:?}");
+            }
+        }
+    }
+    // The client says why, without the secret.
+    let err = c.client().remove_member(follower).await.unwrap_err();
+    assert!(matches!(&err, client::Error::Api { status: 401, body } if body.message.contains("cluster-secret-file")), "{err}");
+    // An admitted change answers only once committed, so the membership is final here.
+    assert_eq!(members(&c), before, "a refused request changed the membership");
+    let mut missing = 0;
+    for n in c.nodes.values() {
+        let text = reqwest::get(format!("{}/metrics", n.url)).await.unwrap().text().await.unwrap();
+        let line = text.lines().find(|l| l.starts_with(r#"registry_auth_denied_total{reason="missing_peer_credentials"} "#));
+        missing += line.and_then(|l| l.rsplit(' ').next()).map(|v| v.parse::<u64>().unwrap()).unwrap_or(0);
+    }
+    assert_eq!(missing, 5, "two nodes refused two requests each, one node the client's");
+
+    // The control: with the secret, through a follower (which forwards it with its own), the
+    // request reaches the leader's membership code: member 9 does not exist.
+    let err = c.operator_client_for(&[follower]).remove_member(9).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    // And an operator removes a real member.
+    let removed = c.others(&[leader, follower])[0];
+    c.operator_client_for(&[follower]).remove_member(removed).await.unwrap();
+    assert!(!members(&c).contains(&removed));
+}

@@ -208,11 +208,12 @@ async fn a_write_hanging_past_the_ttl_does_not_lose_the_lease() {
     // 5 s against a 2 s TTL: without renewals during the write the lease is gone long before.
     let proxy = HoldProxy::start(listen.parse().unwrap(), "PUT /v1/services/", Duration::from_secs(5)).await;
     let secret = e2e::write_cluster_secret(dir.path()).display().to_string();
-    let args: Vec<String> = ["serve", "--id", "1", "--listen", &listen, "--peers", &format!("1={}", proxy.addr), "--cluster-secret-file", &secret, "--data-dir"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([dir.path().join("data").display().to_string()])
-        .collect();
+    let args: Vec<String> =
+        ["serve", "--id", "1", "--listen", &listen, "--peers", &format!("1={}", proxy.addr), "--cluster-secret-file", &secret, "--data-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([dir.path().join("data").display().to_string()])
+            .collect();
     let _node = Proc::spawn("registry-1", &binary("registry"), &args, dir.path());
     let client = client::Client::new(&[format!("http://{listen}")]).unwrap();
     wait_for(Duration::from_secs(15), "the node to lead", || async { client.cluster().await.ok().filter(|c| c.role == proto::NodeRole::Leader) }).await;

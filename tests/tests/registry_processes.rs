@@ -162,6 +162,23 @@ async fn ls_shows_lease_timings_and_json() {
     assert!(v[0]["lease"]["remaining_ms"].as_u64().unwrap() > 20_000);
 }
 
+/// `registry members` changes the membership only with the cluster secret, and says which flag
+/// is missing without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_remove_needs_the_cluster_secret() {
+    let cluster = RegistryCluster::start(3).await;
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let id = ((leader + 1) % 3 + 1).to_string();
+    let urls = cluster.urls().join(",");
+    let (code, _, err) = registry_cli(&["members", "remove", "--id", &id, "--registry", &urls]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("401") && err.contains("--cluster-secret-file"), "{err}");
+    let secret = cluster.dir.path().join("cluster-secret");
+    let (code, out, err) = registry_cli(&["members", "remove", "--id", &id, "--registry", &urls, "--cluster-secret-file", secret.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("node {id} removed")), "{out}");
+}
+
 #[test]
 fn bad_serve_config_names_every_field_and_exits_2() {
     let (code, _, err) = registry_cli(&["serve", "--peers", "1=nohost,x=127.0.0.1:1", "--heartbeat", "2s"]);

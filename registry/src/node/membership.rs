@@ -206,7 +206,7 @@ pub async fn check_not_amnesiac(id: u64, data_dir: &std::path::Path, peers: &std
 /// (its log is empty; its old self may still count as a voter), and a marker file in the data
 /// directory makes a restart resume it.
 pub async fn join(node: super::NodeRef, id: u64, advertise: String, peers: Vec<String>, mut stop: watch::Receiver<bool>) {
-    let Ok(client) = client::Client::new(&peers) else { return };
+    let Some(client) = node.upgrade().and_then(|n| n.member_client(&peers).ok()) else { return };
     let mut wait = Duration::from_millis(200);
     let mut removed = false;
     loop {

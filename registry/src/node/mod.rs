@@ -358,6 +358,16 @@ impl Node {
         &self.shared
     }
 
+    /// A registry client that proves this node's membership, for the calls only members may
+    /// make (asking to be added back, `--join`).
+    pub(crate) fn member_client(&self, urls: &[String]) -> Result<client::Client, client::Error> {
+        let b = client::Client::builder(urls)?;
+        match self.config.peer_auth.outgoing() {
+            Some(secret) => b.cluster_secret(secret)?.build(),
+            None => b.build(),
+        }
+    }
+
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }

@@ -86,6 +86,12 @@ impl Cluster {
         client::Client::new(&ids.iter().map(|i| self.nodes[i].url.clone()).collect::<Vec<_>>()).unwrap()
     }
 
+    /// A client holding the cluster secret, as an operator changing the membership does.
+    pub fn operator_client_for(&self, ids: &[u64]) -> client::Client {
+        let urls: Vec<String> = ids.iter().map(|i| self.nodes[i].url.clone()).collect();
+        client::Client::builder(&urls).unwrap().cluster_secret(CLUSTER_SECRET).unwrap().build().unwrap()
+    }
+
     pub fn leader_of(&self, id: u64) -> Option<u64> {
         self.nodes[&id].node.raft_metrics().current_leader
     }
