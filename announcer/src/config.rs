@@ -29,6 +29,8 @@ pub struct RunArgs {
     /// Registry nodes, comma-separated (`http://HOST:PORT`); any node will do.
     #[arg(long, env = "REGISTRY_ADDR", value_delimiter = ',')]
     pub registry: Vec<String>,
+    #[command(flatten)]
+    pub tls: client::TlsArgs,
     /// Write ephemeral znodes to this ZooKeeper (`HOST:PORT[,HOST:PORT]`) instead of the registry.
     #[arg(long, env = "ANNOUNCER_ZOOKEEPER")]
     pub zookeeper: Option<String>,
@@ -89,6 +91,9 @@ pub struct RunArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     registry: Option<Urls>,
+    ca_file: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
     zookeeper: Option<String>,
     #[serde(default, with = "humantime_serde")]
     ttl: Option<Duration>,
@@ -137,7 +142,8 @@ struct FileCheck {
 /// Where registrations go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
-    Registry(Vec<String>),
+    /// Node URLs, and how to reach them over TLS.
+    Registry(Vec<String>, client::TlsFiles),
     Zookeeper(String),
 }
 
@@ -356,12 +362,13 @@ impl RunArgs {
             }
         };
         let zookeeper = self.zookeeper.clone().or(file.zookeeper);
+        let tls = self.tls.over(client::TlsFiles { ca: file.ca_file, cert: file.cert, key: file.key });
         let backend = match (registry.is_empty(), zookeeper) {
             (false, None) => {
-                if let Err(e) = client::Client::new(&registry) {
+                if let Err(e) = client::Client::builder(&registry).and_then(|b| b.tls(&tls)).and_then(|b| b.build()) {
                     p.add("registry", e);
                 }
-                Some(Backend::Registry(registry))
+                Some(Backend::Registry(registry, tls))
             }
             (true, Some(zk)) => {
                 for part in zk.split(',') {

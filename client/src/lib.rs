@@ -67,7 +67,11 @@ pub struct Client {
 
 struct Inner {
     urls: Vec<String>,
+    /// For addresses given without one (`cluster_at`): `https` once a CA is set.
+    scheme: &'static str,
     http: reqwest::Client,
+    /// The same settings without an overall timeout, for watch streams.
+    streams: reqwest::Client,
     leader: Mutex<Option<String>>,
     /// Random per client; with `seq`, makes every write's request id unique.
     id: u64,
@@ -85,9 +89,14 @@ enum Retry {
 
 /// Normalises `HOST:PORT` or `http://HOST:PORT/` to `http://HOST:PORT`.
 pub fn normalize_url(raw: &str) -> Result<String, Error> {
+    normalize_url_as(raw, "http")
+}
+
+/// `normalize_url`, with `scheme` for an address given without one.
+pub fn normalize_url_as(raw: &str, scheme: &str) -> Result<String, Error> {
     let raw = raw.trim();
     let bad = || Error::BadUrl(raw.to_string());
-    let url = if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") };
+    let url = if raw.contains("://") { raw.to_string() } else { format!("{scheme}://{raw}") };
     let parsed = reqwest::Url::parse(&url).map_err(|_| bad())?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad());
@@ -99,6 +108,49 @@ pub fn normalize_url(raw: &str) -> Result<String, Error> {
 pub struct Builder {
     urls: Vec<String>,
     headers: reqwest::header::HeaderMap,
+    ca: Vec<reqwest::Certificate>,
+    identity: Option<reqwest::Identity>,
+}
+
+/// Where a client's TLS settings come from (`--ca-file`, `--cert`, `--key`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster CA: `https://` nodes are verified against it, and only it.
+    pub ca: Option<std::path::PathBuf>,
+    /// For mutual TLS: this client's certificate and key.
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
+}
+
+/// The TLS flags of every binary that talks to the registry (the CLI, the announcer, the
+/// syncer), defined once.
+#[cfg(feature = "clap")]
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct TlsArgs {
+    /// The registry's CA (PEM): https:// nodes are verified against it alone, and addresses
+    /// given without a scheme become https://.
+    #[arg(long, env = "REGISTRY_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for mutual TLS with the registry, with --key.
+    #[arg(long, env = "REGISTRY_CERT_FILE", value_name = "FILE")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, env = "REGISTRY_KEY_FILE", value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+#[cfg(feature = "clap")]
+impl TlsArgs {
+    /// The flags, each over its config-file counterpart.
+    pub fn over(&self, file: TlsFiles) -> TlsFiles {
+        TlsFiles { ca: self.ca_file.clone().or(file.ca), cert: self.cert.clone().or(file.cert), key: self.key.clone().or(file.key) }
+    }
 }
 
 impl Builder {
@@ -112,18 +164,70 @@ impl Builder {
         Ok(self)
     }
 
-    pub fn build(self) -> Result<Client, Error> {
-        let http = reqwest::Client::builder()
-            .default_headers(self.headers)
+    /// TLS settings for `https://` nodes. Every problem names its file.
+    pub fn tls(mut self, files: &TlsFiles) -> Result<Builder, Error> {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::BadCredentials(format!("reading {}: {e}", p.display())));
+        if let Some(ca) = &files.ca {
+            // A bundle may hold the old and the new CA while one replaces the other.
+            self.ca = reqwest::Certificate::from_pem_bundle(&read(ca)?).map_err(|e| Error::BadCredentials(format!("{}: {e}", ca.display())))?;
+            if self.ca.is_empty() {
+                return Err(Error::BadCredentials(format!("{}: no PEM certificate in it", ca.display())));
+            }
+        }
+        match (&files.cert, &files.key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(key)?;
+                pem.extend_from_slice(b"\n");
+                pem.extend_from_slice(&read(cert)?);
+                self.identity =
+                    Some(reqwest::Identity::from_pem(&pem).map_err(|e| Error::BadCredentials(format!("{} and {}: {e}", cert.display(), key.display())))?);
+            }
+            (None, None) => {}
+            _ => return Err(Error::BadCredentials("--cert and --key go together".into())),
+        }
+        if self.identity.is_some() && self.ca.is_empty() {
+            return Err(Error::BadCredentials("--cert needs --ca-file: the nodes are verified against the cluster CA".into()));
+        }
+        Ok(self)
+    }
+
+    fn http(&self, overall: Option<Duration>) -> Result<reqwest::Client, Error> {
+        let mut b = reqwest::Client::builder()
+            .default_headers(self.headers.clone())
             // A redirect could carry credentials to another host; the registry never redirects.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(t) = overall {
+            b = b.timeout(t);
+        }
+        if !self.ca.is_empty() {
+            // The cluster's own CA only: a public CA has no say over who is a registry node.
+            b = b.tls_built_in_root_certs(false);
+            for ca in &self.ca {
+                b = b.add_root_certificate(ca.clone());
+            }
+        }
+        if let Some(id) = &self.identity {
+            b = b.identity(id.clone());
+        }
+        b.build().map_err(|e| Error::Unavailable(e.to_string()))
+    }
+
+    pub fn build(self) -> Result<Client, Error> {
+        // With the cluster CA given, an address without a scheme is an https one.
+        let scheme = if self.ca.is_empty() { "http" } else { "https" };
+        let urls: Vec<String> = self.urls.iter().map(|u| normalize_url_as(u, scheme)).collect::<Result<_, _>>()?;
+        if self.ca.is_empty() {
+            if let Some(u) = urls.iter().find(|u| u.starts_with("https://")) {
+                return Err(Error::BadCredentials(format!("{u}: an https:// registry needs --ca-file (the cluster CA)")));
+            }
+        }
+        let http = self.http(Some(Duration::from_secs(10)))?;
+        // No overall timeout: a watch stream is long-lived; `Watch::next` bounds each read.
+        let streams = self.http(None)?;
         let id = rand::random::<u64>();
-        Ok(Client { inner: Arc::new(Inner { urls: self.urls, http, leader: Mutex::new(None), id, seq: AtomicU64::new(0) }) })
+        Ok(Client { inner: Arc::new(Inner { urls, scheme, http, streams, leader: Mutex::new(None), id, seq: AtomicU64::new(0) }) })
     }
 }
 
@@ -136,16 +240,16 @@ impl Client {
 
     /// Like `new`, with credentials to add before `build`.
     pub fn builder<S: AsRef<str>>(urls: &[S]) -> Result<Builder, Error> {
-        let urls: Vec<String> = urls
-            .iter()
-            .flat_map(|u| u.as_ref().split(',').map(str::to_string).collect::<Vec<_>>())
-            .filter(|u| !u.trim().is_empty())
-            .map(|u| normalize_url(&u))
-            .collect::<Result<_, _>>()?;
+        let urls: Vec<String> =
+            urls.iter().flat_map(|u| u.as_ref().split(',').map(str::to_string).collect::<Vec<_>>()).filter(|u| !u.trim().is_empty()).collect();
         if urls.is_empty() {
             return Err(Error::BadUrl(String::new()));
         }
-        Ok(Builder { urls, headers: reqwest::header::HeaderMap::new() })
+        // Checked now, so a bad address is reported before any credentials are read.
+        for u in &urls {
+            normalize_url(u)?;
+        }
+        Ok(Builder { urls, headers: reqwest::header::HeaderMap::new(), ca: Vec::new(), identity: None })
     }
 
     pub fn urls(&self) -> &[String] {
@@ -316,7 +420,7 @@ impl Client {
 
     /// The cluster as one particular node sees it.
     pub async fn cluster_at(&self, base: &str) -> Result<ClusterInfo, Error> {
-        let base = normalize_url(base)?;
+        let base = normalize_url_as(base, self.inner.scheme)?;
         let resp = self
             .inner
             .http
@@ -358,10 +462,9 @@ impl Client {
         for k in 0..urls.len() {
             let i = (start + k) % urls.len();
             let base = &urls[i];
-            // No overall timeout: the stream is long-lived; `Watch::next` bounds each read. The
-            // answer's head is bounded, or a paused node (whose kernel still accepts) holds us.
-            let client = reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).build().map_err(|e| Error::Unavailable(e.to_string()))?;
-            match tokio::time::timeout(STALL, client.get(format!("{base}{path}")).send()).await {
+            // `Watch::next` bounds each read. The answer's head is bounded too, or a paused node
+            // (whose kernel still accepts) holds us.
+            match tokio::time::timeout(STALL, self.inner.streams.get(format!("{base}{path}")).send()).await {
                 Ok(Ok(r)) if r.status().is_success() => return Ok((Watch { resp: r, buf: Vec::new(), url: base.clone() }, i)),
                 Ok(Ok(r)) => last = format!("{base}: {}", r.status()),
                 Ok(Err(e)) => last = format!("{base}: {e}"),

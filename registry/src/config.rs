@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::node::NodeConfig;
 use crate::peer_auth::{ClusterSecret, PeerAuth};
+use crate::tls::{Tls, TlsFiles};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -98,6 +99,18 @@ pub struct ServeArgs {
     /// is logged every minute.
     #[arg(long, env = "REGISTRY_INSECURE")]
     pub insecure: bool,
+    /// This node's certificate (PEM, its chain after it): turns TLS on for the client API and
+    /// peer RPC on the one address. Peers prove membership with their node certificates (the
+    /// node role, as `registry tls init` writes), so no cluster secret is needed. Needs
+    /// --tls-key and --tls-ca; re-read on SIGHUP.
+    #[arg(long, env = "REGISTRY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "REGISTRY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): client and peer certificates are verified against it.
+    #[arg(long, env = "REGISTRY_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// Test only: while this file exists, every flush of the Raft log hangs, as on a stalled
     /// volume. The chaos test's disk-stall fault.
     #[arg(long, hide = true)]
@@ -133,6 +146,9 @@ pub struct FileConfig {
     max_leases_per_client: Option<u64>,
     cluster_secret_file: Option<PathBuf>,
     insecure: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,23 +336,49 @@ impl ServeArgs {
             }
         }
         let insecure = self.insecure || file.insecure.unwrap_or(false);
-        let peer_auth = match (self.cluster_secret_file.or(file.cluster_secret_file), insecure) {
-            (Some(_), true) => {
+        let tls_files = match (self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key), self.tls_ca.or(file.tls_ca)) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+            _ => {
+                errors.push("tls-cert, tls-key, tls-ca: give all three (make them with `registry tls init`), or none".to_string());
+                None
+            }
+        };
+        let tls = tls_files.and_then(|f| match Tls::load(f) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(format!("tls: {e}"));
+                None
+            }
+        });
+        let secret_file = self.cluster_secret_file.or(file.cluster_secret_file);
+        let peer_auth = match (secret_file, insecure, tls.is_some()) {
+            (Some(_), _, true) => {
+                errors.push("cluster-secret-file and tls: with TLS, peers prove membership with their node certificates; drop the secret".to_string());
+                None
+            }
+            (None, true, true) => {
+                errors.push("insecure and tls: with TLS, peers are always authenticated; drop --insecure".to_string());
+                None
+            }
+            (None, false, true) => Some(PeerAuth::NodeCertificate),
+            (Some(_), true, false) => {
                 errors.push("cluster-secret-file and insecure: give one or the other".to_string());
                 None
             }
-            (Some(path), false) => match ClusterSecret::from_file(&path) {
+            (Some(path), false, false) => match ClusterSecret::from_file(&path) {
                 Ok(s) => Some(PeerAuth::Secret(s)),
                 Err(e) => {
                     errors.push(format!("cluster-secret-file: {e}"));
                     None
                 }
             },
-            (None, true) => Some(PeerAuth::Insecure),
-            (None, false) => {
+            (None, true, false) => Some(PeerAuth::Insecure),
+            (None, false, false) => {
                 errors.push(
-                    "peer authentication: give --cluster-secret-file FILE (the same secret on every node; create one with \
-                     `head -c 32 /dev/urandom | base64 > FILE`), or --insecure to let anyone who reaches this port act as a peer"
+                    "peer authentication: give --tls-cert/--tls-key/--tls-ca (see `registry tls init`), or --cluster-secret-file FILE \
+                     (the same secret on every node; create one with `head -c 32 /dev/urandom | base64 > FILE`), or --insecure to let \
+                     anyone who reaches this port act as a peer"
                         .to_string(),
                 );
                 None
@@ -355,6 +397,7 @@ impl ServeArgs {
         node.join = self.join;
         node.limits = limits;
         node.peer_auth = peer_auth.unwrap();
+        node.tls = tls;
         Ok(Serve {
             listen: listen.unwrap(),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),

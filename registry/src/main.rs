@@ -21,6 +21,8 @@ struct ClientArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
+    #[command(flatten)]
+    tls: client::TlsArgs,
 }
 
 // `serve`'s flags make that variant large; the value is parsed once, at startup.
@@ -53,6 +55,28 @@ enum Command {
     Members {
         #[command(subcommand)]
         action: MembersAction,
+    },
+    /// Make TLS certificates.
+    Tls {
+        #[command(subcommand)]
+        action: TlsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsAction {
+    /// Write a cluster CA (once; reused on later runs), a node certificate per host, and a
+    /// client certificate into DIR. Existing files are kept, so a later run with a new host
+    /// adds only that host's certificate. Start each node with
+    /// `--tls-cert DIR/node-HOST.pem --tls-key DIR/node-HOST-key.pem --tls-ca DIR/ca.pem`.
+    Init {
+        /// Where to write the files (created if missing). Keep `ca-key.pem` off the nodes.
+        #[arg(long, value_name = "DIR")]
+        dir: std::path::PathBuf,
+        /// The host names or IP addresses the nodes are reached at, comma-separated: one
+        /// certificate each, valid for that name.
+        #[arg(long, value_delimiter = ',', required = true, value_name = "HOST")]
+        hosts: Vec<String>,
     },
 }
 
@@ -100,27 +124,21 @@ fn init_logs(format: LogFormat) {
 }
 
 fn client(args: &ClientArgs) -> Result<client::Client, ExitCode> {
-    client::Client::new(&args.registry).map_err(|e| {
-        eprintln!("registry: {e}");
-        ExitCode::from(2)
-    })
+    member_client(args, &MemberCredentials { cluster_secret_file: None })
 }
 
-/// A client for membership changes: with the cluster secret when one is given.
+/// A client with the TLS settings given, and the cluster secret when one is given.
 fn member_client(args: &ClientArgs, credentials: &MemberCredentials) -> Result<client::Client, ExitCode> {
     let fail = |e: String| {
         eprintln!("registry: {e}");
         ExitCode::from(2)
     };
-    let builder = client::Client::builder(&args.registry).map_err(|e| fail(e.to_string()))?;
-    let builder = match &credentials.cluster_secret_file {
-        Some(path) => {
-            let secret = registry::peer_auth::ClusterSecret::from_file(path).map_err(fail)?;
-            builder.cluster_secret(secret.expose()).map_err(|e| fail(e.to_string()))?
-        }
-        None => builder,
-    };
-    builder.build().map_err(|e| fail(e.to_string()))
+    let mut builder = client::Client::builder(&args.registry).map_err(|e| fail(e.to_string()))?;
+    if let Some(path) = &credentials.cluster_secret_file {
+        let secret = registry::peer_auth::ClusterSecret::from_file(path).map_err(fail)?;
+        builder = builder.cluster_secret(secret.expose()).map_err(|e| fail(e.to_string()))?;
+    }
+    builder.tls(&args.tls.over(client::TlsFiles::default())).and_then(|b| b.build()).map_err(|e| fail(e.to_string()))
 }
 
 async fn run_client<F: std::future::Future<Output = Result<String, client::Error>>>(f: F) -> ExitCode {
@@ -176,6 +194,24 @@ async fn main() -> ExitCode {
             };
             run_client(cli::status(&c, args.output)).await
         }
+        Command::Tls { action: TlsAction::Init { dir, hosts } } => match registry::tls::init::init(&dir, &hosts) {
+            Ok(w) => {
+                for f in &w.created {
+                    println!("created {}", f.display());
+                }
+                for f in &w.kept {
+                    println!("kept    {}", f.display());
+                }
+                let d = dir.display();
+                println!("\nStart each node with:\n  registry serve --tls-cert {d}/node-HOST.pem --tls-key {d}/node-HOST-key.pem --tls-ca {d}/ca.pem ...");
+                println!("Point clients at it with:\n  export REGISTRY_CA_FILE={d}/ca.pem   # and, for mutual TLS, REGISTRY_CERT_FILE={d}/client.pem REGISTRY_KEY_FILE={d}/client-key.pem");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("registry tls init: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Members { action } => match action {
             MembersAction::Add { client: args, credentials, id, addr } => {
                 let c = match member_client(&args, &credentials) {

@@ -9,16 +9,18 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// The label of `registry_auth_denied_total`.
+/// The label of `registry_auth_denied_total` and `registry_tls_handshake_failures_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DeniedLabels {
+pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
 #[derive(Default)]
 pub struct Metrics {
     /// Requests refused for missing or wrong credentials, by reason.
-    pub auth_denied: Family<DeniedLabels, Counter>,
+    pub auth_denied: Family<ReasonLabels, Counter>,
+    /// TLS connections dropped before a request: plain HTTP, an unknown CA, a silent client.
+    pub tls_handshake_failures: Family<ReasonLabels, Counter>,
     pub keepalives: Counter,
     pub lease_expiries: Counter,
     pub expiry_refused: Counter,
@@ -40,6 +42,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut r = Registry::with_prefix("registry");
         r.register("auth_denied", "Requests refused for missing or wrong credentials, by reason", self.auth_denied.clone());
+        r.register("tls_handshake_failures", "TLS connections dropped during the handshake, by reason", self.tls_handshake_failures.clone());
         r.register("keepalives", "Lease keepalives accepted by this node as leader", self.keepalives.clone());
         r.register("lease_expiries", "Leases expired by this node as leader", self.lease_expiries.clone());
         r.register("lease_expiry_refused", "Expiry attempts abandoned because leadership could not be confirmed with a quorum", self.expiry_refused.clone());

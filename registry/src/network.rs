@@ -16,7 +16,7 @@ use crate::types::{Entry, NodeId, SnapshotMeta, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct Network {
     pub from: NodeId,
-    pub http: reqwest::Client,
+    pub peers: crate::peer_client::PeerClient,
     pub faults: Faults,
 }
 
@@ -57,8 +57,8 @@ impl Connection {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let url = format!("http://{}/raft/{path}", self.addr);
-        let request = self.net.http.post(url).timeout(option.hard_ttl()).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        let url = format!("{}/raft/{path}", self.net.peers.base(&self.addr));
+        let request = self.net.peers.http().post(url).timeout(option.hard_ttl()).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
         let resp = request.send().await.map_err(|e| {
             if e.is_connect() {
                 RPCError::Unreachable(Unreachable::new(&e))

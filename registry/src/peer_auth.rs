@@ -26,6 +26,8 @@ pub const MIN_SECRET_LEN: usize = 22;
 pub enum PeerAuth {
     /// They send the cluster's shared secret.
     Secret(ClusterSecret),
+    /// They connect over TLS with a node certificate the cluster CA signed (`tls`).
+    NodeCertificate,
     /// Nothing is asked (`--insecure`): anyone who reaches the port is a peer.
     Insecure,
 }
@@ -38,6 +40,8 @@ pub enum Denied {
     Missing,
     /// A secret that is not the cluster's.
     WrongSecret,
+    /// Under TLS: no certificate, or one without the node role.
+    NoNodeCertificate,
 }
 
 impl Denied {
@@ -45,15 +49,19 @@ impl Denied {
         match self {
             Denied::Missing => "missing_peer_credentials",
             Denied::WrongSecret => "wrong_cluster_secret",
+            Denied::NoNodeCertificate => "no_node_certificate",
         }
     }
 }
 
 impl PeerAuth {
-    /// Whether a request offering `offered` (the secret header's bytes, if any) is a peer's.
-    pub fn check(&self, offered: Option<&[u8]>) -> Result<(), Denied> {
+    /// Whether a request is a peer's: `offered` is the secret header's bytes, if any, and
+    /// `node_certificate` whether its TLS connection showed a verified node certificate.
+    pub fn check(&self, offered: Option<&[u8]>, node_certificate: bool) -> Result<(), Denied> {
         match self {
             PeerAuth::Insecure => Ok(()),
+            PeerAuth::NodeCertificate if node_certificate => Ok(()),
+            PeerAuth::NodeCertificate => Err(Denied::NoNodeCertificate),
             PeerAuth::Secret(s) => match offered {
                 None => Err(Denied::Missing),
                 Some(o) if s.matches(o) => Ok(()),
@@ -66,7 +74,7 @@ impl PeerAuth {
     pub fn outgoing(&self) -> Option<&str> {
         match self {
             PeerAuth::Secret(s) => Some(s.expose()),
-            PeerAuth::Insecure => None,
+            PeerAuth::NodeCertificate | PeerAuth::Insecure => None,
         }
     }
 }
@@ -131,11 +139,17 @@ mod tests {
     #[test]
     fn only_the_clusters_secret_makes_a_peer() {
         let auth = PeerAuth::Secret(ClusterSecret::new("  c2VjcmV0LXNlY3JldC1zZWNyZXQ=\n").unwrap());
-        assert_eq!(auth.check(Some(b"c2VjcmV0LXNlY3JldC1zZWNyZXQ=")), Ok(()), "surrounding whitespace in the file is not part of it");
-        assert_eq!(auth.check(None), Err(Denied::Missing));
-        assert_eq!(auth.check(Some(b"c2VjcmV0LXNlY3JldC1zZWNyZXQ")), Err(Denied::WrongSecret), "a prefix is not the secret");
-        assert_eq!(auth.check(Some(b"")), Err(Denied::WrongSecret));
-        assert_eq!(PeerAuth::Insecure.check(None), Ok(()));
+        assert_eq!(auth.check(Some(b"c2VjcmV0LXNlY3JldC1zZWNyZXQ="), false), Ok(()), "surrounding whitespace in the file is not part of it");
+        assert_eq!(auth.check(None, false), Err(Denied::Missing));
+        assert_eq!(auth.check(Some(b"c2VjcmV0LXNlY3JldC1zZWNyZXQ"), false), Err(Denied::WrongSecret), "a prefix is not the secret");
+        assert_eq!(auth.check(Some(b""), false), Err(Denied::WrongSecret));
+        assert_eq!(PeerAuth::Insecure.check(None, false), Ok(()));
+        assert_eq!(PeerAuth::NodeCertificate.check(None, true), Ok(()));
+        assert_eq!(
+            PeerAuth::NodeCertificate.check(Some(b"c2VjcmV0LXNlY3JldC1zZWNyZXQ="), false),
+            Err(Denied::NoNodeCertificate),
+            "under TLS a secret proves nothing"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ use anyhow::Context;
 
 use crate::config::Serve;
 use crate::faults::Faults;
+use crate::metrics::ReasonLabels;
 use crate::node::Node;
+use crate::tls::listener::{Conn, TlsListener};
 
 /// Starts a node on an already bound listener (tests bind port 0 first).
 pub async fn start(
@@ -14,14 +16,31 @@ pub async fn start(
     config: crate::node::NodeConfig,
     faults: Faults,
 ) -> anyhow::Result<(Arc<Node>, tokio::task::JoinHandle<()>)> {
+    let tls = config.tls.clone();
     let node = Node::start(config, faults).await.context("starting the node")?;
     let app = crate::http::router(node.clone());
-    let task = tokio::spawn(async move {
-        // The peer address feeds the per-client lease limit.
-        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await {
-            tracing::error!(error = %e, "http server stopped");
+    // The connection's facts (`Conn`: the client's address, whether it showed a node
+    // certificate) feed the per-client lease limit and peer authentication.
+    let app = app.into_make_service_with_connect_info::<Conn>();
+    let task = match tls {
+        Some(tls) => {
+            let n = node.clone();
+            let listener = TlsListener::new(listener, tls, move |reason| {
+                n.metrics().tls_handshake_failures.get_or_create(&ReasonLabels { reason }).inc();
+            })
+            .context("serving TLS")?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "https server stopped");
+                }
+            })
         }
-    });
+        None => tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        }),
+    };
     Ok((node, task))
 }
 
@@ -40,6 +59,7 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
     }
     let (node, http) = start(listener, config, Faults::from_stall_file(serve.fault_disk_stall_file)).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut metrics = node.watch_metrics();
     // A storage error stops Raft for good; exit rather than linger half alive.
     let fatal = async move {
@@ -52,18 +72,37 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
             }
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        e = fatal => {
-            http.abort();
-            anyhow::bail!("raft stopped: {e}");
+    tokio::pin!(fatal);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => reload(&node),
+            e = &mut fatal => {
+                http.abort();
+                anyhow::bail!("raft stopped: {e}");
+            }
         }
     }
     tracing::info!("shutting down");
     http.abort();
     node.shutdown().await;
     Ok(())
+}
+
+/// SIGHUP: reads the TLS files again. A reload that fails keeps the old settings, so a
+/// half-copied certificate never takes a node off the network; the signal never stops it.
+fn reload(node: &Node) {
+    let Some(tls) = node.config().tls.clone() else {
+        tracing::info!("SIGHUP: nothing to reload (TLS is off)");
+        return;
+    };
+    match tls.reload().and_then(|()| node.peers().reload()) {
+        Ok(()) => {
+            tracing::info!(cert = %tls.files().cert.display(), ca = %tls.files().ca.display(), "SIGHUP: reloaded the TLS certificate, key and CA; new connections use them")
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: could not reload TLS; keeping the previous certificate"),
+    }
 }
 
 /// `--insecure`: said at startup and every minute, so it is not lost in old logs.

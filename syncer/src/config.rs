@@ -35,6 +35,8 @@ pub struct RunArgs {
     /// Registry nodes, comma-separated (`http://HOST:PORT`); any node will do.
     #[arg(long, env = "REGISTRY_ADDR", value_delimiter = ',')]
     pub registry: Vec<String>,
+    #[command(flatten)]
+    pub tls: client::TlsArgs,
     /// Read ephemeral znodes from this ZooKeeper (`HOST:PORT[,HOST:PORT]`) instead.
     #[arg(long, env = "SYNCER_ZOOKEEPER")]
     pub zookeeper: Option<String>,
@@ -101,6 +103,9 @@ pub struct RunArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     registry: Option<Vec<String>>,
+    ca_file: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
     zookeeper: Option<String>,
     haproxy_socket: Option<String>,
     dataplane_url: Option<String>,
@@ -131,8 +136,12 @@ struct FileConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    Registry(Vec<String>),
-    Zookeeper { connect: String, session_timeout: Duration },
+    /// Node URLs, and how to reach them over TLS.
+    Registry(Vec<String>, client::TlsFiles),
+    Zookeeper {
+        connect: String,
+        session_timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,12 +205,13 @@ impl RunArgs {
         let registry = if self.registry.is_empty() { file.registry.unwrap_or_default() } else { self.registry };
         let zookeeper = self.zookeeper.or(file.zookeeper);
         let session_timeout = self.zookeeper_session_timeout.or(file.zookeeper_session_timeout).unwrap_or(Duration::from_secs(10));
+        let tls = self.tls.over(client::TlsFiles { ca: file.ca_file, cert: file.cert, key: file.key });
         let source = match (registry.is_empty(), zookeeper) {
             (false, None) => {
-                if let Err(e) = client::Client::new(&registry) {
+                if let Err(e) = client::Client::builder(&registry).and_then(|b| b.tls(&tls)).and_then(|b| b.build()) {
                     errors.push(format!("registry: {e}"));
                 }
-                Some(Source::Registry(registry))
+                Some(Source::Registry(registry, tls))
             }
             (true, Some(connect)) => Some(Source::Zookeeper { connect, session_timeout }),
             (false, Some(_)) => {

@@ -36,20 +36,15 @@ async fn run_with<D: Driver + Send + 'static>(driver: D, config: Config, metrics
     let services: Vec<String> = config.settings.mappings.iter().map(|m| m.service.clone()).collect();
     let (reconciler, applied) = Reconciler::new(driver, config.settings.clone(), metrics, state_dir);
     match &config.source {
-        Source::Registry(urls) => {
-            let source_client = client::Client::new(urls)?;
+        Source::Registry(urls, tls) => {
+            let make = || client::Client::builder(urls).and_then(|b| b.tls(tls)).and_then(|b| b.build());
+            let source_client = make()?;
             tokio::spawn(syncer::source::registry::run(source_client, services, tx));
             let (address, port) = match config.admin {
                 Some(a) => (a.ip().to_string(), a.port()),
                 None => ("127.0.0.1".to_string(), 1),
             };
-            let reporter = syncer::report::Reporter {
-                client: client::Client::new(urls)?,
-                id: config.id.clone(),
-                address,
-                port,
-                mappings: config.settings.mappings.clone(),
-            };
+            let reporter = syncer::report::Reporter { client: make()?, id: config.id.clone(), address, port, mappings: config.settings.mappings.clone() };
             tokio::spawn(reporter.run(applied));
         }
         Source::Zookeeper { connect, session_timeout } => {

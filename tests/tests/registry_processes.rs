@@ -179,6 +179,80 @@ async fn members_remove_needs_the_cluster_secret() {
     assert!(out.contains(&format!("node {id} removed")), "{out}");
 }
 
+/// The whole TLS path as an operator takes it: `registry tls init`, a node on `--tls-*`, the CLI
+/// with `--ca-file`, and a certificate replaced on disk and picked up on SIGHUP without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_node_serves_https_and_sighup_picks_up_a_new_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("tls");
+    let (code, out, err) = registry_cli(&["tls", "init", "--dir", certs.to_str().unwrap(), "--hosts", "127.0.0.1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("--tls-cert"), "{out}");
+    let (served, served_key, ca) = (dir.path().join("served.pem"), dir.path().join("served-key.pem"), certs.join("ca.pem"));
+    std::fs::copy(certs.join("node-127.0.0.1.pem"), &served).unwrap();
+    std::fs::copy(certs.join("node-127.0.0.1-key.pem"), &served_key).unwrap();
+    let addr = format!("127.0.0.1:{}", e2e::free_port());
+    let args: Vec<String> = [
+        "serve",
+        "--id",
+        "1",
+        "--listen",
+        &addr,
+        "--peers",
+        &format!("1={addr}"),
+        "--tls-cert",
+        served.to_str().unwrap(),
+        "--tls-key",
+        served_key.to_str().unwrap(),
+        "--tls-ca",
+        ca.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut node = e2e::Proc::spawn("registry-tls", &e2e::binary("registry"), &args, dir.path());
+    let client = client::Client::builder(std::slice::from_ref(&addr))
+        .unwrap()
+        .tls(&client::TlsFiles { ca: Some(ca.clone()), cert: None, key: None })
+        .unwrap()
+        .build()
+        .unwrap();
+    wait_for(Duration::from_secs(15), "the TLS node to lead", || async { client.cluster().await.ok().filter(|c| c.role == proto::NodeRole::Leader) }).await;
+    let (code, out, err) = registry_cli(&["status", "--registry", &addr, "--ca-file", ca.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("leader"), "{out}");
+    let before = e2e::served_certificate(&addr, &ca).await.unwrap();
+    assert_eq!(before, first_der(&served));
+
+    // A new certificate from the same CA, swapped in on disk (rename: never half written).
+    let next = dir.path().join("next");
+    std::fs::create_dir(&next).unwrap();
+    std::fs::copy(&ca, next.join("ca.pem")).unwrap();
+    std::fs::copy(certs.join("ca-key.pem"), next.join("ca-key.pem")).unwrap();
+    let (code, _, err) = registry_cli(&["tls", "init", "--dir", next.to_str().unwrap(), "--hosts", "127.0.0.1"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::rename(next.join("node-127.0.0.1-key.pem"), &served_key).unwrap();
+    std::fs::rename(next.join("node-127.0.0.1.pem"), &served).unwrap();
+    let after = first_der(&served);
+    assert_ne!(after, before);
+    node.signal("HUP");
+    wait_for(Duration::from_secs(5), "the node to serve the new certificate", || {
+        let (addr, ca, after) = (addr.clone(), ca.clone(), after.clone());
+        async move { (e2e::served_certificate(&addr, &ca).await.ok() == Some(after)).then_some(()) }
+    })
+    .await;
+    assert!(node.is_running(), "SIGHUP stopped the node");
+    client.grant(Duration::from_secs(5)).await.unwrap();
+}
+
+fn first_der(pem: &std::path::Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(pem).unwrap().next().unwrap().unwrap().to_vec()
+}
+
 #[test]
 fn bad_serve_config_names_every_field_and_exits_2() {
     let (code, _, err) = registry_cli(&["serve", "--peers", "1=nohost,x=127.0.0.1:1", "--heartbeat", "2s"]);

@@ -88,5 +88,5 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 
 /// The IP of the connection's peer, if the server recorded it.
 pub fn connection_ip(parts: &Parts) -> Option<String> {
-    parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string())
+    parts.extensions.get::<axum::extract::ConnectInfo<crate::tls::listener::Conn>>().map(|c| c.0.addr.ip().to_string())
 }

@@ -76,7 +76,8 @@ async fn send(node: &Node, to: &ForwardTo, method: Method, uri: &Uri, headers: &
     node.metrics().forwarded.inc();
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let timeout = budget(node, &method, uri);
-    let mut req = node.http().request(method, format!("http://{}{path}", to.addr)).timeout(timeout).header(FORWARDED_HEADER, node.id().to_string());
+    let mut req =
+        node.http().request(method, format!("{}{path}", node.peers().base(&to.addr))).timeout(timeout).header(FORWARDED_HEADER, node.id().to_string());
     for name in RELAYED {
         if let Some(v) = headers.get(name) {
             req = req.header(name, v.as_bytes());

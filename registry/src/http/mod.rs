@@ -76,7 +76,7 @@ pub fn router(node: Arc<Node>) -> Router {
 async fn leader_hint(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     if let Some(addr) = node.leader_hint() {
-        if let Ok(v) = HeaderValue::from_str(&format!("http://{addr}")) {
+        if let Ok(v) = HeaderValue::from_str(&node.peers().base(&addr)) {
             resp.headers_mut().insert(proto::LEADER_HEADER, v);
         }
     }

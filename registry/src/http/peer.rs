@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -13,21 +13,24 @@ use axum::response::{IntoResponse, Response};
 use super::extract::CLIENT_ADDR_HEADER;
 use super::FORWARDED_HEADER;
 use crate::error::ApiError;
-use crate::metrics::DeniedLabels;
+use crate::metrics::ReasonLabels;
 use crate::node::Node;
 use crate::peer_auth::{Denied, SECRET_HEADER};
+use crate::tls::listener::Conn;
 
 pub async fn layer(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
-    let verdict = node.config().peer_auth.check(req.headers().get(SECRET_HEADER).map(|v| v.as_bytes()));
+    let node_certificate = req.extensions().get::<ConnectInfo<Conn>>().is_some_and(|c| c.0.node_certificate);
+    let verdict = node.config().peer_auth.check(req.headers().get(SECRET_HEADER).map(|v| v.as_bytes()), node_certificate);
     // Not for handlers to see, or to relay by mistake.
     req.headers_mut().remove(SECRET_HEADER);
     if let Err(why) = verdict {
         if let Some(what) = members_only(req.method(), req.uri().path()) {
-            node.metrics().auth_denied.get_or_create(&DeniedLabels { reason: why.as_str() }).inc();
+            node.metrics().auth_denied.get_or_create(&ReasonLabels { reason: why.as_str() }).inc();
             tracing::debug!(path = %req.uri().path(), reason = why.as_str(), "peer request refused");
             let err = match why {
                 Denied::Missing => ApiError::Unauthenticated(format!("{what} needs the cluster's credentials (see docs/security.md)")),
                 Denied::WrongSecret => ApiError::Forbidden("wrong cluster secret".into()),
+                Denied::NoNodeCertificate => ApiError::Forbidden(format!("{what} needs a node certificate signed by the cluster CA")),
             };
             return err.into_response();
         }

@@ -234,8 +234,8 @@ impl super::Node {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let url = format!("http://{addr}/raft/prevote");
-        let resp = self.http.post(url).json(req).timeout(self.config.election_timeout.0).send().await.map_err(|e| e.to_string())?;
+        let url = format!("{}/raft/prevote", self.peers.base(addr));
+        let resp = self.peers.http().post(url).json(req).timeout(self.config.election_timeout.0).send().await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
             return Err(format!("answered {}", resp.status()));
         }

@@ -86,8 +86,8 @@ impl super::Node {
         if self.faults.check(self.id, to).is_err() {
             return false;
         }
-        let url = format!("http://{addr}/raft/renewals");
-        let sent = self.http.post(url).json(share).timeout(self.config.election_timeout.0).send().await;
+        let url = format!("{}/raft/renewals", self.peers.base(addr));
+        let sent = self.peers.http().post(url).json(share).timeout(self.config.election_timeout.0).send().await;
         match sent {
             Ok(r) if r.status().is_success() => r.json::<RenewalAck>().await.is_ok_and(|a| a.accepted),
             _ => false,

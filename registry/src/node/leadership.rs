@@ -290,10 +290,10 @@ async fn probe_leader(n: &super::Node) {
         return;
     }
     let sent = Instant::now();
-    let url = format!("http://{addr}/v1/cluster");
-    let answer = n.http.get(&url).header(crate::http::FORWARDED_HEADER, n.id.to_string()).timeout(n.config.election_timeout.1).send().await;
+    let url = format!("{}/v1/cluster", n.peers.base(&addr));
+    let answer = n.peers.http().get(&url).header(crate::http::FORWARDED_HEADER, n.id.to_string()).timeout(n.config.election_timeout.1).send().await;
     let named = answer.ok().and_then(|r| r.headers().get(proto::LEADER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string));
-    if named.as_deref() == Some(format!("http://{addr}").as_str()) {
+    if named.as_deref() == Some(n.peers.base(&addr).as_str()) {
         n.leadership.note_confirmed(sent);
     }
 }

@@ -178,12 +178,18 @@ impl Node {
 /// Before bootstrapping on an empty data directory: asks the peers whether this node already
 /// took part in their cluster. `Err` with what to do if it did (its disk was wiped or
 /// replaced); `Ok` if no peer says so, or none answers (a brand-new cluster starting up).
-pub async fn check_not_amnesiac(id: u64, data_dir: &std::path::Path, peers: &std::collections::BTreeMap<u64, String>) -> Result<(), String> {
+pub async fn check_not_amnesiac(
+    id: u64,
+    data_dir: &std::path::Path,
+    peers: &std::collections::BTreeMap<u64, String>,
+    reach: &crate::peer_client::PeerClient,
+) -> Result<(), String> {
     let others: Vec<&String> = peers.iter().filter(|(p, _)| **p != id).map(|(_, a)| a).collect();
     if others.is_empty() {
         return Ok(());
     }
-    let client = client::Client::new(&others).map_err(|e| e.to_string())?;
+    let others: Vec<String> = others.into_iter().cloned().collect();
+    let client = reach.member_client(&others).map_err(|e| e.to_string())?;
     let answers = futures::future::join_all(others.iter().map(|a| client.cluster_at(a))).await;
     for (addr, info) in others.iter().zip(answers) {
         let Ok(info) = info else { continue };
@@ -206,7 +212,7 @@ pub async fn check_not_amnesiac(id: u64, data_dir: &std::path::Path, peers: &std
 /// (its log is empty; its old self may still count as a voter), and a marker file in the data
 /// directory makes a restart resume it.
 pub async fn join(node: super::NodeRef, id: u64, advertise: String, peers: Vec<String>, mut stop: watch::Receiver<bool>) {
-    let Some(client) = node.upgrade().and_then(|n| n.member_client(&peers).ok()) else { return };
+    let Some(client) = node.upgrade().and_then(|n| n.peers().member_client(&peers).ok()) else { return };
     let mut wait = Duration::from_millis(200);
     let mut removed = false;
     loop {

@@ -38,6 +38,7 @@ use crate::lease::{LeaseKeeper, Renewals};
 use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::peer_auth::PeerAuth;
+use crate::peer_client::PeerClient;
 use crate::state_machine::{Shared, StateMachine};
 use crate::storage::log_store::{LogReader, LogStore};
 use crate::store::Store;
@@ -83,6 +84,9 @@ pub struct NodeConfig {
     /// How peers prove they are members (`peer_auth`). The library default is `Insecure`;
     /// `registry serve` refuses to start that way unless told `--insecure`.
     pub peer_auth: PeerAuth,
+    /// TLS for the client API and peer RPC (`--tls-*`); with it, `peer_auth` is
+    /// `NodeCertificate`.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// Leader heartbeat interval. On a LAN a round trip is well under a millisecond; 50 ms leaves
@@ -122,6 +126,7 @@ impl NodeConfig {
             join: false,
             source_ip: None,
             peer_auth: PeerAuth::Insecure,
+            tls: None,
         }
     }
 }
@@ -175,8 +180,8 @@ pub struct Node {
     /// A reader over the log openraft writes, for the last log id a pre-vote compares.
     log: LogReader,
     metrics: Metrics,
-    /// HTTP client for forwarding to the leader.
-    http: reqwest::Client,
+    /// How this node reaches its peers (forwarding, pre-votes, renewal shares, checks).
+    peers: PeerClient,
     faults: Faults,
     /// Wakes the expiry loop when the earliest deadline may have moved earlier.
     expiry_wake: Arc<Notify>,
@@ -241,31 +246,16 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        // Every request this client makes goes to a peer, so each carries the cluster's proof.
-        let mut proof = reqwest::header::HeaderMap::new();
-        if let Some(secret) = config.peer_auth.outgoing() {
-            let mut v = reqwest::header::HeaderValue::from_str(secret).map_err(|e| StartError::Raft(format!("cluster secret: {e}")))?;
-            v.set_sensitive(true);
-            proof.insert(crate::peer_auth::SECRET_HEADER, v);
-        }
-        let http = reqwest::Client::builder()
-            .default_headers(proof)
-            // A redirect could carry the cluster secret to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .local_address(config.source_ip)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_millis(500))
-            .build()
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let peers = PeerClient::new(config.peer_auth.clone(), config.tls.clone(), config.source_ip).map_err(StartError::Raft)?;
         let log_reader = log.get_log_reader().await;
-        let network = Network { from: config.id, http: http.clone(), faults: faults.clone() };
+        let network = Network { from: config.id, peers: peers.clone(), faults: faults.clone() };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm).await.map_err(|e| StartError::Raft(e.to_string()))?;
         // Elections are decided by `election::run` (a pre-vote, timed to the voters' lease),
         // not by openraft's own timer.
         raft.runtime_config().elect(false);
         let bootstrap = fresh && config.peers.contains_key(&config.id) && !config.join;
         if bootstrap {
-            membership::check_not_amnesiac(config.id, &config.data_dir, &config.peers).await.map_err(StartError::LostData)?;
+            membership::check_not_amnesiac(config.id, &config.data_dir, &config.peers, &peers).await.map_err(StartError::LostData)?;
         }
         // A join interrupted by a crash resumes: the node has a log by then, but not yet its
         // place back in the membership.
@@ -298,7 +288,7 @@ impl Node {
             keeper: Mutex::new(LeaseKeeper::new()),
             renewals: Mutex::new(Renewals::default()),
             metrics: Metrics::default(),
-            http,
+            peers,
             faults,
             expiry_wake: Arc::new(Notify::new()),
             receiving: Mutex::new(None),
@@ -358,18 +348,12 @@ impl Node {
         &self.shared
     }
 
-    /// A registry client that proves this node's membership, for the calls only members may
-    /// make (asking to be added back, `--join`).
-    pub(crate) fn member_client(&self, urls: &[String]) -> Result<client::Client, client::Error> {
-        let b = client::Client::builder(urls)?;
-        match self.config.peer_auth.outgoing() {
-            Some(secret) => b.cluster_secret(secret)?.build(),
-            None => b.build(),
-        }
+    pub(crate) fn peers(&self) -> &PeerClient {
+        &self.peers
     }
 
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        &self.http
+    pub(crate) fn http(&self) -> reqwest::Client {
+        self.peers.http()
     }
 
     pub(crate) fn faults(&self) -> &Faults {

@@ -22,6 +22,8 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, TestNode>,
     pub faults: Faults,
     pub _dir: tempfile::TempDir,
+    /// Where `tls init` wrote the cluster's certificates, for a TLS cluster.
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 impl Cluster {
@@ -62,7 +64,31 @@ impl Cluster {
             tweak(&mut cfg);
             nodes.insert(id, Self::spawn(l, cfg, faults.clone()).await);
         }
-        let c = Cluster { nodes, faults, _dir: dir };
+        let c = Cluster { nodes, faults, _dir: dir, tls_dir: None };
+        c.wait_leader(None).await;
+        c
+    }
+
+    /// A cluster over TLS, as `registry tls init` and `--tls-*` set one up: every node serves
+    /// (and proves membership with) the node certificate for 127.0.0.1.
+    pub async fn start_tls(n: u64) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("tls");
+        registry::tls::init::init(&certs, &["127.0.0.1".to_string()]).unwrap();
+        let faults = Faults::default();
+        let mut listeners = BTreeMap::new();
+        for id in 1..=n {
+            listeners.insert(id, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let peers: BTreeMap<u64, String> = listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap().to_string())).collect();
+        let mut nodes = BTreeMap::new();
+        for (id, l) in listeners {
+            let mut cfg = NodeConfig::new(id, peers[&id].clone(), dir.path().join(format!("n{id}")), peers.clone());
+            cfg.tls = Some(registry::tls::Tls::load(node_tls_files(&certs)).unwrap());
+            cfg.peer_auth = PeerAuth::NodeCertificate;
+            nodes.insert(id, Self::spawn(l, cfg, faults.clone()).await);
+        }
+        let c = Cluster { nodes, faults, _dir: dir, tls_dir: Some(certs) };
         c.wait_leader(None).await;
         c
     }
@@ -73,17 +99,24 @@ impl Cluster {
         if matches!(cfg.peer_auth, PeerAuth::Insecure) {
             cfg.peer_auth = cluster_secret();
         }
-        let url = format!("http://{}", l.local_addr().unwrap());
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", l.local_addr().unwrap());
         let (node, http) = registry::server::start(l, cfg, faults).await.unwrap();
         TestNode { node, url, http }
     }
 
     pub fn client(&self) -> client::Client {
-        client::Client::new(&self.nodes.values().map(|n| n.url.clone()).collect::<Vec<_>>()).unwrap()
+        self.client_for(&self.nodes.keys().copied().collect::<Vec<_>>())
     }
 
+    /// A client of these nodes; of a TLS cluster, one that trusts its CA.
     pub fn client_for(&self, ids: &[u64]) -> client::Client {
-        client::Client::new(&ids.iter().map(|i| self.nodes[i].url.clone()).collect::<Vec<_>>()).unwrap()
+        let urls: Vec<String> = ids.iter().map(|i| self.nodes[i].url.clone()).collect();
+        let b = client::Client::builder(&urls).unwrap();
+        match &self.tls_dir {
+            Some(d) => b.tls(&client::TlsFiles { ca: Some(d.join("ca.pem")), cert: None, key: None }).unwrap().build().unwrap(),
+            None => b.build().unwrap(),
+        }
     }
 
     /// A client holding the cluster secret, as an operator changing the membership does.
@@ -144,6 +177,11 @@ impl Drop for Cluster {
 
 /// The secret every harness node proves to its peers.
 pub const CLUSTER_SECRET: &str = "dGVzdC1jbHVzdGVyLXNlY3JldC1mb3ItdGhlLWhhcm5lc3M=";
+
+/// A node's `--tls-*` files in a `tls init` directory.
+pub fn node_tls_files(dir: &std::path::Path) -> registry::tls::TlsFiles {
+    registry::tls::TlsFiles { cert: dir.join("node-127.0.0.1.pem"), key: dir.join("node-127.0.0.1-key.pem"), ca: dir.join("ca.pem") }
+}
 
 pub fn cluster_secret() -> PeerAuth {
     PeerAuth::Secret(ClusterSecret::new(CLUSTER_SECRET).unwrap())
