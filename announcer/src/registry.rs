@@ -53,11 +53,15 @@ impl RegistryPublisher {
                         *renewed_at = Instant::now();
                         next = *renewed_at + every;
                     }
-                    // The write fails too if the lease is gone, and reports why; otherwise
-                    // another node may answer soon.
+                    // Gone: renewing is over, and the write (or the next tick) reports it.
+                    Err(e) if e.is_not_found() => {
+                        tracing::debug!(lease, error = %e, "the lease is gone while a write is pending");
+                        std::future::pending::<()>().await;
+                    }
+                    // Another node may answer soon; jittered, so a fleet does not retry in step.
                     Err(e) => {
                         tracing::debug!(lease, error = %e, "keepalive during a write failed");
-                        next = Instant::now() + Duration::from_millis(250);
+                        next = Instant::now() + Duration::from_millis(150 + rand::random::<u64>() % 200);
                     }
                 }
             }

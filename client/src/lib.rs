@@ -222,6 +222,9 @@ impl Builder {
             if let Some(u) = urls.iter().find(|u| u.starts_with("https://")) {
                 return Err(Error::BadCredentials(format!("{u}: an https:// registry needs --ca-file (the cluster CA)")));
             }
+        } else if let Some(u) = urls.iter().find(|u| u.starts_with("http://")) {
+            // Credentials in clear beside a CA is a mistake, not a choice.
+            return Err(Error::BadCredentials(format!("{u}: plain http:// while --ca-file is given; use https:// (or no scheme)")));
         }
         let http = self.http(Some(Duration::from_secs(10)))?;
         // No overall timeout: a watch stream is long-lived; `Watch::next` bounds each read.
@@ -327,7 +330,8 @@ impl Client {
                     continue;
                 }
             };
-            if let Some(l) = resp.headers().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
+            // A hint in another scheme than ours is not followed: it would downgrade to http.
+            if let Some(l) = resp.headers().get(LEADER_HEADER).and_then(|v| v.to_str().ok()).filter(|l| l.starts_with(&format!("{}://", self.inner.scheme))) {
                 *self.inner.leader.lock().unwrap() = Some(l.to_string());
             }
             let status = resp.status();

@@ -40,7 +40,8 @@ pub enum Denied {
     Missing,
     /// A secret that is not the cluster's.
     WrongSecret,
-    /// Under TLS: no certificate, or one without the node role.
+    /// Under TLS: no certificate, one without the node role, or one for a host that is not a
+    /// member's.
     NoNodeCertificate,
 }
 
@@ -56,7 +57,8 @@ impl Denied {
 
 impl PeerAuth {
     /// Whether a request is a peer's: `offered` is the secret header's bytes, if any, and
-    /// `node_certificate` whether its TLS connection showed a verified node certificate.
+    /// `node_certificate` whether its TLS connection showed a verified node certificate for a
+    /// member's host.
     pub fn check(&self, offered: Option<&[u8]>, node_certificate: bool) -> Result<(), Denied> {
         match self {
             PeerAuth::Insecure => Ok(()),

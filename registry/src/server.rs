@@ -57,9 +57,10 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
     if matches!(config.peer_auth, crate::peer_auth::PeerAuth::Insecure) {
         tokio::spawn(warn_insecure());
     }
-    let (node, http) = start(listener, config, Faults::from_stall_file(serve.fault_disk_stall_file)).await?;
+    // Installed first: a SIGHUP during a long start (a large log to read) must not kill the node.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let (node, http) = start(listener, config, Faults::from_stall_file(serve.fault_disk_stall_file)).await?;
     let mut metrics = node.watch_metrics();
     // A storage error stops Raft for good; exit rather than linger half alive.
     let fatal = async move {
@@ -97,11 +98,17 @@ fn reload(node: &Node) {
         tracing::info!("SIGHUP: nothing to reload (TLS is off)");
         return;
     };
-    match tls.reload().and_then(|()| node.peers().reload()) {
+    if let Err(e) = tls.reload() {
+        tracing::error!(error = %e, "SIGHUP: could not reload TLS; keeping the previous certificate, key and CA");
+        return;
+    }
+    // Built from what was just loaded, so it cannot fail on the files; should it fail anyway,
+    // peer requests go on with the previous identity until the next reload.
+    match node.peers().reload() {
         Ok(()) => {
             tracing::info!(cert = %tls.files().cert.display(), ca = %tls.files().ca.display(), "SIGHUP: reloaded the TLS certificate, key and CA; new connections use them")
         }
-        Err(e) => tracing::error!(error = %e, "SIGHUP: could not reload TLS; keeping the previous certificate"),
+        Err(e) => tracing::error!(error = %e, "SIGHUP: serving the new certificate, but peer requests still use the previous one"),
     }
 }
 

@@ -71,10 +71,14 @@ async fn under_tls_only_a_node_certificate_makes_a_peer() {
         serde_json::to_value(AppendEntriesRequest::<TypeConfig> { vote: Vote::new_committed(100, 9), prev_log_id: None, leader_commit: None, entries: vec![] })
             .unwrap();
     let url = format!("{}/raft/append", c.nodes[&follower].url);
-    // No certificate, or a client one: refused, and the cluster secret proves nothing here.
+    // The CA signs a node certificate for a host that is no member's (127.0.0.2).
+    registry::tls::init::init(&certs, &["127.0.0.2".to_string()]).unwrap();
+    // No certificate, a client one, or a node one for a non-member host: refused, and the
+    // cluster secret proves nothing here.
     for (who, http) in [
         ("no certificate", https_client(&ca, None)),
         ("a client certificate", https_client(&ca, Some((&certs.join("client.pem"), &certs.join("client-key.pem"))))),
+        ("a node certificate for another host", https_client(&ca, Some((&certs.join("node-127.0.0.2.pem"), &certs.join("node-127.0.0.2-key.pem"))))),
     ] {
         let resp = http.post(&url).header(proto::CLUSTER_SECRET_HEADER, common::CLUSTER_SECRET).json(&append).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 403, "{who}");
@@ -90,7 +94,7 @@ async fn under_tls_only_a_node_certificate_makes_a_peer() {
     }
     assert_eq!(c.nodes[&follower].node.raft_metrics().current_term, term, "a refused append moved the term");
     let metrics = https_client(&ca, None).get(format!("{}/metrics", c.nodes[&follower].url)).send().await.unwrap().text().await.unwrap();
-    assert_eq!(counter(&metrics, r#"registry_auth_denied_total{reason="no_node_certificate"}"#), 2, "{metrics}");
+    assert_eq!(counter(&metrics, r#"registry_auth_denied_total{reason="no_node_certificate"}"#), 3, "{metrics}");
 
     // The control: with the node certificate the same append reaches Raft.
     let node = https_client(&ca, Some((&certs.join("node-127.0.0.1.pem"), &certs.join("node-127.0.0.1-key.pem"))));
@@ -100,4 +104,21 @@ async fn under_tls_only_a_node_certificate_makes_a_peer() {
         (c.nodes[&follower].node.raft_metrics().current_term >= 100).then_some(())
     })
     .await;
+}
+
+/// The client crate: a CA makes scheme-less addresses https, and refuses plain http beside it;
+/// an https address without a CA is refused.
+#[test]
+fn client_tls_settings_decide_the_scheme_and_refuse_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    registry::tls::init::init(dir.path(), &["127.0.0.1".to_string()]).unwrap();
+    let tls = client::TlsFiles { ca: Some(dir.path().join("ca.pem")), cert: None, key: None };
+    let c = client::Client::builder(&["127.0.0.1:7401"]).unwrap().tls(&tls).unwrap().build().unwrap();
+    assert_eq!(c.urls(), ["https://127.0.0.1:7401"]);
+    let err = client::Client::builder(&["http://127.0.0.1:7401"]).unwrap().tls(&tls).unwrap().build().err().unwrap();
+    assert!(err.to_string().contains("plain http://"), "{err}");
+    let err = client::Client::builder(&["https://127.0.0.1:7401"]).unwrap().build().err().unwrap();
+    assert!(err.to_string().contains("--ca-file"), "{err}");
+    let half = client::TlsFiles { cert: Some(dir.path().join("client.pem")), ..tls };
+    assert!(client::Client::builder(&["127.0.0.1:7401"]).unwrap().tls(&half).is_err(), "--cert without --key");
 }

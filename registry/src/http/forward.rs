@@ -76,8 +76,14 @@ async fn send(node: &Node, to: &ForwardTo, method: Method, uri: &Uri, headers: &
     node.metrics().forwarded.inc();
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let timeout = budget(node, &method, uri);
-    let mut req =
-        node.http().request(method, format!("{}{path}", node.peers().base(&to.addr))).timeout(timeout).header(FORWARDED_HEADER, node.id().to_string());
+    let url = reqwest::Url::parse(&format!("{}{path}", node.peers().base(&to.addr))).map_err(|e| ApiError::InvalidArgument(format!("path: {e}")))?;
+    // The URL parser resolves `..`, `%2e%2e` and `\`: the leader would then see another route
+    // than the one checked here, sent with this node's credentials. Only the path as received
+    // is forwarded.
+    if url.path() != uri.path() {
+        return Err(ApiError::InvalidArgument(format!("path {:?} is not in normal form", uri.path())));
+    }
+    let mut req = node.http().request(method, url).timeout(timeout).header(FORWARDED_HEADER, node.id().to_string());
     for name in RELAYED {
         if let Some(v) = headers.get(name) {
             req = req.header(name, v.as_bytes());

@@ -19,7 +19,9 @@ use crate::peer_auth::{Denied, SECRET_HEADER};
 use crate::tls::listener::Conn;
 
 pub async fn layer(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
-    let node_certificate = req.extensions().get::<ConnectInfo<Conn>>().is_some_and(|c| c.0.node_certificate);
+    // A node certificate counts only for a host that is a member now: one the CA signed for a
+    // host since removed, or never added, is not a peer.
+    let node_certificate = req.extensions().get::<ConnectInfo<Conn>>().and_then(|c| c.0.node_hosts.clone()).is_some_and(|hosts| node.is_member_host(&hosts));
     let verdict = node.config().peer_auth.check(req.headers().get(SECRET_HEADER).map(|v| v.as_bytes()), node_certificate);
     // Not for handlers to see, or to relay by mistake.
     req.headers_mut().remove(SECRET_HEADER);
@@ -30,7 +32,7 @@ pub async fn layer(State(node): State<Arc<Node>>, mut req: Request, next: Next) 
             let err = match why {
                 Denied::Missing => ApiError::Unauthenticated(format!("{what} needs the cluster's credentials (see docs/security.md)")),
                 Denied::WrongSecret => ApiError::Forbidden("wrong cluster secret".into()),
-                Denied::NoNodeCertificate => ApiError::Forbidden(format!("{what} needs a node certificate signed by the cluster CA")),
+                Denied::NoNodeCertificate => ApiError::Forbidden(format!("{what} needs a node certificate signed by the cluster CA, for a member's host")),
             };
             return err.into_response();
         }

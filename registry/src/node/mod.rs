@@ -348,6 +348,15 @@ impl Node {
         &self.shared
     }
 
+    /// Whether one of `hosts` (a peer certificate's names) is the host of a current member, or
+    /// this node knows no membership yet (it is about to be added, and its first contact is the
+    /// leader's).
+    pub fn is_member_host(&self, hosts: &[String]) -> bool {
+        let m = self.raft_metrics();
+        let mut members = m.membership_config.membership().nodes().map(|(_, n)| crate::tls::host_of(&n.addr)).peekable();
+        members.peek().is_none() || members.any(|h| hosts.contains(&h))
+    }
+
     pub(crate) fn peers(&self) -> &PeerClient {
         &self.peers
     }

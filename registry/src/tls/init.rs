@@ -15,8 +15,8 @@ use super::{CLIENT_ROLE_URI, NODE_ROLE_URI};
 
 /// How long the CA is valid.
 const CA_DAYS: i64 = 10 * 365;
-/// How long node and client certificates are valid: renew them with `tls init` in a new
-/// directory signed by the same CA, then SIGHUP.
+/// How long node and client certificates are valid. To renew one, move it and its key away
+/// and run `tls init` again in the same directory (the CA is reused), then SIGHUP the node.
 const CERT_DAYS: i64 = 2 * 365;
 
 /// What `init` did, file by file, for the operator to read.
@@ -137,7 +137,11 @@ fn read(path: &Path) -> Result<String, String> {
 fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| match e.kind() {
+        // A certificate without its key (or the reverse), from an interrupted run or a lost file.
+        std::io::ErrorKind::AlreadyExists => format!("{} exists without its pair; move it away and run again", path.display()),
+        _ => format!("creating {}: {e}", path.display()),
+    })?;
     f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
@@ -161,6 +165,11 @@ mod tests {
         let files =
             crate::tls::TlsFiles { cert: dir.path().join("node-127.0.0.1.pem"), key: dir.path().join("node-127.0.0.1-key.pem"), ca: dir.path().join("ca.pem") };
         crate::tls::Tls::load(files).unwrap();
+        // A certificate without the node role is refused as a node's: its peers would refuse it.
+        let client_files = crate::tls::TlsFiles { cert: dir.path().join("client.pem"), key: dir.path().join("client-key.pem"), ca: dir.path().join("ca.pem") };
+        assert!(crate::tls::Tls::load(client_files).unwrap_err().contains("not a node certificate"));
+        assert_eq!(crate::tls::node_certificate_hosts(&node[0]), Some(vec!["127.0.0.1".to_string()]));
+        assert_eq!(crate::tls::host_of("[::1]:7401"), "::1");
 
         let ca_before = std::fs::read(dir.path().join("ca.pem")).unwrap();
         let w = init(dir.path(), &["127.0.0.1".into(), "10.0.0.3".into()]).unwrap();

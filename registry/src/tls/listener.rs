@@ -14,28 +14,32 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::{is_node_certificate, Tls};
+use super::{node_certificate_hosts, Tls};
 
 /// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at most; a connection beyond that is closed at once (and counted), so
+/// a flood of silent connections cannot use up the descriptors peers need.
+const MAX_HANDSHAKES: usize = 512;
 
 /// What a handler may know about the connection a request came on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Conn {
     pub addr: SocketAddr,
-    /// It presented a certificate the cluster CA signed, with the node role.
-    pub node_certificate: bool,
+    /// It presented a certificate the cluster CA signed, with the node role: the hosts that
+    /// certificate is valid for (`tls::node_certificate_hosts`).
+    pub node_hosts: Option<Arc<Vec<String>>>,
 }
 
 impl Connected<IncomingStream<'_, TcpListener>> for Conn {
     fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Conn {
-        Conn { addr: *stream.remote_addr(), node_certificate: false }
+        Conn { addr: *stream.remote_addr(), node_hosts: None }
     }
 }
 
 impl Connected<IncomingStream<'_, TlsListener>> for Conn {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Conn {
-        *stream.remote_addr()
+        stream.remote_addr().clone()
     }
 }
 
@@ -53,6 +57,7 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         let on_failure = Arc::new(on_failure);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let accepting = tokio::spawn(async move {
             loop {
                 let (stream, addr) = tokio::select! {
@@ -67,12 +72,19 @@ impl TlsListener {
                     },
                     _ = tx.closed() => return,
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    drop(stream);
+                    on_failure("too_many_handshakes");
+                    continue;
+                };
                 let (tx, acceptor, on_failure) = (tx.clone(), TlsAcceptor::from(tls.server_config()), on_failure.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let node_certificate = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).is_some_and(is_node_certificate);
-                            let _ = tx.send((tls, Conn { addr, node_certificate })).await;
+                            let node_hosts = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(node_certificate_hosts).map(Arc::new);
+                            drop(_slot);
+                            let _ = tx.send((tls, Conn { addr, node_hosts })).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%addr, error = %e, "TLS handshake failed");
@@ -109,6 +121,6 @@ impl Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Conn> {
-        Ok(Conn { addr: self.local, node_certificate: false })
+        Ok(Conn { addr: self.local, node_hosts: None })
     }
 }

@@ -2,7 +2,8 @@
 //! OpenSSL). A node serves its certificate, asks every client for one but does not require it
 //! (announcers and the CLI may come without), and verifies any it gets against the cluster CA.
 //! A verified certificate whose role is `node` (a URI SAN, `NODE_ROLE_URI`, as `tls init`
-//! writes) makes its connection a peer's: that is how peers prove membership under TLS.
+//! writes) and that names the host of a current member makes its connection a peer's: that is
+//! how peers prove membership under TLS.
 //!
 //! The files are read at start and again on `reload` (SIGHUP): new connections get the new
 //! certificate, CA and key; open ones keep what they were set up with.
@@ -104,11 +105,13 @@ impl Loaded {
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| format!("{} and {} do not make a usable certificate: {e}", files.cert.display(), files.key.display()))?;
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Without the role its peers would refuse this node: say so now, not as a silent
+        // partition after a reload.
         if !is_node_certificate(&chain[0]) {
-            tracing::warn!(
-                cert = %files.cert.display(),
-                "this certificate has no node role ({NODE_ROLE_URI}): peers will not take this node's requests as a member's (make node certificates with `registry tls init`)"
-            );
+            return Err(format!(
+                "{}: not a node certificate (no {NODE_ROLE_URI} URI SAN), so peers would refuse this node; make node certificates with `registry tls init`",
+                files.cert.display()
+            ));
         }
         let client = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -154,7 +157,39 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 
 /// Whether a certificate carries the node role.
 pub fn is_node_certificate(cert: &CertificateDer<'_>) -> bool {
-    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return false };
-    let Ok(Some(san)) = parsed.subject_alternative_name() else { return false };
-    san.value.general_names.iter().any(|n| matches!(n, x509_parser::extensions::GeneralName::URI(u) if *u == NODE_ROLE_URI))
+    node_certificate_hosts(cert).is_some()
+}
+
+/// For a certificate with the node role: the host names and IP addresses it is valid for (its
+/// DNS and IP SANs), which a peer's certificate must share with a current member's address.
+/// `None` for any other certificate.
+pub fn node_certificate_hosts(cert: &CertificateDer<'_>) -> Option<Vec<String>> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    let names = &san.value.general_names;
+    if !names.iter().any(|n| matches!(n, GeneralName::URI(u) if *u == NODE_ROLE_URI)) {
+        return None;
+    }
+    Some(
+        names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                    16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// The host part of a member's `HOST:PORT` address, as a certificate names it (no brackets
+/// around an IPv6 address, lower case).
+pub fn host_of(addr: &str) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
 }
