@@ -30,7 +30,7 @@ pub struct RunArgs {
     #[arg(long, env = "REGISTRY_ADDR", value_delimiter = ',')]
     pub registry: Vec<String>,
     #[command(flatten)]
-    pub tls: client::TlsArgs,
+    pub access: client::AccessArgs,
     /// Write ephemeral znodes to this ZooKeeper (`HOST:PORT[,HOST:PORT]`) instead of the registry.
     #[arg(long, env = "ANNOUNCER_ZOOKEEPER")]
     pub zookeeper: Option<String>,
@@ -94,6 +94,7 @@ struct FileConfig {
     ca_file: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    token_file: Option<PathBuf>,
     zookeeper: Option<String>,
     #[serde(default, with = "humantime_serde")]
     ttl: Option<Duration>,
@@ -142,8 +143,8 @@ struct FileCheck {
 /// Where registrations go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
-    /// Node URLs, and how to reach them over TLS.
-    Registry(Vec<String>, client::TlsFiles),
+    /// Node URLs, and how to reach them (TLS, token).
+    Registry(Vec<String>, client::Access),
     Zookeeper(String),
 }
 
@@ -362,13 +363,17 @@ impl RunArgs {
             }
         };
         let zookeeper = self.zookeeper.clone().or(file.zookeeper);
-        let tls = self.tls.over(client::TlsFiles { ca: file.ca_file, cert: file.cert, key: file.key });
+        let access = self.access.over(client::Access {
+            tls: client::TlsFiles { ca: file.ca_file, cert: file.cert, key: file.key },
+            token_file: file.token_file,
+            token: None,
+        });
         let backend = match (registry.is_empty(), zookeeper) {
             (false, None) => {
-                if let Err(e) = client::Client::builder(&registry).and_then(|b| b.tls(&tls)).and_then(|b| b.build()) {
+                if let Err(e) = client::Client::builder(&registry).and_then(|b| b.access(&access)).and_then(|b| b.build()) {
                     p.add("registry", e);
                 }
-                Some(Backend::Registry(registry, tls))
+                Some(Backend::Registry(registry, access))
             }
             (true, Some(zk)) => {
                 for part in zk.split(',') {

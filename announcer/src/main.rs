@@ -98,8 +98,8 @@ async fn run(config: Config) -> anyhow::Result<Outcome> {
     let names: Vec<String> = config.services.iter().map(|s| format!("{}/{}", s.service, s.instance)).collect();
     tracing::info!(backend = ?config.backend, ttl = ?config.ttl, instances = ?names, "announcer starting");
     let outcome = match &config.backend {
-        Backend::Registry(urls, tls) => {
-            let client = client::Client::builder(urls)?.tls(tls)?.build()?;
+        Backend::Registry(urls, access) => {
+            let client = client::Client::builder(urls)?.access(access)?.build()?;
             agent::run(announcer::registry::RegistryPublisher::new(client, config.ttl), &config, rx, shared).await
         }
         Backend::Zookeeper(addr) => agent::run(announcer::zk::ZkPublisher::new(addr, config.ttl), &config, rx, shared).await,

@@ -104,6 +104,12 @@ pub fn normalize_url_as(raw: &str, scheme: &str) -> Result<String, Error> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
+/// A new random token: 32 bytes, URL-safe base64 (43 characters).
+pub fn generate_token() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
 /// How to build a `Client` with credentials: `Client::builder(urls)...build()`.
 pub struct Builder {
     urls: Vec<String>,
@@ -128,11 +134,28 @@ impl TlsFiles {
     }
 }
 
-/// The TLS flags of every binary that talks to the registry (the CLI, the announcer, the
+/// How a client proves itself and checks the nodes: TLS settings and an ACL token. Its
+/// `Debug` never shows the token.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    pub tls: TlsFiles,
+    /// A file holding the token (`--token-file`).
+    pub token_file: Option<std::path::PathBuf>,
+    /// The token itself (`REGISTRY_TOKEN`); `token_file` wins.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access").field("tls", &self.tls).field("token_file", &self.token_file).field("token", &self.token.as_ref().map(|_| "..")).finish()
+    }
+}
+
+/// The access flags of every binary that talks to the registry (the CLI, the announcer, the
 /// syncer), defined once.
 #[cfg(feature = "clap")]
 #[derive(clap::Args, Debug, Default, Clone)]
-pub struct TlsArgs {
+pub struct AccessArgs {
     /// The registry's CA (PEM): https:// nodes are verified against it alone, and addresses
     /// given without a scheme become https://.
     #[arg(long, env = "REGISTRY_CA_FILE", value_name = "FILE")]
@@ -143,13 +166,21 @@ pub struct TlsArgs {
     /// The private key of --cert (PEM).
     #[arg(long, env = "REGISTRY_KEY_FILE", value_name = "FILE")]
     pub key: Option<std::path::PathBuf>,
+    /// A file holding the ACL token to send (`Authorization: Bearer`); or set REGISTRY_TOKEN to
+    /// the token itself. Needed once the cluster has ACLs on.
+    #[arg(long, env = "REGISTRY_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 #[cfg(feature = "clap")]
-impl TlsArgs {
-    /// The flags, each over its config-file counterpart.
-    pub fn over(&self, file: TlsFiles) -> TlsFiles {
-        TlsFiles { ca: self.ca_file.clone().or(file.ca), cert: self.cert.clone().or(file.cert), key: self.key.clone().or(file.key) }
+impl AccessArgs {
+    /// The flags (and REGISTRY_TOKEN), each over its config-file counterpart.
+    pub fn over(&self, file: Access) -> Access {
+        Access {
+            tls: TlsFiles { ca: self.ca_file.clone().or(file.tls.ca), cert: self.cert.clone().or(file.tls.cert), key: self.key.clone().or(file.tls.key) },
+            token_file: self.token_file.clone().or(file.token_file),
+            token: std::env::var("REGISTRY_TOKEN").ok().filter(|t| !t.trim().is_empty()).or(file.token),
+        }
     }
 }
 
@@ -162,6 +193,29 @@ impl Builder {
         v.set_sensitive(true);
         self.headers.insert(CLUSTER_SECRET_HEADER, v);
         Ok(self)
+    }
+
+    /// An ACL token (`--token-file`, `REGISTRY_TOKEN`), sent as `Authorization: Bearer` on
+    /// every request; never shown in logs or `Debug`.
+    pub fn token(mut self, token: &str) -> Result<Builder, Error> {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| Error::BadCredentials("the token must be visible ASCII".into()))?;
+        v.set_sensitive(true);
+        self.headers.insert(reqwest::header::AUTHORIZATION, v);
+        Ok(self)
+    }
+
+    /// TLS settings and a token, as `Access` gives them.
+    pub fn access(self, a: &Access) -> Result<Builder, Error> {
+        let b = self.tls(&a.tls)?;
+        match (&a.token_file, &a.token) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).map_err(|e| Error::BadCredentials(format!("reading the token file {}: {e}", path.display())))?;
+                b.token(&text)
+            }
+            (None, Some(t)) => b.token(t),
+            (None, None) => Ok(b),
+        }
     }
 
     /// TLS settings for `https://` nodes. Every problem names its file.
@@ -434,6 +488,20 @@ impl Client {
             .await
             .map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
         resp.json().await.map_err(|e| Error::Decode { url: base, reason: e.to_string() })
+    }
+
+    /// Creates an ACL token from a secret the caller made (`generate_token`); admin only.
+    pub async fn create_token(&self, token: &str, scopes: &[String], description: &str) -> Result<proto::TokenCreated, Error> {
+        let body = proto::TokenCreateRequest { token: token.to_string(), scopes: scopes.to_vec(), description: description.to_string() };
+        self.write(Method::POST, "/v1/acl/tokens", Some(&body)).await
+    }
+
+    pub async fn tokens(&self) -> Result<proto::TokenList, Error> {
+        self.call(Method::GET, "/v1/acl/tokens", None::<&()>, None).await
+    }
+
+    pub async fn revoke_token(&self, id: u64) -> Result<WriteResult, Error> {
+        self.write(Method::DELETE, &format!("/v1/acl/tokens/{id}"), None::<&()>).await
     }
 
     pub async fn add_member(&self, id: u64, addr: &str) -> Result<WriteResult, Error> {

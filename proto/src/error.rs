@@ -30,6 +30,8 @@ pub enum ErrorCode {
     Unauthenticated,
     /// 403: the credentials do not allow this.
     Forbidden,
+    /// 409: it exists already (a token with the same secret).
+    AlreadyExists,
     Internal,
     /// A code from a newer registry, or an answer that was not the API's error body.
     #[serde(other)]
@@ -50,6 +52,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }

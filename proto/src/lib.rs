@@ -9,6 +9,7 @@ pub mod instance;
 pub mod lease;
 pub mod removal;
 pub mod report;
+pub mod token;
 pub mod validate;
 pub mod watch;
 pub mod znode;
@@ -19,6 +20,7 @@ pub use instance::{Instance, InstanceSpec, InstanceState, LeaseInfo, Registratio
 pub use lease::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest};
 pub use removal::{Removal, RemovalCause, RemovalList};
 pub use report::{BackendReport, SyncerReport};
+pub use token::{TokenCreateRequest, TokenCreated, TokenInfo, TokenList};
 pub use watch::WatchEvent;
 pub use znode::ZnodeData;
 

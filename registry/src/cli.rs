@@ -1,4 +1,4 @@
-//! The operator commands: `registry ls`, `registry status`, `registry members`.
+//! The operator commands: `registry ls`, `registry status`, `registry members`, `registry token`.
 //! Each returns the text to print, so tests can check it without a terminal.
 
 use client::Client;
@@ -227,6 +227,23 @@ pub async fn status(client: &Client, output: Output) -> Result<String, client::E
         text += &table(&["SYNCER", "BACKEND", "SERVICE", "APPLIED", "SERVICE-INDEX", "STATE", "LAST-REPORT"], &rows);
     }
     Ok(text)
+}
+
+/// `registry token list`: the cluster's tokens, never their secrets.
+pub async fn tokens(client: &Client, output: Output) -> Result<String, client::Error> {
+    let list = client.tokens().await?;
+    if output == Output::Json {
+        return Ok(serde_json::to_string_pretty(&list).expect("serializes") + "\n");
+    }
+    if !list.enabled {
+        return Ok("ACLs are off in this cluster (start a node with --acl-bootstrap-token-file to turn them on)\n".into());
+    }
+    let rows: Vec<Vec<String>> = list
+        .tokens
+        .iter()
+        .map(|t| vec![t.id.to_string(), t.scopes.join(" "), t.description.clone(), t.created_ms.map(utc).unwrap_or_else(|| "-".into())])
+        .collect();
+    Ok(table(&["ID", "SCOPES", "DESCRIPTION", "CREATED"], &rows))
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use proto::{LeaseId, Registration, Revision};
 
+use crate::acl::{Scope, TokenHash, TokenId};
+
 /// A replicated command. Applying one is deterministic: it reads no clock and no local state
 /// beyond the store and the entry's own log id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,6 +17,10 @@ pub enum Cmd {
         ttl_ms: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<String>,
+        /// The ACL token that granted it: only that token (or an admin) may keep it alive or
+        /// revoke it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<TokenId>,
     },
     /// Revoke a lease on a client's request, removing every instance attached to it.
     RevokeLease { lease_id: LeaseId },
@@ -37,6 +43,13 @@ pub enum Cmd {
     /// Record that these members have taken part (acknowledged the log), so one that comes
     /// back with an empty data directory is recognised and refused (Raft amnesia).
     MembersStarted { ids: Vec<u64> },
+    /// Turn ACLs on with a first `admin` token (`--acl-bootstrap-token-file`). Only the first
+    /// applies; ACLs are never turned off.
+    AclBootstrap { hash: TokenHash },
+    /// Create a token; its id is the index of this entry.
+    CreateToken { hash: TokenHash, scopes: Vec<Scope>, description: String },
+    /// Revoke a token: from the moment a node applies this, it refuses it.
+    RevokeToken { id: TokenId },
 }
 
 /// One log entry's payload: a command and, when the client sent one, the idempotency key that
@@ -74,7 +87,7 @@ impl Proposal {
     /// retry through another node can come from another address.
     pub fn fingerprint(&self) -> u64 {
         let cmd = match &self.cmd {
-            Cmd::GrantLease { ttl_ms, .. } => Cmd::GrantLease { ttl_ms: *ttl_ms, owner: None },
+            Cmd::GrantLease { ttl_ms, token, .. } => Cmd::GrantLease { ttl_ms: *ttl_ms, owner: None, token: *token },
             other => other.clone(),
         };
         let bytes = serde_json::to_vec(&cmd).expect("commands serialize");
@@ -98,6 +111,12 @@ pub enum Resp {
     StaleTerm { term: u64, entry_term: u64 },
     /// The idempotency key was used before for a different command; nothing was applied.
     KeyReused { request_id: RequestId },
+    /// A token was created.
+    TokenCreated { id: TokenId, revision: Revision },
+    /// The command named a token that does not exist.
+    TokenNotFound { id: TokenId },
+    /// A token with the same secret exists already.
+    TokenExists { id: TokenId },
 }
 
 impl Default for Resp {

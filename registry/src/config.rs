@@ -111,6 +111,15 @@ pub struct ServeArgs {
     /// The cluster CA (PEM): client and peer certificates are verified against it.
     #[arg(long, env = "REGISTRY_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+    /// Turn ACLs on, with the token in this file as the first `admin` token (at least 32
+    /// visible characters; `registry token generate` makes one). Applies once, when the cluster
+    /// has no ACLs yet; from then on every client route needs a token (`Authorization: Bearer`),
+    /// on every node. Until it applies, this node takes only that token.
+    #[arg(long, env = "REGISTRY_ACL_BOOTSTRAP_TOKEN_FILE", value_name = "FILE")]
+    pub acl_bootstrap_token_file: Option<PathBuf>,
+    /// With ACLs on, serve /metrics without a token (for a Prometheus scraper).
+    #[arg(long, env = "REGISTRY_METRICS_OPEN")]
+    pub metrics_open: bool,
     /// Test only: while this file exists, every flush of the Raft log hangs, as on a stalled
     /// volume. The chaos test's disk-stall fault.
     #[arg(long, hide = true)]
@@ -149,6 +158,8 @@ pub struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
+    acl_bootstrap_token_file: Option<PathBuf>,
+    metrics_open: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,6 +395,22 @@ impl ServeArgs {
                 None
             }
         };
+        let acl_bootstrap = match self.acl_bootstrap_token_file.or(file.acl_bootstrap_token_file) {
+            None => None,
+            Some(path) => match std::fs::read_to_string(&path) {
+                Err(e) => {
+                    errors.push(format!("acl-bootstrap-token-file: reading {}: {e}", path.display()));
+                    None
+                }
+                Ok(text) => match crate::acl::check_token(&text) {
+                    Ok(()) => Some(crate::acl::TokenHash::of(&text)),
+                    Err(e) => {
+                        errors.push(format!("acl-bootstrap-token-file: {}: {e}", path.display()));
+                        None
+                    }
+                },
+            },
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -398,6 +425,8 @@ impl ServeArgs {
         node.limits = limits;
         node.peer_auth = peer_auth.unwrap();
         node.tls = tls;
+        node.acl_bootstrap = acl_bootstrap;
+        node.metrics_open = self.metrics_open || file.metrics_open.unwrap_or(false);
         Ok(Serve {
             listen: listen.unwrap(),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),

@@ -33,6 +33,9 @@ pub enum ApiError {
     /// Credentials that do not allow this.
     #[error("{0}")]
     Forbidden(String),
+    /// It exists already.
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -56,6 +59,7 @@ impl ApiError {
             ApiError::TooMany(_) => C::ResourceExhausted,
             ApiError::Unauthenticated(_) => C::Unauthenticated,
             ApiError::Forbidden(_) => C::Forbidden,
+            ApiError::Conflict(_) => C::AlreadyExists,
             ApiError::Internal(_) => C::Internal,
         }
     }

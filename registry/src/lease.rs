@@ -239,7 +239,7 @@ mod tests {
     use super::*;
 
     fn leases(specs: &[(LeaseId, u64)]) -> BTreeMap<LeaseId, Lease> {
-        specs.iter().map(|&(id, ttl_ms)| (id, Lease { id, ttl_ms, instances: BTreeSet::new(), owner: None })).collect()
+        specs.iter().map(|&(id, ttl_ms)| (id, Lease { id, ttl_ms, instances: BTreeSet::new(), owner: None, token: None })).collect()
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,5 +1,6 @@
 //! The registry: a Raft-replicated store of services, instances and leases.
 
+pub mod acl;
 pub mod cli;
 pub mod command;
 pub mod config;

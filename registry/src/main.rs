@@ -22,7 +22,7 @@ struct ClientArgs {
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
     #[command(flatten)]
-    tls: client::TlsArgs,
+    access: client::AccessArgs,
 }
 
 // `serve`'s flags make that variant large; the value is parsed once, at startup.
@@ -56,11 +56,47 @@ enum Command {
         #[command(subcommand)]
         action: MembersAction,
     },
+    /// Manage ACL tokens (admin): create, list, revoke; or generate one for bootstrapping.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Make TLS certificates.
     Tls {
         #[command(subcommand)]
         action: TlsAction,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token with these scopes and print it. It is shown this once: the registry keeps
+    /// only its hash.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// `read`, `admin`, or `announce:SERVICE-GLOB` (e.g. `announce:web-*`); repeat for several.
+        #[arg(long = "scope", required = true, value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// What the token is for (shown by `token list`).
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens: id, scopes, description, created. Never their secrets.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token: each node refuses it as soon as it applies the revocation.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The token's id (from `token list`).
+        id: u64,
+    },
+    /// Print a new random token (43 characters), e.g. for --acl-bootstrap-token-file:
+    /// `registry token generate > FILE && chmod 600 FILE`.
+    Generate,
 }
 
 #[derive(Subcommand)]
@@ -138,7 +174,7 @@ fn member_client(args: &ClientArgs, credentials: &MemberCredentials) -> Result<c
         let secret = registry::peer_auth::ClusterSecret::from_file(path).map_err(fail)?;
         builder = builder.cluster_secret(secret.expose()).map_err(|e| fail(e.to_string()))?;
     }
-    builder.tls(&args.tls.over(client::TlsFiles::default())).and_then(|b| b.build()).map_err(|e| fail(e.to_string()))
+    builder.access(&args.access.over(client::Access::default())).and_then(|b| b.build()).map_err(|e| fail(e.to_string()))
 }
 
 async fn run_client<F: std::future::Future<Output = Result<String, client::Error>>>(f: F) -> ExitCode {
@@ -210,6 +246,48 @@ async fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("registry tls init: {e}");
                 ExitCode::FAILURE
+            }
+        },
+        Command::Token { action } => match action {
+            TokenAction::Generate => {
+                println!("{}", client::generate_token());
+                ExitCode::SUCCESS
+            }
+            TokenAction::Create { client: args, scopes, description } => {
+                let c = match client(&args) {
+                    Ok(c) => c,
+                    Err(code) => return code,
+                };
+                let json = args.output == Output::Json;
+                run_client(async {
+                    let token = client::generate_token();
+                    let r = c.create_token(&token, &scopes, &description).await?;
+                    Ok(if json {
+                        serde_json::json!({ "id": r.id, "token": token, "scopes": scopes }).to_string() + "\n"
+                    } else {
+                        format!("token {token}\nid    {}\nscopes {}\n(shown once: the registry keeps only its hash)\n", r.id, scopes.join(" "))
+                    })
+                })
+                .await
+            }
+            TokenAction::List { client: args } => {
+                let c = match client(&args) {
+                    Ok(c) => c,
+                    Err(code) => return code,
+                };
+                run_client(cli::tokens(&c, args.output)).await
+            }
+            TokenAction::Revoke { client: args, id } => {
+                let c = match client(&args) {
+                    Ok(c) => c,
+                    Err(code) => return code,
+                };
+                let json = args.output == Output::Json;
+                run_client(async {
+                    let r = c.revoke_token(id).await?;
+                    Ok(if json { serde_json::to_string(&r).unwrap() + "\n" } else { format!("token {id} revoked at revision {}\n", r.revision) })
+                })
+                .await
             }
         },
         Command::Members { action } => match action {

@@ -251,7 +251,7 @@ mod tests {
     fn at(index: u64) -> (SnapshotMeta, Applied) {
         let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
         let mut data = Applied { last_applied: Some(log_id), ..Applied::default() };
-        data.store.apply(index, 1, &Cmd::GrantLease { ttl_ms: 1000, owner: None }.into());
+        data.store.apply(index, 1, &Cmd::GrantLease { ttl_ms: 1000, owner: None, token: None }.into());
         let meta = SnapshotMeta { last_log_id: Some(log_id), last_membership: StoredMembership::default(), snapshot_id: format!("{index}") };
         (meta, data)
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use proto::{Instance, LeaseId, Registration, Removal, RemovalCause, Revision, WatchEvent};
 
+use crate::acl::{Acl, Token};
 use crate::command::{Cmd, Proposal, RequestId, Resp};
 
 /// A lease as replicated: its TTL and what hangs off it. Deadlines are not here: they live on
@@ -22,6 +23,9 @@ pub struct Lease {
     /// The client that asked for it, if known (`GrantLease::owner`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The ACL token that granted it (`GrantLease::token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<crate::acl::TokenId>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +54,9 @@ pub struct Store {
     /// The last `RECENT_REMOVALS` instance removals, with their causes, oldest first.
     #[serde(default)]
     removals: VecDeque<Removal>,
+    /// Tokens and whether ACLs are on (`acl`).
+    #[serde(default)]
+    acl: Acl,
 }
 
 /// How many removals the store remembers for `GET /v1/removals`.
@@ -115,11 +122,11 @@ impl Store {
     fn apply_cmd(&mut self, index: u64, term: u64, cmd: &Cmd, at_ms: Option<u64>) -> (Resp, Vec<WatchEvent>) {
         let mut events = Vec::new();
         let resp = match cmd {
-            Cmd::GrantLease { ttl_ms, owner } => {
+            Cmd::GrantLease { ttl_ms, owner, token } => {
                 if let Some(o) = owner {
                     *self.leases_by_owner.entry(o.clone()).or_default() += 1;
                 }
-                self.leases.insert(index, Lease { id: index, ttl_ms: *ttl_ms, instances: BTreeSet::new(), owner: owner.clone() });
+                self.leases.insert(index, Lease { id: index, ttl_ms: *ttl_ms, instances: BTreeSet::new(), owner: owner.clone(), token: *token });
                 Resp::Granted { lease_id: index, ttl_ms: *ttl_ms, revision: index }
             }
             Cmd::RevokeLease { lease_id } => match self.remove_lease(*lease_id, RemovalCause::Revoked { lease_id: *lease_id }, at_ms, &mut events) {
@@ -149,6 +156,28 @@ impl Store {
                 self.started.extend(ids.iter().copied());
                 Resp::Ok { revision: index }
             }
+            Cmd::AclBootstrap { hash } => {
+                if !self.acl.enabled {
+                    self.acl.enabled = true;
+                    let token = Token { id: index, scopes: vec![crate::acl::Scope::Admin], description: "bootstrap".into(), created_ms: at_ms };
+                    self.acl.tokens.insert(hash.clone(), token);
+                }
+                Resp::Ok { revision: index }
+            }
+            Cmd::CreateToken { hash, scopes, description } => match self.acl.tokens.get(hash) {
+                Some(t) => Resp::TokenExists { id: t.id },
+                None => {
+                    self.acl.tokens.insert(hash.clone(), Token { id: index, scopes: scopes.clone(), description: description.clone(), created_ms: at_ms });
+                    Resp::TokenCreated { id: index, revision: index }
+                }
+            },
+            Cmd::RevokeToken { id } => match self.acl.by_id(*id).map(|(h, _)| h.clone()) {
+                Some(h) => {
+                    self.acl.tokens.remove(&h);
+                    Resp::Ok { revision: index }
+                }
+                None => Resp::TokenNotFound { id: *id },
+            },
         };
         (resp, events)
     }
@@ -306,6 +335,10 @@ impl Store {
         self.leases_by_owner.get(owner).copied().unwrap_or(0)
     }
 
+    pub fn acl(&self) -> &Acl {
+        &self.acl
+    }
+
     pub fn instance_count(&self) -> usize {
         self.services.values().map(|m| m.len()).sum()
     }
@@ -332,7 +365,7 @@ mod tests {
     #[test]
     fn lease_id_is_the_grant_index() {
         let mut s = Store::default();
-        let (r, _) = apply(&mut s, 7, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None });
+        let (r, _) = apply(&mut s, 7, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None });
         assert_eq!(r, Resp::Granted { lease_id: 7, ttl_ms: 3000, revision: 7 });
         assert!(s.leases.contains_key(&7));
     }
@@ -361,7 +394,7 @@ mod tests {
     #[test]
     fn revoke_removes_attached_instances_in_the_same_entry() {
         let mut s = Store::default();
-        apply(&mut s, 1, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None });
+        apply(&mut s, 1, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None });
         apply(&mut s, 2, 1, put("web", "a", Some(1)));
         apply(&mut s, 3, 1, put("api", "b", Some(1)));
         apply(&mut s, 4, 1, put("web", "c", None));
@@ -377,7 +410,7 @@ mod tests {
     #[test]
     fn expiry_from_another_term_is_a_no_op() {
         let mut s = Store::default();
-        apply(&mut s, 1, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None });
+        apply(&mut s, 1, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None });
         apply(&mut s, 2, 1, put("web", "a", Some(1)));
         let (r, ev) = apply(&mut s, 3, 2, Cmd::ExpireLeases { term: 1, lease_ids: vec![1] });
         assert_eq!(r, Resp::StaleTerm { term: 1, entry_term: 2 });
@@ -391,8 +424,8 @@ mod tests {
     #[test]
     fn moving_an_instance_to_another_lease_detaches_it_from_the_old_one() {
         let mut s = Store::default();
-        apply(&mut s, 1, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None });
-        apply(&mut s, 2, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None });
+        apply(&mut s, 1, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None });
+        apply(&mut s, 2, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None });
         apply(&mut s, 3, 1, put("web", "a", Some(1)));
         apply(&mut s, 4, 1, put("web", "a", Some(2)));
         apply(&mut s, 5, 1, Cmd::RevokeLease { lease_id: 1 });
@@ -420,7 +453,7 @@ mod tests {
     #[test]
     fn leases_are_counted_per_owner() {
         let mut s = Store::default();
-        let grant = |o: &str| Cmd::GrantLease { ttl_ms: 1000, owner: Some(o.into()) };
+        let grant = |o: &str| Cmd::GrantLease { ttl_ms: 1000, owner: Some(o.into()), token: None };
         apply(&mut s, 1, 1, grant("10.0.0.1"));
         apply(&mut s, 2, 1, grant("10.0.0.1"));
         apply(&mut s, 3, 1, grant("10.0.0.2"));
@@ -433,8 +466,12 @@ mod tests {
 
     #[test]
     fn same_log_same_store() {
-        let log =
-            [Cmd::GrantLease { ttl_ms: 1000, owner: None }, put("web", "a", Some(1)), put("web", "b", None), Cmd::ExpireLeases { term: 1, lease_ids: vec![1] }];
+        let log = [
+            Cmd::GrantLease { ttl_ms: 1000, owner: None, token: None },
+            put("web", "a", Some(1)),
+            put("web", "b", None),
+            Cmd::ExpireLeases { term: 1, lease_ids: vec![1] },
+        ];
         let run = || {
             let mut s = Store::default();
             for (i, c) in log.iter().enumerate() {
@@ -449,8 +486,8 @@ mod tests {
     fn every_removal_records_its_cause_in_the_event_and_the_recent_list() {
         let mut s = Store::default();
         let at = |cmd: Cmd, ms: u64| Proposal { at_ms: Some(ms), ..Proposal::new(cmd, None) };
-        s.apply(1, 1, &Cmd::GrantLease { ttl_ms: 3000, owner: None }.into());
-        s.apply(2, 1, &Cmd::GrantLease { ttl_ms: 3000, owner: None }.into());
+        s.apply(1, 1, &Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None }.into());
+        s.apply(2, 1, &Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None }.into());
         apply(&mut s, 3, 1, put("web", "a", Some(1)));
         apply(&mut s, 4, 1, put("web", "b", Some(2)));
         apply(&mut s, 5, 1, put("web", "c", None));
@@ -503,7 +540,7 @@ mod request_tests {
     use super::*;
 
     fn grant(id: Option<&str>) -> Proposal {
-        Proposal::new(Cmd::GrantLease { ttl_ms: 3000, owner: None }, id.map(str::to_string))
+        Proposal::new(Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None }, id.map(str::to_string))
     }
 
     #[test]
@@ -546,7 +583,7 @@ mod request_tests {
     #[test]
     fn a_retry_through_another_node_is_a_retry_whatever_address_that_node_saw() {
         let mut s = Store::default();
-        let from = |owner: &str| Proposal::new(Cmd::GrantLease { ttl_ms: 3000, owner: Some(owner.into()) }, Some("k".into()));
+        let from = |owner: &str| Proposal::new(Cmd::GrantLease { ttl_ms: 3000, owner: Some(owner.into()), token: None }, Some("k".into()));
         let (first, _) = s.apply(1, 1, &from("10.0.0.7"));
         assert_eq!(s.apply(2, 1, &from("127.0.0.1")).0, first);
         assert_eq!(s.leases.len(), 1);
@@ -556,8 +593,35 @@ mod request_tests {
     fn a_key_reused_for_another_command_applies_nothing() {
         let mut s = Store::default();
         s.apply(1, 1, &grant(Some("k")));
-        let other = Proposal::new(Cmd::GrantLease { ttl_ms: 9000, owner: None }, Some("k".into()));
+        let other = Proposal::new(Cmd::GrantLease { ttl_ms: 9000, owner: None, token: None }, Some("k".into()));
         assert_eq!(s.apply(2, 1, &other).0, Resp::KeyReused { request_id: "k".into() });
         assert_eq!(s.leases.len(), 1);
+    }
+
+    #[test]
+    fn acl_bootstrap_applies_once_and_tokens_are_kept_by_hash_only() {
+        use crate::acl::{Scope, TokenHash};
+        let mut s = Store::default();
+        let boot = TokenHash::of(&"b".repeat(40));
+        s.apply(1, 1, &Proposal::from(Cmd::AclBootstrap { hash: boot.clone() }));
+        assert!(s.acl().enabled);
+        assert!(s.acl().by_hash(&boot).unwrap().is_admin());
+        // A second bootstrap (another node's flag, a restart) changes nothing.
+        s.apply(2, 1, &Proposal::from(Cmd::AclBootstrap { hash: TokenHash::of(&"c".repeat(40)) }));
+        assert_eq!(s.acl().tokens.len(), 1);
+        let web = TokenHash::of(&"w".repeat(40));
+        let (r, _) =
+            s.apply(3, 1, &Proposal::from(Cmd::CreateToken { hash: web.clone(), scopes: vec![Scope::Announce("web-*".into())], description: "web".into() }));
+        assert_eq!(r, Resp::TokenCreated { id: 3, revision: 3 });
+        let (r, _) = s.apply(4, 1, &Proposal::from(Cmd::CreateToken { hash: web.clone(), scopes: vec![Scope::Read], description: "again".into() }));
+        assert_eq!(r, Resp::TokenExists { id: 3 });
+        assert!(!serde_json::to_string(&s).unwrap().contains(&"w".repeat(40)), "the token itself is never stored");
+        s.apply(5, 1, &Proposal::from(Cmd::GrantLease { ttl_ms: 3000, owner: None, token: Some(3) }));
+        assert_eq!(s.lease(5).unwrap().token, Some(3));
+        let (r, _) = s.apply(6, 1, &Proposal::from(Cmd::RevokeToken { id: 3 }));
+        assert_eq!(r, Resp::Ok { revision: 6 });
+        assert!(s.acl().by_hash(&web).is_none());
+        let (r, _) = s.apply(7, 1, &Proposal::from(Cmd::RevokeToken { id: 3 }));
+        assert_eq!(r, Resp::TokenNotFound { id: 3 });
     }
 }

@@ -36,7 +36,7 @@ pub struct RunArgs {
     #[arg(long, env = "REGISTRY_ADDR", value_delimiter = ',')]
     pub registry: Vec<String>,
     #[command(flatten)]
-    pub tls: client::TlsArgs,
+    pub access: client::AccessArgs,
     /// Read ephemeral znodes from this ZooKeeper (`HOST:PORT[,HOST:PORT]`) instead.
     #[arg(long, env = "SYNCER_ZOOKEEPER")]
     pub zookeeper: Option<String>,
@@ -106,6 +106,7 @@ struct FileConfig {
     ca_file: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    token_file: Option<PathBuf>,
     zookeeper: Option<String>,
     haproxy_socket: Option<String>,
     dataplane_url: Option<String>,
@@ -136,8 +137,8 @@ struct FileConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// Node URLs, and how to reach them over TLS.
-    Registry(Vec<String>, client::TlsFiles),
+    /// Node URLs, and how to reach them (TLS, token).
+    Registry(Vec<String>, client::Access),
     Zookeeper {
         connect: String,
         session_timeout: Duration,
@@ -205,13 +206,17 @@ impl RunArgs {
         let registry = if self.registry.is_empty() { file.registry.unwrap_or_default() } else { self.registry };
         let zookeeper = self.zookeeper.or(file.zookeeper);
         let session_timeout = self.zookeeper_session_timeout.or(file.zookeeper_session_timeout).unwrap_or(Duration::from_secs(10));
-        let tls = self.tls.over(client::TlsFiles { ca: file.ca_file, cert: file.cert, key: file.key });
+        let access = self.access.over(client::Access {
+            tls: client::TlsFiles { ca: file.ca_file, cert: file.cert, key: file.key },
+            token_file: file.token_file,
+            token: None,
+        });
         let source = match (registry.is_empty(), zookeeper) {
             (false, None) => {
-                if let Err(e) = client::Client::builder(&registry).and_then(|b| b.tls(&tls)).and_then(|b| b.build()) {
+                if let Err(e) = client::Client::builder(&registry).and_then(|b| b.access(&access)).and_then(|b| b.build()) {
                     errors.push(format!("registry: {e}"));
                 }
-                Some(Source::Registry(registry, tls))
+                Some(Source::Registry(registry, access))
             }
             (true, Some(connect)) => Some(Source::Zookeeper { connect, session_timeout }),
             (false, Some(_)) => {

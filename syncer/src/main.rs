@@ -36,8 +36,8 @@ async fn run_with<D: Driver + Send + 'static>(driver: D, config: Config, metrics
     let services: Vec<String> = config.settings.mappings.iter().map(|m| m.service.clone()).collect();
     let (reconciler, applied) = Reconciler::new(driver, config.settings.clone(), metrics, state_dir);
     match &config.source {
-        Source::Registry(urls, tls) => {
-            let make = || client::Client::builder(urls).and_then(|b| b.tls(tls)).and_then(|b| b.build());
+        Source::Registry(urls, access) => {
+            let make = || client::Client::builder(urls).and_then(|b| b.access(access)).and_then(|b| b.build());
             let source_client = make()?;
             tokio::spawn(syncer::source::registry::run(source_client, services, tx));
             let (address, port) = match config.admin {

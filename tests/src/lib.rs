@@ -131,6 +131,8 @@ pub struct RegistryCluster {
     pub nodes: Vec<Proc>,
     pub addrs: Vec<String>,
     pub dir: tempfile::TempDir,
+    /// With ACLs on (`start_acl`): the bootstrap admin token, which `client` sends.
+    pub admin_token: Option<String>,
 }
 
 impl RegistryCluster {
@@ -140,7 +142,23 @@ impl RegistryCluster {
     }
 
     pub async fn start_with(n: usize, extra: &[&str]) -> RegistryCluster {
+        Self::start_in(tempfile::tempdir().unwrap(), n, extra, None).await
+    }
+
+    /// A cluster with ACLs on: `--acl-bootstrap-token-file` with a fresh token, kept in
+    /// `admin_token` (and in `dir/admin-token`).
+    pub async fn start_acl(n: usize) -> RegistryCluster {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
+        let token = client::generate_token();
+        let path = dir.path().join("admin-token");
+        std::fs::write(&path, &token).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let flag = path.display().to_string();
+        Self::start_in(dir, n, &["--acl-bootstrap-token-file", &flag], Some(token)).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, n: usize, extra: &[&str], admin_token: Option<String>) -> RegistryCluster {
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let bin = binary("registry");
@@ -166,7 +184,7 @@ impl RegistryCluster {
                 Proc::spawn(&format!("registry-{}", i + 1), &bin, &args, dir.path())
             })
             .collect();
-        let c = RegistryCluster { nodes, addrs, dir };
+        let c = RegistryCluster { nodes, addrs, dir, admin_token };
         c.wait_leader(Duration::from_secs(15)).await;
         c
     }
@@ -176,7 +194,11 @@ impl RegistryCluster {
     }
 
     pub fn client(&self) -> client::Client {
-        client::Client::new(&self.urls()).unwrap()
+        let b = client::Client::builder(&self.urls()).unwrap();
+        match &self.admin_token {
+            Some(t) => b.token(t).unwrap().build().unwrap(),
+            None => b.build().unwrap(),
+        }
     }
 
     /// Waits until a reachable node names a leader that itself says it leads; returns its

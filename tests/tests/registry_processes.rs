@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::{registry_cli, wait_for, RegistryCluster};
+use e2e::{binary, registry_cli, wait_for, Proc, RegistryCluster};
 use proto::InstanceSpec;
 use tokio::time::Instant;
 
@@ -251,6 +251,67 @@ async fn a_tls_node_serves_https_and_sighup_picks_up_a_new_certificate() {
 fn first_der(pem: &std::path::Path) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::pem_file_iter(pem).unwrap().next().unwrap().unwrap().to_vec()
+}
+
+/// ACLs as an operator turns them on: `--acl-bootstrap-token-file`, then `registry token
+/// create` for an announcer, which registers with `--token-file`; without a token the CLI is
+/// refused, and `token list` never shows a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_with_the_cli_and_an_announcer() {
+    let cluster = RegistryCluster::start_acl(3).await;
+    let urls = cluster.urls().join(",");
+    let admin_file = cluster.dir.path().join("admin-token");
+    let admin = admin_file.to_str().unwrap();
+    let (code, _, err) = registry_cli(&["ls", "--registry", &urls]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("401") && err.contains("token"), "{err}");
+    let (code, out, err) = registry_cli(&[
+        "token",
+        "create",
+        "--scope",
+        "announce:web-*",
+        "--description",
+        "web announcers",
+        "--registry",
+        &urls,
+        "--token-file",
+        admin,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let web_token = created["token"].as_str().unwrap().to_string();
+    let web_file = cluster.dir.path().join("web-token");
+    std::fs::write(&web_file, &web_token).unwrap();
+
+    let web_port = e2e::free_port();
+    let _web =
+        Proc::spawn("web", &binary("demo_web"), &["--listen".into(), format!("127.0.0.1:{web_port}"), "--name".into(), "web".into()], cluster.dir.path());
+    let _announcer = Proc::spawn(
+        "announcer",
+        &binary("announcer"),
+        &[
+            "--registry".into(),
+            urls.clone(),
+            "--token-file".into(),
+            web_file.display().to_string(),
+            "--service".into(),
+            "web-servers".into(),
+            "--address".into(),
+            format!("127.0.0.1:{web_port}"),
+        ],
+        cluster.dir.path(),
+    );
+    let client = cluster.client();
+    wait_for(Duration::from_secs(10), "the announcer to register with its token", || async {
+        client.service("web-servers", false).await.ok().filter(|s| !s.instances.is_empty())
+    })
+    .await;
+    let (code, out, err) = registry_cli(&["token", "list", "--registry", &urls, "--token-file", admin]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("announce:web-*") && out.contains("web announcers"), "{out}");
+    assert!(!out.contains(&web_token), "token list showed a secret: {out}");
 }
 
 #[test]

@@ -30,7 +30,7 @@ pub struct ForwardTo {
 }
 
 /// Headers relayed to the leader besides the body.
-const RELAYED: [&str; 3] = ["content-type", proto::IDEMPOTENCY_KEY_HEADER, super::extract::CLIENT_ADDR_HEADER];
+const RELAYED: [&str; 4] = ["content-type", "authorization", proto::IDEMPOTENCY_KEY_HEADER, super::extract::CLIENT_ADDR_HEADER];
 
 pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use proto::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest, WriteResult};
 
 use super::extract::{parse_id, ClientAddr, JsonBody, RequestIdHeader};
+use crate::acl::Caller;
 use crate::error::ApiError;
 use crate::node::Node;
 
@@ -14,15 +15,25 @@ pub async fn grant(
     State(node): State<Arc<Node>>,
     RequestIdHeader(rid): RequestIdHeader,
     ClientAddr(owner): ClientAddr,
+    Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<LeaseGrantRequest>,
 ) -> Result<Json<LeaseGrant>, ApiError> {
-    node.grant(rid, req.ttl_ms, owner).await.map(Json)
+    node.grant(rid, req.ttl_ms, owner, caller).await.map(Json)
 }
 
-pub async fn keepalive(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<Json<KeepaliveResponse>, ApiError> {
-    node.keepalive(parse_id("lease", &id)?).await.map(Json)
+pub async fn keepalive(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<KeepaliveResponse>, ApiError> {
+    node.keepalive(parse_id("lease", &id)?, caller).await.map(Json)
 }
 
-pub async fn revoke(State(node): State<Arc<Node>>, RequestIdHeader(rid): RequestIdHeader, Path(id): Path<String>) -> Result<Json<WriteResult>, ApiError> {
-    node.revoke(rid, parse_id("lease", &id)?).await.map(Json)
+pub async fn revoke(
+    State(node): State<Arc<Node>>,
+    RequestIdHeader(rid): RequestIdHeader,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<WriteResult>, ApiError> {
+    node.revoke(rid, parse_id("lease", &id)?, caller).await.map(Json)
 }

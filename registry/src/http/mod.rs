@@ -5,6 +5,7 @@
 //! Architecture Invariant: only this module knows axum. Cross-cutting concerns (peer
 //! authentication, and later TLS and tokens) are tower layers in `router`, not inside handlers.
 
+mod acl;
 mod cluster;
 mod error;
 mod extract;
@@ -14,6 +15,7 @@ mod ops;
 mod peer;
 mod raft_rpc;
 mod services;
+mod tokens;
 mod watch;
 
 use std::sync::Arc;
@@ -47,15 +49,21 @@ pub fn router(node: Arc<Node>) -> Router {
     let cluster = Router::new()
         .route("/v1/cluster", get(cluster::info))
         .route("/v1/cluster/members", post(cluster::add_member))
-        .route("/v1/cluster/members/{id}", delete(cluster::remove_member));
+        .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
+        .route("/v1/acl/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/acl/tokens/{id}", delete(tokens::revoke));
+    // Tokens are checked on every client route before anything else runs there (forwarding
+    // included); `route_layer` so the route's template is known (`acl::need`).
+    let acl = middleware::from_fn_with_state(node.clone(), acl::layer);
     // Everything a client may send to any node: the leader-only parts are relayed.
-    let forwarded = leases.merge(services).merge(cluster).layer(middleware::from_fn_with_state(node.clone(), forward::layer));
+    let forwarded = leases.merge(services).merge(cluster).layer(middleware::from_fn_with_state(node.clone(), forward::layer)).route_layer(acl.clone());
     let local = Router::new()
         // Served by every node from its own applied log; never forwarded.
         .route("/v1/watch", get(watch::watch))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics));
+        .route("/metrics", get(ops::metrics))
+        .route_layer(acl);
     let api = forwarded.merge(local).fallback(ops::not_found).method_not_allowed_fallback(ops::method_not_allowed).layer(DefaultBodyLimit::max(API_BODY_LIMIT));
     let raft = Router::new()
         .route("/raft/append", post(raft_rpc::append))

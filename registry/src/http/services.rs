@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::Json;
+use axum::{Extension, Json};
 use proto::{InstanceSpec, RemovalList, ServiceInstances, ServiceList, WriteResult};
 use serde::Deserialize;
 
@@ -66,12 +66,13 @@ pub async fn put_instance(
     State(node): State<Arc<Node>>,
     Path((service, instance)): Path<(String, String)>,
     RequestIdHeader(rid): RequestIdHeader,
+    Extension(caller): Extension<crate::acl::Caller>,
     body: Result<JsonBody<InstanceSpec>, ApiError>,
 ) -> Result<Json<WriteResult>, ApiError> {
     // Bad names are reported before a bad body, as they always were.
     crate::node::check_names(&service, &instance)?;
     let JsonBody(spec) = body?;
-    node.put_instance(rid, service, instance, spec).await.map(Json)
+    node.put_instance(rid, service, instance, spec, caller).await.map(Json)
 }
 
 pub async fn delete_instance(

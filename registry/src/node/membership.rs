@@ -140,9 +140,10 @@ impl Node {
 /// How often a leader looks for members to record as started.
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 
-/// On a ready leader: names the cluster if it has no name yet, and records every member that
-/// has acknowledged the log (`Cmd::MembersStarted`), so one that later comes back with an
-/// empty data directory is recognised. A few entries in a cluster's life.
+/// On a ready leader: names the cluster if it has no name yet, turns ACLs on if told to
+/// (`--acl-bootstrap-token-file`), and records every member that has acknowledged the log
+/// (`Cmd::MembersStarted`), so one that later comes back with an empty data directory is
+/// recognised. A few entries in a cluster's life.
 pub(super) async fn record_started(node: super::NodeRef, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
@@ -164,9 +165,14 @@ pub(super) async fn record_started(node: super::NodeRef, mut stop: watch::Receiv
 impl Node {
     /// What the leader still has to record, if anything.
     fn membership_record(&self) -> Option<Cmd> {
-        let (has_id, started) = self.read_store(|s| (s.cluster_id().is_some(), s.started().clone()));
+        let (has_id, started, acl_on) = self.read_store(|s| (s.cluster_id().is_some(), s.started().clone(), s.acl().enabled));
         if !has_id {
             return Some(Cmd::InitCluster { cluster_id: format!("{:016x}", rand::random::<u64>()) });
+        }
+        // `--acl-bootstrap-token-file`: ACLs on, with that token as the first admin. Until this
+        // applies, a node so configured takes only that token (`Node::acl_view`).
+        if let (false, Some(hash)) = (acl_on, &self.config.acl_bootstrap) {
+            return Some(Cmd::AclBootstrap { hash: hash.clone() });
         }
         let m = self.raft_metrics();
         let acked = |id: u64| id == self.id || m.replication.as_ref().is_some_and(|r| r.get(&id).cloned().flatten().is_some());

@@ -46,6 +46,18 @@ use crate::types::{NodeId, Raft, RaftMetrics};
 use election::Election;
 use leadership::{Leadership, NotFresh};
 
+/// Which ACL rules a node applies (`acl`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclView {
+    /// No ACLs in this cluster: anyone may do anything.
+    Off,
+    /// This node was told to turn ACLs on and the entry has not applied yet: only the bootstrap
+    /// token, as `admin`, so the cluster is never open on its way to being closed.
+    Bootstrapping(crate::acl::TokenHash),
+    /// The replicated tokens decide.
+    On,
+}
+
 /// Everything a node needs to start; built from flags or a config file by `config`.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -87,6 +99,10 @@ pub struct NodeConfig {
     /// TLS for the client API and peer RPC (`--tls-*`); with it, `peer_auth` is
     /// `NodeCertificate`.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// `--acl-bootstrap-token-file`: turn ACLs on with this token (its hash) as the first admin.
+    pub acl_bootstrap: Option<crate::acl::TokenHash>,
+    /// `--metrics-open`: `/metrics` needs no token even with ACLs on.
+    pub metrics_open: bool,
 }
 
 /// Leader heartbeat interval. On a LAN a round trip is well under a millisecond; 50 ms leaves
@@ -127,6 +143,8 @@ impl NodeConfig {
             source_ip: None,
             peer_auth: PeerAuth::Insecure,
             tls: None,
+            acl_bootstrap: None,
+            metrics_open: false,
         }
     }
 }
@@ -355,6 +373,16 @@ impl Node {
         let m = self.raft_metrics();
         let mut members = m.membership_config.membership().nodes().map(|(_, n)| crate::tls::host_of(&n.addr)).peekable();
         members.peek().is_none() || members.any(|h| hosts.contains(&h))
+    }
+
+    /// The ACL rules this node applies right now.
+    pub fn acl_view(&self) -> AclView {
+        let enabled = self.read_store(|s| s.acl().enabled);
+        match (enabled, &self.config.acl_bootstrap) {
+            (true, _) => AclView::On,
+            (false, Some(hash)) => AclView::Bootstrapping(hash.clone()),
+            (false, None) => AclView::Off,
+        }
     }
 
     pub(crate) fn peers(&self) -> &PeerClient {

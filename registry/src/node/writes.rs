@@ -9,6 +9,7 @@ use proto::{InstanceSpec, KeepaliveResponse, LeaseGrant, LeaseId, WriteResult};
 use tokio::time::Instant;
 
 use super::Node;
+use crate::acl::Caller;
 use crate::command::{Cmd, Proposal, RequestId, Resp};
 use crate::error::ApiError;
 
@@ -20,6 +21,10 @@ fn written(resp: Resp) -> Result<WriteResult, ApiError> {
         Resp::KeyReused { request_id } => Err(key_reused(request_id)),
         other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
     }
+}
+
+fn not_yours(lease_id: LeaseId) -> ApiError {
+    ApiError::Forbidden(format!("lease {lease_id} was granted with another token"))
 }
 
 fn key_reused(key: RequestId) -> ApiError {
@@ -60,7 +65,7 @@ impl Node {
 
     /// Grants a lease. `owner` is the client's address; one owner holds at most
     /// `limits.max_leases_per_client` live leases.
-    pub async fn grant(&self, request_id: Option<RequestId>, ttl_ms: u64, owner: Option<String>) -> Result<LeaseGrant, ApiError> {
+    pub async fn grant(&self, request_id: Option<RequestId>, ttl_ms: u64, owner: Option<String>, caller: Caller) -> Result<LeaseGrant, ApiError> {
         let (min, max) = (self.config.min_ttl.as_millis() as u64, self.config.max_ttl.as_millis() as u64);
         if ttl_ms < min || ttl_ms > max {
             return Err(ApiError::InvalidArgument(format!("ttl_ms {ttl_ms} is outside the allowed range {min}..={max}")));
@@ -72,7 +77,7 @@ impl Node {
             }
             _ => Ok(()),
         };
-        let cmd = Cmd::GrantLease { ttl_ms, owner: owner.clone() };
+        let cmd = Cmd::GrantLease { ttl_ms, owner: owner.clone(), token: caller.token };
         match self.write(request_id, cmd, check).await? {
             Resp::Granted { lease_id, ttl_ms, revision } => {
                 // The answer may replay a grant applied long ago, whose first answer was lost
@@ -97,11 +102,15 @@ impl Node {
     }
 
     /// Renews a lease: moves its deadline on the leader, no log entry.
-    pub async fn keepalive(&self, lease_id: LeaseId) -> Result<KeepaliveResponse, ApiError> {
+    pub async fn keepalive(&self, lease_id: LeaseId, caller: Caller) -> Result<KeepaliveResponse, ApiError> {
         let term = self.ready().await?;
         let ttl_ms = {
             let d = self.shared.read();
-            d.store.lease(lease_id).map(|l| l.ttl_ms).ok_or(ApiError::LeaseNotFound(lease_id))?
+            let lease = d.store.lease(lease_id).ok_or(ApiError::LeaseNotFound(lease_id))?;
+            if !caller.may_use_lease(lease.token) {
+                return Err(not_yours(lease_id));
+            }
+            lease.ttl_ms
         };
         let (ttl, new_clock) = self.keeper(|k| {
             if k.term() != Some(term) {
@@ -125,22 +134,35 @@ impl Node {
         Ok(KeepaliveResponse { lease_id, ttl_ms: ttl.as_millis() as u64 })
     }
 
-    pub async fn revoke(&self, request_id: Option<RequestId>, lease_id: LeaseId) -> Result<WriteResult, ApiError> {
+    pub async fn revoke(&self, request_id: Option<RequestId>, lease_id: LeaseId, caller: Caller) -> Result<WriteResult, ApiError> {
         let resp = self
-            .write(request_id, Cmd::RevokeLease { lease_id }, |s| if s.lease(lease_id).is_some() { Ok(()) } else { Err(ApiError::LeaseNotFound(lease_id)) })
+            .write(request_id, Cmd::RevokeLease { lease_id }, |s| match s.lease(lease_id) {
+                None => Err(ApiError::LeaseNotFound(lease_id)),
+                Some(l) if !caller.may_use_lease(l.token) => Err(not_yours(lease_id)),
+                Some(_) => Ok(()),
+            })
             .await?;
         self.keeper(|k| k.forget(lease_id));
         written(resp)
     }
 
-    pub async fn put_instance(&self, request_id: Option<RequestId>, service: String, instance: String, spec: InstanceSpec) -> Result<WriteResult, ApiError> {
+    pub async fn put_instance(
+        &self,
+        request_id: Option<RequestId>,
+        service: String,
+        instance: String,
+        spec: InstanceSpec,
+        caller: Caller,
+    ) -> Result<WriteResult, ApiError> {
         check_names(&service, &instance)?;
         let registration = proto::validate::instance_spec(&spec).map_err(|errors| ApiError::InvalidArgument(errors.join("; ")))?;
         let lease = registration.lease_id();
         let cmd = Cmd::PutInstance { service, instance, registration };
         written(
-            self.write(request_id, cmd, |s| match lease {
-                Some(id) if s.lease(id).is_none() => Err(ApiError::LeaseNotFound(id)),
+            self.write(request_id, cmd, |s| match lease.map(|id| (id, s.lease(id))) {
+                Some((id, None)) => Err(ApiError::LeaseNotFound(id)),
+                // An instance hangs off a lease only by that lease's token.
+                Some((id, Some(l))) if !caller.may_use_lease(l.token) => Err(not_yours(id)),
                 _ => Ok(()),
             })
             .await?,
@@ -153,5 +175,36 @@ impl Node {
         let exists = |s: &crate::store::Store| s.instance(&service, &instance).is_some();
         let cmd = Cmd::DeleteInstance { service: service.clone(), instance: instance.clone() };
         written(self.write(request_id, cmd, |s| if exists(s) { Ok(()) } else { Err(not_found) }).await?)
+    }
+}
+
+impl Node {
+    /// Creates a token from its hash (the client made the token and keeps it).
+    pub async fn create_token(
+        &self,
+        request_id: Option<RequestId>,
+        token: &str,
+        scopes: Vec<crate::acl::Scope>,
+        description: String,
+    ) -> Result<proto::TokenCreated, ApiError> {
+        crate::acl::check_token(token).map_err(ApiError::InvalidArgument)?;
+        if scopes.is_empty() {
+            return Err(ApiError::InvalidArgument("scopes: give at least one (read, admin, announce:GLOB)".into()));
+        }
+        let cmd = Cmd::CreateToken { hash: crate::acl::TokenHash::of(token), scopes, description };
+        match self.write(request_id, cmd, |_| Ok(())).await? {
+            Resp::TokenCreated { id, revision } => Ok(proto::TokenCreated { id, revision }),
+            Resp::TokenExists { id } => Err(ApiError::Conflict(format!("that token exists already, as token {id}"))),
+            Resp::KeyReused { request_id } => Err(key_reused(request_id)),
+            other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    pub async fn revoke_token(&self, request_id: Option<RequestId>, id: crate::acl::TokenId) -> Result<WriteResult, ApiError> {
+        let not_found = || ApiError::NotFound(format!("token {id}"));
+        match self.write(request_id, Cmd::RevokeToken { id }, |s| s.acl().by_id(id).map(|_| ()).ok_or_else(not_found)).await? {
+            Resp::TokenNotFound { .. } => Err(not_found()),
+            other => written(other),
+        }
     }
 }

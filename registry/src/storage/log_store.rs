@@ -820,7 +820,7 @@ mod tests {
     }
 
     fn ent(term: u64, index: u64) -> Entry {
-        Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Cmd::GrantLease { ttl_ms: index, owner: None }.into()) }
+        Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Cmd::GrantLease { ttl_ms: index, owner: None, token: None }.into()) }
     }
 
     fn ents(term: u64, indexes: std::ops::Range<u64>) -> Vec<Entry> {

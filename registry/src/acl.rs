@@ -1,0 +1,271 @@
+//! Tokens and scopes, default deny (`--acl-bootstrap-token-file`). The rules, in one place:
+//!
+//! - A token is a random string a client sends as `Authorization: Bearer TOKEN`. The store keeps
+//!   only its SHA-256 (`TokenHash`), its scopes and a description, replicated like everything
+//!   else, so every node checks every request itself and a revoked token stops working on a node
+//!   as soon as that node applies the revocation.
+//! - Scopes: `read` (lists, gets, watches, cluster status, metrics), `announce:GLOB` (grant
+//!   leases; put and delete instances of services matching GLOB; keep alive and revoke the
+//!   leases it granted), `admin` (everything, members and tokens included).
+//! - What a route needs is `need` below: one table keyed by method and route template, and any
+//!   route it does not name needs `admin`.
+//!
+//! Architecture Invariant: this module knows no HTTP framework; `http::acl` applies it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A token's id: the index of the log entry that created it. Never secret.
+pub type TokenId = u64;
+
+/// Shortest accepted token, in characters (`registry token create` makes 43).
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// SHA-256 of a token, hex. What the store keeps; the token itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TokenHash(String);
+
+impl TokenHash {
+    pub fn of(token: &str) -> TokenHash {
+        let digest = Sha256::digest(token.trim().as_bytes());
+        TokenHash(digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+/// Checks a token's form before it is hashed and stored: long enough to be unguessable, and
+/// sendable in a header.
+pub fn check_token(token: &str) -> Result<(), String> {
+    let t = token.trim();
+    if t.len() < MIN_TOKEN_LEN {
+        return Err(format!("a token needs at least {MIN_TOKEN_LEN} characters; this one has {}", t.len()));
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a token must be visible ASCII without spaces".into());
+    }
+    Ok(())
+}
+
+/// One permission a token may hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Scope {
+    Read,
+    Admin,
+    /// Services whose names match the glob (`*` any run of characters, `?` one).
+    Announce(String),
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Scope, String> {
+        match s {
+            "read" => Ok(Scope::Read),
+            "admin" => Ok(Scope::Admin),
+            _ => match s.strip_prefix("announce:") {
+                Some(glob) if !glob.is_empty() && glob.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-*?".contains(&b)) => Ok(Scope::Announce(glob.into())),
+                Some(glob) => Err(format!("announce:{glob}: the glob may hold letters, digits, `.`, `_`, `-`, `*` and `?`")),
+                None => Err(format!("{s:?} is not a scope: read, admin or announce:SERVICE-GLOB")),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for Scope {
+    type Error = String;
+    fn try_from(s: String) -> Result<Scope, String> {
+        s.parse()
+    }
+}
+
+impl From<Scope> for String {
+    fn from(s: Scope) -> String {
+        s.to_string()
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Read => f.write_str("read"),
+            Scope::Admin => f.write_str("admin"),
+            Scope::Announce(g) => write!(f, "announce:{g}"),
+        }
+    }
+}
+
+/// Whether `name` matches `glob` (`*`: any run, `?`: one character).
+fn glob_matches(glob: &str, name: &str) -> bool {
+    // The glob is short and made of ASCII (checked at parse); `glob::Pattern` does this matching.
+    glob::Pattern::new(glob).is_ok_and(|p| p.matches(name))
+}
+
+/// A token as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: TokenId,
+    pub scopes: Vec<Scope>,
+    pub description: String,
+    /// When the leader proposed it (ms since the Unix epoch), for `token list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ms: Option<u64>,
+}
+
+impl Token {
+    pub fn is_admin(&self) -> bool {
+        self.scopes.contains(&Scope::Admin)
+    }
+
+    /// Whether this token may do what `need` asks; `lease_owner` is the token that granted the
+    /// lease a `Need::LeaseOwner` route names (`None`: no such lease, or granted without one).
+    pub fn allows(&self, need: &Need) -> bool {
+        if self.is_admin() {
+            return true;
+        }
+        let announces = || self.scopes.iter().any(|s| matches!(s, Scope::Announce(_)));
+        match need {
+            Need::Open => true,
+            Need::Read => self.scopes.contains(&Scope::Read),
+            Need::Admin => false,
+            Need::Grant => announces(),
+            Need::Service(name) => self.scopes.iter().any(|s| matches!(s, Scope::Announce(g) if glob_matches(g, name))),
+            // The owner is checked against the store by the caller (`Acl::owns`); the scope is
+            // what is needed here.
+            Need::LeaseOwner => announces(),
+        }
+    }
+}
+
+/// What a request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing (health, readiness).
+    Open,
+    Read,
+    /// Any `announce:` scope: granting a lease.
+    Grant,
+    /// `announce:` matching this service.
+    Service(String),
+    /// An `announce:` scope, and the lease must be one this token granted.
+    LeaseOwner,
+    Admin,
+}
+
+/// What `method` on the route `template` (axum's matched path, e.g.
+/// `/v1/services/{service}/instances/{instance}`) needs; `params` are its path parameters.
+/// Default deny: a route not named here needs `admin`. `metrics_open` is `--metrics-open`.
+pub fn need(method: &str, template: &str, params: &BTreeMap<String, String>, metrics_open: bool) -> Need {
+    match (method, template) {
+        (_, "/healthz" | "/readyz") => Need::Open,
+        ("GET", "/metrics") if metrics_open => Need::Open,
+        ("GET", "/metrics" | "/v1/services" | "/v1/services/{service}" | "/v1/removals" | "/v1/watch" | "/v1/cluster") => Need::Read,
+        ("POST", "/v1/leases") => Need::Grant,
+        ("POST", "/v1/leases/{id}/keepalive") | ("DELETE", "/v1/leases/{id}") => Need::LeaseOwner,
+        ("PUT" | "DELETE", "/v1/services/{service}/instances/{instance}") => match params.get("service") {
+            Some(s) => Need::Service(s.clone()),
+            None => Need::Admin,
+        },
+        _ => Need::Admin,
+    }
+}
+
+/// Who is asking, once `http::acl` has checked the token: what handlers pass on to `Node`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's id; `None` while ACLs are off.
+    pub token: Option<TokenId>,
+    /// An `admin` token, or ACLs off: not bound to lease ownership.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// ACLs off: anyone may do anything, as before ACLs existed.
+    pub const UNRESTRICTED: Caller = Caller { token: None, admin: true };
+
+    /// Whether this caller may renew, revoke or attach instances to a lease granted by `owner`.
+    pub fn may_use_lease(&self, owner: Option<TokenId>) -> bool {
+        self.admin || owner == self.token
+    }
+}
+
+/// The replicated ACL state: whether ACLs are on, and the live tokens by hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acl {
+    /// Set by the first `AclBootstrap`; never unset.
+    pub enabled: bool,
+    pub tokens: BTreeMap<TokenHash, Token>,
+}
+
+impl Acl {
+    pub fn by_hash(&self, hash: &TokenHash) -> Option<&Token> {
+        self.tokens.get(hash)
+    }
+
+    pub fn by_id(&self, id: TokenId) -> Option<(&TokenHash, &Token)> {
+        self.tokens.iter().find(|(_, t)| t.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(service: &str) -> BTreeMap<String, String> {
+        [("service".to_string(), service.to_string())].into()
+    }
+
+    fn token(scopes: &[&str]) -> Token {
+        Token { id: 1, scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(), description: String::new(), created_ms: None }
+    }
+
+    #[test]
+    fn scopes_parse_and_print_back() {
+        for s in ["read", "admin", "announce:web-*", "announce:api?.x_y"] {
+            assert_eq!(s.parse::<Scope>().unwrap().to_string(), s);
+        }
+        for bad in ["", "write", "announce:", "announce:a/b", "announce:web servers", "Admin"] {
+            assert!(bad.parse::<Scope>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn each_route_needs_its_scope_and_unknown_routes_need_admin() {
+        let none = BTreeMap::new();
+        let put = need("PUT", "/v1/services/{service}/instances/{instance}", &params("web-servers"), false);
+        assert_eq!(put, Need::Service("web-servers".into()));
+        let web = token(&["announce:web-*"]);
+        assert!(web.allows(&put));
+        assert!(!web.allows(&need("DELETE", "/v1/services/{service}/instances/{instance}", &params("api-servers"), false)), "another service");
+        assert!(!web.allows(&Need::Read), "announce does not read");
+        assert!(web.allows(&need("POST", "/v1/leases", &none, false)));
+        let read = token(&["read"]);
+        for (m, t) in [("GET", "/v1/services"), ("GET", "/v1/watch"), ("GET", "/v1/cluster"), ("GET", "/metrics")] {
+            assert!(read.allows(&need(m, t, &none, false)), "{m} {t}");
+        }
+        assert!(!read.allows(&put), "read cannot write");
+        assert!(!read.allows(&need("POST", "/v1/leases", &none, false)));
+        for (m, t) in [
+            ("POST", "/v1/cluster/members"),
+            ("DELETE", "/v1/cluster/members/{id}"),
+            ("POST", "/v1/acl/tokens"),
+            ("PATCH", "/v1/services"),
+            ("GET", "/v1/new-route"),
+        ] {
+            assert_eq!(need(m, t, &none, false), Need::Admin, "{m} {t}");
+            assert!(token(&["admin"]).allows(&need(m, t, &none, false)));
+        }
+        assert_eq!(need("GET", "/healthz", &none, false), Need::Open);
+        assert_eq!(need("GET", "/metrics", &none, true), Need::Open);
+    }
+
+    #[test]
+    fn only_the_hash_is_kept_and_tokens_must_be_long() {
+        let t = "x".repeat(43);
+        assert_eq!(TokenHash::of(&t).0.len(), 64);
+        assert_ne!(TokenHash::of(&t).0, t);
+        assert_eq!(TokenHash::of(&format!(" {t}\n")), TokenHash::of(&t), "whitespace from a file is not part of it");
+        assert!(check_token("short").is_err());
+        assert!(check_token(&"y".repeat(40)).is_ok());
+    }
+}

@@ -1,0 +1,69 @@
+//! Tokens at the door (`acl`): on every client route, the `Authorization: Bearer` token is
+//! looked up by its hash in this node's replicated store and checked against what the route
+//! needs (`acl::need`, the one table). The caller it proves goes to the handler as a `Caller`
+//! extension, for the lease-ownership checks `Node` makes. `/raft` is `peer`'s business.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::acl::{Caller, Need, TokenHash};
+use crate::error::ApiError;
+use crate::metrics::ReasonLabels;
+use crate::node::{AclView, Node};
+
+pub async fn layer(State(node): State<Arc<Node>>, matched: MatchedPath, params: RawPathParams, mut req: Request, next: Next) -> Response {
+    let params: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let need = crate::acl::need(req.method().as_str(), matched.as_str(), &params, node.config().metrics_open);
+    match check(&node, &need, req.headers()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err((reason, e)) => {
+            node.metrics().auth_denied.get_or_create(&ReasonLabels { reason }).inc();
+            e.into_response()
+        }
+    }
+}
+
+fn check(node: &Node, need: &Need, headers: &HeaderMap) -> Result<Caller, (&'static str, ApiError)> {
+    let view = node.acl_view();
+    if view == AclView::Off || *need == Need::Open {
+        return Ok(Caller::UNRESTRICTED);
+    }
+    let Some(token) = bearer(headers) else {
+        return Err((
+            "missing_token",
+            ApiError::Unauthenticated("this cluster needs a token: send `Authorization: Bearer TOKEN` (--token-file or REGISTRY_TOKEN)".into()),
+        ));
+    };
+    let hash = TokenHash::of(token);
+    let unknown = || ("unknown_token", ApiError::Unauthenticated("unknown or revoked token".into()));
+    let found = match view {
+        AclView::Bootstrapping(boot) if boot == hash => return Ok(Caller { token: None, admin: true }),
+        AclView::Bootstrapping(_) => return Err(unknown()),
+        _ => node.read_store(|s| s.acl().by_hash(&hash).cloned()),
+    };
+    let token = found.ok_or_else(unknown)?;
+    if !token.allows(need) {
+        let wanted = match need {
+            Need::Read => "read".to_string(),
+            Need::Grant | Need::LeaseOwner => "an announce: scope".to_string(),
+            Need::Service(s) => format!("announce: matching {s:?}"),
+            Need::Admin | Need::Open => "admin".to_string(),
+        };
+        return Err(("insufficient_scope", ApiError::Forbidden(format!("token {} does not allow this: it needs {wanted}", token.id))));
+    }
+    Ok(Caller { token: Some(token.id), admin: token.is_admin() })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}

@@ -1,0 +1,116 @@
+//! Tokens and scopes (`acl`, `http::acl`): default deny once ACLs are on, each scope allows
+//! what it names and nothing else, a lease belongs to the token that granted it, and a revoked
+//! token is refused everywhere within a second.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{spec, Cluster};
+use registry::acl::TokenHash;
+use testkit::wait_for as wait_until;
+
+const BOOT: &str = "Ym9vdHN0cmFwLXRva2VuLWZvci10aGUtYWNsLXRlc3Rz";
+
+fn with_acl(c: &mut registry::node::NodeConfig) {
+    c.acl_bootstrap = Some(TokenHash::of(BOOT));
+}
+
+fn as_token(c: &Cluster, ids: &[u64], token: &str) -> client::Client {
+    let urls: Vec<String> = ids.iter().map(|i| c.nodes[i].url.clone()).collect();
+    client::Client::builder(&urls).unwrap().token(token).unwrap().build().unwrap()
+}
+
+async fn make_token(admin: &client::Client, token: &str, scopes: &[&str]) -> u64 {
+    admin.create_token(token, &scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "test").await.unwrap().id
+}
+
+fn status(e: &client::Error) -> u16 {
+    match e {
+        client::Error::Api { status, .. } => *status,
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_allow_what_they_name_and_leases_belong_to_their_token() {
+    let c = Cluster::start_defaults_with(3, with_acl).await;
+    let all: Vec<u64> = c.nodes.keys().copied().collect();
+    let admin = as_token(&c, &all, BOOT);
+    wait_until(Duration::from_secs(10), "ACLs on in every node's store", || async {
+        c.nodes.values().all(|n| n.node.read_store(|s| s.acl().enabled)).then_some(())
+    })
+    .await;
+
+    // Default deny: no token, or an unknown one, is 401; health stays open.
+    assert_eq!(status(&c.client().services(false).await.unwrap_err()), 401);
+    assert_eq!(status(&as_token(&c, &all, &"u".repeat(40)).services(false).await.unwrap_err()), 401);
+    assert_eq!(reqwest::get(format!("{}/healthz", c.nodes[&1].url)).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(format!("{}/metrics", c.nodes[&1].url)).await.unwrap().status(), 401);
+
+    let (web_t, api_t, read_t) = ("w".repeat(40), "a".repeat(40), "r".repeat(40));
+    make_token(&admin, &web_t, &["announce:web-*"]).await;
+    make_token(&admin, &api_t, &["announce:api-*"]).await;
+    let read_id = make_token(&admin, &read_t, &["read"]).await;
+    // Every node must know the tokens before they are used through it.
+    wait_until(Duration::from_secs(5), "the tokens on every node", || async {
+        c.nodes.values().all(|n| n.node.read_store(|s| s.acl().tokens.len() == 4)).then_some(())
+    })
+    .await;
+
+    let leader = c.wait_leader(None).await;
+    let follower = c.others(&[leader])[0];
+    // Through a follower: the token is checked there and again on the leader.
+    let web = as_token(&c, &[follower], &web_t);
+    let lease = web.grant(Duration::from_secs(30)).await.unwrap().lease_id;
+    web.put_instance("web-servers", "a", &spec(80, Some(lease))).await.unwrap();
+    assert_eq!(status(&web.put_instance("api-servers", "a", &spec(81, None)).await.unwrap_err()), 403, "web-* cannot touch api-servers");
+    assert_eq!(status(&web.services(false).await.unwrap_err()), 403, "announce does not read");
+
+    let read = as_token(&c, &[follower], &read_t);
+    assert_eq!(read.services(false).await.unwrap().services.len(), 1);
+    assert_eq!(status(&read.put_instance("web-servers", "b", &spec(82, None)).await.unwrap_err()), 403, "read cannot write");
+    assert_eq!(status(&read.grant(Duration::from_secs(30)).await.unwrap_err()), 403);
+
+    // Another announce token can neither renew, revoke nor hang instances off web's lease.
+    let api = as_token(&c, &all, &api_t);
+    assert_eq!(status(&api.keepalive(lease).await.unwrap_err()), 403);
+    assert_eq!(status(&api.revoke(lease).await.unwrap_err()), 403);
+    assert_eq!(status(&api.put_instance("api-servers", "x", &spec(83, Some(lease))).await.unwrap_err()), 403);
+    web.keepalive(lease).await.unwrap();
+    admin.keepalive(lease).await.unwrap();
+
+    // A revoked token is refused on every node within a second.
+    admin.revoke_token(read_id).await.unwrap();
+    let t = tokio::time::Instant::now();
+    wait_until(Duration::from_secs(1), "every node to refuse the revoked token", || async {
+        for id in &all {
+            match as_token(&c, &[*id], &read_t).services(true).await {
+                Err(e) if status(&e) == 401 => {}
+                _ => return None,
+            }
+        }
+        Some(())
+    })
+    .await;
+    eprintln!("the revoked token was refused on every node {:?} after the revoke was acknowledged", t.elapsed());
+    let listed = admin.tokens().await.unwrap();
+    assert!(listed.enabled && listed.tokens.iter().all(|t| t.id != read_id));
+    assert!(!serde_json::to_string(&listed).unwrap().contains(&web_t), "a listing never shows a secret");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admin_manages_tokens() {
+    let c = Cluster::start_defaults_with(3, with_acl).await;
+    let all: Vec<u64> = c.nodes.keys().copied().collect();
+    let admin = as_token(&c, &all, BOOT);
+    wait_until(Duration::from_secs(10), "ACLs on", || async { admin.tokens().await.ok().filter(|l| l.enabled) }).await;
+    let web_t = "w".repeat(40);
+    make_token(&admin, &web_t, &["announce:*"]).await;
+    let web = as_token(&c, &all, &web_t);
+    assert_eq!(status(&web.create_token(&"z".repeat(40), &["admin".into()], "escalate").await.unwrap_err()), 403);
+    assert_eq!(status(&web.tokens().await.unwrap_err()), 403);
+    assert_eq!(status(&admin.create_token("short", &["read".into()], "").await.unwrap_err()), 400);
+    assert_eq!(status(&admin.create_token(&"q".repeat(40), &["write".into()], "").await.unwrap_err()), 400);
+    assert_eq!(status(&admin.create_token(&web_t, &["read".into()], "").await.unwrap_err()), 409);
+}
