@@ -34,6 +34,10 @@ pub struct RunArgs {
     /// Write ephemeral znodes to this ZooKeeper (`HOST:PORT[,HOST:PORT]`) instead of the registry.
     #[arg(long, env = "ANNOUNCER_ZOOKEEPER")]
     pub zookeeper: Option<String>,
+    /// ZooKeeper mode: a file holding `USER:PASSWORD`, a digest identity. Sessions authenticate
+    /// with it, and znodes are written so that only it may change them (anyone may read).
+    #[arg(long, env = "ANNOUNCER_ZOOKEEPER_AUTH_FILE", value_name = "FILE")]
+    pub zookeeper_auth_file: Option<PathBuf>,
     /// Service name, e.g. `web-servers`.
     #[arg(long)]
     pub service: Option<String>,
@@ -96,6 +100,7 @@ struct FileConfig {
     key: Option<PathBuf>,
     token_file: Option<PathBuf>,
     zookeeper: Option<String>,
+    zookeeper_auth_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -172,6 +177,8 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub backend: Backend,
+    /// `--zookeeper-auth-file`, read.
+    pub zookeeper_auth: Option<proto::ZkDigest>,
     pub ttl: Duration,
     pub drain: Duration,
     pub admin: Option<SocketAddr>,
@@ -363,6 +370,10 @@ impl RunArgs {
             }
         };
         let zookeeper = self.zookeeper.clone().or(file.zookeeper);
+        let zookeeper_auth = self.zookeeper_auth_file.clone().or(file.zookeeper_auth_file).and_then(|path| {
+            let read = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()));
+            read.and_then(|t| proto::ZkDigest::parse(&t).map_err(|e| format!("{}: {e}", path.display()))).map_err(|e| p.add("zookeeper-auth-file", e)).ok()
+        });
         let access = self.access.over(client::Access {
             tls: client::TlsFiles { ca: file.ca_file, cert: file.cert, key: file.key },
             token_file: file.token_file,
@@ -405,7 +416,15 @@ impl RunArgs {
         if !p.0.is_empty() {
             return Err(p.0);
         }
-        Ok(Config { backend: backend.expect("checked"), ttl, drain, admin, log_format: self.log_format.or(file.log_format).unwrap_or_default(), services })
+        Ok(Config {
+            backend: backend.expect("checked"),
+            zookeeper_auth,
+            ttl,
+            drain,
+            admin,
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            services,
+        })
     }
 }
 

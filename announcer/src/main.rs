@@ -102,7 +102,10 @@ async fn run(config: Config) -> anyhow::Result<Outcome> {
             let client = client::Client::builder(urls)?.access(access)?.build()?;
             agent::run(announcer::registry::RegistryPublisher::new(client, config.ttl), &config, rx, shared).await
         }
-        Backend::Zookeeper(addr) => agent::run(announcer::zk::ZkPublisher::new(addr, config.ttl), &config, rx, shared).await,
+        Backend::Zookeeper(addr) => {
+            let publisher = announcer::zk::ZkPublisher::new(addr, config.ttl).with_auth(config.zookeeper_auth.clone());
+            agent::run(publisher, &config, rx, shared).await
+        }
     };
     drop(tx);
     Ok(outcome)

@@ -28,13 +28,22 @@ pub struct ZkPublisher {
     /// What we believe our current session holds, with the data written. Emptied whenever the
     /// session changes: a new session owns nothing.
     published: Desired,
+    /// `--zookeeper-auth-file`: the digest identity our znodes are written under.
+    auth: Option<proto::ZkDigest>,
 }
 
 impl ZkPublisher {
     /// A publisher that connects on the first `sync`: a ZooKeeper that is down when the
     /// announcer starts is an `Unavailable` to retry, not a startup failure.
     pub fn new(connect: &str, session_timeout: Duration) -> ZkPublisher {
-        ZkPublisher { connect: connect.to_string(), session_timeout, client: None, published: Desired::new() }
+        ZkPublisher { connect: connect.to_string(), session_timeout, client: None, published: Desired::new(), auth: None }
+    }
+
+    /// Authenticates every session with this digest identity and writes znodes that only it may
+    /// change (anyone may read them, as the syncer and other readers do).
+    pub fn with_auth(mut self, auth: Option<proto::ZkDigest>) -> ZkPublisher {
+        self.auth = auth;
+        self
     }
 
     /// Connects right away (for callers that want to fail early).
@@ -52,7 +61,11 @@ impl ZkPublisher {
     async fn open_session(&mut self) -> Result<&zk::Client, PublishError> {
         // Fail eagerly: with every server refusing connections, answer at once instead of
         // retrying for a whole session timeout; the agent retries with backoff anyway.
-        let connecting = zk::Client::connector().with_session_timeout(self.session_timeout).with_fail_eagerly().connect(&self.connect);
+        let mut connector = zk::Client::connector().with_session_timeout(self.session_timeout).with_fail_eagerly();
+        if let Some(a) = &self.auth {
+            connector = connector.with_auth("digest", a.as_bytes());
+        }
+        let connecting = connector.connect(&self.connect);
         // A server that accepts the TCP connection but never answers (stopped, overloaded)
         // would otherwise hold the agent's loop; the library's own limit is about this long.
         let client = match tokio::time::timeout(self.session_timeout + Duration::from_secs(1), connecting).await {
@@ -122,7 +135,7 @@ impl ZkPublisher {
             // Recorded before the request: if the answer is lost, the znode may exist anyway,
             // and removing it later must not be forgotten (removal checks the owner first).
             self.published.insert(key.clone(), ann.clone());
-            if let Err(e) = put(&client, me, &path, &data).await {
+            if let Err(e) = put(&client, me, &path, &data, acls(self.auth.is_some())).await {
                 return Err(self.fail(&format!("publishing {path}"), e).await);
             }
         }
@@ -255,6 +268,18 @@ fn znode_path((service, instance): &Key) -> Result<String, PublishError> {
     Ok(format!("/{service}/{instance}"))
 }
 
+/// With a digest identity: it may do anything, anyone else only read. Without: anyone anything,
+/// as ZooKeeper's own default.
+static OWNED: [zk::Acl; 2] = [zk::Acl::new_const(zk::Permission::ALL, "auth", ""), zk::Acl::new_const(zk::Permission::READ, "world", "anyone")];
+
+fn acls(authenticated: bool) -> zk::Acls<'static> {
+    if authenticated {
+        zk::Acls::new(&OWNED)
+    } else {
+        zk::Acls::anyone_all()
+    }
+}
+
 fn parent(path: &str) -> &str {
     &path[..path.rfind('/').unwrap_or(0)]
 }
@@ -264,8 +289,8 @@ fn parent(path: &str) -> &str {
 /// it. That other session is normally our own previous one (the announcer restarted, or its
 /// session expired and the server has not removed the node yet): the node names our
 /// instance, so it is ours to replace.
-async fn put(client: &zk::Client, me: i64, path: &str, data: &[u8]) -> Result<(), zk::Error> {
-    let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+async fn put(client: &zk::Client, me: i64, path: &str, data: &[u8], acls: zk::Acls<'static>) -> Result<(), zk::Error> {
+    let ephemeral = zk::CreateMode::Ephemeral.with_acls(acls);
     let mut last = zk::Error::NodeExists;
     for _ in 0..RACE_ATTEMPTS {
         match client.create(path, data, &ephemeral).await {
@@ -276,7 +301,7 @@ async fn put(client: &zk::Client, me: i64, path: &str, data: &[u8]) -> Result<()
             Err(zk::Error::NoNode) => {
                 // The service's parent is persistent and shared by every instance; mkdir
                 // ignores NodeExists, so announcers racing to create it are fine.
-                let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                let persistent = zk::CreateMode::Persistent.with_acls(acls);
                 client.mkdir(parent(path), &persistent).await?;
                 continue;
             }

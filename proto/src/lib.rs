@@ -22,7 +22,7 @@ pub use removal::{Removal, RemovalCause, RemovalList};
 pub use report::{BackendReport, SyncerReport};
 pub use token::{TokenCreateRequest, TokenCreated, TokenInfo, TokenList};
 pub use watch::WatchEvent;
-pub use znode::ZnodeData;
+pub use znode::{ZkDigest, ZnodeData};
 
 /// A lease identifier. It is the Raft log index of the entry that granted the lease, so it is
 /// unique across the cluster's life and the same on every node.

@@ -64,7 +64,11 @@ impl std::str::FromStr for Scope {
             "read" => Ok(Scope::Read),
             "admin" => Ok(Scope::Admin),
             _ => match s.strip_prefix("announce:") {
-                Some(glob) if !glob.is_empty() && glob.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-*?".contains(&b)) => Ok(Scope::Announce(glob.into())),
+                Some(glob)
+                    if !glob.is_empty() && glob.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-*?".contains(&b)) && glob::Pattern::new(glob).is_ok() =>
+                {
+                    Ok(Scope::Announce(glob.into()))
+                }
                 Some(glob) => Err(format!("announce:{glob}: the glob may hold letters, digits, `.`, `_`, `-`, `*` and `?`")),
                 None => Err(format!("{s:?} is not a scope: read, admin or announce:SERVICE-GLOB")),
             },
@@ -156,6 +160,8 @@ pub enum Need {
 /// `/v1/services/{service}/instances/{instance}`) needs; `params` are its path parameters.
 /// Default deny: a route not named here needs `admin`. `metrics_open` is `--metrics-open`.
 pub fn need(method: &str, template: &str, params: &BTreeMap<String, String>, metrics_open: bool) -> Need {
+    // HEAD is a GET without the body.
+    let method = if method == "HEAD" { "GET" } else { method };
     match (method, template) {
         (_, "/healthz" | "/readyz") => Need::Open,
         ("GET", "/metrics") if metrics_open => Need::Open,
@@ -171,17 +177,20 @@ pub fn need(method: &str, template: &str, params: &BTreeMap<String, String>, met
 }
 
 /// Who is asking, once `http::acl` has checked the token: what handlers pass on to `Node`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The token's id; `None` while ACLs are off.
+    /// The token's id; `None` while ACLs are off (or for the bootstrap token before it applies).
     pub token: Option<TokenId>,
     /// An `admin` token, or ACLs off: not bound to lease ownership.
     pub admin: bool,
+    /// The token's hash, to check again that it is still live (a long watch or blocking
+    /// query must end when its token is revoked).
+    pub hash: Option<TokenHash>,
 }
 
 impl Caller {
     /// ACLs off: anyone may do anything, as before ACLs existed.
-    pub const UNRESTRICTED: Caller = Caller { token: None, admin: true };
+    pub const UNRESTRICTED: Caller = Caller { token: None, admin: true, hash: None };
 
     /// Whether this caller may renew, revoke or attach instances to a lease granted by `owner`.
     pub fn may_use_lease(&self, owner: Option<TokenId>) -> bool {
@@ -224,7 +233,7 @@ mod tests {
         for s in ["read", "admin", "announce:web-*", "announce:api?.x_y"] {
             assert_eq!(s.parse::<Scope>().unwrap().to_string(), s);
         }
-        for bad in ["", "write", "announce:", "announce:a/b", "announce:web servers", "Admin"] {
+        for bad in ["", "write", "announce:", "announce:a/b", "announce:web servers", "Admin", "announce:web-**"] {
             assert!(bad.parse::<Scope>().is_err(), "{bad:?}");
         }
     }

@@ -117,6 +117,10 @@ pub enum Resp {
     TokenNotFound { id: TokenId },
     /// A token with the same secret exists already.
     TokenExists { id: TokenId },
+    /// Token commands need ACLs on (`AclBootstrap` first).
+    AclOff,
+    /// Revoking the last `admin` token would leave nobody able to manage tokens.
+    LastAdmin { id: TokenId },
 }
 
 impl Default for Resp {

@@ -159,11 +159,14 @@ impl Store {
             Cmd::AclBootstrap { hash } => {
                 if !self.acl.enabled {
                     self.acl.enabled = true;
+                    // Tokens made while the cluster was open are anyone's: none survives.
+                    self.acl.tokens.clear();
                     let token = Token { id: index, scopes: vec![crate::acl::Scope::Admin], description: "bootstrap".into(), created_ms: at_ms };
                     self.acl.tokens.insert(hash.clone(), token);
                 }
                 Resp::Ok { revision: index }
             }
+            Cmd::CreateToken { .. } | Cmd::RevokeToken { .. } if !self.acl.enabled => Resp::AclOff,
             Cmd::CreateToken { hash, scopes, description } => match self.acl.tokens.get(hash) {
                 Some(t) => Resp::TokenExists { id: t.id },
                 None => {
@@ -171,8 +174,10 @@ impl Store {
                     Resp::TokenCreated { id: index, revision: index }
                 }
             },
-            Cmd::RevokeToken { id } => match self.acl.by_id(*id).map(|(h, _)| h.clone()) {
-                Some(h) => {
+            Cmd::RevokeToken { id } => match self.acl.by_id(*id).map(|(h, t)| (h.clone(), t.is_admin())) {
+                // Nothing could make another: the bootstrap applies once.
+                Some((_, true)) if self.acl.tokens.values().filter(|t| t.is_admin()).count() == 1 => Resp::LastAdmin { id: *id },
+                Some((h, _)) => {
                     self.acl.tokens.remove(&h);
                     Resp::Ok { revision: index }
                 }
@@ -602,6 +607,10 @@ mod request_tests {
     fn acl_bootstrap_applies_once_and_tokens_are_kept_by_hash_only() {
         use crate::acl::{Scope, TokenHash};
         let mut s = Store::default();
+        // Made while the cluster is open: refused, so no token predates the bootstrap.
+        let early = TokenHash::of(&"e".repeat(40));
+        let mut open = Store::default();
+        assert_eq!(open.apply(1, 1, &Proposal::from(Cmd::CreateToken { hash: early, scopes: vec![Scope::Admin], description: String::new() })).0, Resp::AclOff);
         let boot = TokenHash::of(&"b".repeat(40));
         s.apply(1, 1, &Proposal::from(Cmd::AclBootstrap { hash: boot.clone() }));
         assert!(s.acl().enabled);
@@ -623,5 +632,7 @@ mod request_tests {
         assert!(s.acl().by_hash(&web).is_none());
         let (r, _) = s.apply(7, 1, &Proposal::from(Cmd::RevokeToken { id: 3 }));
         assert_eq!(r, Resp::TokenNotFound { id: 3 });
+        let (r, _) = s.apply(8, 1, &Proposal::from(Cmd::RevokeToken { id: 1 }));
+        assert_eq!(r, Resp::LastAdmin { id: 1 }, "the last admin token stays");
     }
 }

@@ -114,3 +114,51 @@ async fn only_admin_manages_tokens() {
     assert_eq!(status(&admin.create_token(&"q".repeat(40), &["write".into()], "").await.unwrap_err()), 400);
     assert_eq!(status(&admin.create_token(&web_t, &["read".into()], "").await.unwrap_err()), 409);
 }
+
+/// What a token may not do to another token's registrations, and the long reads that must end
+/// when their token is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tokens_instances_stay_its_own_and_a_revoked_watch_ends() {
+    let c = Cluster::start_defaults_with(3, with_acl).await;
+    let all: Vec<u64> = c.nodes.keys().copied().collect();
+    let admin = as_token(&c, &all, BOOT);
+    wait_until(Duration::from_secs(10), "ACLs on", || async { admin.tokens().await.ok().filter(|l| l.enabled) }).await;
+    let (owner_t, other_t, read_t) = ("o".repeat(40), "t".repeat(40), "r".repeat(40));
+    make_token(&admin, &owner_t, &["announce:web-*"]).await;
+    make_token(&admin, &other_t, &["announce:*"]).await;
+    let read_id = make_token(&admin, &read_t, &["read"]).await;
+    let owner = as_token(&c, &all, &owner_t);
+    let other = as_token(&c, &all, &other_t);
+    let lease = owner.grant(Duration::from_secs(30)).await.unwrap().lease_id;
+    owner.put_instance("web-servers", "a", &spec(80, Some(lease))).await.unwrap();
+    // A wider glob does not make another token's instance yours: no delete, no overwrite
+    // (which would detach it from its lease).
+    assert_eq!(status(&other.delete_instance("web-servers", "a").await.unwrap_err()), 403);
+    assert_eq!(status(&other.put_instance("web-servers", "a", &spec(81, None)).await.unwrap_err()), 403);
+    // The last admin token cannot be revoked: nothing could make another.
+    let boot_id = admin.tokens().await.unwrap().tokens.iter().find(|t| t.scopes == ["admin"]).unwrap().id;
+    assert_eq!(status(&admin.revoke_token(boot_id).await.unwrap_err()), 400);
+
+    // A watch whose token is revoked ends with an error, within a second or so.
+    let follower = c.others(&[c.wait_leader(None).await])[0];
+    let mut watch = as_token(&c, &[follower], &read_t).watch(None, None).await.unwrap();
+    admin.revoke_token(read_id).await.unwrap();
+    let t = tokio::time::Instant::now();
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(3), watch.next()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(other) => break other.map(|_| ()),
+            Err(_) => panic!("the revoked token's watch went on"),
+        }
+    };
+    assert!(ended.is_err() || t.elapsed() < Duration::from_secs(3), "{ended:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "the watch ended only after {:?}", t.elapsed());
+}
+
+/// Tokens cannot be made while the cluster is open: one made then would survive ACLs coming on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_is_made_while_acls_are_off() {
+    let c = Cluster::start(3).await;
+    let e = c.client().create_token(&"e".repeat(40), &["admin".into()], "early").await.unwrap_err();
+    assert_eq!(status(&e), 400, "{e}");
+}

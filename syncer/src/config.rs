@@ -52,9 +52,13 @@ pub struct RunArgs {
     /// Data Plane API basic-auth user.
     #[arg(long, env = "SYNCER_DATAPLANE_USER")]
     pub dataplane_user: Option<String>,
-    /// Data Plane API basic-auth password.
-    #[arg(long, env = "SYNCER_DATAPLANE_PASSWORD", hide_env_values = true)]
-    pub dataplane_password: Option<String>,
+    /// File holding the Data Plane API basic-auth password (never a flag value: `ps` shows
+    /// those); or set SYNCER_DATAPLANE_PASSWORD.
+    #[arg(long, env = "SYNCER_DATAPLANE_PASSWORD_FILE", value_name = "FILE")]
+    pub dataplane_password_file: Option<PathBuf>,
+    /// CA (PEM) to verify an https:// Data Plane API against, instead of the system's roots.
+    #[arg(long, env = "SYNCER_DATAPLANE_CA_FILE", value_name = "FILE")]
+    pub dataplane_ca_file: Option<PathBuf>,
     /// `SERVICE[=HAPROXY_BACKEND]`; repeat for several (the backend defaults to the service name).
     #[arg(long = "backend")]
     pub backends: Vec<String>,
@@ -88,6 +92,10 @@ pub struct RunArgs {
     /// ZooKeeper session timeout [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub zookeeper_session_timeout: Option<Duration>,
+    /// ZooKeeper mode: a file holding `USER:PASSWORD`, the digest identity to read with (the
+    /// announcers' `--zookeeper-auth-file`).
+    #[arg(long, env = "SYNCER_ZOOKEEPER_AUTH_FILE", value_name = "FILE")]
+    pub zookeeper_auth_file: Option<PathBuf>,
     /// Serve /healthz and /metrics on this address.
     #[arg(long, env = "SYNCER_ADMIN")]
     pub admin: Option<SocketAddr>,
@@ -112,7 +120,8 @@ struct FileConfig {
     dataplane_url: Option<String>,
     dataplane_version: Option<DataplaneVersion>,
     dataplane_user: Option<String>,
-    dataplane_password: Option<String>,
+    dataplane_password_file: Option<PathBuf>,
+    dataplane_ca_file: Option<PathBuf>,
     backends: Option<Vec<String>>,
     server_options: Option<String>,
     state_dir: Option<PathBuf>,
@@ -130,6 +139,7 @@ struct FileConfig {
     source_wait: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     zookeeper_session_timeout: Option<Duration>,
+    zookeeper_auth_file: Option<PathBuf>,
     admin: Option<SocketAddr>,
     id: Option<String>,
     log_format: Option<LogFormat>,
@@ -142,6 +152,8 @@ pub enum Source {
     Zookeeper {
         connect: String,
         session_timeout: Duration,
+        /// `--zookeeper-auth-file`, read.
+        auth: Option<proto::ZkDigest>,
     },
 }
 
@@ -155,10 +167,28 @@ pub enum Target {
     Dataplane {
         url: String,
         version: DataplaneVersion,
-        user: Option<String>,
-        password: Option<String>,
+        auth: DataplaneAuth,
         server_options: String,
     },
+}
+
+/// How the syncer proves itself to the Data Plane API and checks it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct DataplaneAuth {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The password never reaches a log (the syncer logs its config at startup).
+impl std::fmt::Debug for DataplaneAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataplaneAuth")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| ".."))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -218,7 +248,19 @@ impl RunArgs {
                 }
                 Some(Source::Registry(registry, access))
             }
-            (true, Some(connect)) => Some(Source::Zookeeper { connect, session_timeout }),
+            (true, Some(connect)) => {
+                let auth = self.zookeeper_auth_file.or(file.zookeeper_auth_file).and_then(|path| {
+                    let read = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()));
+                    match read.and_then(|t| proto::ZkDigest::parse(&t).map_err(|e| format!("{}: {e}", path.display()))) {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            errors.push(format!("zookeeper-auth-file: {e}"));
+                            None
+                        }
+                    }
+                });
+                Some(Source::Zookeeper { connect, session_timeout, auth })
+            }
             (false, Some(_)) => {
                 errors.push("registry: give either --registry or --zookeeper, not both".into());
                 None
@@ -235,13 +277,22 @@ impl RunArgs {
                 if reqwest::Url::parse(&url).is_err() {
                     errors.push(format!("dataplane-url: {url:?} is not a URL"));
                 }
-                Some(Target::Dataplane {
-                    url,
-                    version: self.dataplane_version.or(file.dataplane_version).unwrap_or_default(),
-                    user: self.dataplane_user.or(file.dataplane_user),
-                    password: self.dataplane_password.or(file.dataplane_password),
-                    server_options,
-                })
+                let password = match self.dataplane_password_file.or(file.dataplane_password_file) {
+                    Some(path) => match std::fs::read_to_string(&path) {
+                        Ok(p) => Some(p.trim_end_matches(['\r', '\n']).to_string()),
+                        Err(e) => {
+                            errors.push(format!("dataplane-password-file: reading {}: {e}", path.display()));
+                            None
+                        }
+                    },
+                    None => std::env::var("SYNCER_DATAPLANE_PASSWORD").ok(),
+                };
+                let auth =
+                    DataplaneAuth { user: self.dataplane_user.or(file.dataplane_user), password, ca_file: self.dataplane_ca_file.or(file.dataplane_ca_file) };
+                if auth.password.is_some() && auth.user.is_none() {
+                    errors.push("dataplane-user: a password is given, but no user".into());
+                }
+                Some(Target::Dataplane { url, version: self.dataplane_version.or(file.dataplane_version).unwrap_or_default(), auth, server_options })
             }
             (Some(_), Some(_)) => {
                 errors.push("haproxy-socket: give either --haproxy-socket or --dataplane-url, not both".into());
@@ -339,5 +390,35 @@ mod tests {
         assert_eq!(c.settings.mappings.len(), 2);
         assert_eq!(c.settings.limits.min_servers, 1);
         assert!(matches!(c.target, Target::Runtime { ref server_options, .. } if server_options == DEFAULT_SERVER_OPTIONS));
+    }
+
+    #[test]
+    fn the_dataplane_password_comes_from_a_file_and_never_shows_in_debug() {
+        let dir = std::env::temp_dir().join(format!("syncer-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret-pass\n").unwrap();
+        let a = RunArgs {
+            registry: vec!["http://127.0.0.1:7401".into()],
+            dataplane_url: Some("https://lb-1:5555".into()),
+            dataplane_user: Some("admin".into()),
+            dataplane_password_file: Some(file.clone()),
+            backends: vec!["web-servers".into()],
+            ..Default::default()
+        };
+        let c = a.resolve().unwrap();
+        let Target::Dataplane { auth, .. } = &c.target else { panic!("{:?}", c.target) };
+        assert_eq!(auth.password.as_deref(), Some("s3cret-pass"), "the trailing newline is not part of it");
+        assert!(!format!("{c:?}").contains("s3cret"), "the password shows in the config's Debug");
+        let missing = RunArgs {
+            registry: vec!["http://127.0.0.1:7401".into()],
+            dataplane_url: Some("https://lb-1:5555".into()),
+            dataplane_password_file: Some(dir.join("nope")),
+            backends: vec!["web-servers".into()],
+            ..Default::default()
+        };
+        let errors = missing.resolve().unwrap_err();
+        assert!(errors.iter().any(|e| e.contains("dataplane-password-file")), "{errors:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -47,8 +47,8 @@ async fn run_with<D: Driver + Send + 'static>(driver: D, config: Config, metrics
             let reporter = syncer::report::Reporter { client: make()?, id: config.id.clone(), address, port, mappings: config.settings.mappings.clone() };
             tokio::spawn(reporter.run(applied));
         }
-        Source::Zookeeper { connect, session_timeout } => {
-            tokio::spawn(syncer::source::zookeeper::run(connect.clone(), *session_timeout, services, tx));
+        Source::Zookeeper { connect, session_timeout, auth } => {
+            tokio::spawn(syncer::source::zookeeper::run(connect.clone(), *session_timeout, auth.clone(), services, tx));
         }
     }
     let mut term = signal(SignalKind::terminate())?;
@@ -73,8 +73,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             let driver = syncer::driver::runtime::RuntimeApi::new(syncer::driver::runtime::Endpoint::parse(&endpoint), server_options);
             run_with(driver, config, metrics).await
         }
-        Target::Dataplane { url, version, user, password, server_options } => {
-            let driver = syncer::driver::dataplane::DataplaneApi::new(&url, version, user, password, server_options)?;
+        Target::Dataplane { url, version, auth, server_options } => {
+            let driver = syncer::driver::dataplane::DataplaneApi::new(&url, version, auth, server_options)?;
             run_with(driver, config, metrics).await
         }
     }

@@ -186,6 +186,18 @@ impl RegistryCluster {
             .collect();
         let c = RegistryCluster { nodes, addrs, dir, admin_token };
         c.wait_leader(Duration::from_secs(15)).await;
+        if c.admin_token.is_some() {
+            // Every node ready (`/readyz` waits for the ACL bootstrap to apply there too).
+            wait_for(Duration::from_secs(15), "ACLs on and every node ready", || async {
+                for a in &c.addrs {
+                    if reqwest::get(format!("http://{a}/readyz")).await.ok()?.status() != 200 {
+                        return None;
+                    }
+                }
+                Some(())
+            })
+            .await;
+        }
         c
     }
 

@@ -25,12 +25,17 @@ struct Announcer {
 
 impl Announcer {
     fn start(zk: &Zookeeper, address: &str, ttl: Duration, log_dir: &Path) -> Announcer {
+        Self::start_with(zk, address, ttl, log_dir, &[])
+    }
+
+    fn start_with(zk: &Zookeeper, address: &str, ttl: Duration, log_dir: &Path, extra: &[&str]) -> Announcer {
         let log = log_dir.join("announcer.log");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let ttl = format!("{}ms", ttl.as_millis());
         let child = Command::new(binary("announcer"))
             .args(["--zookeeper", &zk.addr(), "--service", "web-servers", "--address", address])
             .args(["--weight", "7", "--meta", "zone=a", "--ttl", &ttl, "--drain", "0s"])
+            .args(extra)
             .env("RUST_LOG", std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -232,4 +237,27 @@ async fn the_announcer_rides_out_zookeeper_being_down() {
     a.signal(libc::SIGTERM);
     assert!(a.exited(Duration::from_secs(10)).await.success());
     assert!(zk.get(&path).await.unwrap().is_none());
+}
+
+/// `--zookeeper-auth-file`: the announcer's znode can be read by anyone but changed only by its
+/// digest identity; an unauthenticated session can neither delete nor overwrite it.
+#[tokio::test]
+async fn znodes_written_with_a_digest_identity_are_changed_only_by_it() {
+    let zk = Zookeeper::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let auth = logs.path().join("zk-auth");
+    std::fs::write(&auth, "announcer:s3cret-pass\n").unwrap();
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let path = format!("/web-servers/{address}");
+    let _a = Announcer::start_with(&zk, &address, TTL, logs.path(), &["--zookeeper-auth-file", auth.to_str().unwrap()]);
+    zk.wait_json(Duration::from_secs(10), &path, |v, _| *v == expected(port)).await;
+
+    let stranger = zk.connect(TTL).await.unwrap();
+    assert!(matches!(stranger.delete(&path, None).await, Err(zk::Error::NoAuth)), "an unauthenticated session deleted the znode");
+    assert!(matches!(stranger.set_data(&path, b"{}", None).await, Err(zk::Error::NoAuth)), "an unauthenticated session overwrote it");
+    let (acl, _) = stranger.get_acl(&path).await.unwrap();
+    assert!(acl.iter().any(|a| a.scheme() == "digest" && a.id().starts_with("announcer:")), "{acl:?}");
+    // Still there, as the announcer wrote it.
+    assert_eq!(zk.get_json(&path).await.unwrap().unwrap().0, expected(port));
 }

@@ -16,7 +16,8 @@ async fn setup(api: ApiVersion) -> (DataplaneDouble, DataplaneApi) {
         ApiVersion::V2 => DataplaneVersion::V2,
         ApiVersion::V3 => DataplaneVersion::V3,
     };
-    let driver = DataplaneApi::new(&double.url(), version, Some(USER.into()), Some(PASSWORD.into()), OPTIONS.into()).unwrap();
+    let auth = syncer::config::DataplaneAuth { user: Some(USER.into()), password: Some(PASSWORD.into()), ca_file: None };
+    let driver = DataplaneApi::new(&double.url(), version, auth, OPTIONS.into()).unwrap();
     (double, driver)
 }
 

@@ -21,8 +21,16 @@ pub async fn layer(State(node): State<Arc<Node>>, matched: MatchedPath, params: 
     let need = crate::acl::need(req.method().as_str(), matched.as_str(), &params, node.config().metrics_open);
     match check(&node, &need, req.headers()) {
         Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
+            // A blocking query may answer minutes later: by then its token may be revoked, and
+            // the answer must not go out. (Watches check on their own, as they stream.)
+            let blocking = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("index=")));
+            req.extensions_mut().insert(caller.clone());
+            let resp = next.run(req).await;
+            if blocking && !node.still_allowed(&caller) {
+                node.metrics().auth_denied.get_or_create(&ReasonLabels { reason: "unknown_token" }).inc();
+                return ApiError::Unauthenticated("the token was revoked while the query waited".into()).into_response();
+            }
+            resp
         }
         Err((reason, e)) => {
             node.metrics().auth_denied.get_or_create(&ReasonLabels { reason }).inc();
@@ -45,7 +53,7 @@ fn check(node: &Node, need: &Need, headers: &HeaderMap) -> Result<Caller, (&'sta
     let hash = TokenHash::of(token);
     let unknown = || ("unknown_token", ApiError::Unauthenticated("unknown or revoked token".into()));
     let found = match view {
-        AclView::Bootstrapping(boot) if boot == hash => return Ok(Caller { token: None, admin: true }),
+        AclView::Bootstrapping(boot) if boot == hash => return Ok(Caller { token: None, admin: true, hash: Some(hash) }),
         AclView::Bootstrapping(_) => return Err(unknown()),
         _ => node.read_store(|s| s.acl().by_hash(&hash).cloned()),
     };
@@ -59,7 +67,7 @@ fn check(node: &Node, need: &Need, headers: &HeaderMap) -> Result<Caller, (&'sta
         };
         return Err(("insufficient_scope", ApiError::Forbidden(format!("token {} does not allow this: it needs {wanted}", token.id))));
     }
-    Ok(Caller { token: Some(token.id), admin: token.is_admin() })
+    Ok(Caller { token: Some(token.id), admin: token.is_admin(), hash: Some(hash) })
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

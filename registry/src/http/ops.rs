@@ -19,6 +19,11 @@ pub async fn healthz() -> &'static str {
 
 /// Ready when this node is part of a cluster with a known leader.
 pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    // Told to turn ACLs on, but they are not on yet: the leader lacks the flag (every initial
+    // member needs it) or has not written the entry. Not ready, so it shows.
+    if matches!(node.acl_view(), crate::node::AclView::Bootstrapping(_)) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: ACLs not on yet (does the leader have --acl-bootstrap-token-file?)\n").into_response();
+    }
     match node.readiness() {
         Ok(leader) => format!("ready: leader is {leader}\n").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),

@@ -79,6 +79,7 @@ pub async fn delete_instance(
     State(node): State<Arc<Node>>,
     Path((service, instance)): Path<(String, String)>,
     RequestIdHeader(rid): RequestIdHeader,
+    Extension(caller): Extension<crate::acl::Caller>,
 ) -> Result<Json<WriteResult>, ApiError> {
-    node.delete_instance(rid, service, instance).await.map(Json)
+    node.delete_instance(rid, service, instance, caller).await.map(Json)
 }

@@ -14,12 +14,14 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use proto::WatchEvent;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::extract::QueryOf;
+use crate::acl::Caller;
 use crate::error::ApiError;
 use crate::node::Node;
 
@@ -39,7 +41,7 @@ pub struct WatchQuery {
 
 type Line = Result<Bytes, std::io::Error>;
 
-pub async fn watch(State(node): State<Arc<Node>>, QueryOf(q): QueryOf<WatchQuery>) -> Result<Response, ApiError> {
+pub async fn watch(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>, QueryOf(q): QueryOf<WatchQuery>) -> Result<Response, ApiError> {
     if let Some(s) = &q.service {
         proto::validate::service_name(s).map_err(ApiError::InvalidArgument)?;
     }
@@ -49,7 +51,7 @@ pub async fn watch(State(node): State<Arc<Node>>, QueryOf(q): QueryOf<WatchQuery
     let since = q.since.unwrap_or_else(|| node.shared().hub().head());
     let (tx, rx) = mpsc::channel::<Line>(16);
     // The task ends when the client goes away (`tx` closes) or the node stops being current.
-    tokio::spawn(stream_events(node, q.service, since, tx, permit));
+    tokio::spawn(stream_events(node, caller, q.service, since, tx, permit));
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
@@ -62,7 +64,7 @@ fn line(event: &WatchEvent) -> Line {
 
 /// Feeds one watcher until it goes away. Reads history from `since` on; the hub's revision
 /// channel wakes it on every applied entry.
-async fn stream_events(node: Arc<Node>, service: Option<String>, mut since: u64, tx: mpsc::Sender<Line>, _permit: crate::node::Permit) {
+async fn stream_events(node: Arc<Node>, caller: Caller, service: Option<String>, mut since: u64, tx: mpsc::Sender<Line>, _permit: crate::node::Permit) {
     node.metrics().watch_clients.inc();
     let _gone = Guard(|| {
         node.metrics().watch_clients.dec();
@@ -77,6 +79,12 @@ async fn stream_events(node: Arc<Node>, service: Option<String>, mut since: u64,
             // Ends the body with an error: the client sees a broken stream, not a clean end,
             // and resumes elsewhere from its last complete revision.
             let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+            return;
+        }
+        // Checked on every wake (each applied entry, each progress tick): a revoked token's
+        // stream ends within a second of this node applying the revocation.
+        if !node.still_allowed(&caller) {
+            let _ = tx.send(Err(std::io::Error::other("the token was revoked"))).await;
             return;
         }
         rx.borrow_and_update();

@@ -385,6 +385,18 @@ impl Node {
         }
     }
 
+    /// Whether a request checked as `caller` would still pass now: its token not revoked, and
+    /// ACLs not turned on since an open request began. For long reads (watches, blocking
+    /// queries), which must end when their right to read does.
+    pub fn still_allowed(&self, caller: &crate::acl::Caller) -> bool {
+        match (self.acl_view(), &caller.hash) {
+            (AclView::Off, _) => true,
+            (AclView::Bootstrapping(boot), Some(h)) => boot == *h,
+            (AclView::On, Some(h)) => self.read_store(|s| s.acl().by_hash(h).is_some()),
+            (_, None) => false,
+        }
+    }
+
     pub(crate) fn peers(&self) -> &PeerClient {
         &self.peers
     }

@@ -23,6 +23,22 @@ fn written(resp: Resp) -> Result<WriteResult, ApiError> {
     }
 }
 
+fn acl_off() -> ApiError {
+    ApiError::InvalidArgument("ACLs are off in this cluster: start its nodes with --acl-bootstrap-token-file first".into())
+}
+
+/// Whether `caller` may replace or delete the instance `service/instance` as it stands: one
+/// hanging off another token's lease is that token's.
+fn may_change(s: &crate::store::Store, caller: &Caller, service: &str, instance: &str) -> Result<(), ApiError> {
+    let owner = s.instance(service, instance).and_then(|i| i.lease_id).and_then(|id| s.lease(id).map(|l| (id, l.token)));
+    match owner {
+        Some((id, token)) if !caller.may_use_lease(token) => {
+            Err(ApiError::Forbidden(format!("instance {instance:?} of {service:?} hangs off lease {id}, granted with another token")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn not_yours(lease_id: LeaseId) -> ApiError {
     ApiError::Forbidden(format!("lease {lease_id} was granted with another token"))
 }
@@ -157,24 +173,36 @@ impl Node {
         check_names(&service, &instance)?;
         let registration = proto::validate::instance_spec(&spec).map_err(|errors| ApiError::InvalidArgument(errors.join("; ")))?;
         let lease = registration.lease_id();
+        let (svc, name) = (service.clone(), instance.clone());
         let cmd = Cmd::PutInstance { service, instance, registration };
         written(
-            self.write(request_id, cmd, |s| match lease.map(|id| (id, s.lease(id))) {
-                Some((id, None)) => Err(ApiError::LeaseNotFound(id)),
-                // An instance hangs off a lease only by that lease's token.
-                Some((id, Some(l))) if !caller.may_use_lease(l.token) => Err(not_yours(id)),
-                _ => Ok(()),
+            self.write(request_id, cmd, |s| {
+                may_change(s, &caller, &svc, &name)?;
+                match lease.map(|id| (id, s.lease(id))) {
+                    Some((id, None)) => Err(ApiError::LeaseNotFound(id)),
+                    // An instance hangs off a lease only by that lease's token.
+                    Some((id, Some(l))) if !caller.may_use_lease(l.token) => Err(not_yours(id)),
+                    _ => Ok(()),
+                }
             })
             .await?,
         )
     }
 
-    pub async fn delete_instance(&self, request_id: Option<RequestId>, service: String, instance: String) -> Result<WriteResult, ApiError> {
+    pub async fn delete_instance(&self, request_id: Option<RequestId>, service: String, instance: String, caller: Caller) -> Result<WriteResult, ApiError> {
         check_names(&service, &instance)?;
         let not_found = ApiError::NotFound(format!("instance {instance:?} of service {service:?}"));
         let exists = |s: &crate::store::Store| s.instance(&service, &instance).is_some();
         let cmd = Cmd::DeleteInstance { service: service.clone(), instance: instance.clone() };
-        written(self.write(request_id, cmd, |s| if exists(s) { Ok(()) } else { Err(not_found) }).await?)
+        written(
+            self.write(request_id, cmd, |s| {
+                if !exists(s) {
+                    return Err(not_found);
+                }
+                may_change(s, &caller, &service, &instance)
+            })
+            .await?,
+        )
     }
 }
 
@@ -191,19 +219,33 @@ impl Node {
         if scopes.is_empty() {
             return Err(ApiError::InvalidArgument("scopes: give at least one (read, admin, announce:GLOB)".into()));
         }
+        self.bootstrap_acl_first().await?;
         let cmd = Cmd::CreateToken { hash: crate::acl::TokenHash::of(token), scopes, description };
         match self.write(request_id, cmd, |_| Ok(())).await? {
             Resp::TokenCreated { id, revision } => Ok(proto::TokenCreated { id, revision }),
             Resp::TokenExists { id } => Err(ApiError::Conflict(format!("that token exists already, as token {id}"))),
+            Resp::AclOff => Err(acl_off()),
             Resp::KeyReused { request_id } => Err(key_reused(request_id)),
             other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
         }
     }
 
+    /// A token write that reaches a leader told to turn ACLs on before its periodic record has
+    /// done it: turn them on now, so the write does not fail for a race with that record.
+    async fn bootstrap_acl_first(&self) -> Result<(), ApiError> {
+        if let (false, Some(hash)) = (self.read_store(|s| s.acl().enabled), &self.config.acl_bootstrap) {
+            self.write(None, Cmd::AclBootstrap { hash: hash.clone() }, |_| Ok(())).await?;
+        }
+        Ok(())
+    }
+
     pub async fn revoke_token(&self, request_id: Option<RequestId>, id: crate::acl::TokenId) -> Result<WriteResult, ApiError> {
+        self.bootstrap_acl_first().await?;
         let not_found = || ApiError::NotFound(format!("token {id}"));
         match self.write(request_id, Cmd::RevokeToken { id }, |s| s.acl().by_id(id).map(|_| ()).ok_or_else(not_found)).await? {
             Resp::TokenNotFound { .. } => Err(not_found()),
+            Resp::AclOff => Err(acl_off()),
+            Resp::LastAdmin { id } => Err(ApiError::InvalidArgument(format!("token {id} is the last admin token; create another admin first"))),
             other => written(other),
         }
     }

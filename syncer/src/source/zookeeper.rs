@@ -90,10 +90,15 @@ async fn read_all(client: &zk::Client, services: &[String], watches: &mut Watche
 }
 
 /// Runs forever, keeping `tx` current. Each full read is one `Discovery::Reset`.
-pub async fn run(connect: String, session_timeout: Duration, services: Vec<String>, tx: Tx) {
+/// `auth` is the digest identity to read with (`--zookeeper-auth-file`).
+pub async fn run(connect: String, session_timeout: Duration, auth: Option<proto::ZkDigest>, services: Vec<String>, tx: Tx) {
     let mut feed = Feed::new(tx, "zookeeper", BACKOFF);
     loop {
-        let connecting = zk::Client::connector().with_session_timeout(session_timeout).with_fail_eagerly().connect(&connect);
+        let mut connector = zk::Client::connector().with_session_timeout(session_timeout).with_fail_eagerly();
+        if let Some(a) = &auth {
+            connector = connector.with_auth("digest", a.as_bytes());
+        }
+        let connecting = connector.connect(&connect);
         let client = match tokio::time::timeout(session_timeout + Duration::from_secs(1), connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {

@@ -77,7 +77,8 @@ pub(super) struct ApiClient {
 impl ApiClient {
     /// `url` is the API's address (`http://HOST:PORT`, with or without the `/v3` or `/v2` base
     /// path).
-    pub(super) fn new(url: &str, version: DataplaneVersion, user: Option<String>, password: Option<String>) -> anyhow::Result<ApiClient> {
+    pub(super) fn new(url: &str, version: DataplaneVersion, auth: crate::config::DataplaneAuth) -> anyhow::Result<ApiClient> {
+        let crate::config::DataplaneAuth { user, password, ca_file } = auth;
         let mut trimmed = url.trim().trim_end_matches('/').to_string();
         for suffix in ["/v3", "/v2"] {
             if let Some(s) = trimmed.strip_suffix(suffix) {
@@ -92,8 +93,18 @@ impl ApiClient {
         if !matches!(base.scheme(), "http" | "https") {
             anyhow::bail!("--dataplane-url {url}: use http:// or https://");
         }
-        let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
-        Ok(ApiClient { http, base, version, user, password })
+        let mut http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if let Some(ca) = &ca_file {
+            let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("--dataplane-ca-file {}: {e}", ca.display()))?;
+            http = http.tls_built_in_root_certs(false);
+            for c in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| anyhow::anyhow!("--dataplane-ca-file {}: {e}", ca.display()))? {
+                http = http.add_root_certificate(c);
+            }
+        }
+        if user.is_some() && base.scheme() == "http" && base.host_str().is_some_and(|h| h != "127.0.0.1" && h != "localhost" && h != "::1") {
+            tracing::warn!(url = %base, "sending Data Plane API credentials over plain http to another host; use https://");
+        }
+        Ok(ApiClient { http: http.build()?, base, version, user, password })
     }
 
     /// GET that must answer 200 with JSON; anything else is an error saying `what` failed.
@@ -244,9 +255,9 @@ mod tests {
 
     #[test]
     fn base_url_gets_the_version_path() {
-        let d = ApiClient::new("http://127.0.0.1:5555/v3/", DataplaneVersion::V3, None, None).unwrap();
+        let d = ApiClient::new("http://127.0.0.1:5555/v3/", DataplaneVersion::V3, Default::default()).unwrap();
         assert_eq!(d.base.as_str(), "http://127.0.0.1:5555/v3");
-        let d = ApiClient::new("http://127.0.0.1:5555", DataplaneVersion::V2, None, None).unwrap();
+        let d = ApiClient::new("http://127.0.0.1:5555", DataplaneVersion::V2, Default::default()).unwrap();
         assert_eq!(d.base.as_str(), "http://127.0.0.1:5555/v2");
     }
 }

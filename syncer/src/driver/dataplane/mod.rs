@@ -81,9 +81,9 @@ pub struct DataplaneApi {
 impl DataplaneApi {
     /// `url` is the API's address (`http://HOST:PORT`, with or without the `/v3` or `/v2` base
     /// path); `server_options` are HAProxy server keywords mapped onto the models' fields.
-    pub fn new(url: &str, version: DataplaneVersion, user: Option<String>, password: Option<String>, server_options: String) -> anyhow::Result<DataplaneApi> {
+    pub fn new(url: &str, version: DataplaneVersion, auth: crate::config::DataplaneAuth, server_options: String) -> anyhow::Result<DataplaneApi> {
         let options = ServerOptions::parse(&server_options)?;
-        let api = ApiClient::new(url, version, user, password)?;
+        let api = ApiClient::new(url, version, auth)?;
         Ok(DataplaneApi {
             api,
             options,
