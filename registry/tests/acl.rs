@@ -16,6 +16,18 @@ fn with_acl(c: &mut registry::node::NodeConfig) {
     c.acl_bootstrap = Some(TokenHash::of(BOOT));
 }
 
+/// A cluster with ACLs on in every node's store, its node ids, and an admin client.
+async fn acl_cluster() -> (Cluster, Vec<u64>, client::Client) {
+    let c = Cluster::start_defaults_with(3, with_acl).await;
+    let all: Vec<u64> = c.nodes.keys().copied().collect();
+    let admin = as_token(&c, &all, BOOT);
+    wait_until(Duration::from_secs(10), "ACLs on in every node's store", || async {
+        c.nodes.values().all(|n| n.node.read_store(|s| s.acl().enabled)).then_some(())
+    })
+    .await;
+    (c, all, admin)
+}
+
 fn as_token(c: &Cluster, ids: &[u64], token: &str) -> client::Client {
     let urls: Vec<String> = ids.iter().map(|i| c.nodes[i].url.clone()).collect();
     client::Client::builder(&urls).unwrap().token(token).unwrap().build().unwrap()
@@ -34,13 +46,7 @@ fn status(e: &client::Error) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scopes_allow_what_they_name_and_leases_belong_to_their_token() {
-    let c = Cluster::start_defaults_with(3, with_acl).await;
-    let all: Vec<u64> = c.nodes.keys().copied().collect();
-    let admin = as_token(&c, &all, BOOT);
-    wait_until(Duration::from_secs(10), "ACLs on in every node's store", || async {
-        c.nodes.values().all(|n| n.node.read_store(|s| s.acl().enabled)).then_some(())
-    })
-    .await;
+    let (c, all, admin) = acl_cluster().await;
 
     // Default deny: no token, or an unknown one, is 401; health stays open.
     assert_eq!(status(&c.client().services(false).await.unwrap_err()), 401);
@@ -101,10 +107,7 @@ async fn scopes_allow_what_they_name_and_leases_belong_to_their_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_admin_manages_tokens() {
-    let c = Cluster::start_defaults_with(3, with_acl).await;
-    let all: Vec<u64> = c.nodes.keys().copied().collect();
-    let admin = as_token(&c, &all, BOOT);
-    wait_until(Duration::from_secs(10), "ACLs on", || async { admin.tokens().await.ok().filter(|l| l.enabled) }).await;
+    let (c, all, admin) = acl_cluster().await;
     let web_t = "w".repeat(40);
     make_token(&admin, &web_t, &["announce:*"]).await;
     let web = as_token(&c, &all, &web_t);
@@ -119,10 +122,7 @@ async fn only_admin_manages_tokens() {
 /// when their token is revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tokens_instances_stay_its_own_and_a_revoked_watch_ends() {
-    let c = Cluster::start_defaults_with(3, with_acl).await;
-    let all: Vec<u64> = c.nodes.keys().copied().collect();
-    let admin = as_token(&c, &all, BOOT);
-    wait_until(Duration::from_secs(10), "ACLs on", || async { admin.tokens().await.ok().filter(|l| l.enabled) }).await;
+    let (c, all, admin) = acl_cluster().await;
     let (owner_t, other_t, read_t) = ("o".repeat(40), "t".repeat(40), "r".repeat(40));
     make_token(&admin, &owner_t, &["announce:web-*"]).await;
     make_token(&admin, &other_t, &["announce:*"]).await;
@@ -170,10 +170,7 @@ async fn no_token_is_made_while_acls_are_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_and_malformed_requests_change_nothing_without_a_valid_token() {
     use rand::{Rng, SeedableRng};
-    let c = Cluster::start_defaults_with(3, with_acl).await;
-    let all: Vec<u64> = c.nodes.keys().copied().collect();
-    let admin = as_token(&c, &all, BOOT);
-    wait_until(Duration::from_secs(10), "ACLs on", || async { admin.tokens().await.ok().filter(|l| l.enabled) }).await;
+    let (c, all, admin) = acl_cluster().await;
     let web_t = "w".repeat(40);
     make_token(&admin, &web_t, &["announce:web-*"]).await;
     // A valid `read` token too: it may read, and must change nothing either.

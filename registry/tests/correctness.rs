@@ -329,22 +329,25 @@ async fn watches_blocking_queries_and_leases_per_client_are_limited() {
     let on = format!("{}/v1/services/web?stale=true&index={index}&wait=20s", c.nodes[&follower].url);
     // One query holds the only place; a probe must then be refused. A probe that got there
     // first holds the place itself (the holder was refused): it gives up after 2 s, and a new
-    // holder tries again, rather than the probe blocking for the query's whole 20 s.
+    // holder tries again, rather than the probe blocking for the query's whole 20 s. A holder
+    // just started gets its turn until the next poll.
     let probe = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let mut holder = tokio::spawn(reqwest::get(on.clone()));
-    loop {
-        assert!(tokio::time::Instant::now() < deadline, "a second blocking query was never refused");
-        if holder.is_finished() {
-            holder = tokio::spawn(reqwest::get(on.clone()));
+    let holder: std::sync::Mutex<Option<tokio::task::JoinHandle<_>>> = std::sync::Mutex::new(None);
+    wait_until(Duration::from_secs(15), "a second blocking query to be refused", || async {
+        {
+            let mut h = holder.lock().unwrap();
+            if h.as_ref().is_none_or(|h| h.is_finished()) {
+                *h = Some(tokio::spawn(reqwest::get(on.clone())));
+                return None;
+            }
         }
-        // Gives the holder its turn to arrive first.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if probe.get(&on).send().await.is_ok_and(|r| r.status() == 429) {
-            break;
-        }
+        probe.get(&on).send().await.ok().filter(|r| r.status() == 429).map(|_| ())
+    })
+    .await;
+    let last = holder.lock().unwrap().take();
+    if let Some(h) = last {
+        h.abort();
     }
-    holder.abort();
 }
 
 /// Expiry confirms leadership with a quorum round before it proposes; under a steady write

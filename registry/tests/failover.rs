@@ -236,16 +236,27 @@ async fn a_replayed_grant_gives_its_lease_a_fresh_ttl() {
             .send()
     };
     let first: proto::LeaseGrant = grant().await.unwrap().json().await.unwrap();
-    // The client never saw that answer; two thirds of a TTL later it sends the grant again.
-    tokio::time::sleep(TTL * 2 / 3).await;
+    // The test watches the lease's clock through an instance on it (a put does not renew).
+    let client = c.client();
+    client.put_instance("web", "observer", &spec(1, Some(first.lease_id))).await.unwrap();
+    let left_of = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let s = client.service("web", false).await.ok()?;
+            s.instances.iter().find(|i| i.instance == name)?.lease.as_ref().map(|l| l.remaining_ms)
+        }
+    };
+    let ttl_ms = TTL.as_millis() as u64;
+    // The client never saw that answer; once two thirds of a TTL have run, it sends the grant
+    // again.
+    wait_until(TTL, "two thirds of the first grant's TTL to run", || async { left_of("observer").await.filter(|l| *l <= ttl_ms / 3) }).await;
     let again: proto::LeaseGrant = grant().await.unwrap().json().await.unwrap();
     assert_eq!(again.lease_id, first.lease_id, "the retry is answered from the replay window");
-    let replayed = Instant::now();
-    let client = c.client();
     client.put_instance("web", "replayed", &spec(1, Some(again.lease_id))).await.unwrap();
-    let left = client.service("web", false).await.unwrap().instances[0].lease.as_ref().unwrap().remaining_ms;
+    let left = left_of("replayed").await.unwrap();
     assert!(left > (TTL.as_millis() as u64) * 3 / 4, "the replayed lease has {left} ms left of {TTL:?}: its clock still runs from the first grant");
-    // And it outlives the first grant's deadline without a renewal.
-    tokio::time::sleep_until(replayed + TTL / 2).await;
+    // And it outlives the first grant's deadline without a renewal: half a TTL after the
+    // replay (by the registry's clock), well past that deadline.
+    wait_until(TTL, "half a TTL to run since the replay", || async { left_of("replayed").await.filter(|l| *l <= ttl_ms / 2) }).await;
     client.keepalive(again.lease_id).await.expect("the lease lives a TTL from the replay");
 }

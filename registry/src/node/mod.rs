@@ -370,7 +370,9 @@ impl Node {
     /// this node knows no membership yet (it is about to be added, and its first contact is the
     /// leader's).
     pub fn is_member_host(&self, hosts: &[String]) -> bool {
-        let m = self.raft_metrics();
+        // Borrowed, not cloned: this runs on every peer request under TLS.
+        let m = self.raft.metrics();
+        let m = m.borrow();
         let mut members = m.membership_config.membership().nodes().map(|(_, n)| crate::tls::host_of(&n.addr)).peekable();
         members.peek().is_none() || members.any(|h| hosts.contains(&h))
     }

@@ -47,26 +47,17 @@ impl Cluster {
     }
 
     async fn start_from(n: u64, base: fn(NodeConfig) -> NodeConfig, tweak: fn(&mut NodeConfig)) -> Cluster {
-        // `RUST_LOG=info cargo nextest run ...` shows the nodes' logs when a test fails.
-        if std::env::var_os("RUST_LOG").is_some() {
-            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
-        }
         let dir = tempfile::tempdir().unwrap();
-        let faults = Faults::default();
-        let mut listeners = BTreeMap::new();
-        for id in 1..=n {
-            listeners.insert(id, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
-        }
-        let peers: BTreeMap<u64, String> = listeners.iter().map(|(id, l)| (*id, l.local_addr().unwrap().to_string())).collect();
-        let mut nodes = BTreeMap::new();
-        for (id, l) in listeners {
-            let mut cfg = base(NodeConfig::new(id, peers[&id].clone(), dir.path().join(format!("n{id}")), peers.clone()));
-            tweak(&mut cfg);
-            nodes.insert(id, Self::spawn(l, cfg, faults.clone()).await);
-        }
-        let c = Cluster { nodes, faults, _dir: dir, tls_dir: None };
-        c.wait_leader(None).await;
-        c
+        Self::start_in(
+            dir,
+            n,
+            move |c| {
+                *c = base(c.clone());
+                tweak(c)
+            },
+            None,
+        )
+        .await
     }
 
     /// A cluster over TLS, as `registry tls init` and `--tls-*` set one up: every node serves
@@ -75,6 +66,20 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("tls");
         registry::tls::init::init(&certs, &["127.0.0.1".to_string()]).unwrap();
+        let files = node_tls_files(&certs);
+        let tls = move |cfg: &mut NodeConfig| {
+            cfg.tls = Some(registry::tls::Tls::load(files.clone()).unwrap());
+            cfg.peer_auth = PeerAuth::NodeCertificate;
+        };
+        Self::start_in(dir, n, tls, Some(certs)).await
+    }
+
+    /// `n` nodes on port-0 listeners in `dir`, each configured by `configure`.
+    async fn start_in(dir: tempfile::TempDir, n: u64, configure: impl Fn(&mut NodeConfig), tls_dir: Option<std::path::PathBuf>) -> Cluster {
+        // `RUST_LOG=info cargo nextest run ...` shows the nodes' logs when a test fails.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        }
         let faults = Faults::default();
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
@@ -84,11 +89,10 @@ impl Cluster {
         let mut nodes = BTreeMap::new();
         for (id, l) in listeners {
             let mut cfg = NodeConfig::new(id, peers[&id].clone(), dir.path().join(format!("n{id}")), peers.clone());
-            cfg.tls = Some(registry::tls::Tls::load(node_tls_files(&certs)).unwrap());
-            cfg.peer_auth = PeerAuth::NodeCertificate;
+            configure(&mut cfg);
             nodes.insert(id, Self::spawn(l, cfg, faults.clone()).await);
         }
-        let c = Cluster { nodes, faults, _dir: dir, tls_dir: Some(certs) };
+        let c = Cluster { nodes, faults, _dir: dir, tls_dir };
         c.wait_leader(None).await;
         c
     }
