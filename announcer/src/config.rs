@@ -83,9 +83,11 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT: how long instances stay in `drain` before they are removed [default: 5s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub drain: Option<Duration>,
-    /// Serve /healthz, /metrics and the maintenance control on this local address.
-    #[arg(long, env = "ANNOUNCER_ADMIN")]
-    pub admin: Option<SocketAddr>,
+    /// Serve /healthz, /metrics, /v1/status and the maintenance control (`announcer maint`)
+    /// on this address, or `off`. Keep it on loopback: it has no authentication
+    /// [default: 127.0.0.1:9470].
+    #[arg(long, env = "ANNOUNCER_ADMIN", value_name = "IP:PORT|off")]
+    pub admin: Option<proto::admin::AdminListen>,
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -409,9 +411,9 @@ impl RunArgs {
         }
         let drain = self.drain.or(file.drain).unwrap_or(Duration::from_secs(5));
         let admin = match (self.admin, file.admin) {
-            (Some(a), _) => Some(a),
-            (None, Some(a)) => a.parse().map_err(|_| p.add("admin", format!("{a:?} is not IP:PORT"))).ok(),
-            (None, None) => None,
+            (Some(a), _) => a.0,
+            (None, Some(a)) => a.parse::<proto::admin::AdminListen>().map_err(|e| p.add("admin", e)).ok().and_then(|a| a.0),
+            (None, None) => proto::admin::ANNOUNCER_DEFAULT.0,
         };
         if !p.0.is_empty() {
             return Err(p.0);
@@ -449,6 +451,9 @@ mod tests {
         assert_eq!((s.instance.as_str(), s.address.as_str(), s.port, s.weight), ("10.0.0.5:8080", "10.0.0.5", 8080, 100));
         assert_eq!(c.ttl, Duration::from_secs(3));
         assert_eq!(c.drain, Duration::from_secs(5));
+        assert_eq!(c.admin, Some("127.0.0.1:9470".parse().unwrap()), "the admin endpoint is on, on loopback, by default");
+        let off = RunArgs { admin: Some("off".parse().unwrap()), ..args() }.resolve().unwrap();
+        assert_eq!(off.admin, None);
     }
 
     #[test]
@@ -493,6 +498,7 @@ check = { tcp = "127.0.0.1:9090" }
         let c = RunArgs { config: Some(path), ..Default::default() }.resolve().unwrap();
         assert_eq!(c.services.len(), 2);
         assert_eq!(c.drain, Duration::ZERO);
+        assert_eq!(c.admin, Some("127.0.0.1:9470".parse().unwrap()));
         assert_eq!(c.services[1].weight, 50);
         assert!(matches!(c.services[0].check.as_ref().unwrap().check, Check::Http { .. }));
     }

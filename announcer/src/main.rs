@@ -31,7 +31,7 @@ enum Command {
         #[arg(value_enum)]
         state: OnOff,
         /// The running announcer's --admin address.
-        #[arg(long, env = "ANNOUNCER_ADMIN")]
+        #[arg(long, env = "ANNOUNCER_ADMIN", default_value = "127.0.0.1:9470")]
         admin: std::net::SocketAddr,
     },
 }
@@ -63,7 +63,7 @@ async fn maint(on: bool, admin: std::net::SocketAddr) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("announcer maint: cannot reach the announcer at {admin} (is it running with --admin {admin}?): {e}");
+            eprintln!("announcer maint: cannot reach the announcer's admin endpoint at {admin} (is it running, with --admin {admin}?): {e}");
             ExitCode::FAILURE
         }
     }
@@ -92,7 +92,12 @@ async fn run(config: Config) -> anyhow::Result<Outcome> {
     let (tx, rx) = mpsc::channel(256);
     forward_signals(tx.clone())?;
     if let Some(addr) = config.admin {
-        announcer::admin::serve(addr, shared.clone(), tx.clone()).await.map_err(|e| anyhow::anyhow!("admin endpoint {addr}: {e}"))?;
+        if let Some(w) = proto::admin::AdminListen(Some(addr)).exposure_warning() {
+            tracing::warn!("{w}");
+        }
+        announcer::admin::serve(addr, shared.clone(), tx.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("admin endpoint {addr}: {e} (another announcer on this host? give each its own --admin IP:PORT, or --admin off)"))?;
     }
     agent::spawn_checks(&config, tx.clone());
     let names: Vec<String> = config.services.iter().map(|s| format!("{}/{}", s.service, s.instance)).collect();

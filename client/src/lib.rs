@@ -490,6 +490,26 @@ impl Client {
         resp.json().await.map_err(|e| Error::Decode { url: base, reason: e.to_string() })
     }
 
+    /// Whether the node at `base` is ready (`/readyz`: a member that knows a leader, with its
+    /// ACLs applied); `Ok(Err(reason))` when it answers that it is not.
+    pub async fn ready_at(&self, base: &str) -> Result<Result<(), String>, Error> {
+        let base = normalize_url_as(base, self.inner.scheme)?;
+        let resp = self
+            .inner
+            .http
+            .get(format!("{base}/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(Ok(()));
+        }
+        let body = resp.text().await.unwrap_or_default();
+        Ok(Err(format!("{status}: {}", body.trim())))
+    }
+
     /// Creates an ACL token from a secret the caller made (`generate_token`); admin only.
     pub async fn create_token(&self, token: &str, scopes: &[String], description: &str) -> Result<proto::TokenCreated, Error> {
         let body = proto::TokenCreateRequest { token: token.to_string(), scopes: scopes.to_vec(), description: description.to_string() };

@@ -3,6 +3,7 @@
 //! Architecture Invariant: this crate does no I/O and depends on serde only. Every
 //! request type denies unknown fields, so a typo in a client is an error, not a silent default.
 
+pub mod admin;
 pub mod cluster;
 pub mod error;
 pub mod instance;

@@ -7,6 +7,9 @@
 //! - Scopes: `read` (lists, gets, watches, cluster status, metrics), `announce:GLOB` (grant
 //!   leases; put and delete instances of services matching GLOB; keep alive and revoke the
 //!   leases it granted), `admin` (everything, members and tokens included).
+//! - Membership changes take an `admin` token or a member's proof (`Need::AdminOrPeer`): the
+//!   operator's way and a joining node's way. Without ACLs only the proof works. The cluster's
+//!   state takes `read` or the proof (`Need::ReadOrPeer`): a starting node asks its peers.
 //! - What a route needs is `need` below: one table keyed by method and route template, and any
 //!   route it does not name needs `admin`.
 //!
@@ -135,8 +138,8 @@ impl Token {
         let announces = || self.scopes.iter().any(|s| matches!(s, Scope::Announce(_)));
         match need {
             Need::Open => true,
-            Need::Read => self.scopes.contains(&Scope::Read),
-            Need::Admin => false,
+            Need::Read | Need::ReadOrPeer => self.scopes.contains(&Scope::Read),
+            Need::Admin | Need::AdminOrPeer => false,
             Need::Grant => announces(),
             Need::Service(name) => self.scopes.iter().any(|s| matches!(s, Scope::Announce(g) if glob_matches(g, name))),
             // The owner is checked against the store by the caller (`Acl::owns`); the scope is
@@ -159,6 +162,11 @@ pub enum Need {
     /// An `announce:` scope, and the lease must be one this token granted.
     LeaseOwner,
     Admin,
+    /// `admin`, or a member's proof (the cluster secret, or a node certificate for a member's
+    /// host), which `http::peer` has checked: membership changes.
+    AdminOrPeer,
+    /// `read`, or a member's proof: the cluster's state.
+    ReadOrPeer,
 }
 
 /// What `method` on the route `template` (axum's matched path, e.g.
@@ -170,13 +178,16 @@ pub fn need(method: &str, template: &str, params: &BTreeMap<String, String>, met
     match (method, template) {
         (_, "/healthz" | "/readyz") => Need::Open,
         ("GET", "/metrics") if metrics_open => Need::Open,
-        ("GET", "/metrics" | "/v1/services" | "/v1/services/{service}" | "/v1/removals" | "/v1/watch" | "/v1/cluster") => Need::Read,
+        // A node asks its peers here before it bootstraps (is it a wiped member?).
+        ("GET", "/v1/cluster") => Need::ReadOrPeer,
+        ("GET", "/metrics" | "/v1/services" | "/v1/services/{service}" | "/v1/removals" | "/v1/watch") => Need::Read,
         ("POST", "/v1/leases") => Need::Grant,
         ("POST", "/v1/leases/{id}/keepalive") | ("DELETE", "/v1/leases/{id}") => Need::LeaseOwner,
         ("PUT" | "DELETE", "/v1/services/{service}/instances/{instance}") => match params.get("service") {
             Some(s) => Need::Service(s.clone()),
             None => Need::Admin,
         },
+        ("POST", "/v1/cluster/members") | ("DELETE", "/v1/cluster/members/{id}") => Need::AdminOrPeer,
         _ => Need::Admin,
     }
 }
@@ -254,18 +265,19 @@ mod tests {
         assert!(!web.allows(&Need::Read), "announce does not read");
         assert!(web.allows(&need("POST", "/v1/leases", &none, false)));
         let read = token(&["read"]);
+        assert_eq!(need("GET", "/v1/cluster", &none, false), Need::ReadOrPeer);
+        assert!(!token(&["announce:*"]).allows(&Need::ReadOrPeer));
         for (m, t) in [("GET", "/v1/services"), ("GET", "/v1/watch"), ("GET", "/v1/cluster"), ("GET", "/metrics")] {
             assert!(read.allows(&need(m, t, &none, false)), "{m} {t}");
         }
         assert!(!read.allows(&put), "read cannot write");
         assert!(!read.allows(&need("POST", "/v1/leases", &none, false)));
-        for (m, t) in [
-            ("POST", "/v1/cluster/members"),
-            ("DELETE", "/v1/cluster/members/{id}"),
-            ("POST", "/v1/acl/tokens"),
-            ("PATCH", "/v1/services"),
-            ("GET", "/v1/new-route"),
-        ] {
+        for (m, t) in [("POST", "/v1/cluster/members"), ("DELETE", "/v1/cluster/members/{id}")] {
+            assert_eq!(need(m, t, &none, false), Need::AdminOrPeer, "{m} {t}");
+            assert!(token(&["admin"]).allows(&need(m, t, &none, false)));
+            assert!(!token(&["read", "announce:*"]).allows(&need(m, t, &none, false)));
+        }
+        for (m, t) in [("POST", "/v1/acl/tokens"), ("PATCH", "/v1/services"), ("GET", "/v1/new-route")] {
             assert_eq!(need(m, t, &none, false), Need::Admin, "{m} {t}");
             assert!(token(&["admin"]).allows(&need(m, t, &none, false)));
         }

@@ -265,3 +265,61 @@ mod removal_tests {
         assert_eq!(super::utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
     }
 }
+
+/// A secret written to a new file beside its destination (mode 0600), moved there by
+/// `commit`; removed if dropped uncommitted. `registry token create --out` stages the token
+/// before asking for it, so a token is never minted with nowhere to go.
+pub struct StagedSecret {
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+pub fn stage_secret(path: &std::path::Path, secret: &str) -> Result<StagedSecret, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if path.exists() {
+        return Err(format!("{} exists; not overwriting it", path.display()));
+    }
+    let mut name = path.file_name().ok_or_else(|| format!("{} is not a file path", path.display()))?.to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    let staged = StagedSecret { tmp, path: path.to_path_buf() };
+    f.write_all(format!("{secret}\n").as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("writing {}: {e}", staged.tmp.display()))?;
+    Ok(staged)
+}
+
+impl StagedSecret {
+    /// Moves the secret into place; a file that appeared there meanwhile is not overwritten.
+    pub fn commit(self) -> Result<(), String> {
+        // A hard link fails if the destination exists, unlike a rename.
+        std::fs::hard_link(&self.tmp, &self.path).map_err(|e| format!("writing {}: {e}", self.path.display()))
+        // `drop` removes the temporary name.
+    }
+}
+
+impl Drop for StagedSecret {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+#[cfg(test)]
+mod staged_tests {
+    use super::*;
+
+    #[test]
+    fn a_staged_secret_lands_only_on_commit_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tok");
+        drop(stage_secret(&path, "abc").unwrap());
+        assert!(!path.exists() && std::fs::read_dir(dir.path()).unwrap().next().is_none(), "an uncommitted secret left a file");
+        stage_secret(&path, "abc").unwrap().commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "abc\n");
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(stage_secret(&path, "xyz").is_err(), "overwrote an existing file");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "abc\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,4 +1,5 @@
-//! `registry`: run a node (`serve`) or operate a cluster (`ls`, `status`, `members`).
+//! `registry`: run a node (`serve`) or operate a cluster (`ls`, `status`, `health`, `members`,
+//! `token`, `tls`).
 
 use std::process::ExitCode;
 
@@ -51,6 +52,12 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Check that every node given with --registry is ready (`/readyz`: a member that knows a
+    /// leader): exits 0 if so, 1 naming the first that is not. For health checks, over TLS too.
+    Health {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Change the cluster's membership.
     Members {
         #[command(subcommand)]
@@ -81,6 +88,10 @@ enum TokenAction {
         /// What the token is for (shown by `token list`).
         #[arg(long, default_value = "")]
         description: String,
+        /// Write the token to this new file (mode 0600) instead of printing it, ready for
+        /// --token-file. An existing file is never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
     },
     /// List tokens: id, scopes, description, created. Never their secrets.
     List {
@@ -118,8 +129,8 @@ enum TlsAction {
 
 #[derive(clap::Args)]
 struct MemberCredentials {
-    /// The cluster's shared secret (the nodes' --cluster-secret-file): membership changes are
-    /// refused without it, unless the cluster runs --insecure.
+    /// The cluster's shared secret (the nodes' --cluster-secret-file). Membership changes take
+    /// an admin token (--token-file) on a cluster with ACLs, else this secret.
     #[arg(long, env = "REGISTRY_CLUSTER_SECRET_FILE", value_name = "FILE")]
     cluster_secret_file: Option<std::path::PathBuf>,
 }
@@ -230,6 +241,23 @@ async fn main() -> ExitCode {
             };
             run_client(cli::status(&c, args.output)).await
         }
+        Command::Health { client: args } => {
+            let c = match client(&args) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            run_client(async {
+                let mut out = String::new();
+                for url in c.urls() {
+                    match c.ready_at(url).await? {
+                        Ok(()) => out.push_str(&format!("{url}: ready\n")),
+                        Err(why) => return Err(client::Error::Unavailable(format!("{url} is not ready: {why}"))),
+                    }
+                }
+                Ok(out)
+            })
+            .await
+        }
         Command::Tls { action: TlsAction::Init { dir, hosts } } => match registry::tls::init::init(&dir, &hosts) {
             Ok(w) => {
                 for f in &w.created {
@@ -253,15 +281,38 @@ async fn main() -> ExitCode {
                 println!("{}", client::generate_token());
                 ExitCode::SUCCESS
             }
-            TokenAction::Create { client: args, scopes, description } => {
+            TokenAction::Create { client: args, scopes, description, out } => {
                 let c = match client(&args) {
                     Ok(c) => c,
                     Err(code) => return code,
                 };
                 let json = args.output == Output::Json;
+                let token = client::generate_token();
+                // The file first (refused if it exists), so a token is never minted and lost.
+                let staged = match &out {
+                    Some(path) => match cli::stage_secret(path, &token) {
+                        Ok(staged) => Some(staged),
+                        Err(e) => {
+                            eprintln!("registry token create: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    },
+                    None => None,
+                };
                 run_client(async {
-                    let token = client::generate_token();
-                    let r = c.create_token(&token, &scopes, &description).await?;
+                    let r = c.create_token(&token, &scopes, &description).await;
+                    let r = match (r, staged) {
+                        (Ok(r), Some(staged)) => {
+                            staged.commit().map_err(|e| client::Error::BadCredentials(format!("token {} was created, but: {e}; revoke it", r.id)))?;
+                            let path = out.as_ref().expect("staged only with --out").display();
+                            return Ok(if json {
+                                serde_json::json!({ "id": r.id, "file": path.to_string(), "scopes": scopes }).to_string() + "\n"
+                            } else {
+                                format!("token {} written to {path}\nscopes {}\n", r.id, scopes.join(" "))
+                            });
+                        }
+                        (r, _) => r?,
+                    };
                     Ok(if json {
                         serde_json::json!({ "id": r.id, "token": token, "scopes": scopes }).to_string() + "\n"
                     } else {

@@ -96,9 +96,10 @@ pub struct RunArgs {
     /// announcers' `--zookeeper-auth-file`).
     #[arg(long, env = "SYNCER_ZOOKEEPER_AUTH_FILE", value_name = "FILE")]
     pub zookeeper_auth_file: Option<PathBuf>,
-    /// Serve /healthz and /metrics on this address.
-    #[arg(long, env = "SYNCER_ADMIN")]
-    pub admin: Option<SocketAddr>,
+    /// Serve /healthz and /metrics on this address, or `off`. Keep it on loopback: it has no
+    /// authentication [default: 127.0.0.1:9480].
+    #[arg(long, env = "SYNCER_ADMIN", value_name = "IP:PORT|off")]
+    pub admin: Option<proto::admin::AdminListen>,
     /// Name this syncer reports its progress under in the registry [default: the host name].
     #[arg(long, env = "SYNCER_ID")]
     pub id: Option<String>,
@@ -140,7 +141,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     zookeeper_session_timeout: Option<Duration>,
     zookeeper_auth_file: Option<PathBuf>,
-    admin: Option<SocketAddr>,
+    admin: Option<String>,
     id: Option<String>,
     log_format: Option<LogFormat>,
 }
@@ -337,6 +338,11 @@ impl RunArgs {
         if settings.resync < Duration::from_millis(10) {
             errors.push("resync: must be at least 10ms".into());
         }
+        let admin = match (self.admin, file.admin) {
+            (Some(a), _) => a.0,
+            (None, Some(a)) => a.parse::<proto::admin::AdminListen>().map_err(|e| errors.push(format!("admin: {e}"))).ok().and_then(|a| a.0),
+            (None, None) => proto::admin::SYNCER_DEFAULT.0,
+        };
         let id = self.id.or(file.id).unwrap_or_else(hostname);
         if let Err(e) = proto::validate::instance_name(&id) {
             errors.push(format!("id: {e}"));
@@ -349,7 +355,7 @@ impl RunArgs {
             target: target.expect("checked"),
             settings,
             state_dir: self.state_dir.or(file.state_dir),
-            admin: self.admin.or(file.admin),
+            admin,
             id,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
         })
@@ -389,6 +395,7 @@ mod tests {
         let c = a.resolve().unwrap();
         assert_eq!(c.settings.mappings.len(), 2);
         assert_eq!(c.settings.limits.min_servers, 1);
+        assert_eq!(c.admin, Some("127.0.0.1:9480".parse().unwrap()), "the admin endpoint is on, on loopback, by default");
         assert!(matches!(c.target, Target::Runtime { ref server_options, .. } if server_options == DEFAULT_SERVER_OPTIONS));
     }
 

@@ -65,7 +65,12 @@ async fn run_with<D: Driver + Send + 'static>(driver: D, config: Config, metrics
 async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = config.admin {
-        syncer::admin::serve(addr, metrics.clone()).await.map_err(|e| anyhow::anyhow!("admin endpoint {addr}: {e}"))?;
+        if let Some(w) = proto::admin::AdminListen(Some(addr)).exposure_warning() {
+            tracing::warn!("{w}");
+        }
+        syncer::admin::serve(addr, metrics.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("admin endpoint {addr}: {e} (another syncer on this host? give each its own --admin IP:PORT, or --admin off)"))?;
     }
     tracing::info!(source = ?config.source, target = ?config.target, mappings = ?config.settings.mappings, "syncer starting");
     match config.target.clone() {

@@ -126,43 +126,44 @@ pub fn write_cluster_secret(dir: &Path) -> PathBuf {
     path
 }
 
-/// A registry cluster of real `registry serve` processes.
+/// A registry cluster of real `registry serve` processes. Secured by default, as a user's
+/// should be: TLS with node certificates and ACLs on (`secure::Secured`); `start_plain` runs
+/// one with only the cluster secret, for the tests about that mode.
 pub struct RegistryCluster {
     pub nodes: Vec<Proc>,
     pub addrs: Vec<String>,
     pub dir: tempfile::TempDir,
-    /// With ACLs on (`start_acl`): the bootstrap admin token, which `client` sends.
-    pub admin_token: Option<String>,
+    /// TLS files and the admin token, unless started plain.
+    pub secured: Option<secure::Secured>,
+    /// The cluster secret (`--cluster-secret-file`) of a plain cluster.
+    pub secret_file: PathBuf,
 }
 
 impl RegistryCluster {
-    /// Starts `n` nodes with default timings and waits until they agree on a leader.
+    /// Starts `n` secured nodes with default timings and waits until every node is ready.
     pub async fn start(n: usize) -> RegistryCluster {
         Self::start_with(n, &[]).await
     }
 
     pub async fn start_with(n: usize, extra: &[&str]) -> RegistryCluster {
-        Self::start_in(tempfile::tempdir().unwrap(), n, extra, None).await
+        Self::start_in(tempfile::tempdir().unwrap(), n, extra, true).await
     }
 
-    /// A cluster with ACLs on: `--acl-bootstrap-token-file` with a fresh token, kept in
-    /// `admin_token` (and in `dir/admin-token`).
-    pub async fn start_acl(n: usize) -> RegistryCluster {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let token = client::generate_token();
-        let path = dir.path().join("admin-token");
-        std::fs::write(&path, &token).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let flag = path.display().to_string();
-        Self::start_in(dir, n, &["--acl-bootstrap-token-file", &flag], Some(token)).await
+    /// Plain HTTP, no ACLs: peers prove themselves with the cluster secret only.
+    pub async fn start_plain(n: usize) -> RegistryCluster {
+        Self::start_plain_with(n, &[]).await
     }
 
-    async fn start_in(dir: tempfile::TempDir, n: usize, extra: &[&str], admin_token: Option<String>) -> RegistryCluster {
+    pub async fn start_plain_with(n: usize, extra: &[&str]) -> RegistryCluster {
+        Self::start_in(tempfile::tempdir().unwrap(), n, extra, false).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, n: usize, extra: &[&str], secure: bool) -> RegistryCluster {
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let bin = binary("registry");
-        let secret = write_cluster_secret(dir.path()).display().to_string();
+        let secret_file = write_cluster_secret(dir.path());
+        let secured = secure.then(|| secure::Secured::init(dir.path(), &["127.0.0.1"]));
         let nodes = addrs
             .iter()
             .enumerate()
@@ -177,20 +178,23 @@ impl RegistryCluster {
                     dir.path().join(format!("data{}", i + 1)).display().to_string(),
                     "--peers".into(),
                     peers.clone(),
-                    "--cluster-secret-file".into(),
-                    secret.clone(),
                 ];
+                match &secured {
+                    Some(s) => args.extend(s.node_args("127.0.0.1")),
+                    None => args.extend(["--cluster-secret-file".into(), secret_file.display().to_string()]),
+                }
                 args.extend(extra.iter().map(|s| s.to_string()));
                 Proc::spawn(&format!("registry-{}", i + 1), &bin, &args, dir.path())
             })
             .collect();
-        let c = RegistryCluster { nodes, addrs, dir, admin_token };
+        let c = RegistryCluster { nodes, addrs, dir, secured, secret_file };
         c.wait_leader(Duration::from_secs(15)).await;
-        if c.admin_token.is_some() {
+        if let Some(s) = &c.secured {
             // Every node ready (`/readyz` waits for the ACL bootstrap to apply there too).
+            let http = s.http();
             wait_for(Duration::from_secs(15), "ACLs on and every node ready", || async {
-                for a in &c.addrs {
-                    if reqwest::get(format!("http://{a}/readyz")).await.ok()?.status() != 200 {
+                for u in c.urls() {
+                    if http.get(format!("{u}/readyz")).send().await.ok()?.status() != 200 {
                         return None;
                     }
                 }
@@ -201,16 +205,70 @@ impl RegistryCluster {
         c
     }
 
-    pub fn urls(&self) -> Vec<String> {
-        self.addrs.iter().map(|a| format!("http://{a}")).collect()
+    /// `https://` for a secured cluster, `http://` for a plain one.
+    pub fn scheme(&self) -> &'static str {
+        if self.secured.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
+    pub fn urls(&self) -> Vec<String> {
+        self.addrs.iter().map(|a| format!("{}://{a}", self.scheme())).collect()
+    }
+
+    /// The admin token, when ACLs are on.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.secured.as_ref().map(|s| s.admin_token.as_str())
+    }
+
+    /// An admin client of every node.
     pub fn client(&self) -> client::Client {
-        let b = client::Client::builder(&self.urls()).unwrap();
-        match &self.admin_token {
-            Some(t) => b.token(t).unwrap().build().unwrap(),
-            None => b.build().unwrap(),
+        self.client_for(&self.urls())
+    }
+
+    /// An admin client of the nodes at `urls` only.
+    pub fn client_for<S: AsRef<str>>(&self, urls: &[S]) -> client::Client {
+        match &self.secured {
+            Some(s) => s.client(urls, &s.admin_token),
+            None => client::Client::new(urls).unwrap(),
         }
+    }
+
+    /// An HTTP client for raw requests (it trusts the cluster CA; it sends no token).
+    pub fn http(&self) -> reqwest::Client {
+        match &self.secured {
+            Some(s) => s.http(),
+            None => reqwest::Client::new(),
+        }
+    }
+
+    /// The flags an agent or the CLI needs to reach this cluster with a token of `scopes`,
+    /// minted for it under `name` (nothing for a plain cluster).
+    pub async fn access_args(&self, name: &str, scopes: &[&str]) -> Vec<String> {
+        match &self.secured {
+            Some(s) => {
+                let file = s.mint(&self.client(), name, scopes).await;
+                s.client_args(&file)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The flags that give the CLI the admin token (nothing for a plain cluster).
+    pub fn admin_args(&self) -> Vec<String> {
+        self.secured.as_ref().map(|s| s.client_args(&s.admin_token_file)).unwrap_or_default()
+    }
+
+    /// Runs the `registry` CLI against this cluster as admin: `args`, then `--registry` and
+    /// the credentials.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["--registry".into(), self.urls().join(",")]);
+        all.extend(self.admin_args());
+        let all: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+        registry_cli(&all)
     }
 
     /// Waits until a reachable node names a leader that itself says it leads; returns its
@@ -239,6 +297,7 @@ pub fn registry_cli(args: &[&str]) -> (i32, String, String) {
 pub mod chaos;
 pub mod dataplane_double;
 pub mod haproxy;
+pub mod secure;
 pub mod tcp_proxy;
 pub mod zookeeper;
 

@@ -21,7 +21,8 @@ fn web(dir: &Path, name: &str) -> Web {
     Web { _proc: Proc::spawn(name, &binary("demo_web"), &args, dir), port, fail_file }
 }
 
-fn announcer(dir: &Path, name: &str, registry: &[String], web: &Web, admin: u16, extra: &[&str]) -> Proc {
+/// `access`: the flags that reach the cluster (`RegistryCluster::access_args`).
+fn announcer(dir: &Path, name: &str, registry: &[String], access: &[String], web: &Web, admin: u16, extra: &[&str]) -> Proc {
     let mut args: Vec<String> = vec![
         "--registry".into(),
         registry.join(","),
@@ -42,6 +43,7 @@ fn announcer(dir: &Path, name: &str, registry: &[String], web: &Web, admin: u16,
         "--admin".into(),
         format!("127.0.0.1:{admin}"),
     ];
+    args.extend(access.iter().cloned());
     args.extend(extra.iter().map(|s| s.to_string()));
     Proc::spawn(name, &binary("announcer"), &args, dir)
 }
@@ -65,7 +67,15 @@ async fn health_maintenance_and_graceful_stop() {
     let dir = tempfile::tempdir().unwrap();
     let w = web(dir.path(), "web-1");
     let admin = free_port();
-    let mut a = announcer(dir.path(), "announcer-1", &cluster.urls(), &w, admin, &["--drain", "1500ms"]);
+    let mut a = announcer(
+        dir.path(),
+        "announcer-1",
+        &cluster.urls(),
+        &cluster.access_args("announcer-1", &["announce:web-servers"]).await,
+        &w,
+        admin,
+        &["--drain", "1500ms"],
+    );
     let id = format!("127.0.0.1:{}", w.port);
 
     wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "the instance to be registered").await;
@@ -105,7 +115,8 @@ async fn a_leader_kill_keeps_the_instance_and_an_announcer_kill_removes_it() {
     let client = cluster.client();
     let dir = tempfile::tempdir().unwrap();
     let w = web(dir.path(), "web-2");
-    let mut a = announcer(dir.path(), "announcer-2", &cluster.urls(), &w, free_port(), &[]);
+    let mut a =
+        announcer(dir.path(), "announcer-2", &cluster.urls(), &cluster.access_args("announcer-2", &["announce:web-servers"]).await, &w, free_port(), &[]);
     let id = format!("127.0.0.1:{}", w.port);
     wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "registration").await;
 
@@ -113,7 +124,7 @@ async fn a_leader_kill_keeps_the_instance_and_an_announcer_kill_removes_it() {
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
     let survivor = (leader + 1) % 3;
     let since = client.cluster().await.unwrap().applied_index;
-    let watcher = client::Client::new(&[cluster.urls()[survivor].clone()]).unwrap();
+    let watcher = cluster.client_for(&[cluster.urls()[survivor].clone()]);
     let mut stream = watcher.watch(Some("web-servers"), Some(since)).await.unwrap();
     cluster.nodes[leader].kill();
     // Three TTLs of the announcer renewing through a new leader.
@@ -164,7 +175,15 @@ async fn a_lost_lease_is_granted_again_and_a_second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let w = web(dir.path(), "web-3");
     let admin = free_port();
-    let mut a = announcer(dir.path(), "announcer-3", &cluster.urls(), &w, admin, &["--drain", "30s"]);
+    let mut a = announcer(
+        dir.path(),
+        "announcer-3",
+        &cluster.urls(),
+        &cluster.access_args("announcer-3", &["announce:web-servers"]).await,
+        &w,
+        admin,
+        &["--drain", "30s"],
+    );
     let id = format!("127.0.0.1:{}", w.port);
     wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "registration").await;
 
@@ -198,7 +217,8 @@ async fn a_lost_lease_is_granted_again_and_a_second_signal_exits_at_once() {
 
 /// A write that hangs longer than the TTL (a put behind a stalled leader waits out the server's
 /// 5 s write timeout) must not starve the lease of renewals: the announcer keeps renewing on
-/// another connection, so the lease and the instance survive and the write lands.
+/// another connection, so the lease and the instance survive and the write lands. Plain HTTP:
+/// the proxy picks the request to hold by its request line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_hanging_past_the_ttl_does_not_lose_the_lease() {
     // One node that advertises the proxy as its address: the client follows the leader it is
@@ -219,7 +239,7 @@ async fn a_write_hanging_past_the_ttl_does_not_lose_the_lease() {
     wait_for(Duration::from_secs(15), "the node to lead", || async { client.cluster().await.ok().filter(|c| c.role == proto::NodeRole::Leader) }).await;
     let w = web(dir.path(), "web-4");
     let admin = free_port();
-    let _a = announcer(dir.path(), "announcer-4", &[proxy.url()], &w, admin, &[]);
+    let _a = announcer(dir.path(), "announcer-4", &[proxy.url()], &[], &w, admin, &[]);
     let id = format!("127.0.0.1:{}", w.port);
     wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "registration").await;
     let lease = client.service("web-servers", false).await.unwrap().instances[0].lease_id.unwrap();

@@ -34,7 +34,7 @@ impl Announcer {
         let ttl = format!("{}ms", ttl.as_millis());
         let child = Command::new(binary("announcer"))
             .args(["--zookeeper", &zk.addr(), "--service", "web-servers", "--address", address])
-            .args(["--weight", "7", "--meta", "zone=a", "--ttl", &ttl, "--drain", "0s"])
+            .args(["--weight", "7", "--meta", "zone=a", "--ttl", &ttl, "--drain", "0s", "--admin", "off"])
             .args(extra)
             .env("RUST_LOG", std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())

@@ -22,8 +22,8 @@ async fn all_hosts_served(t: &Topology) -> Option<()> {
 }
 
 /// Instances of each service as one node holds them (stale read), to compare nodes.
-async fn node_data(url: &str) -> Option<Vec<(String, String, u64)>> {
-    let c = client::Client::new(&[url]).ok()?;
+async fn node_data(t: &Topology, url: &str) -> Option<Vec<(String, String, u64)>> {
+    let c = t.client_for(&[url]);
     let mut out = Vec::new();
     for s in ["web-servers", "api-servers", "churn", proto::SYNCER_SERVICE] {
         for i in c.service(s, true).await.ok()?.instances {
@@ -47,7 +47,7 @@ async fn chaos() {
     eprintln!("[chaos] {} instances across web-servers and api-servers; faults for {duration:?}", 2 * HOSTS);
 
     let frontends = vec![t.haproxy.frontend_url_for("web-servers"), t.haproxy.frontend_url_for("api-servers")];
-    let workload = Workload::start(frontends, t.haproxy.socket_path(), t.urls());
+    let workload = Workload::start(frontends, t.haproxy.socket_path(), t.minted_client("workload", &["announce:churn", "announce:write-probe"]).await);
     let start = Instant::now();
     let log = fault::run(&mut t, start + duration, partitions).await;
     let faults_end = Instant::now();
@@ -72,7 +72,7 @@ async fn chaos() {
             if revs.windows(2).all(|w| w[0] == w[1]) {
                 let mut data = Vec::new();
                 for u in &urls {
-                    data.push(node_data(u).await);
+                    data.push(node_data(&t, u).await);
                 }
                 let mut again = Vec::new();
                 for n in &t.nodes {
@@ -88,7 +88,9 @@ async fn chaos() {
     })
     .await
     .unwrap_or_else(|_| (vec![], false));
-    let (code, out, _) = registry_cli(&["status", "--registry", &urls.join(","), "--output", "json"]);
+    let mut status_args: Vec<String> = ["status", "--output", "json", "--registry", &urls.join(",")].iter().map(|s| s.to_string()).collect();
+    status_args.extend(t.admin_args());
+    let (code, out, _) = registry_cli(&status_args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     let status: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     let members = status["members"].as_array().map(|m| m.len()).unwrap_or(0);
     let healthy = status["members"].as_array().map(|m| m.iter().filter(|m| m["reachable"] == true).count()).unwrap_or(0);

@@ -93,13 +93,12 @@ async fn leader_sigkill_keeps_renewed_instances_and_the_node_rejoins() {
     assert!(gone <= ttl + Duration::from_secs(1), "instances gone {gone:?} after renewals stopped (bound TTL + 1 s)");
     eprintln!("all 100 instances gone {gone:?} after renewals stopped (TTL {ttl:?})");
     // And the operator can see why: `registry ls --removed`.
-    let urls = cluster.urls().join(",");
-    let (code, out, err) = registry_cli(&["ls", "--removed", "--service", "web-servers", "--registry", &urls, "--output", "json"]);
+    let (code, out, err) = cluster.cli(&["ls", "--removed", "--service", "web-servers", "--output", "json"]);
     assert_eq!(code, 0, "{err}");
     let removed: Vec<proto::Removal> = serde_json::from_str(&out).unwrap();
     assert_eq!(removed.len(), 100, "{out}");
     assert!(removed.iter().all(|r| matches!(r.cause, proto::RemovalCause::Expired { .. }) && r.at_ms.is_some()), "{out}");
-    let (code, out, err) = registry_cli(&["ls", "--removed", "--registry", &urls]);
+    let (code, out, err) = cluster.cli(&["ls", "--removed"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().next().is_some_and(|h| h.contains("CAUSE")) && out.contains("expired (lease "), "{out}");
 
@@ -111,7 +110,7 @@ async fn leader_sigkill_keeps_renewed_instances_and_the_node_rejoins() {
         client.cluster_at(&urls[leader]).await.ok().filter(|c| c.applied_index >= target).map(|_| ())
     })
     .await;
-    let (code, out, err) = registry_cli(&["status", "--registry", &urls.join(","), "--output", "json"]);
+    let (code, out, err) = cluster.cli(&["status", "--output", "json"]);
     assert_eq!(code, 0, "{err}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     let members = status["members"].as_array().unwrap();
@@ -149,32 +148,50 @@ async fn ls_shows_lease_timings_and_json() {
     let lease = retry(Duration::from_secs(5), || client.grant(Duration::from_secs(30))).await.lease_id;
     let sp = spec(8081, lease);
     retry(Duration::from_secs(5), || client.put_instance("web-servers", "127.0.0.1:8081", &sp)).await;
-    let urls = cluster.urls().join(",");
-    let (code, out, err) = registry_cli(&["ls", "--registry", &urls]);
+    let (code, out, err) = cluster.cli(&["ls"]);
     assert_eq!(code, 0, "{err}");
     let row = out.lines().find(|l| l.starts_with("web-servers")).unwrap_or_else(|| panic!("no row in {out}"));
     assert!(row.contains("127.0.0.1:8081") && row.contains("up") && row.contains(&lease.to_string()), "{row}");
     assert!(row.contains("s ago"), "last renewal missing: {row}");
-    let (code, out, _) = registry_cli(&["ls", "--registry", &urls, "--output", "json"]);
+    let (code, out, _) = cluster.cli(&["ls", "--output", "json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["lease"]["lease_id"], lease);
     assert!(v[0]["lease"]["remaining_ms"].as_u64().unwrap() > 20_000);
 }
 
-/// `registry members` changes the membership only with the cluster secret, and says which flag
-/// is missing without it.
+/// Without ACLs, `registry members` changes the membership only with the cluster secret, and
+/// says which flag is missing without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_remove_needs_the_cluster_secret() {
-    let cluster = RegistryCluster::start(3).await;
+    let cluster = RegistryCluster::start_plain(3).await;
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
     let id = ((leader + 1) % 3 + 1).to_string();
     let urls = cluster.urls().join(",");
     let (code, _, err) = registry_cli(&["members", "remove", "--id", &id, "--registry", &urls]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("401") && err.contains("--cluster-secret-file"), "{err}");
-    let secret = cluster.dir.path().join("cluster-secret");
-    let (code, out, err) = registry_cli(&["members", "remove", "--id", &id, "--registry", &urls, "--cluster-secret-file", secret.to_str().unwrap()]);
+    let secret = cluster.secret_file.display().to_string();
+    let (code, out, err) = registry_cli(&["members", "remove", "--id", &id, "--registry", &urls, "--cluster-secret-file", &secret]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("node {id} removed")), "{out}");
+}
+
+/// With ACLs on, an admin token alone changes the membership (the operator holds no node
+/// certificate), and a token without `admin` cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_remove_on_a_secured_cluster_takes_an_admin_token() {
+    let cluster = RegistryCluster::start(3).await;
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let id = ((leader + 1) % 3 + 1).to_string();
+    let urls = cluster.urls().join(",");
+    let mut reader: Vec<String> = ["members", "remove", "--id", &id, "--registry", &urls].iter().map(|s| s.to_string()).collect();
+    reader.extend(cluster.access_args("reader", &["read", "announce:*"]).await);
+    let (code, _, err) = registry_cli(&reader.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("403") && err.contains("admin"), "{err}");
+    assert_eq!(cluster.client().cluster().await.unwrap().members.len(), 3);
+    let (code, out, err) = cluster.cli(&["members", "remove", "--id", &id]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("node {id} removed")), "{out}");
 }
@@ -258,11 +275,12 @@ fn first_der(pem: &std::path::Path) -> Vec<u8> {
 /// refused, and `token list` never shows a secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_with_the_cli_and_an_announcer() {
-    let cluster = RegistryCluster::start_acl(3).await;
+    let cluster = RegistryCluster::start(3).await;
     let urls = cluster.urls().join(",");
-    let admin_file = cluster.dir.path().join("admin-token");
-    let admin = admin_file.to_str().unwrap();
-    let (code, _, err) = registry_cli(&["ls", "--registry", &urls]);
+    let secured = cluster.secured.as_ref().unwrap();
+    let admin = secured.admin_token_file.to_str().unwrap();
+    let ca = secured.ca.to_str().unwrap();
+    let (code, _, err) = registry_cli(&["ls", "--registry", &urls, "--ca-file", ca]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("401") && err.contains("token"), "{err}");
     let (code, out, err) = registry_cli(&[
@@ -276,6 +294,8 @@ async fn acl_with_the_cli_and_an_announcer() {
         &urls,
         "--token-file",
         admin,
+        "--ca-file",
+        ca,
         "--output",
         "json",
     ]);
@@ -296,10 +316,14 @@ async fn acl_with_the_cli_and_an_announcer() {
             urls.clone(),
             "--token-file".into(),
             web_file.display().to_string(),
+            "--ca-file".into(),
+            ca.into(),
             "--service".into(),
             "web-servers".into(),
             "--address".into(),
             format!("127.0.0.1:{web_port}"),
+            "--admin".into(),
+            format!("127.0.0.1:{}", e2e::free_port()),
         ],
         cluster.dir.path(),
     );
@@ -308,7 +332,7 @@ async fn acl_with_the_cli_and_an_announcer() {
         client.service("web-servers", false).await.ok().filter(|s| !s.instances.is_empty())
     })
     .await;
-    let (code, out, err) = registry_cli(&["token", "list", "--registry", &urls, "--token-file", admin]);
+    let (code, out, err) = registry_cli(&["token", "list", "--registry", &urls, "--token-file", admin, "--ca-file", ca]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("announce:web-*") && out.contains("web announcers"), "{out}");
     assert!(!out.contains(&web_token), "token list showed a secret: {out}");

@@ -18,7 +18,8 @@ struct Host {
     port: u16,
 }
 
-fn host(dir: &Path, name: &str, registry: &[String]) -> Host {
+/// `access`: the flags that reach the cluster (`RegistryCluster::access_args`).
+fn host(dir: &Path, name: &str, registry: &[String], access: &[String]) -> Host {
     let port = free_port();
     let web = Proc::spawn(&format!("{name}-web"), &binary("demo_web"), &["--listen".into(), format!("127.0.0.1:{port}"), "--name".into(), name.into()], dir);
     let args: Vec<String> = [
@@ -38,16 +39,24 @@ fn host(dir: &Path, name: &str, registry: &[String]) -> Host {
         "2s",
         "--drain",
         "0s",
+        // Several on one machine: no admin endpoint (the default port is one per host).
+        "--admin",
+        "off",
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(access.iter().cloned())
     .collect();
     let announcer = Proc::spawn(&format!("{name}-announcer"), &binary("announcer"), &args, dir);
     Host { web, announcer, port }
 }
 
-fn syncer(dir: &Path, name: &str, source: &[&str], haproxy: &Haproxy, state_dir: &Path) -> Proc {
-    let mut args: Vec<String> = source.iter().map(|s| s.to_string()).collect();
+fn syncer<S: AsRef<str>>(dir: &Path, name: &str, source: &[S], haproxy: &Haproxy, state_dir: &Path) -> Proc {
+    let mut args: Vec<String> = source.iter().map(|s| s.as_ref().to_string()).collect();
+    if !args.iter().any(|a| a.starts_with("--admin")) {
+        // Several on one machine: each its own port (the default is one per host).
+        args.push(format!("--admin=127.0.0.1:{}", free_port()));
+    }
     args.extend(
         [
             "--haproxy-socket",
@@ -137,13 +146,15 @@ async fn registry_to_haproxy_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let mut haproxy = Haproxy::start(&["web-servers"]).await;
     let state = dir.path().join("syncer-state");
-    let reg = format!("--registry={}", urls.join(","));
-    let mut sync = syncer(dir.path(), "lb-1", &[&reg], &haproxy, &state);
+    let mut reg = vec![format!("--registry={}", urls.join(","))];
+    reg.extend(cluster.access_args("lb-1", &["read", "announce:_syncers"]).await);
+    let mut sync = syncer(dir.path(), "lb-1", &reg, &haproxy, &state);
     let client = cluster.client();
 
     // Three web servers announce themselves; HAProxy reaches all three within 1 s of the
     // registry having them.
-    let mut hosts: Vec<Host> = (1..=3).map(|i| host(dir.path(), &format!("web-{i}"), &urls)).collect();
+    let web_access = cluster.access_args("web", &["announce:web-servers"]).await;
+    let mut hosts: Vec<Host> = (1..=3).map(|i| host(dir.path(), &format!("web-{i}"), &urls, &web_access)).collect();
     let ports: BTreeSet<u16> = hosts.iter().map(|h| h.port).collect();
     wait_for(Duration::from_secs(15), "3 registered instances", || async {
         client.service("web-servers", false).await.ok().filter(|s| s.instances.len() == 3).map(|_| ())
@@ -159,7 +170,7 @@ async fn registry_to_haproxy_end_to_end() {
 
     // The convergence report shows lb-1 in sync.
     let status = wait_for(Duration::from_secs(10), "lb-1 reported in sync", || async {
-        let (code, out, _) = e2e::registry_cli(&["status", "--registry", &urls.join(","), "--output", "json"]);
+        let (code, out, _) = cluster.cli(&["status", "--output", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         let b = v["balancers"].as_array()?.iter().find(|b| b["syncer"] == "lb-1")?.clone();
         (code == 0 && b["behind"] == 0).then_some(b)
@@ -206,7 +217,7 @@ async fn registry_to_haproxy_end_to_end() {
     sync.kill();
     haproxy.restart().await;
     assert!(managed_ports(&haproxy).await.is_empty());
-    let mut sync = syncer(dir.path(), "lb-1", &[&reg], &haproxy, &state);
+    let mut sync = syncer(dir.path(), "lb-1", &reg, &haproxy, &state);
     wait_for(Duration::from_secs(10), "the saved state applied with the registry down", || async { (managed_ports(&haproxy).await == live).then_some(()) })
         .await;
     assert_eq!(reached(&frontend, 6).await.len(), 2);
@@ -221,12 +232,15 @@ async fn an_active_passive_pair_converges_to_the_same_servers() {
     let urls = cluster.urls();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (Haproxy::start(&["web-servers"]).await, Haproxy::start(&["web-servers"]).await);
-    let reg = format!("--registry={}", urls.join(","));
+    let mut reg = vec![format!("--registry={}", urls.join(","))];
+    reg.extend(cluster.access_args("lb", &["read", "announce:_syncers"]).await);
     let admin = free_port();
-    let admin_flag = format!("--admin=127.0.0.1:{admin}");
-    let _sa = syncer(dir.path(), "lb-a", &[&reg, &admin_flag], &a, &dir.path().join("sa"));
-    let _sb = syncer(dir.path(), "lb-b", &[&reg], &b, &dir.path().join("sb"));
-    let mut hosts: Vec<Host> = (1..=4).map(|i| host(dir.path(), &format!("pair-{i}"), &urls)).collect();
+    let mut sa_args = reg.clone();
+    sa_args.push(format!("--admin=127.0.0.1:{admin}"));
+    let _sa = syncer(dir.path(), "lb-a", &sa_args, &a, &dir.path().join("sa"));
+    let _sb = syncer(dir.path(), "lb-b", &reg, &b, &dir.path().join("sb"));
+    let web_access = cluster.access_args("web", &["announce:web-servers"]).await;
+    let mut hosts: Vec<Host> = (1..=4).map(|i| host(dir.path(), &format!("pair-{i}"), &urls, &web_access)).collect();
     let all: BTreeSet<u16> = hosts.iter().map(|h| h.port).collect();
     wait_for(Duration::from_secs(15), "both balancers to have all 4", || async {
         (managed_ports(&a).await == all && managed_ports(&b).await == all).then_some(())
@@ -267,7 +281,7 @@ async fn zookeeper_znodes_from_another_client_reach_haproxy() {
     let dir = tempfile::tempdir().unwrap();
     let haproxy = Haproxy::start(&["web-servers"]).await;
     let zk_flag = format!("--zookeeper={}", zoo.addr());
-    let _sync = syncer(dir.path(), "lb-zk", &[&zk_flag, "--zookeeper-session-timeout=4s", "--min-servers=0"], &haproxy, &dir.path().join("s"));
+    let _sync = syncer(dir.path(), "lb-zk", &[zk_flag.as_str(), "--zookeeper-session-timeout=4s", "--min-servers=0"], &haproxy, &dir.path().join("s"));
     let (p1, p2) = (free_port(), free_port());
     let _w1 = Proc::spawn("zk-web-1", &binary("demo_web"), &["--listen".into(), format!("127.0.0.1:{p1}"), "--name".into(), "zk1".into()], dir.path());
     let _w2 = Proc::spawn("zk-web-2", &binary("demo_web"), &["--listen".into(), format!("127.0.0.1:{p2}"), "--name".into(), "zk2".into()], dir.path());

@@ -19,7 +19,8 @@ use crate::node::{AclView, Node};
 pub async fn layer(State(node): State<Arc<Node>>, matched: MatchedPath, params: RawPathParams, mut req: Request, next: Next) -> Response {
     let params: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let need = crate::acl::need(req.method().as_str(), matched.as_str(), &params, node.config().metrics_open);
-    match check(&node, &need, req.headers()) {
+    let peer = req.extensions().get::<super::peer::PeerProven>().is_some();
+    match check(&node, &need, req.headers(), peer) {
         Ok(caller) => {
             // A blocking query may answer minutes later: by then its token may be revoked, and
             // the answer must not go out. (Watches check on their own, as they stream.)
@@ -39,9 +40,9 @@ pub async fn layer(State(node): State<Arc<Node>>, matched: MatchedPath, params: 
     }
 }
 
-fn check(node: &Node, need: &Need, headers: &HeaderMap) -> Result<Caller, (&'static str, ApiError)> {
+fn check(node: &Node, need: &Need, headers: &HeaderMap, peer: bool) -> Result<Caller, (&'static str, ApiError)> {
     let view = node.acl_view();
-    if view == AclView::Off || *need == Need::Open {
+    if view == AclView::Off || *need == Need::Open || (peer && matches!(need, Need::AdminOrPeer | Need::ReadOrPeer)) {
         return Ok(Caller::UNRESTRICTED);
     }
     let Some(token) = bearer(headers) else {
@@ -60,10 +61,11 @@ fn check(node: &Node, need: &Need, headers: &HeaderMap) -> Result<Caller, (&'sta
     let token = found.ok_or_else(unknown)?;
     if !token.allows(need) {
         let wanted = match need {
-            Need::Read => "read".to_string(),
+            Need::Read | Need::ReadOrPeer => "read".to_string(),
             Need::Grant | Need::LeaseOwner => "an announce: scope".to_string(),
             Need::Service(s) => format!("announce: matching {s:?}"),
             Need::Admin | Need::Open => "admin".to_string(),
+            Need::AdminOrPeer => "admin (or the cluster's peer credentials)".to_string(),
         };
         return Err(("insufficient_scope", ApiError::Forbidden(format!("token {} does not allow this: it needs {wanted}", token.id))));
     }

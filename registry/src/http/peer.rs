@@ -1,7 +1,8 @@
 //! Peer authentication at the door (`peer_auth`): a `/raft` request or a membership change
 //! without a member's proof is answered 401 or 403 before it reaches openraft or is forwarded,
 //! so it changes no vote, term, log, store or membership; on the client API, the headers only a
-//! forwarding peer may set are dropped from anyone else.
+//! forwarding peer may set are dropped from anyone else. Once ACLs are on, a membership change
+//! without the proof goes on to the token check, which wants `admin` (`acl::Need::AdminOrPeer`).
 
 use std::sync::Arc;
 
@@ -14,9 +15,13 @@ use super::extract::CLIENT_ADDR_HEADER;
 use super::FORWARDED_HEADER;
 use crate::error::ApiError;
 use crate::metrics::ReasonLabels;
-use crate::node::Node;
-use crate::peer_auth::{Denied, SECRET_HEADER};
+use crate::node::{AclView, Node};
+use crate::peer_auth::{Denied, PeerAuth, SECRET_HEADER};
 use crate::tls::listener::Conn;
+
+/// Marks a request whose sender proved it is a member of the cluster.
+#[derive(Clone, Copy)]
+pub struct PeerProven;
 
 pub async fn layer(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
     // A node certificate counts only for a host that is a member now: one the CA signed for a
@@ -26,7 +31,10 @@ pub async fn layer(State(node): State<Arc<Node>>, mut req: Request, next: Next) 
     // Not for handlers to see, or to relay by mistake.
     req.headers_mut().remove(SECRET_HEADER);
     if let Err(why) = verdict {
-        if let Some(what) = members_only(req.method(), req.uri().path()) {
+        // With ACLs on, the token check decides a membership change (it wants `admin`).
+        let by_token = |k: &MembersOnly| *k == MembersOnly::Membership && node.acl_view() != AclView::Off;
+        if let Some(kind) = members_only(req.method(), req.uri().path()).filter(|k| !by_token(k)) {
+            let what = kind.what();
             node.metrics().auth_denied.get_or_create(&ReasonLabels { reason: why.as_str() }).inc();
             tracing::debug!(path = %req.uri().path(), reason = why.as_str(), "peer request refused");
             let err = match why {
@@ -39,18 +47,35 @@ pub async fn layer(State(node): State<Arc<Node>>, mut req: Request, next: Next) 
         // A client, not a peer: it may not claim to be forwarded or speak for another address.
         req.headers_mut().remove(FORWARDED_HEADER);
         req.headers_mut().remove(CLIENT_ADDR_HEADER);
+    } else if !matches!(node.config().peer_auth, PeerAuth::Insecure) {
+        req.extensions_mut().insert(PeerProven);
     }
     next.run(req).await
 }
 
-/// What a request is, if only members of the cluster may make it: peer RPC, and membership
-/// changes (a member added by an outsider would be sent the whole log, and one removed by an
-/// outsider would cost the quorum its margin).
-fn members_only(method: &Method, path: &str) -> Option<&'static str> {
+/// Requests only members of the cluster may make: peer RPC, and membership changes (a member
+/// added by an outsider would be sent the whole log, and one removed by an outsider would cost
+/// the quorum its margin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MembersOnly {
+    PeerRpc,
+    Membership,
+}
+
+impl MembersOnly {
+    fn what(self) -> &'static str {
+        match self {
+            MembersOnly::PeerRpc => "peer RPC",
+            MembersOnly::Membership => "changing the membership (`registry members` with an admin token, or --cluster-secret-file)",
+        }
+    }
+}
+
+fn members_only(method: &Method, path: &str) -> Option<MembersOnly> {
     if path.starts_with("/raft/") {
-        Some("peer RPC")
+        Some(MembersOnly::PeerRpc)
     } else if path.starts_with("/v1/cluster/members") && method != Method::GET {
-        Some("changing the membership (`registry members --cluster-secret-file`)")
+        Some(MembersOnly::Membership)
     } else {
         None
     }
@@ -62,9 +87,9 @@ mod tests {
 
     #[test]
     fn peer_rpc_and_membership_changes_are_members_only() {
-        assert!(members_only(&Method::POST, "/raft/append").is_some());
-        assert!(members_only(&Method::POST, "/v1/cluster/members").is_some());
-        assert!(members_only(&Method::DELETE, "/v1/cluster/members/3").is_some());
+        assert_eq!(members_only(&Method::POST, "/raft/append"), Some(MembersOnly::PeerRpc));
+        assert_eq!(members_only(&Method::POST, "/v1/cluster/members"), Some(MembersOnly::Membership));
+        assert_eq!(members_only(&Method::DELETE, "/v1/cluster/members/3"), Some(MembersOnly::Membership));
         assert!(members_only(&Method::GET, "/v1/cluster").is_none());
         assert!(members_only(&Method::POST, "/v1/leases").is_none());
         assert!(members_only(&Method::PUT, "/v1/services/a/instances/b").is_none());

@@ -198,7 +198,17 @@ pub async fn check_not_amnesiac(
     let client = reach.member_client(&others).map_err(|e| e.to_string())?;
     let answers = futures::future::join_all(others.iter().map(|a| client.cluster_at(a))).await;
     for (addr, info) in others.iter().zip(answers) {
-        let Ok(info) = info else { continue };
+        let info = match info {
+            Ok(info) => info,
+            // Down, or starting too: a brand-new cluster comes up this way.
+            Err(e) if e.is_retriable() => continue,
+            // It answered but would not say (credentials it does not take?): say so, since
+            // this check is what keeps a wiped member from voting with an empty log.
+            Err(e) => {
+                tracing::warn!(peer = %addr, error = %e, "could not ask a peer whether this node is a wiped member");
+                continue;
+            }
+        };
         if info.members.iter().any(|m| m.id == id && m.started) {
             return Err(format!(
                 "node {id}: the data directory {} is empty, but cluster {} (asked {addr}) already counts node {id} as a member that took part. \

@@ -92,7 +92,22 @@ struct Args {
     /// Extra argument for every `registry serve` (repeat), e.g. `--node-arg=--heartbeat=50ms`.
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     node_args: Vec<String>,
+    /// `compare`: every phase on a plain-HTTP cluster (cluster secret only), then the keepalive
+    /// phase again, at the largest --leases count, on a cluster with TLS and ACL tokens on, and
+    /// the ratio of the two. `plain` or `secure`: every phase on that kind of cluster only.
+    #[arg(long, value_enum, default_value_t = Security::Compare)]
+    security: Security,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Security {
+    Compare,
+    Plain,
+    Secure,
+}
+
+/// The share of the plain keepalive rate a cluster with TLS and tokens must keep.
+const SECURE_TARGET: f64 = 0.70;
 
 /// Monotonic origin for the nanosecond timestamps kept in atomics.
 static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -115,13 +130,30 @@ async fn run(args: &Args) -> Result<()> {
     ensure!(args.mem_instances <= 1_000_000 && args.latency_samples <= 1_000_000, "counts are limited to 1,000,000");
     let bin = std::fs::canonicalize(&args.registry_bin)
         .with_context(|| format!("registry binary {} not found (build it with `cargo build --release -p registry`)", args.registry_bin.display()))?;
-    let mut cluster = Cluster::start(&bin, args).await?;
+    let mut cluster = Cluster::start(&bin, args, args.security == Security::Secure).await?;
     let result = phases(args, &mut cluster).await;
     if let Err(e) = &result {
         eprintln!("registry_bench: failed: {e:#}");
         cluster.print_log_tails(30);
     }
-    let report = result?;
+    let mut report = result?;
+    if args.security == Security::Compare {
+        if let Some(&n) = args.leases.iter().max().filter(|&&n| n > 0) {
+            // One cluster at a time: the two must not share the cores.
+            let kept = cluster.dir.clone();
+            drop(cluster);
+            if args.keep_data {
+                println!("plain cluster's data directories and node logs kept in {}", kept.display());
+            }
+            cluster = Cluster::start(&bin, args, true).await?;
+            let result = secure_comparison(args, &mut cluster, n, &mut report).await;
+            if let Err(e) = &result {
+                eprintln!("registry_bench: failed: {e:#}");
+                cluster.print_log_tails(30);
+            }
+            result?;
+        }
+    }
     println!("{}", report.text);
     if let Some(path) = &args.json_out {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -157,7 +189,10 @@ struct Cluster {
     nodes: Vec<NodeProc>,
     dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
+    /// Admin requests (cluster state, metrics, watches): with the admin token when secured.
     http: reqwest::Client,
+    /// TLS and the load generator's token (`announce:*`), when secured.
+    secure: Option<Arc<ConnSecurity>>,
 }
 
 impl Drop for Cluster {
@@ -190,7 +225,9 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
 }
 
 impl Cluster {
-    async fn start(bin: &Path, args: &Args) -> Result<Cluster> {
+    /// `secure`: TLS with node certificates and ACLs on, as `registry tls init` and
+    /// `--acl-bootstrap-token-file` make them; otherwise plain HTTP with the cluster secret.
+    async fn start(bin: &Path, args: &Args, secure: bool) -> Result<Cluster> {
         let root = args.data_root.clone().unwrap_or_else(std::env::temp_dir);
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         let tmp = tempfile::Builder::new().prefix("registry-bench-").tempdir_in(&root)?;
@@ -201,17 +238,21 @@ impl Cluster {
         } else {
             Some(tmp)
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .http1_only()
-            .no_proxy()
-            .build()?;
-        let mut cluster = Cluster { nodes: Vec::new(), dir: dir.clone(), _tmp: tmp, http };
+        let secured = secure.then(|| e2e::secure::Secured::init_with(bin, &dir, &["127.0.0.1"]));
+        let mut http =
+            reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).pool_idle_timeout(Duration::from_secs(30)).http1_only().no_proxy();
+        if let Some(s) = &secured {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", s.admin_token).parse()?);
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&s.ca)?)?).default_headers(headers);
+        }
+        let http = http.build()?;
+        let mut cluster = Cluster { nodes: Vec::new(), dir: dir.clone(), _tmp: tmp, http, secure: None };
         let ports = free_ports(3)?;
         let peers: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
         let peers = peers.join(",");
         let secret = e2e::write_cluster_secret(&dir);
+        let scheme = if secure { "https" } else { "http" };
         for (i, port) in ports.iter().enumerate() {
             let id = i as u64 + 1;
             let data = dir.join(format!("node{id}"));
@@ -226,8 +267,10 @@ impl Cluster {
                 .arg("--data-dir")
                 .arg(&data)
                 .args(["--peers", &peers])
-                .arg("--cluster-secret-file")
-                .arg(&secret)
+                .args(match &secured {
+                    Some(s) => s.node_args("127.0.0.1"),
+                    None => vec!["--cluster-secret-file".into(), secret.display().to_string()],
+                })
                 .args(&args.node_args)
                 .stdin(Stdio::null())
                 .stdout(out.try_clone()?)
@@ -246,9 +289,31 @@ impl Cluster {
                 });
             }
             let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-            cluster.nodes.push(NodeProc { id, addr, url: format!("http://{addr}"), child, log, data });
+            cluster.nodes.push(NodeProc { id, addr, url: format!("{scheme}://{addr}"), child, log, data });
+        }
+        if let Some(s) = &secured {
+            // The load generator renews and registers with a token of its own, as an announcer
+            // does: every request pays the token check and the lease-owner check.
+            let urls: Vec<&str> = cluster.nodes.iter().map(|n| n.url.as_str()).collect();
+            let admin = s.client(&urls, &s.admin_token);
+            let deadline = Instant::now() + Duration::from_secs(args.startup_timeout_secs);
+            let token = loop {
+                cluster.check_alive()?;
+                let token = client::generate_token();
+                match admin.create_token(&token, &["announce:*".to_string()], "registry_bench").await {
+                    Ok(_) => break token,
+                    Err(e) if Instant::now() >= deadline => bail!("minting the load generator's token: {e}"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            cluster.secure = Some(Arc::new(ConnSecurity::new(&s.ca, &token)?));
         }
         Ok(cluster)
+    }
+
+    /// Where the load generator's connections to node `addr` go, and how.
+    fn target(&self, addr: SocketAddr) -> Target {
+        Target { addr, secure: self.secure.clone() }
     }
 
     fn check_alive(&mut self) -> Result<()> {
@@ -460,10 +525,42 @@ const MAX_HEADER_LINES: usize = 64;
 const MAX_LINE: u64 = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
-struct Conn {
+/// A node the load generator talks to, and the TLS and token it uses (none on a plain cluster).
+#[derive(Clone)]
+struct Target {
     addr: SocketAddr,
+    secure: Option<Arc<ConnSecurity>>,
+}
+
+/// TLS that trusts the cluster CA alone, and the `Authorization` header line to send.
+struct ConnSecurity {
+    tls: tokio_rustls::TlsConnector,
+    auth: String,
+}
+
+impl ConnSecurity {
+    fn new(ca: &Path, token: &str) -> Result<ConnSecurity> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).context("reading the CA")? {
+            roots.add(c?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(ConnSecurity { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), auth: format!("Authorization: Bearer {token}\r\n") })
+    }
+}
+
+/// A TCP or TLS stream.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+struct Conn {
+    target: Target,
     host: String,
-    io: Option<BufReader<TcpStream>>,
+    io: Option<BufReader<Box<dyn Io>>>,
     req: Vec<u8>,
 }
 
@@ -482,8 +579,8 @@ impl RawResp {
 }
 
 impl Conn {
-    fn new(addr: SocketAddr) -> Conn {
-        Conn { addr, host: addr.to_string(), io: None, req: Vec::with_capacity(512) }
+    fn new(target: &Target) -> Conn {
+        Conn { target: target.clone(), host: target.addr.to_string(), io: None, req: Vec::with_capacity(512) }
     }
 
     async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Result<RawResp> {
@@ -502,20 +599,27 @@ impl Conn {
 
     async fn exchange(&mut self, method: &str, path: &str, body: &[u8]) -> Result<RawResp> {
         if self.io.is_none() {
-            let s = TcpStream::connect(self.addr).await.with_context(|| format!("connecting to {}", self.addr))?;
+            let addr = self.target.addr;
+            let s = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
             s.set_nodelay(true)?;
-            self.io = Some(BufReader::with_capacity(16 * 1024, s));
+            let io: Box<dyn Io> = match &self.target.secure {
+                Some(sec) => Box::new(sec.tls.connect(rustls::pki_types::ServerName::IpAddress(addr.ip().into()), s).await.context("TLS handshake")?),
+                None => Box::new(s),
+            };
+            self.io = Some(BufReader::with_capacity(16 * 1024, io));
         }
         self.req.clear();
+        let auth = self.target.secure.as_ref().map(|s| s.auth.as_str()).unwrap_or("");
         let _ = write!(
             StrBuf(&mut self.req),
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.host,
             body.len()
         );
         self.req.extend_from_slice(body);
         let io = self.io.as_mut().expect("connected");
         io.get_mut().write_all(&self.req).await?;
+        io.get_mut().flush().await?;
 
         let mut line = Vec::with_capacity(128);
         read_line(io, &mut line).await?;
@@ -571,7 +675,7 @@ impl Conn {
     }
 }
 
-async fn read_line(io: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> Result<()> {
+async fn read_line(io: &mut BufReader<Box<dyn Io>>, line: &mut Vec<u8>) -> Result<()> {
     line.clear();
     let n = (&mut *io).take(MAX_LINE).read_until(b'\n', line).await?;
     ensure!(n > 0, "connection closed by the server");
@@ -719,18 +823,18 @@ const MAX_SAMPLES_PER_WORKER: usize = 2_000_000;
 impl Renewer {
     /// `rate`: total keepalives per second across the pool, or `None` for as fast as possible.
     /// `hard_limit` bounds the workers' life whatever happens.
-    fn start(leader: SocketAddr, set: Arc<LeaseSet>, conns: usize, rate: Option<f64>, hard_limit: Duration) -> Renewer {
+    fn start(leader: Target, set: Arc<LeaseSet>, conns: usize, rate: Option<f64>, hard_limit: Duration) -> Renewer {
         let stats = Arc::new(RenewStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let recording = Arc::new(AtomicBool::new(false));
         let until = Instant::now() + hard_limit;
         let tasks = (0..conns)
             .map(|_| {
-                let (set, stats, stop, recording) = (set.clone(), stats.clone(), stop.clone(), recording.clone());
+                let (set, stats, stop, recording, leader) = (set.clone(), stats.clone(), stop.clone(), recording.clone(), leader.clone());
                 // Paced: every 100 ms, this worker renews its share of rate/10.
                 let per_tick = rate.map(|r| ((r / 10.0 / conns as f64).ceil() as usize).max(1));
                 tokio::spawn(async move {
-                    let mut conn = Conn::new(leader);
+                    let mut conn = Conn::new(&leader);
                     let mut samples = Vec::new();
                     let mut path = String::with_capacity(64);
                     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -804,16 +908,16 @@ impl Renewer {
 
 /// Grants `n` leases with `conc` requests in flight, pushing each into `set` as it comes.
 /// Returns the elapsed time.
-async fn grant_leases(leader: SocketAddr, set: &Arc<LeaseSet>, n: usize, ttl_ms: u64, conc: usize, limit: Duration) -> Result<Duration> {
+async fn grant_leases(leader: &Target, set: &Arc<LeaseSet>, n: usize, ttl_ms: u64, conc: usize, limit: Duration) -> Result<Duration> {
     let start = Instant::now();
     let deadline = start + limit;
     let todo = Arc::new(AtomicUsize::new(0));
     let body = Arc::new(serde_json::to_vec(&json!({ "ttl_ms": ttl_ms }))?);
     let tasks: Vec<JoinHandle<Result<()>>> = (0..conc.min(n).max(1))
         .map(|_| {
-            let (todo, set, body) = (todo.clone(), set.clone(), body.clone());
+            let (todo, set, body, leader) = (todo.clone(), set.clone(), body.clone(), leader.clone());
             tokio::spawn(async move {
-                let mut conn = Conn::new(leader);
+                let mut conn = Conn::new(&leader);
                 while todo.fetch_add(1, Ordering::Relaxed) < n {
                     let v = write_retry(&mut conn, "POST", "/v1/leases", &body, deadline).await?;
                     set.push(v["lease_id"].as_u64().ok_or_else(|| anyhow!("grant answer without lease_id: {v}"))?);
@@ -835,9 +939,10 @@ async fn phases(args: &Args, cluster: &mut Cluster) -> Result<Report> {
     let started = Instant::now();
     let leader_id = cluster.wait_leader(Duration::from_secs(args.startup_timeout_secs)).await?;
     let elected_in = started.elapsed();
-    let leader = cluster.node(leader_id).addr;
+    let leader_addr = cluster.node(leader_id).addr;
+    let leader = cluster.target(leader_addr);
     // A first write and revoke, so the leader's log is warm and it has heard from a quorum.
-    let mut probe = Conn::new(leader);
+    let mut probe = Conn::new(&leader);
     let v = write_retry(&mut probe, "POST", "/v1/leases", br#"{"ttl_ms":10000}"#, Instant::now() + Duration::from_secs(10)).await?;
     let probe_lease = v["lease_id"].as_u64().ok_or_else(|| anyhow!("grant answer without lease_id: {v}"))?;
     write_retry(&mut probe, "DELETE", &format!("/v1/leases/{probe_lease}"), b"", Instant::now() + Duration::from_secs(10)).await?;
@@ -851,19 +956,21 @@ async fn phases(args: &Args, cluster: &mut Cluster) -> Result<Report> {
             "latency_samples": args.latency_samples, "latency_writers": args.latency_writers,
             "mem_instances": args.mem_instances, "mem_ttl_ms": args.mem_ttl_ms, "node_args": args.node_args,
             "registry_bin": args.registry_bin,
+            "tls_and_tokens": cluster.secure.is_some(),
         },
         "leader_elected_ms": elected_in.as_millis() as u64,
         "leader": leader_id,
     });
-    let _ = writeln!(text, "\n=== registry benchmark: 3 nodes on 127.0.0.1, fsync on, {} cores ===", js["config"]["cores"]);
-    let _ = writeln!(text, "leader: node {leader_id} ({leader}), elected {} ms after start", elected_in.as_millis());
+    let kind = if cluster.secure.is_some() { "TLS and ACL tokens on" } else { "plain HTTP, cluster secret" };
+    let _ = writeln!(text, "\n=== registry benchmark: 3 nodes on 127.0.0.1, fsync on, {kind}, {} cores ===", js["config"]["cores"]);
+    let _ = writeln!(text, "leader: node {leader_id} ({leader_addr}), elected {} ms after start", elected_in.as_millis());
     let _ = writeln!(text, "data: {}", cluster.dir.display());
 
     // 1. Keepalive throughput.
     let mut ka_results = Vec::new();
     for &n in args.leases.iter().filter(|&&n| n > 0) {
         eprintln!("[bench] keepalive phase: {n} leases, TTL {} ms, {} connections, {} s", args.ttl_ms, args.concurrency, args.duration_secs);
-        let r = keepalive_phase(args, cluster, leader, n).await.with_context(|| format!("keepalive phase with {n} leases"))?;
+        let r = keepalive_phase(args, cluster, &leader, n).await.with_context(|| format!("keepalive phase with {n} leases"))?;
         let _ = writeln!(text, "\n--- keepalives: {n} live leases, TTL {} ms, {} connections to the leader ---", args.ttl_ms, args.concurrency);
         let _ = writeln!(text, "{}", r.text);
         ka_results.push(r.json);
@@ -881,7 +988,7 @@ async fn phases(args: &Args, cluster: &mut Cluster) -> Result<Report> {
     // 3. Memory with N instances.
     if args.mem_instances > 0 {
         eprintln!("[bench] memory phase: {} instances under {} leases", args.mem_instances, args.mem_instances);
-        let (t, j) = memory_phase(args, cluster, leader, mem_idle).await.context("memory phase")?;
+        let (t, j) = memory_phase(args, cluster, &leader, mem_idle).await.context("memory phase")?;
         let _ = writeln!(text, "{t}");
         js["memory"] = j;
     }
@@ -903,16 +1010,47 @@ struct PhaseOut {
     json: Value,
 }
 
-async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: SocketAddr, n: usize) -> Result<PhaseOut> {
+/// The keepalive phase with `n` leases again, on `cluster` (TLS and tokens on), appended to the
+/// plain run's `report` with the ratio of the two rates.
+async fn secure_comparison(args: &Args, cluster: &mut Cluster, n: usize, report: &mut Report) -> Result<()> {
+    let leader_id = cluster.wait_leader(Duration::from_secs(args.startup_timeout_secs)).await?;
+    let leader = cluster.target(cluster.node(leader_id).addr);
+    eprintln!("[bench] keepalive phase with TLS and tokens: {n} leases, TTL {} ms, {} connections, {} s", args.ttl_ms, args.concurrency, args.duration_secs);
+    let r = keepalive_phase(args, cluster, &leader, n).await.with_context(|| format!("keepalive phase with {n} leases, TLS and tokens on"))?;
+    let plain = report.json["keepalive"]
+        .as_array()
+        .and_then(|a| a.iter().find(|k| k["leases"] == n))
+        .and_then(|k| k["keepalives_per_sec"].as_f64())
+        .ok_or_else(|| anyhow!("no plain keepalive figure for {n} leases"))?;
+    let secured = r.json["keepalives_per_sec"].as_f64().unwrap_or(0.0);
+    let ratio = if plain > 0.0 { secured / plain } else { 0.0 };
+    let verdict = if ratio >= SECURE_TARGET { "met" } else { "MISSED" };
+    let t = &mut report.text;
+    let _ =
+        writeln!(t, "\n--- keepalives with TLS and ACL tokens: {n} live leases, TTL {} ms, {} connections to the leader ---", args.ttl_ms, args.concurrency);
+    let _ = writeln!(t, "(a fresh cluster with `registry tls init` certificates and ACLs on; the load generator holds an `announce:*` token, so each keepalive pays TLS, the token lookup and the lease-owner check)");
+    let _ = writeln!(t, "{}", r.text);
+    let _ = writeln!(
+        t,
+        "TLS + tokens vs plain HTTP: {secured:.0} / {plain:.0} keepalives/s = {:.0} % (target >= {:.0} %: {verdict})",
+        ratio * 100.0,
+        SECURE_TARGET * 100.0
+    );
+    report.json["keepalive_secure"] = r.json;
+    report.json["secure_vs_plain"] = json!({"leases": n, "plain_per_sec": r1(plain), "secure_per_sec": r1(secured), "ratio": r3(ratio), "target": SECURE_TARGET, "met": ratio >= SECURE_TARGET});
+    Ok(())
+}
+
+async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: &Target, n: usize) -> Result<PhaseOut> {
     let limit = Duration::from_secs(args.setup_timeout_secs);
     let expired_before = cluster.expiries().await?;
-    let ka_before_leader = metric(&cluster.metrics_text(leader_node(cluster, leader)).await?, "registry_keepalives_total").unwrap_or(0.0);
+    let ka_before_leader = metric(&cluster.metrics_text(leader_node(cluster, leader.addr)).await?, "registry_keepalives_total").unwrap_or(0.0);
     let set = Arc::new(LeaseSet::with_capacity(n));
     let window = Duration::from_secs_f64(args.duration_secs);
     let warmup = Duration::from_secs_f64(args.warmup_secs);
     // Renewal starts with the first grant, so early leases never go unrenewed while the rest
     // are granted.
-    let renewer = Renewer::start(leader, set.clone(), args.concurrency, None, limit + window + warmup + Duration::from_secs(30));
+    let renewer = Renewer::start(leader.clone(), set.clone(), args.concurrency, None, limit + window + warmup + Duration::from_secs(30));
     let grant_time = grant_leases(leader, &set, n, args.ttl_ms, args.setup_concurrency, limit).await;
     let grant_time = match grant_time {
         Ok(t) => t,
@@ -927,12 +1065,12 @@ async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: SocketAddr, n: 
     let ok0 = renewer.stats.ok.load(Ordering::Relaxed);
     let t0 = Instant::now();
     renewer.recording.store(true, Ordering::Relaxed);
-    let ka0 = metric(&cluster.metrics_text(leader_node(cluster, leader)).await?, "registry_keepalives_total").unwrap_or(0.0);
+    let ka0 = metric(&cluster.metrics_text(leader_node(cluster, leader.addr)).await?, "registry_keepalives_total").unwrap_or(0.0);
     let t0_server = Instant::now();
     tokio::time::sleep(window).await;
     let ok1 = renewer.stats.ok.load(Ordering::Relaxed);
     let elapsed = t0.elapsed();
-    let ka1 = metric(&cluster.metrics_text(leader_node(cluster, leader)).await?, "registry_keepalives_total").unwrap_or(0.0);
+    let ka1 = metric(&cluster.metrics_text(leader_node(cluster, leader.addr)).await?, "registry_keepalives_total").unwrap_or(0.0);
     let server_elapsed = t0_server.elapsed();
     renewer.recording.store(false, Ordering::Relaxed);
     let (cpu_nodes, cpu_me) = cpu.close(cluster);
@@ -940,7 +1078,7 @@ async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: SocketAddr, n: 
     let mut samples = renewer.stop().await;
     let stopped = Instant::now();
     let expired_after = cluster.expiries().await?;
-    let ka_after_leader = metric(&cluster.metrics_text(leader_node(cluster, leader)).await?, "registry_keepalives_total").unwrap_or(0.0);
+    let ka_after_leader = metric(&cluster.metrics_text(leader_node(cluster, leader.addr)).await?, "registry_keepalives_total").unwrap_or(0.0);
     let expired_while_renewed = expired_after.saturating_sub(expired_before);
 
     let rate = (ok1 - ok0) as f64 / elapsed.as_secs_f64();
@@ -1102,9 +1240,9 @@ impl LatencySamples {
 }
 
 /// One writer: `count` sequential registrations, each waited for on the watcher.
-async fn latency_writer(leader: SocketAddr, pending: Pending, service: String, prefix: String, count: usize, lease: u64, deadline: Instant) -> LatencySamples {
+async fn latency_writer(leader: Target, pending: Pending, service: String, prefix: String, count: usize, lease: u64, deadline: Instant) -> LatencySamples {
     let mut s = LatencySamples::default();
-    let mut conn = Conn::new(leader);
+    let mut conn = Conn::new(&leader);
     for i in 0..count {
         if Instant::now() >= deadline {
             s.failed += (count - i) as u64;
@@ -1150,10 +1288,10 @@ async fn latency_writer(leader: SocketAddr, pending: Pending, service: String, p
 
 async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result<(String, Value)> {
     let limit = Duration::from_secs(args.setup_timeout_secs);
-    let leader = cluster.node(leader_id).addr;
+    let leader = cluster.target(cluster.node(leader_id).addr);
     let follower = cluster.nodes.iter().find(|n| n.id != leader_id).expect("3 nodes");
     let service = "bench-latency";
-    let mut conn = Conn::new(leader);
+    let mut conn = Conn::new(&leader);
     let grant =
         write_retry(&mut conn, "POST", "/v1/leases", &serde_json::to_vec(&json!({"ttl_ms": args.mem_ttl_ms}))?, Instant::now() + Duration::from_secs(10))
             .await?;
@@ -1161,7 +1299,7 @@ async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result
     let since = grant["revision"].as_u64().unwrap_or(lease);
     let set = Arc::new(LeaseSet::with_capacity(1));
     set.push(lease);
-    let renewer = Renewer::start(leader, set, 1, Some(1.0), limit * 3);
+    let renewer = Renewer::start(leader.clone(), set, 1, Some(1.0), limit * 3);
 
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let events = Arc::new(AtomicU64::new(0));
@@ -1174,14 +1312,14 @@ async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result
             _ => bail!("the watcher on node {} did not connect", follower.id),
         }
         let deadline = Instant::now() + limit;
-        let seq = latency_writer(leader, pending.clone(), service.into(), "seq".into(), args.latency_samples, lease, deadline).await;
+        let seq = latency_writer(leader.clone(), pending.clone(), service.into(), "seq".into(), args.latency_samples, lease, deadline).await;
         let mut conc = LatencySamples::default();
         let mut conc_elapsed = Duration::ZERO;
         if args.latency_writers > 0 {
             let per = args.latency_samples.div_ceil(args.latency_writers);
             let start = Instant::now();
             let tasks: Vec<_> = (0..args.latency_writers)
-                .map(|w| tokio::spawn(latency_writer(leader, pending.clone(), service.into(), format!("conc{w}"), per, lease, deadline)))
+                .map(|w| tokio::spawn(latency_writer(leader.clone(), pending.clone(), service.into(), format!("conc{w}"), per, lease, deadline)))
                 .collect();
             for t in tasks {
                 conc.merge(t.await?);
@@ -1234,7 +1372,7 @@ async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result
     Ok((t, j))
 }
 
-async fn memory_phase(args: &Args, cluster: &Cluster, leader: SocketAddr, idle: Vec<Mem>) -> Result<(String, Value)> {
+async fn memory_phase(args: &Args, cluster: &Cluster, leader: &Target, idle: Vec<Mem>) -> Result<(String, Value)> {
     let n = args.mem_instances;
     let limit = Duration::from_secs(args.setup_timeout_secs);
     let expired_before = cluster.expiries().await?;
@@ -1242,7 +1380,7 @@ async fn memory_phase(args: &Args, cluster: &Cluster, leader: SocketAddr, idle: 
     // Each lease renewed about every TTL/4, the way an announcer would (TTL/3), spread over
     // two connections.
     let rate = n as f64 / (args.mem_ttl_ms as f64 / 1000.0 / 4.0);
-    let renewer = Renewer::start(leader, set.clone(), 2, Some(rate), limit * 3);
+    let renewer = Renewer::start(leader.clone(), set.clone(), 2, Some(rate), limit * 3);
     let res = async {
         let grant_time = grant_leases(leader, &set, n, args.mem_ttl_ms, args.setup_concurrency, limit).await?;
         let ids = set.ids.read().unwrap().clone();
@@ -1253,9 +1391,9 @@ async fn memory_phase(args: &Args, cluster: &Cluster, leader: SocketAddr, idle: 
         let last_rev = Arc::new(AtomicU64::new(0));
         let tasks: Vec<JoinHandle<Result<()>>> = (0..args.setup_concurrency.min(n))
             .map(|_| {
-                let (next, ids, last_rev) = (next.clone(), ids.clone(), last_rev.clone());
+                let (next, ids, last_rev, leader) = (next.clone(), ids.clone(), last_rev.clone(), leader.clone());
                 tokio::spawn(async move {
-                    let mut conn = Conn::new(leader);
+                    let mut conn = Conn::new(&leader);
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= ids.len() {

@@ -38,7 +38,8 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn start(frontends: Vec<String>, socket: PathBuf, registry: Vec<String>) -> Workload {
+    /// `registry`: a client whose token may announce `churn` and `write-probe`.
+    pub fn start(frontends: Vec<String>, socket: PathBuf, registry: client::Client) -> Workload {
         let record = Arc::new(Mutex::new(Record::default()));
         let running = Arc::new(AtomicBool::new(true));
         let mut tasks = Vec::new();
@@ -109,8 +110,8 @@ pub const PROBE_SERVICE: &str = "write-probe";
 
 /// A write every 20 ms through a client that knows every node, each in its own task so a
 /// write stuck on a dead node does not hold back the next. Acknowledged ones are recorded.
-async fn probe_writes(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<AtomicBool>) {
-    let client = Arc::new(client::Client::new(&registry).unwrap());
+async fn probe_writes(client: client::Client, record: Arc<Mutex<Record>>, running: Arc<AtomicBool>) {
+    let client = Arc::new(client);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut writes = tokio::task::JoinSet::new();
     let mut n = 0u64;
@@ -153,8 +154,8 @@ pub const CHURN_TTL: Duration = Duration::from_secs(5);
 /// Registration churn in service `churn`: keeps five instances alive under renewed leases,
 /// retiring the oldest and registering a new one every 150 ms. Renewal runs in its own task so
 /// a slow registration never delays it, and starts at the grant; every lease's fate is recorded.
-async fn churn(registry: Vec<String>, record: Arc<Mutex<Record>>, running: Arc<AtomicBool>) {
-    let client = Arc::new(client::Client::new(&registry).unwrap());
+async fn churn(client: client::Client, record: Arc<Mutex<Record>>, running: Arc<AtomicBool>) {
+    let client = Arc::new(client);
     let leases: Arc<Mutex<Vec<Churned>>> = Arc::default();
     let renewer = {
         let (client, leases, running) = (client.clone(), leases.clone(), running.clone());
