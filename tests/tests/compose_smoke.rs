@@ -340,5 +340,17 @@ async fn compose_topology_survives_losing_the_registry_leader_and_a_web_containe
     })
     .await;
     println!("registry ls on registry{survivor}: {instances:?}");
+
+    // Secured: without the admin token the registry refuses, and a web container holds only the
+    // CA and its own token (not the admin token, not the CA key).
+    let refused =
+        Command::new("timeout").args(["10", "docker", "exec", &survivor_container, "env", "-u", "REGISTRY_TOKEN_FILE", "registry", "ls"]).output().unwrap();
+    let err = text(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("401"), "the registry answered without a token: {err}");
+    let web1 = project.container("web1");
+    let files = exec(&web1, &["ls", "/credentials"]).expect("listing a web container's credentials");
+    let mut files: Vec<&str> = files.split_whitespace().collect();
+    files.sort();
+    assert_eq!(files, ["ca.pem", "token"], "a web container sees more than its own credentials");
     println!("compose smoke test passed in {:.1?}", started.elapsed());
 }
