@@ -19,8 +19,11 @@ use crate::publish::{Announcement, Desired, PublishError, Publisher};
 /// Inputs of the loop.
 #[derive(Debug)]
 pub enum Event {
-    /// One health check result for service number `idx`.
-    Health { idx: usize, result: Result<(), String> },
+    /// One health check result for service number `idx` of config generation `gen` (a reload
+    /// starts a new generation; results of the old checks are dropped).
+    Health { gen: u64, idx: usize, result: Result<(), String> },
+    /// SIGHUP: a config resolved anew (`reload::merge` decides what of it applies).
+    Reload(Box<Config>),
     /// Maintenance on or off.
     Maint(bool),
     /// SIGTERM or SIGINT.
@@ -81,24 +84,40 @@ impl Backoff {
     }
 }
 
-/// Starts one task per configured health check, reporting into `events`.
-pub fn spawn_checks(config: &Config, events: mpsc::Sender<Event>) {
+/// The running health checks, and the sender they report to; dropping them stops them.
+struct Checks {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    sender: mpsc::Sender<Event>,
+}
+
+impl Drop for Checks {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts one task per configured health check, reporting into `events` as generation `gen`.
+fn spawn_checks(config: &Config, gen: u64, events: &mpsc::Sender<Event>) -> Checks {
+    let mut tasks = Vec::new();
     for (idx, s) in config.services.iter().enumerate() {
         let Some(c) = s.check.clone() else { continue };
         let events = events.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let checker = Checker::new(c.check, c.timeout);
             let mut every = tokio::time::interval(c.interval);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
                 let result = checker.run().await;
-                if events.send(Event::Health { idx, result }).await.is_err() {
+                if events.send(Event::Health { gen, idx, result }).await.is_err() {
                     return;
                 }
             }
-        });
+        }));
     }
+    Checks { tasks, sender: events.clone() }
 }
 
 struct State {
@@ -108,6 +127,22 @@ struct State {
 }
 
 impl State {
+    /// Rise/fall counters for `config`'s services; those of `old` (under `old_config`) carry
+    /// over to an instance whose check did not change, so a reload does not flap it.
+    fn health_for(config: &Config, old: Option<(&Config, &[Option<RiseFall>])>) -> Vec<Option<RiseFall>> {
+        config
+            .services
+            .iter()
+            .map(|s| {
+                let kept = old.and_then(|(oc, oh)| {
+                    let i = oc.services.iter().position(|o| o.service == s.service && o.instance == s.instance && o.check == s.check)?;
+                    oh[i].clone()
+                });
+                kept.or_else(|| s.check.as_ref().map(|c| RiseFall::new(c.rise, c.fall)))
+            })
+            .collect()
+    }
+
     fn healthy(&self, idx: usize) -> bool {
         self.health[idx].as_ref().is_none_or(RiseFall::healthy)
     }
@@ -135,9 +170,19 @@ impl State {
     }
 }
 
-pub async fn run<P: Publisher>(mut publisher: P, config: &Config, mut events: mpsc::Receiver<Event>, shared: Arc<Shared>) -> Outcome {
-    let mut st =
-        State { health: config.services.iter().map(|s| s.check.as_ref().map(|c| RiseFall::new(c.rise, c.fall))).collect(), maint: false, draining: false };
+/// Runs until drained or stopped. `tx` is the sender of `events`, for the health checks it
+/// starts (again on each reload).
+pub async fn run<P: Publisher>(
+    mut publisher: P,
+    mut config: Config,
+    tx: mpsc::Sender<Event>,
+    mut events: mpsc::Receiver<Event>,
+    shared: Arc<Shared>,
+) -> Outcome {
+    let mut gen = 0u64;
+    let mut checks = spawn_checks(&config, gen, &tx);
+    let mut st = State { health: State::health_for(&config, None), maint: false, draining: false };
+    let config = &mut config;
     let tick_every = publisher.tick_interval();
     let mut backoff = Backoff::new(Duration::from_millis(100), tick_every.clamp(Duration::from_millis(200), Duration::from_secs(2)));
     let mut dirty = true;
@@ -189,7 +234,27 @@ pub async fn run<P: Publisher>(mut publisher: P, config: &Config, mut events: mp
             }
             ev = events.recv() => match ev {
                 None => return finish(&mut publisher, &shared).await,
-                Some(Event::Health { idx, result }) => {
+                Some(Event::Health { gen: g, .. }) if g != gen => {}
+                Some(Event::Reload(new)) => {
+                    let r = crate::reload::merge(config, *new);
+                    if !r.needs_restart.is_empty() {
+                        tracing::warn!(settings = ?r.needs_restart, "reload: these changed but need a restart; keeping the running values");
+                    }
+                    if r.applied.is_empty() {
+                        tracing::info!("reload: no change to apply");
+                    } else {
+                        tracing::info!(changes = ?r.applied, "reload: applied");
+                        gen += 1;
+                        // The new checks report under the new generation; the old ones stop.
+                        let tx = checks.sender.clone();
+                        checks = spawn_checks(&r.config, gen, &tx);
+                        st.health = State::health_for(&r.config, Some((config, &st.health)));
+                        *config = r.config;
+                        dirty = true;
+                        retry_at = Instant::now();
+                    }
+                }
+                Some(Event::Health { idx, result, .. }) => {
                     let s = &config.services[idx];
                     let labels = InstanceLabels { service: s.service.clone(), instance: s.instance.clone() };
                     if let Err(why) = &result {

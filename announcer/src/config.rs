@@ -19,8 +19,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags of the announcer's main mode.
-#[derive(Debug, Args, Default)]
+/// Flags of the announcer's main mode. Kept after startup: SIGHUP resolves them again, with the
+/// config file read anew.
+#[derive(Debug, Args, Default, Clone)]
 pub struct RunArgs {
     /// TOML file describing one or more services (see docs/announcer.md); flags override its
     /// global settings. Services come from the file then, not from --service.
@@ -155,7 +156,7 @@ pub enum Backend {
     Zookeeper(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckConfig {
     pub check: Check,
     pub interval: Duration,
@@ -164,7 +165,7 @@ pub struct CheckConfig {
     pub fall: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
     pub service: String,
     pub instance: String,

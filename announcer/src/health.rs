@@ -43,7 +43,7 @@ impl RiseFall {
 }
 
 /// One kind of check.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
     /// GET; healthy on 2xx/3xx and, if set, a body containing `expect`.
     Http { url: String, expect: Option<String> },

@@ -8,4 +8,5 @@ pub mod health;
 pub mod metrics;
 pub mod publish;
 pub mod registry;
+pub mod reload;
 pub mod zk;

@@ -70,16 +70,27 @@ async fn maint(on: bool, admin: std::net::SocketAddr) -> ExitCode {
 }
 
 /// Forwards SIGTERM and SIGINT to the agent: the first drains, the second exits at once.
-fn forward_signals(events: mpsc::Sender<Event>) -> std::io::Result<()> {
+/// SIGHUP never stops it: the flags and the config file are resolved again and the result goes
+/// to the agent (`reload::merge` decides what applies); a config that does not resolve is
+/// refused, with every problem logged, and the running one stays.
+fn forward_signals(events: mpsc::Sender<Event>, args: RunArgs) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if events.send(Event::Stop).await.is_err() {
+            let event = tokio::select! {
+                _ = term.recv() => Event::Stop,
+                _ = int.recv() => Event::Stop,
+                _ = hup.recv() => match args.clone().resolve() {
+                    Ok(config) => Event::Reload(Box::new(config)),
+                    Err(errors) => {
+                        tracing::error!(?errors, "SIGHUP: the config does not resolve; reload refused, the running config stays");
+                        continue;
+                    }
+                },
+            };
+            if events.send(event).await.is_err() {
                 return;
             }
         }
@@ -87,10 +98,10 @@ fn forward_signals(events: mpsc::Sender<Event>) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn run(config: Config) -> anyhow::Result<Outcome> {
+async fn run(config: Config, args: RunArgs) -> anyhow::Result<Outcome> {
     let shared = Arc::new(Shared { metrics: Default::default(), status: Default::default() });
     let (tx, rx) = mpsc::channel(256);
-    forward_signals(tx.clone())?;
+    forward_signals(tx.clone(), args)?;
     if let Some(addr) = config.admin {
         if let Some(w) = proto::admin::AdminListen(Some(addr)).exposure_warning() {
             tracing::warn!("{w}");
@@ -99,17 +110,16 @@ async fn run(config: Config) -> anyhow::Result<Outcome> {
             .await
             .map_err(|e| anyhow::anyhow!("admin endpoint {addr}: {e} (another announcer on this host? give each its own --admin IP:PORT, or --admin off)"))?;
     }
-    agent::spawn_checks(&config, tx.clone());
     let names: Vec<String> = config.services.iter().map(|s| format!("{}/{}", s.service, s.instance)).collect();
     tracing::info!(backend = ?config.backend, ttl = ?config.ttl, instances = ?names, "announcer starting");
     let outcome = match &config.backend {
         Backend::Registry(urls, access) => {
             let client = client::Client::builder(urls)?.access(access)?.build()?;
-            agent::run(announcer::registry::RegistryPublisher::new(client, config.ttl), &config, rx, shared).await
+            agent::run(announcer::registry::RegistryPublisher::new(client, config.ttl), config, tx.clone(), rx, shared).await
         }
         Backend::Zookeeper(addr) => {
             let publisher = announcer::zk::ZkPublisher::new(addr, config.ttl).with_auth(config.zookeeper_auth.clone());
-            agent::run(publisher, &config, rx, shared).await
+            agent::run(publisher, config, tx.clone(), rx, shared).await
         }
     };
     drop(tx);
@@ -122,7 +132,7 @@ async fn main() -> ExitCode {
     if let Some(Command::Maint { state, admin }) = cli.command {
         return maint(matches!(state, OnOff::On), admin).await;
     }
-    let config = match cli.run.resolve() {
+    let config = match cli.run.clone().resolve() {
         Ok(c) => c,
         Err(errors) => {
             for e in errors {
@@ -132,7 +142,7 @@ async fn main() -> ExitCode {
         }
     };
     init_logs(config.log_format);
-    match run(config).await {
+    match run(config, cli.run).await {
         Ok(Outcome::Graceful) => ExitCode::SUCCESS,
         Ok(Outcome::Forced) => ExitCode::from(130),
         Err(e) => {

@@ -41,6 +41,11 @@ impl Breaker {
         Breaker { limits, window_start: None, base: 0, removed: 0, released: BTreeSet::new() }
     }
 
+    /// New limits (a reload), from the next pass; the current window's count stays.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     /// Splits `ops` into those allowed now and the removals held back. `managed` names the
     /// managed servers the backend has now.
     pub fn filter(&mut self, ops: Vec<Op>, desired: &DesiredSet, managed: &[String], now: Instant) -> (Vec<Op>, Vec<Op>) {

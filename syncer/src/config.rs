@@ -27,7 +27,8 @@ pub enum DataplaneVersion {
     V3,
 }
 
-#[derive(Debug, Args, Default)]
+/// Kept after startup: SIGHUP resolves them again, with the config file read anew.
+#[derive(Debug, Args, Default, Clone)]
 pub struct RunArgs {
     /// TOML file with any of the settings below (names with `_` for `-`); flags override it.
     #[arg(long, env = "SYNCER_CONFIG")]

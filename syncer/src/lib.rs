@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod reconcile;
+pub mod reload;
 pub mod report;
 pub mod source;
 pub mod state;

@@ -27,7 +27,42 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-async fn run_with<D: Driver + Send + 'static>(driver: D, config: Config, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// SIGHUP never stops the syncer: the flags and the config file are resolved again and what may
+/// change live goes to the reconciler (`reload::merge`); a config that does not resolve is
+/// refused, with every problem logged, and the running one stays.
+fn reload_on_sighup(args: RunArgs, running: Config) -> std::io::Result<tokio::sync::watch::Receiver<syncer::reconcile::Settings>> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::watch::channel(running.settings.clone());
+    tokio::spawn(async move {
+        let mut running = running;
+        while hup.recv().await.is_some() {
+            let new = match args.clone().resolve() {
+                Ok(c) => c,
+                Err(errors) => {
+                    tracing::error!(?errors, "SIGHUP: the config does not resolve; reload refused, the running config stays");
+                    continue;
+                }
+            };
+            let r = syncer::reload::merge(&running, &new);
+            if !r.needs_restart.is_empty() {
+                tracing::warn!(settings = ?r.needs_restart, "reload: these changed but need a restart; keeping the running values");
+            }
+            match r.settings {
+                Some(settings) => {
+                    tracing::info!(changes = ?r.applied, "reload: applied");
+                    running.settings = settings.clone();
+                    if tx.send(settings).is_err() {
+                        return;
+                    }
+                }
+                None => tracing::info!("reload: no change to apply"),
+            }
+        }
+    });
+    Ok(rx)
+}
+
+async fn run_with<D: Driver + Send + 'static>(driver: D, config: Config, metrics: Arc<Metrics>, args: RunArgs) -> anyhow::Result<()> {
     let state_dir = match &config.state_dir {
         Some(d) => Some(StateDir::open(d).map_err(|e| anyhow::anyhow!("state dir {}: {e}", d.display()))?),
         None => None,
@@ -35,6 +70,7 @@ async fn run_with<D: Driver + Send + 'static>(driver: D, config: Config, metrics
     let (tx, rx) = syncer::source::channel();
     let services: Vec<String> = config.settings.mappings.iter().map(|m| m.service.clone()).collect();
     let (reconciler, applied) = Reconciler::new(driver, config.settings.clone(), metrics, state_dir);
+    let reconciler = reconciler.with_updates(reload_on_sighup(args, config.clone())?);
     match &config.source {
         Source::Registry(urls, access) => {
             let make = || client::Client::builder(urls).and_then(|b| b.access(access)).and_then(|b| b.build());
@@ -62,7 +98,7 @@ async fn run_with<D: Driver + Send + 'static>(driver: D, config: Config, metrics
     Ok(())
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = config.admin {
         if let Some(w) = proto::admin::AdminListen(Some(addr)).exposure_warning() {
@@ -76,11 +112,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     match config.target.clone() {
         Target::Runtime { endpoint, server_options } => {
             let driver = syncer::driver::runtime::RuntimeApi::new(syncer::driver::runtime::Endpoint::parse(&endpoint), server_options);
-            run_with(driver, config, metrics).await
+            run_with(driver, config, metrics, args).await
         }
         Target::Dataplane { url, version, auth, server_options } => {
             let driver = syncer::driver::dataplane::DataplaneApi::new(&url, version, auth, server_options)?;
-            run_with(driver, config, metrics).await
+            run_with(driver, config, metrics, args).await
         }
     }
 }
@@ -88,7 +124,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match cli.run.resolve() {
+    let config = match cli.run.clone().resolve() {
         Ok(c) => c,
         Err(errors) => {
             for e in errors {
@@ -98,7 +134,7 @@ async fn main() -> ExitCode {
         }
     };
     init_logs(config.log_format);
-    match run(config).await {
+    match run(config, cli.run).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

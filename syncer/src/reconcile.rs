@@ -51,6 +51,8 @@ pub struct Reconciler<D: Driver> {
     generation: Option<Generation>,
     saved_revision: Option<u64>,
     applied_tx: watch::Sender<Applied>,
+    /// New settings from a reload (`reload::merge`), if anyone sends them.
+    updates: Option<watch::Receiver<Settings>>,
 }
 
 /// The servers a backend should have for `service`.
@@ -76,11 +78,37 @@ impl<D: Driver> Reconciler<D> {
     pub fn new(driver: D, settings: Settings, metrics: Arc<Metrics>, state_dir: Option<StateDir>) -> (Reconciler<D>, watch::Receiver<Applied>) {
         let (applied_tx, applied_rx) = watch::channel(Applied::new());
         let breakers = settings.mappings.iter().map(|m| (m.backend.clone(), Breaker::new(settings.limits))).collect();
-        let r = Reconciler { driver, settings, metrics, state_dir, breakers, draining: BTreeMap::new(), generation: None, saved_revision: None, applied_tx };
+        let r = Reconciler {
+            driver,
+            settings,
+            metrics,
+            state_dir,
+            breakers,
+            draining: BTreeMap::new(),
+            generation: None,
+            saved_revision: None,
+            applied_tx,
+            updates: None,
+        };
         (r, applied_rx)
     }
 
     /// Runs until the source channel closes.
+    /// Takes new settings from `updates` from the next pass on (SIGHUP). The mappings stay.
+    pub fn with_updates(mut self, updates: watch::Receiver<Settings>) -> Self {
+        self.updates = Some(updates);
+        self
+    }
+
+    fn apply_update(&mut self) {
+        let Some(rx) = self.updates.as_mut() else { return };
+        let new = rx.borrow_and_update().clone();
+        for b in self.breakers.values_mut() {
+            b.set_limits(new.limits);
+        }
+        self.settings = Settings { mappings: std::mem::take(&mut self.settings.mappings), ..new };
+    }
+
     pub async fn run(mut self, mut source: Rx) {
         let saved = self.state_dir.as_ref().and_then(|s| match s.load() {
             Ok(v) => v,
@@ -111,6 +139,13 @@ impl<D: Driver> Reconciler<D> {
             if let Some(snap) = desired {
                 self.pass(&snap).await;
             }
+            let mut updates = self.updates.clone();
+            let update = async {
+                match updates.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             let changed = tokio::select! {
                 r = source.changed() => {
                     if r.is_err() {
@@ -119,6 +154,10 @@ impl<D: Driver> Reconciler<D> {
                     true
                 }
                 _ = tokio::time::sleep(self.settings.resync) => false,
+                true = update => {
+                    self.apply_update();
+                    false
+                }
             };
             if changed {
                 // Let a burst of changes land, then apply them in one pass.

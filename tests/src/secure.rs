@@ -66,7 +66,15 @@ impl Secured {
     pub async fn mint(&self, admin: &client::Client, name: &str, scopes: &[&str]) -> PathBuf {
         let token = client::generate_token();
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-        admin.create_token(&token, &scopes, name).await.unwrap_or_else(|e| panic!("minting the {name} token: {e}"));
+        // As an operator's script would: a cluster still electing its first leader answers 503.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match admin.create_token(&token, &scopes, name).await {
+                Ok(_) => break,
+                Err(e) if e.is_retriable() && tokio::time::Instant::now() < deadline => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Err(e) => panic!("minting the {name} token: {e}"),
+            }
+        }
         write_secret(&self.dir.join(format!("token-{name}")), &token)
     }
 

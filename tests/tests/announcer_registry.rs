@@ -256,3 +256,50 @@ async fn a_write_hanging_past_the_ttl_does_not_lose_the_lease() {
     let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("announcer_lease_lost_total 0"), "{metrics}");
 }
+
+/// SIGHUP never stops the announcer: a config file that gained a service is applied (the new
+/// instance appears, the old one keeps its lease), and one that does not parse is refused with
+/// the running config kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_services_and_refuses_a_bad_config() {
+    let cluster = RegistryCluster::start(3).await;
+    let client = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let w = web(dir.path(), "web-5");
+    let access = cluster.access_args("announcer-5", &["announce:web-servers", "announce:api-servers"]).await;
+    let (ca, token) = (&access[1], &access[3]);
+    let service = |name: &str| format!("[[services]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\n", w.port);
+    let head = format!("registry = \"{}\"\nca_file = \"{ca}\"\ntoken_file = \"{token}\"\nadmin = \"off\"\n", cluster.urls().join(","));
+    let file = dir.path().join("announcer.toml");
+    std::fs::write(&file, format!("{head}{}", service("web-servers"))).unwrap();
+    let mut a = Proc::spawn("announcer-5", &binary("announcer"), &["--config".into(), file.display().to_string()], dir.path());
+    let id = format!("127.0.0.1:{}", w.port);
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "registration").await;
+    let lease = client.service("web-servers", false).await.unwrap().instances[0].lease_id;
+
+    std::fs::write(&file, format!("{head}{}{}", service("web-servers"), service("api-servers"))).unwrap();
+    a.signal("HUP");
+    wait_for(Duration::from_secs(10), "the reloaded service to be announced", || async {
+        client.service("api-servers", false).await.ok().filter(|s| s.instances.iter().any(|i| i.instance == id))
+    })
+    .await;
+    assert!(a.is_running(), "SIGHUP stopped the announcer");
+    assert_eq!(client.service("web-servers", false).await.unwrap().instances[0].lease_id, lease, "the reload replaced the lease");
+
+    std::fs::write(&file, "registry = [this is not toml").unwrap();
+    a.signal("HUP");
+    wait_for(Duration::from_secs(5), "the bad config to be refused", || {
+        let log = a.log_text();
+        async move { log.contains("reload refused").then_some(()) }
+    })
+    .await;
+    assert!(a.is_running(), "a bad config on SIGHUP stopped the announcer");
+    for s in ["web-servers", "api-servers"] {
+        assert_eq!(state_of_in(&client, s, &id).await, Some(Some(InstanceState::Up)), "{s} changed after a refused reload");
+    }
+}
+
+async fn state_of_in(client: &client::Client, service: &str, instance: &str) -> Option<Option<InstanceState>> {
+    let s = client.service(service, false).await.ok()?;
+    Some(s.instances.iter().find(|i| i.instance == instance).map(|i| i.state))
+}

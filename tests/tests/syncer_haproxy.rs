@@ -238,7 +238,7 @@ async fn an_active_passive_pair_converges_to_the_same_servers() {
     let mut sa_args = reg.clone();
     sa_args.push(format!("--admin=127.0.0.1:{admin}"));
     let _sa = syncer(dir.path(), "lb-a", &sa_args, &a, &dir.path().join("sa"));
-    let _sb = syncer(dir.path(), "lb-b", &reg, &b, &dir.path().join("sb"));
+    let mut sb = syncer(dir.path(), "lb-b", &reg, &b, &dir.path().join("sb"));
     let web_access = cluster.access_args("web", &["announce:web-servers"]).await;
     let mut hosts: Vec<Host> = (1..=4).map(|i| host(dir.path(), &format!("pair-{i}"), &urls, &web_access)).collect();
     let all: BTreeSet<u16> = hosts.iter().map(|h| h.port).collect();
@@ -246,6 +246,15 @@ async fn an_active_passive_pair_converges_to_the_same_servers() {
         (managed_ports(&a).await == all && managed_ports(&b).await == all).then_some(())
     })
     .await;
+    // SIGHUP (a logrotate hook, `systemctl reload`) never stops a syncer: lb-b reloads, finds
+    // nothing to change, and goes on converging below.
+    sb.signal("HUP");
+    wait_for(Duration::from_secs(5), "lb-b to log the reload", || {
+        let log = sb.log_text();
+        async move { log.contains("reload: no change").then_some(()) }
+    })
+    .await;
+    assert!(sb.is_running(), "SIGHUP stopped the syncer");
     let gone = hosts.remove(0);
     gone.announcer.signal("TERM");
     let left: BTreeSet<u16> = hosts.iter().map(|h| h.port).collect();
