@@ -11,13 +11,7 @@ use serde::Deserialize;
 
 use crate::health::Check;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use runtime::logs::LogFormat;
 
 /// Flags of the announcer's main mode. Kept after startup: SIGHUP resolves them again, with the
 /// config file read anew.
@@ -92,6 +86,10 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Log level: error, warn, info, debug or trace, or directives like `info,openraft=warn`;
+    /// over RUST_LOG [default: info].
+    #[arg(long, env = "ANNOUNCER_LOG_LEVEL", value_parser = runtime::logs::parse_level)]
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +108,7 @@ struct FileConfig {
     drain: Option<Duration>,
     admin: Option<String>,
     log_format: Option<LogFormat>,
+    log_level: Option<String>,
     #[serde(default)]
     services: Vec<FileService>,
 }
@@ -186,6 +185,8 @@ pub struct Config {
     pub drain: Duration,
     pub admin: Option<SocketAddr>,
     pub log_format: LogFormat,
+    /// `--log-level` or `log_level`, checked; `None`: RUST_LOG or the default.
+    pub log_level: Option<String>,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -416,6 +417,11 @@ impl RunArgs {
             (None, Some(a)) => a.parse::<proto::admin::AdminListen>().map_err(|e| p.add("admin", e)).ok().and_then(|a| a.0),
             (None, None) => proto::admin::ANNOUNCER_DEFAULT.0,
         };
+        let log_level = match (self.log_level.clone(), file.log_level.as_deref()) {
+            (Some(l), _) => Some(l),
+            (None, Some(l)) => runtime::logs::parse_level(l).map_err(|e| p.add("log_level", e)).ok(),
+            (None, None) => None,
+        };
         if !p.0.is_empty() {
             return Err(p.0);
         }
@@ -426,6 +432,7 @@ impl RunArgs {
             drain,
             admin,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            log_level,
             services,
         })
     }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use announcer::agent::{self, Event, Outcome, Shared};
-use announcer::config::{Backend, Config, LogFormat, RunArgs};
+use announcer::config::{Backend, Config, RunArgs};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -40,15 +40,6 @@ enum Command {
 enum OnOff {
     On,
     Off,
-}
-
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 async fn maint(on: bool, admin: std::net::SocketAddr) -> ExitCode {
@@ -141,7 +132,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs(config.log_format);
+    runtime::logs::init(config.log_format, config.log_level.as_deref(), "info");
     match run(config, cli.run).await {
         Ok(Outcome::Graceful) => ExitCode::SUCCESS,
         Ok(Outcome::Forced) => ExitCode::from(130),

@@ -35,6 +35,9 @@ pub fn merge(running: &Config, new: Config) -> Reload {
     if new.log_format != running.log_format {
         needs_restart.push("log_format");
     }
+    if new.log_level != running.log_level {
+        needs_restart.push("log_level");
+    }
     let key = |s: &crate::config::ServiceConfig| format!("{}/{}", s.service, s.instance);
     let mut applied = Vec::new();
     for s in &new.services {

@@ -13,13 +13,7 @@ use crate::node::NodeConfig;
 use crate::peer_auth::{ClusterSecret, PeerAuth};
 use crate::tls::{Tls, TlsFiles};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use runtime::logs::LogFormat;
 
 /// Flags of `registry serve`. Each may also come from the config file under the same name
 /// with `_` for `-`.
@@ -49,6 +43,10 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "REGISTRY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Log level: error, warn, info, debug or trace, or directives like `info,openraft=warn`;
+    /// over RUST_LOG [default: info,openraft=warn].
+    #[arg(long, env = "REGISTRY_LOG_LEVEL", value_parser = runtime::logs::parse_level)]
+    pub log_level: Option<String>,
     /// Leader heartbeat interval [default: 50ms].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub heartbeat: Option<Duration>,
@@ -137,6 +135,7 @@ pub struct FileConfig {
     /// Either a table `{ 1 = "host:port" }` or the flag's string form.
     peers: Option<Peers>,
     log_format: Option<LogFormat>,
+    log_level: Option<String>,
     #[serde(default, with = "humantime_serde")]
     heartbeat: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -174,6 +173,8 @@ enum Peers {
 pub struct Serve {
     pub listen: SocketAddr,
     pub log_format: LogFormat,
+    /// `--log-level` or `log_level`, checked; `None`: RUST_LOG or the default.
+    pub log_level: Option<String>,
     pub node: NodeConfig,
     pub fault_disk_stall_file: Option<PathBuf>,
 }
@@ -411,6 +412,11 @@ impl ServeArgs {
                 },
             },
         };
+        let log_level = match (self.log_level.clone(), file.log_level.as_deref()) {
+            (Some(l), _) => Some(l),
+            (None, Some(l)) => runtime::logs::parse_level(l).map_err(|e| errors.push(format!("log_level: {e}"))).ok(),
+            (None, None) => None,
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -430,6 +436,7 @@ impl ServeArgs {
         Ok(Serve {
             listen: listen.unwrap(),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            log_level,
             node,
             fault_disk_stall_file: self.fault_disk_stall_file,
         })

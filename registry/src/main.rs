@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use registry::cli::{self, Output};
-use registry::config::{LogFormat, ServeArgs};
+use registry::config::ServeArgs;
 
 #[derive(Parser)]
 #[command(name = "registry", version, about = "Raft-replicated registry of services, instances and leases")]
@@ -161,15 +161,6 @@ enum MembersAction {
     },
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn client(args: &ClientArgs) -> Result<client::Client, ExitCode> {
     member_client(args, &MemberCredentials { cluster_secret_file: None })
 }
@@ -213,7 +204,7 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
             Ok(serve) => {
-                init_logs(serve.log_format);
+                runtime::logs::init(serve.log_format, serve.log_level.as_deref(), "info,openraft=warn");
                 match registry::server::run(serve).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {

@@ -11,13 +11,7 @@ use serde::Deserialize;
 use crate::breaker::Limits;
 use crate::reconcile::{Mapping, Settings};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use runtime::logs::LogFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -107,6 +101,10 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Log level: error, warn, info, debug or trace, or directives like `info,openraft=warn`;
+    /// over RUST_LOG [default: info].
+    #[arg(long, env = "SYNCER_LOG_LEVEL", value_parser = runtime::logs::parse_level)]
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +143,7 @@ struct FileConfig {
     admin: Option<String>,
     id: Option<String>,
     log_format: Option<LogFormat>,
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +201,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub id: String,
     pub log_format: LogFormat,
+    /// `--log-level` or `log_level`, checked; `None`: RUST_LOG or the default.
+    pub log_level: Option<String>,
 }
 
 pub const DEFAULT_SERVER_OPTIONS: &str = "check inter 1s fall 2 rise 1";
@@ -348,6 +349,11 @@ impl RunArgs {
         if let Err(e) = proto::validate::instance_name(&id) {
             errors.push(format!("id: {e}"));
         }
+        let log_level = match (self.log_level.clone(), file.log_level.as_deref()) {
+            (Some(l), _) => Some(l),
+            (None, Some(l)) => runtime::logs::parse_level(l).map_err(|e| errors.push(format!("log_level: {e}"))).ok(),
+            (None, None) => None,
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -359,6 +365,7 @@ impl RunArgs {
             admin,
             id,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            log_level,
         })
     }
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use syncer::config::{Config, LogFormat, RunArgs, Source, Target};
+use syncer::config::{Config, RunArgs, Source, Target};
 use syncer::driver::Driver;
 use syncer::metrics::Metrics;
 use syncer::reconcile::Reconciler;
@@ -16,15 +16,6 @@ use tokio::signal::unix::{signal, SignalKind};
 struct Cli {
     #[command(flatten)]
     run: RunArgs,
-}
-
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// SIGHUP never stops the syncer: the flags and the config file are resolved again and what may
@@ -133,7 +124,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs(config.log_format);
+    runtime::logs::init(config.log_format, config.log_level.as_deref(), "info");
     match run(config, cli.run).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -28,6 +28,7 @@ pub fn merge(running: &Config, new: &Config) -> Reload {
         (new.admin != running.admin, "admin"),
         (new.id != running.id, "id"),
         (new.log_format != running.log_format, "log_format"),
+        (new.log_level != running.log_level, "log_level"),
     ] {
         if changed {
             needs_restart.push(what);
