@@ -184,6 +184,9 @@ pub struct Config {
     pub ttl: Duration,
     pub drain: Duration,
     pub admin: Option<SocketAddr>,
+    /// `admin` is the default, not asked for: if its port is taken the process runs without
+    /// it (with a warning) instead of refusing to start.
+    pub admin_default: bool,
     pub log_format: LogFormat,
     /// `--log-level` or `log_level`, checked; `None`: RUST_LOG or the default.
     pub log_level: Option<String>,
@@ -412,6 +415,7 @@ impl RunArgs {
             p.add("ttl", format!("{} is outside 1s..1h", humantime::format_duration(ttl)));
         }
         let drain = self.drain.or(file.drain).unwrap_or(Duration::from_secs(5));
+        let admin_default = self.admin.is_none() && file.admin.is_none();
         let admin = match (self.admin, file.admin) {
             (Some(a), _) => a.0,
             (None, Some(a)) => a.parse::<proto::admin::AdminListen>().map_err(|e| p.add("admin", e)).ok().and_then(|a| a.0),
@@ -431,6 +435,7 @@ impl RunArgs {
             ttl,
             drain,
             admin,
+            admin_default,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             log_level,
             services,

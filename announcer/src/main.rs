@@ -97,9 +97,14 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<Outcome> {
         if let Some(w) = proto::admin::AdminListen(Some(addr)).exposure_warning() {
             tracing::warn!("{w}");
         }
-        announcer::admin::serve(addr, shared.clone(), tx.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("admin endpoint {addr}: {e} (another announcer on this host? give each its own --admin IP:PORT, or --admin off)"))?;
+        match announcer::admin::serve(addr, shared.clone(), tx.clone()).await {
+            Ok(()) => {}
+            // The default address, taken (another announcer on this host): run without it.
+            Err(e) if config.admin_default => tracing::warn!(
+                "admin endpoint {addr}: {e}; running without it (`announcer maint` cannot reach this announcer): give each announcer on a host its own --admin IP:PORT"
+            ),
+            Err(e) => anyhow::bail!("admin endpoint {addr}: {e} (another announcer on this host? give each its own --admin IP:PORT, or --admin off)"),
+        }
     }
     let names: Vec<String> = config.services.iter().map(|s| format!("{}/{}", s.service, s.instance)).collect();
     tracing::info!(backend = ?config.backend, ttl = ?config.ttl, instances = ?names, "announcer starting");

@@ -487,6 +487,14 @@ impl Client {
             .send()
             .await
             .map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
+        let status = resp.status();
+        if !status.is_success() {
+            // An answer that is not the state (401, 403, ...) is that answer, not a garbled one.
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let body = serde_json::from_slice::<ErrorBody>(&bytes)
+                .unwrap_or_else(|_| ErrorBody { code: ErrorCode::Unknown, message: String::from_utf8_lossy(&bytes).into_owned() });
+            return Err(Error::Api { status: status.as_u16(), body });
+        }
         resp.json().await.map_err(|e| Error::Decode { url: base, reason: e.to_string() })
     }
 

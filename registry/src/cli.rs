@@ -266,41 +266,33 @@ mod removal_tests {
     }
 }
 
-/// A secret written to a new file beside its destination (mode 0600), moved there by
-/// `commit`; removed if dropped uncommitted. `registry token create --out` stages the token
-/// before asking for it, so a token is never minted with nowhere to go.
+/// A secret written to a new file beside its destination (mode 0600, a random name), moved
+/// there by `commit`; removed if dropped uncommitted (the OS removes nothing after a SIGKILL,
+/// but a leftover has a random name and blocks no later run). `registry token create --out`
+/// stages the token before asking for it, so a token is never minted with nowhere to go.
 pub struct StagedSecret {
-    tmp: std::path::PathBuf,
+    tmp: tempfile::NamedTempFile,
     path: std::path::PathBuf,
 }
 
 pub fn stage_secret(path: &std::path::Path, secret: &str) -> Result<StagedSecret, String> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if path.exists() {
+    // `symlink_metadata`: a dangling symlink is "something there" too.
+    if path.symlink_metadata().is_ok() {
         return Err(format!("{} exists; not overwriting it", path.display()));
     }
-    let mut name = path.file_name().ok_or_else(|| format!("{} is not a file path", path.display()))?.to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
-    let staged = StagedSecret { tmp, path: path.to_path_buf() };
-    f.write_all(format!("{secret}\n").as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("writing {}: {e}", staged.tmp.display()))?;
-    Ok(staged)
+    let name = path.file_name().ok_or_else(|| format!("{} is not a file path", path.display()))?.to_string_lossy().into_owned();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).tempfile_in(dir).map_err(|e| format!("creating a file in {}: {e}", dir.display()))?;
+    tmp.write_all(format!("{secret}\n").as_bytes()).and_then(|_| tmp.as_file().sync_all()).map_err(|e| format!("writing {}: {e}", tmp.path().display()))?;
+    Ok(StagedSecret { tmp, path: path.to_path_buf() })
 }
 
 impl StagedSecret {
     /// Moves the secret into place; a file that appeared there meanwhile is not overwritten.
     pub fn commit(self) -> Result<(), String> {
-        // A hard link fails if the destination exists, unlike a rename.
-        std::fs::hard_link(&self.tmp, &self.path).map_err(|e| format!("writing {}: {e}", self.path.display()))
-        // `drop` removes the temporary name.
-    }
-}
-
-impl Drop for StagedSecret {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.tmp);
+        let path = self.path;
+        self.tmp.persist_noclobber(&path).map(|_| ()).map_err(|e| format!("writing {}: {}", path.display(), e.error))
     }
 }
 
@@ -321,5 +313,11 @@ mod staged_tests {
         assert!(stage_secret(&path, "xyz").is_err(), "overwrote an existing file");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "abc\n");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let dangling = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(stage_secret(&dangling, "xyz").is_err(), "a dangling symlink counted as free");
+        // Another run's leftover temporary file does not block this one.
+        std::fs::write(dir.path().join(".tok2.tmp"), "").unwrap();
+        stage_secret(&dir.path().join("tok2"), "def").unwrap().commit().unwrap();
     }
 }

@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// promoted once caught up. Ignored when the data directory already holds a log.
     #[arg(long, env = "REGISTRY_JOIN")]
     pub join: bool,
+    /// With --join: a file holding an admin token, for a cluster with ACLs. Under TLS a node on
+    /// a host that is no longer a member's (its old self removed, or a new host) proves nothing
+    /// with its certificate, and needs it to add itself.
+    #[arg(long, env = "REGISTRY_JOIN_TOKEN_FILE", value_name = "FILE")]
+    pub join_token_file: Option<PathBuf>,
     /// File holding the cluster's shared secret (at least 22 visible characters, e.g.
     /// `head -c 32 /dev/urandom | base64`); every node must have the same one. Peer RPC and
     /// forwarded requests without it are refused. Sent in plain text unless TLS is on: see
@@ -412,6 +417,12 @@ impl ServeArgs {
                 },
             },
         };
+        if acl_bootstrap.is_some() && matches!(peer_auth, Some(PeerAuth::Insecure)) {
+            errors.push(
+                "acl-bootstrap-token-file and insecure: tokens protect nothing while anyone may act as a peer; give --cluster-secret-file or --tls-*"
+                    .to_string(),
+            );
+        }
         let log_level = match (self.log_level.clone(), file.log_level.as_deref()) {
             (Some(l), _) => Some(l),
             (None, Some(l)) => runtime::logs::parse_level(l).map_err(|e| errors.push(format!("log_level: {e}"))).ok(),
@@ -428,6 +439,20 @@ impl ServeArgs {
         node.history = history;
         node.snapshot_every = snapshot_every;
         node.join = self.join;
+        node.join_token = match &self.join_token_file {
+            None => None,
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(t) if crate::acl::check_token(&t).is_ok() => Some(t.trim().to_string()),
+                Ok(_) => {
+                    errors.push(format!("join-token-file: {} does not hold a token", path.display()));
+                    None
+                }
+                Err(e) => {
+                    errors.push(format!("join-token-file: reading {}: {e}", path.display()));
+                    None
+                }
+            },
+        };
         node.limits = limits;
         node.peer_auth = peer_auth.unwrap();
         node.tls = tls;

@@ -50,9 +50,19 @@ impl PeerClient {
         format!("{}://{addr}", self.scheme())
     }
 
+    /// Whether peers prove themselves with node certificates.
+    pub fn uses_tls(&self) -> bool {
+        self.settings.tls.is_some()
+    }
+
     /// A registry client that proves this node's membership, for the calls only members may
     /// make (asking to be added back, `--join`).
     pub fn member_client(&self, addrs: &[String]) -> Result<client::Client, client::Error> {
+        self.member_client_with(addrs, None)
+    }
+
+    /// `member_client` that also sends `token` (`--join-token-file`).
+    pub fn member_client_with(&self, addrs: &[String], token: Option<&str>) -> Result<client::Client, client::Error> {
         let urls: Vec<String> = addrs.iter().map(|a| self.base(a)).collect();
         let mut b = client::Client::builder(&urls)?;
         if let Some(secret) = self.settings.auth.outgoing() {
@@ -61,6 +71,9 @@ impl PeerClient {
         if let Some(tls) = &self.settings.tls {
             let f = tls.files();
             b = b.tls(&client::TlsFiles { ca: Some(f.ca.clone()), cert: Some(f.cert.clone()), key: Some(f.key.clone()) })?;
+        }
+        if let Some(t) = token {
+            b = b.token(t)?;
         }
         b.build()
     }

@@ -199,6 +199,9 @@ pub struct Config {
     pub settings: Settings,
     pub state_dir: Option<PathBuf>,
     pub admin: Option<SocketAddr>,
+    /// `admin` is the default, not asked for: if its port is taken the process runs without
+    /// it (with a warning) instead of refusing to start.
+    pub admin_default: bool,
     pub id: String,
     pub log_format: LogFormat,
     /// `--log-level` or `log_level`, checked; `None`: RUST_LOG or the default.
@@ -340,6 +343,7 @@ impl RunArgs {
         if settings.resync < Duration::from_millis(10) {
             errors.push("resync: must be at least 10ms".into());
         }
+        let admin_default = self.admin.is_none() && file.admin.is_none();
         let admin = match (self.admin, file.admin) {
             (Some(a), _) => a.0,
             (None, Some(a)) => a.parse::<proto::admin::AdminListen>().map_err(|e| errors.push(format!("admin: {e}"))).ok().and_then(|a| a.0),
@@ -363,6 +367,7 @@ impl RunArgs {
             settings,
             state_dir: self.state_dir.or(file.state_dir),
             admin,
+            admin_default,
             id,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             log_level,

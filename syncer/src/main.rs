@@ -95,9 +95,14 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
         if let Some(w) = proto::admin::AdminListen(Some(addr)).exposure_warning() {
             tracing::warn!("{w}");
         }
-        syncer::admin::serve(addr, metrics.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("admin endpoint {addr}: {e} (another syncer on this host? give each its own --admin IP:PORT, or --admin off)"))?;
+        match syncer::admin::serve(addr, metrics.clone()).await {
+            Ok(()) => {}
+            // The default address, taken (another syncer on this host): run without it.
+            Err(e) if config.admin_default => {
+                tracing::warn!("admin endpoint {addr}: {e}; running without it: give each syncer on a host its own --admin IP:PORT")
+            }
+            Err(e) => anyhow::bail!("admin endpoint {addr}: {e} (another syncer on this host? give each its own --admin IP:PORT, or --admin off)"),
+        }
     }
     tracing::info!(source = ?config.source, target = ?config.target, mappings = ?config.settings.mappings, "syncer starting");
     match config.target.clone() {

@@ -146,7 +146,15 @@ impl RegistryCluster {
     }
 
     pub async fn start_with(n: usize, extra: &[&str]) -> RegistryCluster {
-        Self::start_in(tempfile::tempdir().unwrap(), n, extra, true).await
+        Self::start_in(tempfile::tempdir().unwrap(), &vec!["127.0.0.1".to_string(); n], extra, true).await
+    }
+
+    /// Secured, each node on a loopback address of its own (127.X.0.1, .2, ...; X random), as
+    /// on separate hosts: a node certificate then vouches for one node only.
+    pub async fn start_on_own_hosts(n: usize) -> RegistryCluster {
+        let net: u8 = rand::random::<u8>() % 200 + 20;
+        let ips: Vec<String> = (1..=n).map(|i| format!("127.{net}.0.{i}")).collect();
+        Self::start_in(tempfile::tempdir().unwrap(), &ips, &[], true).await
     }
 
     /// Plain HTTP, no ACLs: peers prove themselves with the cluster secret only.
@@ -155,15 +163,19 @@ impl RegistryCluster {
     }
 
     pub async fn start_plain_with(n: usize, extra: &[&str]) -> RegistryCluster {
-        Self::start_in(tempfile::tempdir().unwrap(), n, extra, false).await
+        Self::start_in(tempfile::tempdir().unwrap(), &vec!["127.0.0.1".to_string(); n], extra, false).await
     }
 
-    async fn start_in(dir: tempfile::TempDir, n: usize, extra: &[&str], secure: bool) -> RegistryCluster {
-        let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    /// One node per entry of `ips`.
+    async fn start_in(dir: tempfile::TempDir, ips: &[String], extra: &[&str], secure: bool) -> RegistryCluster {
+        let free_on = |ip: &str| TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
+        let addrs: Vec<String> = ips.iter().map(|ip| format!("{ip}:{}", free_on(ip))).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let bin = binary("registry");
         let secret_file = write_cluster_secret(dir.path());
-        let secured = secure.then(|| secure::Secured::init(dir.path(), &["127.0.0.1"]));
+        let mut hosts: Vec<&str> = ips.iter().map(|s| s.as_str()).collect();
+        hosts.dedup();
+        let secured = secure.then(|| secure::Secured::init(dir.path(), &hosts));
         let nodes = addrs
             .iter()
             .enumerate()
@@ -180,7 +192,7 @@ impl RegistryCluster {
                     peers.clone(),
                 ];
                 match &secured {
-                    Some(s) => args.extend(s.node_args("127.0.0.1")),
+                    Some(s) => args.extend(s.node_args(&ips[i])),
                     None => args.extend(["--cluster-secret-file".into(), secret_file.display().to_string()]),
                 }
                 args.extend(extra.iter().map(|s| s.to_string()));

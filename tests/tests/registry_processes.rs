@@ -452,3 +452,47 @@ async fn a_wiped_voter_refuses_to_bootstrap_and_rejoins_with_join() {
     let s = client.service("web", false).await.unwrap();
     assert_eq!(s.instances.len(), 2, "{s:?}");
 }
+
+/// Under TLS with a host per node, as in production, a node certificate vouches only for a
+/// member's host: a wiped node that removed its old self could not add itself back. Without an
+/// admin token `--join` says so and changes nothing; with `--join-token-file` it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_on_its_own_host_rejoins_under_tls_with_a_join_token() {
+    let mut cluster = RegistryCluster::start_on_own_hosts(3).await;
+    let client = cluster.client();
+    let probe = InstanceSpec { lease_id: None, ..spec(1, 0) };
+    retry(Duration::from_secs(5), || client.put_instance("web", "before", &probe)).await;
+    wait_for(Duration::from_secs(10), "every member to be recorded as started", || async {
+        client.cluster().await.ok().filter(|c| c.members.iter().all(|m| m.started)).map(|_| ())
+    })
+    .await;
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let victim = (leader + 1) % 3;
+    cluster.nodes[victim].kill();
+    std::fs::remove_dir_all(cluster.dir.path().join(format!("data{}", victim + 1))).unwrap();
+
+    cluster.nodes[victim].push_arg("--join");
+    cluster.nodes[victim].start();
+    wait_for(Duration::from_secs(15), "the joining node to say it needs a token", || {
+        let log = cluster.nodes[victim].log_text();
+        async move { log.contains("--join-token-file").then_some(()) }
+    })
+    .await;
+    let members = client.cluster().await.unwrap().members;
+    assert!(members.iter().any(|m| m.id == victim as u64 + 1 && m.voter), "the old self was removed without a way back: {members:?}");
+
+    cluster.nodes[victim].kill();
+    let token = cluster.secured.as_ref().unwrap().admin_token_file.display().to_string();
+    cluster.nodes[victim].push_arg("--join-token-file");
+    cluster.nodes[victim].push_arg(&token);
+    cluster.nodes[victim].start();
+    let w = retry(Duration::from_secs(5), || client.put_instance("web", "after", &probe)).await;
+    let url = cluster.urls()[victim].clone();
+    wait_for(Duration::from_secs(30), "the rejoined node to be a voter and caught up", || async {
+        let info = client.cluster().await.ok()?;
+        let me = info.members.iter().find(|m| m.id == victim as u64 + 1)?;
+        let applied = client.cluster_at(&url).await.ok()?.applied_index;
+        (me.voter && info.members.len() == 3 && applied >= w.revision).then_some(())
+    })
+    .await;
+}

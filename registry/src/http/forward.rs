@@ -22,6 +22,13 @@ use crate::node::Node;
 /// makes at most one hop even while leadership moves.
 pub const FORWARDED_HEADER: &str = "x-registry-forwarded";
 
+/// Set by a forwarding node when the request it relays was itself made by a member (a joining
+/// node's membership change, say): the leader then counts it as a peer's. Without it a relayed
+/// request is the client's, and the leader checks the client's token itself, so a token revoked
+/// on the leader but not yet on a lagging follower is refused there. Only a peer may set it
+/// (`peer::layer` drops it from anyone else).
+pub const PEER_ORIGIN_HEADER: &str = "x-registry-peer-origin";
+
 /// Put on a response by `ApiError::NotLeader(Some(..))`: the leader to relay the request to.
 #[derive(Debug, Clone)]
 pub struct ForwardTo {
@@ -30,7 +37,7 @@ pub struct ForwardTo {
 }
 
 /// Headers relayed to the leader besides the body.
-const RELAYED: [&str; 4] = ["content-type", "authorization", proto::IDEMPOTENCY_KEY_HEADER, super::extract::CLIENT_ADDR_HEADER];
+const RELAYED: [&str; 5] = ["content-type", "authorization", proto::IDEMPOTENCY_KEY_HEADER, super::extract::CLIENT_ADDR_HEADER, PEER_ORIGIN_HEADER];
 
 pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
@@ -39,6 +46,9 @@ pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
         Err(_) => return ApiError::PayloadTooLarge { limit: API_BODY_LIMIT }.into_response(),
     };
     let (method, uri, mut headers) = (parts.method.clone(), parts.uri.clone(), parts.headers.clone());
+    if parts.extensions.get::<super::peer::PeerProven>().is_some() {
+        headers.insert(PEER_ORIGIN_HEADER, axum::http::HeaderValue::from_static("1"));
+    }
     if let Some(ip) = super::extract::connection_ip(&parts).and_then(|ip| ip.parse().ok()) {
         headers.insert(super::extract::CLIENT_ADDR_HEADER, ip);
     }

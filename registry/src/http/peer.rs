@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::extract::CLIENT_ADDR_HEADER;
+use super::forward::PEER_ORIGIN_HEADER;
 use super::FORWARDED_HEADER;
 use crate::error::ApiError;
 use crate::metrics::ReasonLabels;
@@ -30,9 +31,11 @@ pub async fn layer(State(node): State<Arc<Node>>, mut req: Request, next: Next) 
     let verdict = node.config().peer_auth.check(req.headers().get(SECRET_HEADER).map(|v| v.as_bytes()), node_certificate);
     // Not for handlers to see, or to relay by mistake.
     req.headers_mut().remove(SECRET_HEADER);
+    let peer_origin = req.headers_mut().remove(PEER_ORIGIN_HEADER).is_some();
     if let Err(why) = verdict {
         // With ACLs on, the token check decides a membership change (it wants `admin`).
-        let by_token = |k: &MembersOnly| *k == MembersOnly::Membership && node.acl_view() != AclView::Off;
+        // A wrong secret is a wrong secret, whatever else the request holds.
+        let by_token = |k: &MembersOnly| *k == MembersOnly::Membership && why != Denied::WrongSecret && node.acl_view() != AclView::Off;
         if let Some(kind) = members_only(req.method(), req.uri().path()).filter(|k| !by_token(k)) {
             let what = kind.what();
             node.metrics().auth_denied.get_or_create(&ReasonLabels { reason: why.as_str() }).inc();
@@ -47,7 +50,8 @@ pub async fn layer(State(node): State<Arc<Node>>, mut req: Request, next: Next) 
         // A client, not a peer: it may not claim to be forwarded or speak for another address.
         req.headers_mut().remove(FORWARDED_HEADER);
         req.headers_mut().remove(CLIENT_ADDR_HEADER);
-    } else if !matches!(node.config().peer_auth, PeerAuth::Insecure) {
+    } else if !matches!(node.config().peer_auth, PeerAuth::Insecure) && (!req.headers().contains_key(FORWARDED_HEADER) || peer_origin) {
+        // A peer relaying a client's request vouches for the connection, not for the client.
         req.extensions_mut().insert(PeerProven);
     }
     next.run(req).await

@@ -183,7 +183,9 @@ impl Node {
 
 /// Before bootstrapping on an empty data directory: asks the peers whether this node already
 /// took part in their cluster. `Err` with what to do if it did (its disk was wiped or
-/// replaced); `Ok` if no peer says so, or none answers (a brand-new cluster starting up).
+/// replaced), or if a peer refuses to say (its credentials are not this node's: starting
+/// anyway could be a wiped member voting with an empty log); `Ok` if no peer says so, or none
+/// answers (a brand-new cluster starting up).
 pub async fn check_not_amnesiac(
     id: u64,
     data_dir: &std::path::Path,
@@ -202,11 +204,15 @@ pub async fn check_not_amnesiac(
             Ok(info) => info,
             // Down, or starting too: a brand-new cluster comes up this way.
             Err(e) if e.is_retriable() => continue,
-            // It answered but would not say (credentials it does not take?): say so, since
-            // this check is what keeps a wiped member from voting with an empty log.
+            // It answered but would not say: this check is what keeps a wiped member from
+            // voting with an empty log, so it does not pass on a refusal.
             Err(e) => {
-                tracing::warn!(peer = %addr, error = %e, "could not ask a peer whether this node is a wiped member");
-                continue;
+                return Err(format!(
+                    "node {id}: the data directory {} is empty, and peer {addr} refused to say whether node {id} is already a member: {e}. \
+                     Check that this node has the cluster's credentials (--cluster-secret-file, or --tls-* with a node certificate for \
+                     its host) before starting it.",
+                    data_dir.display()
+                ));
             }
         };
         if info.members.iter().any(|m| m.id == id && m.started) {
@@ -228,11 +234,17 @@ pub async fn check_not_amnesiac(
 /// (its log is empty; its old self may still count as a voter), and a marker file in the data
 /// directory makes a restart resume it.
 pub async fn join(node: super::NodeRef, id: u64, advertise: String, peers: Vec<String>, mut stop: watch::Receiver<bool>) {
-    let Some(client) = node.upgrade().and_then(|n| n.peers().member_client(&peers).ok()) else { return };
+    let Some((client, tls, token)) = node.upgrade().and_then(|n| {
+        let token = n.config().join_token.clone();
+        let client = n.peers().member_client_with(&peers, token.as_deref()).ok()?;
+        Some((client, n.peers().uses_tls(), token.is_some()))
+    }) else {
+        return;
+    };
     let mut wait = Duration::from_millis(200);
     let mut removed = false;
     loop {
-        let result = join_once(&client, id, &advertise, &mut removed, || {
+        let result = join_once(&client, id, &advertise, (tls, token), &mut removed, || {
             if let Some(n) = node.upgrade() {
                 n.old_self_removed();
             }
@@ -256,8 +268,27 @@ pub async fn join(node: super::NodeRef, id: u64, advertise: String, peers: Vec<S
     }
 }
 
-async fn join_once(client: &client::Client, id: u64, advertise: &str, removed: &mut bool, on_removed: impl FnOnce()) -> Result<(), client::Error> {
+/// `(tls, token)`: whether peers prove themselves with certificates, and whether an admin token
+/// came with --join-token-file.
+async fn join_once(
+    client: &client::Client,
+    id: u64,
+    advertise: &str,
+    (tls, token): (bool, bool),
+    removed: &mut bool,
+    on_removed: impl FnOnce(),
+) -> Result<(), client::Error> {
     let info = client.cluster().await?;
+    // Under TLS a certificate proves membership only for a member's host. Once the old self is
+    // gone, a node whose host no other member shares could not add itself back, and the cluster
+    // would stay a voter short: without a token, it does not start.
+    let host = crate::tls::host_of(advertise);
+    if tls && !token && !info.members.iter().any(|m| m.id != id && crate::tls::host_of(&m.addr) == host) {
+        return Err(client::Error::BadCredentials(format!(
+            "under TLS, a node on {host}, a host no other member is on, cannot add itself with its certificate; \
+             give --join-token-file with an admin token (nothing was changed)"
+        )));
+    }
     // Once removed, a listing of this id is this node's new self (an add whose answer was lost).
     if !*removed && info.members.iter().any(|m| m.id == id) {
         // Removing a voter shrinks the quorum's margin; with another voter down it would stop

@@ -90,6 +90,8 @@ pub struct NodeConfig {
     /// Rejoin an existing cluster from an empty data directory (a node that lost its disk),
     /// instead of bootstrapping from `peers`.
     pub join: bool,
+    /// `--join-token-file`: the admin token `--join` sends (a node that is not a member's host).
+    pub join_token: Option<String>,
     /// Source address of this node's outgoing peer and forwarding connections: the address it
     /// listens on, when that is a specific one, so peers (and firewalls) see one address per node.
     pub source_ip: Option<std::net::IpAddr>,
@@ -140,6 +142,7 @@ impl NodeConfig {
             lease_check: Duration::from_millis(50),
             write_timeout: Duration::from_secs(5),
             join: false,
+            join_token: None,
             source_ip: None,
             peer_auth: PeerAuth::Insecure,
             tls: None,
