@@ -476,17 +476,23 @@ impl Client {
         self.call(Method::GET, "/v1/cluster", None::<&()>, None).await
     }
 
-    /// The cluster as one particular node sees it.
-    pub async fn cluster_at(&self, base: &str) -> Result<ClusterInfo, Error> {
+    /// A GET of `path` on the node at `base` alone, with a short deadline: its URL and answer.
+    async fn get_at(&self, base: &str, path: &str) -> Result<(String, reqwest::Response), Error> {
         let base = normalize_url_as(base, self.inner.scheme)?;
         let resp = self
             .inner
             .http
-            .get(format!("{base}/v1/cluster"))
+            .get(format!("{base}{path}"))
             .timeout(Duration::from_secs(2))
             .send()
             .await
             .map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
+        Ok((base, resp))
+    }
+
+    /// The cluster as one particular node sees it.
+    pub async fn cluster_at(&self, base: &str) -> Result<ClusterInfo, Error> {
+        let (base, resp) = self.get_at(base, "/v1/cluster").await?;
         let status = resp.status();
         if !status.is_success() {
             // An answer that is not the state (401, 403, ...) is that answer, not a garbled one.
@@ -501,15 +507,7 @@ impl Client {
     /// Whether the node at `base` is ready (`/readyz`: a member that knows a leader, with its
     /// ACLs applied); `Ok(Err(reason))` when it answers that it is not.
     pub async fn ready_at(&self, base: &str) -> Result<Result<(), String>, Error> {
-        let base = normalize_url_as(base, self.inner.scheme)?;
-        let resp = self
-            .inner
-            .http
-            .get(format!("{base}/readyz"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
+        let (_, resp) = self.get_at(base, "/readyz").await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(Ok(()));

@@ -441,14 +441,7 @@ async fn a_wiped_voter_refuses_to_bootstrap_and_rejoins_with_join() {
     cluster.nodes[victim].push_arg("--join");
     cluster.nodes[victim].start();
     let w = retry(Duration::from_secs(5), || client.put_instance("web", "after", &probe)).await;
-    let url = cluster.urls()[victim].clone();
-    wait_for(Duration::from_secs(30), "the rejoined node to be a voter and caught up", || async {
-        let info = client.cluster().await.ok()?;
-        let me = info.members.iter().find(|m| m.id == victim as u64 + 1)?;
-        let applied = client.cluster_at(&url).await.ok()?.applied_index;
-        (me.voter && info.members.len() == 3 && applied >= w.revision).then_some(())
-    })
-    .await;
+    wait_rejoined(&cluster, victim, w.revision).await;
     let s = client.service("web", false).await.unwrap();
     assert_eq!(s.instances.len(), 2, "{s:?}");
 }
@@ -487,12 +480,19 @@ async fn a_wiped_node_on_its_own_host_rejoins_under_tls_with_a_join_token() {
     cluster.nodes[victim].push_arg(&token);
     cluster.nodes[victim].start();
     let w = retry(Duration::from_secs(5), || client.put_instance("web", "after", &probe)).await;
+    wait_rejoined(&cluster, victim, w.revision).await;
+}
+
+/// Waits until node `victim` (an index) is a voter again, in a 3-member cluster, and has
+/// applied `revision`.
+async fn wait_rejoined(cluster: &RegistryCluster, victim: usize, revision: u64) {
+    let client = cluster.client();
     let url = cluster.urls()[victim].clone();
     wait_for(Duration::from_secs(30), "the rejoined node to be a voter and caught up", || async {
         let info = client.cluster().await.ok()?;
         let me = info.members.iter().find(|m| m.id == victim as u64 + 1)?;
         let applied = client.cluster_at(&url).await.ok()?.applied_index;
-        (me.voter && info.members.len() == 3 && applied >= w.revision).then_some(())
+        (me.voter && info.members.len() == 3 && applied >= revision).then_some(())
     })
     .await;
 }
