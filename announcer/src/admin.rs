@@ -44,7 +44,7 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>, events: mpsc::Sender<E
 }
 
 async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], a.shared.metrics.render())
+    ([(axum::http::header::CONTENT_TYPE, runtime::metrics::CONTENT_TYPE)], a.shared.metrics.render())
 }
 
 async fn status(State(a): State<Admin>) -> impl IntoResponse {

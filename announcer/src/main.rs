@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 #[derive(Parser)]
 #[command(
     name = "announcer",
-    version,
+    version = runtime::metrics::VERSION,
     about = "Keeps this host's web server(s) registered in the registry (or ZooKeeper) while alive and healthy",
     args_conflicts_with_subcommands = true
 )]

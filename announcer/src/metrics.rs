@@ -27,6 +27,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn render(&self) -> String {
         let mut r = Registry::with_prefix("announcer");
+        runtime::metrics::register_build_info(&mut r);
         r.register("published_instances", "Instances the backend holds for this announcer", self.published.clone());
         r.register("instance_healthy", "1 if the instance passes its health check (rise/fall applied)", self.healthy.clone());
         r.register("checks_failed", "Failed health checks", self.checks_failed.clone());

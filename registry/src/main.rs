@@ -8,7 +8,7 @@ use registry::cli::{self, Output};
 use registry::config::ServeArgs;
 
 #[derive(Parser)]
-#[command(name = "registry", version, about = "Raft-replicated registry of services, instances and leases")]
+#[command(name = "registry", version = runtime::metrics::VERSION, about = "Raft-replicated registry of services, instances and leases")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

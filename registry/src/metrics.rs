@@ -41,6 +41,7 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut r = Registry::with_prefix("registry");
+        runtime::metrics::register_build_info(&mut r);
         r.register("auth_denied", "Requests refused for missing or wrong credentials, by reason", self.auth_denied.clone());
         r.register("tls_handshake_failures", "TLS connections dropped during the handshake, by reason", self.tls_handshake_failures.clone());
         r.register("keepalives", "Lease keepalives accepted by this node as leader", self.keepalives.clone());

@@ -12,7 +12,7 @@ use syncer::state::StateDir;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
-#[command(name = "syncer", version, about = "Keeps HAProxy backends equal to the live set of a service (registry or ZooKeeper), without reloads")]
+#[command(name = "syncer", version = runtime::metrics::VERSION, about = "Keeps HAProxy backends equal to the live set of a service (registry or ZooKeeper), without reloads")]
 struct Cli {
     #[command(flatten)]
     run: RunArgs,

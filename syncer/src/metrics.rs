@@ -31,11 +31,14 @@ pub struct Metrics {
     pub haproxy_restarts: Counter,
     pub passes: Counter,
     pub relist_corrections: Counter,
+    /// What `/healthz` says (`health.rs`), kept by the reconciler.
+    pub health: std::sync::Mutex<crate::health::HealthState>,
 }
 
 impl Metrics {
     pub fn render(&self) -> String {
         let mut r = Registry::with_prefix("syncer");
+        runtime::metrics::register_build_info(&mut r);
         r.register("applied_revision", "Source revision each backend reflects (fully applied, nothing held)", self.applied_revision.clone());
         r.register("staleness_seconds", "Seconds since the source was last known current", self.staleness_seconds.clone());
         r.register("source_up", "1 while the source is connected and current", self.source_up.clone());

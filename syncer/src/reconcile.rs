@@ -106,6 +106,7 @@ impl<D: Driver> Reconciler<D> {
         for b in self.breakers.values_mut() {
             b.set_limits(new.limits);
         }
+        self.metrics.health.lock().unwrap().set_drain_timeout(new.drain_timeout);
         self.settings = Settings { mappings: std::mem::take(&mut self.settings.mappings), ..new };
     }
 
@@ -118,6 +119,7 @@ impl<D: Driver> Reconciler<D> {
             }
         });
         let started = Instant::now();
+        self.metrics.health.lock().unwrap().start(started, self.settings.mappings.iter().map(|m| m.backend.clone()).collect(), self.settings.drain_timeout);
         loop {
             let (snapshot, healthy) = {
                 let st = source.borrow_and_update();
@@ -197,16 +199,20 @@ impl<D: Driver> Reconciler<D> {
                     self.draining.clear();
                 }
                 self.generation = Some(g);
+                self.metrics.health.lock().unwrap().haproxy_reached();
             }
             Err(e) => {
                 self.metrics.errors.inc();
+                self.metrics.health.lock().unwrap().haproxy_unreachable(Instant::now(), e.to_string());
                 tracing::warn!(error = %e, "HAProxy unreachable");
                 return;
             }
         }
         let mut applied = self.applied_tx.borrow().clone();
         for m in self.settings.mappings.clone() {
-            match self.pass_backend(&m, snap).await {
+            let result = self.pass_backend(&m, snap).await;
+            self.metrics.health.lock().unwrap().backend_pass(&m.backend, matches!(result, Ok(true)), Instant::now());
+            match result {
                 Ok(true) => {
                     applied.insert(m.backend.clone(), snap.revision);
                     self.metrics.applied_revision.get_or_create(&BackendLabel { backend: m.backend.clone() }).set(snap.revision as i64);

@@ -178,7 +178,13 @@ impl Haproxy {
         parse_master_reloads(&text)
     }
 
-    async fn stop(&mut self) {
+    /// Starts it again after `stop`, with the same config; waits until it answers.
+    pub async fn start_again(&mut self) {
+        self.proc.start();
+        self.wait_ready(None).await;
+    }
+
+    pub async fn stop(&mut self) {
         // The master passes SIGTERM to its workers; a worker also exits when its master dies,
         // so SIGKILL after the deadline leaves nothing behind.
         self.proc.signal("TERM");

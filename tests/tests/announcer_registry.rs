@@ -198,6 +198,7 @@ async fn a_lost_lease_is_granted_again_and_a_second_signal_exits_at_once() {
     let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("announcer_published_instances 1"), "{metrics}");
     assert!(metrics.contains("announcer_lease_lost_total 1"), "{metrics}");
+    assert!(metrics.contains("announcer_build_info{"), "{metrics}");
     let status: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{admin}/v1/status")).await.unwrap().json().await.unwrap();
     assert_eq!(status["instances"][0]["announced"], "up");
 

@@ -57,6 +57,11 @@ async fn no_colours_in_a_file_and_log_level_works_on_every_binary() {
         .await;
         assert_plain(name, &log);
     }
+    // The registry's /metrics: OpenMetrics, with build_info.
+    let r = cluster.http().get(format!("{}/metrics", cluster.urls()[0])).bearer_auth(cluster.admin_token().unwrap()).send().await.unwrap();
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    let body = r.text().await.unwrap();
+    assert!(ct.starts_with("application/openmetrics-text") && body.contains("registry_build_info{"), "{ct}: {body}");
 }
 
 #[test]

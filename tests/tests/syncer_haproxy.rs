@@ -325,3 +325,36 @@ fn a_bad_syncer_config_names_every_field_and_exits_2() {
         assert!(err.contains(field), "{field} not named in: {err}");
     }
 }
+
+/// The syncer's /healthz means something: 200 while it keeps HAProxy right, 503
+/// `haproxy_unreachable` once HAProxy is gone, and 200 again when HAProxy is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_goes_unhealthy_while_haproxy_is_away() {
+    let cluster = RegistryCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut haproxy = Haproxy::start(&["web-servers"]).await;
+    let mut args = vec![format!("--registry={}", cluster.urls().join(","))];
+    args.extend(cluster.access_args("lb-h", &["read", "announce:_syncers"]).await);
+    let admin = free_port();
+    args.push(format!("--admin=127.0.0.1:{admin}"));
+    let _sync = syncer(dir.path(), "lb-h", &args, &haproxy, &dir.path().join("s"));
+    let health = || async move {
+        let r = reqwest::get(format!("http://127.0.0.1:{admin}/healthz")).await.ok()?;
+        let code = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.ok()?;
+        Some((code, v["state"].as_str().unwrap_or("").to_string()))
+    };
+    wait_for(Duration::from_secs(15), "healthz 200 ok", || async { health().await.filter(|h| h.0 == 200 && h.1 == "ok") }).await;
+    haproxy.stop().await;
+    wait_for(Duration::from_secs(10), "healthz 503 haproxy_unreachable", || async { health().await.filter(|h| h.0 == 503 && h.1 == "haproxy_unreachable") })
+        .await;
+    haproxy.start_again().await;
+    wait_for(Duration::from_secs(10), "healthz 200 again", || async { health().await.filter(|h| h.0 == 200) }).await;
+
+    // /metrics says what its body is (OpenMetrics text) and which build this is.
+    let r = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap();
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    let body = r.text().await.unwrap();
+    assert!(ct.starts_with("application/openmetrics-text") && body.ends_with("# EOF\n"), "{ct}: {body}");
+    assert!(body.contains("syncer_build_info{") && body.contains("revision="), "{body}");
+}

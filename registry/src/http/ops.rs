@@ -44,7 +44,7 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
         x.leases_live.set(s.leases().len() as i64);
         x.instances.set(s.instance_count() as i64);
     });
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], x.render()).into_response()
+    ([(axum::http::header::CONTENT_TYPE, runtime::metrics::CONTENT_TYPE)], x.render()).into_response()
 }
 
 pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
