@@ -88,6 +88,35 @@ enum Retry {
 }
 
 /// Normalises `HOST:PORT` or `http://HOST:PORT/` to `http://HOST:PORT`.
+/// The root cause of a failed request, as an operator wants it: "connection refused", "no
+/// answer within 2s", the TLS error, rather than reqwest's "error sending request for url".
+pub fn cause(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "no answer in time (timed out)".into();
+    }
+    let mut deepest: &dyn std::error::Error = e;
+    while let Some(next) = deepest.source() {
+        deepest = next;
+    }
+    if let Some(io) = deepest.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind as K;
+        let what = match io.kind() {
+            K::ConnectionRefused => "connection refused (nothing listens there, or the node is down)".to_string(),
+            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => "connection reset by the node".to_string(),
+            K::TimedOut => "connecting timed out".to_string(),
+            K::NotFound => "host name not found".to_string(),
+            _ => io.to_string(),
+        };
+        return what;
+    }
+    let text = deepest.to_string();
+    if e.is_connect() {
+        format!("cannot connect: {text}")
+    } else {
+        text
+    }
+}
+
 pub fn normalize_url(raw: &str) -> Result<String, Error> {
     normalize_url_as(raw, "http")
 }
@@ -361,7 +390,8 @@ impl Client {
         request_id: Option<&str>,
         retry: Retry,
     ) -> Result<T, Error> {
-        let mut last = String::from("no node tried");
+        // Every node's failure, so the operator sees each node's cause, not only the last.
+        let mut failures: Vec<String> = Vec::new();
         for base in self.order(!path.contains("stale=true")) {
             let mut req = self.inner.http.request(method.clone(), format!("{base}{path}"));
             if let Some(b) = body {
@@ -376,11 +406,12 @@ impl Client {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    last = format!("{base}: {e}");
+                    let why = format!("{base}: {}", cause(&e));
                     self.forget_leader(&base);
                     if retry == Retry::IfNotRun && !e.is_connect() {
-                        return Err(Error::Unavailable(format!("{last} (not retried: it may have been applied)")));
+                        return Err(Error::Unavailable(format!("{why} (not retried: it may have been applied)")));
                     }
+                    failures.push(why);
                     continue;
                 }
             };
@@ -392,10 +423,11 @@ impl Client {
             let bytes = match resp.bytes().await {
                 Ok(b) => b,
                 Err(e) => {
-                    last = format!("{base}: {e}");
+                    let why = format!("{base}: {}", cause(&e));
                     if retry == Retry::IfNotRun {
-                        return Err(Error::Unavailable(format!("{last} (not retried: it may have been applied)")));
+                        return Err(Error::Unavailable(format!("{why} (not retried: it may have been applied)")));
                     }
+                    failures.push(why);
                     continue;
                 }
             };
@@ -412,7 +444,7 @@ impl Client {
                 // "no_leader" is answered before anything runs; any other 503 (a timed-out
                 // commit, a failed forward) may hide a write that still applies.
                 let not_run = matches!(&err, Error::Api { body, .. } if body.code == ErrorCode::NoLeader);
-                last = format!("{base}: {err}");
+                failures.push(format!("{base}: {err}"));
                 self.forget_leader(&base);
                 if retry == Retry::IfNotRun && !not_run {
                     return Err(err);
@@ -421,7 +453,7 @@ impl Client {
             }
             return Err(err);
         }
-        Err(Error::Unavailable(last))
+        Err(Error::Unavailable(if failures.is_empty() { "no node tried".into() } else { failures.join("; ") }))
     }
 
     fn forget_leader(&self, base: &str) {
@@ -486,7 +518,7 @@ impl Client {
             .timeout(Duration::from_secs(2))
             .send()
             .await
-            .map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
+            .map_err(|e| Error::Unavailable(format!("{base}: {}", cause(&e))))?;
         Ok((base, resp))
     }
 
@@ -565,7 +597,7 @@ impl Client {
             match tokio::time::timeout(STALL, self.inner.streams.get(format!("{base}{path}")).send()).await {
                 Ok(Ok(r)) if r.status().is_success() => return Ok((Watch { resp: r, buf: Vec::new(), url: base.clone() }, i)),
                 Ok(Ok(r)) => last = format!("{base}: {}", r.status()),
-                Ok(Err(e)) => last = format!("{base}: {e}"),
+                Ok(Err(e)) => last = format!("{base}: {}", cause(&e)),
                 Err(_) => last = format!("{base}: no answer within {STALL:?}"),
             }
         }
@@ -617,5 +649,17 @@ mod tests {
         for bad in ["", "http://", "ftp://x:1", "http:// :1"] {
             assert!(normalize_url(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_root_cause_of_every_node() {
+        // Two ports that were free a moment ago: nothing listens there.
+        let ports: Vec<u16> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+        let urls: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let e = Client::new(&urls).unwrap().services(true).await.unwrap_err().to_string();
+        for p in ports {
+            assert!(e.contains(&format!("http://127.0.0.1:{p}: connection refused")), "{e}");
+        }
+        assert!(!e.contains("error sending request"), "{e}");
     }
 }
