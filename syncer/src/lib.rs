@@ -5,6 +5,7 @@ pub mod admin;
 pub mod breaker;
 pub mod config;
 pub mod driver;
+pub mod dry_run;
 pub mod health;
 pub mod metrics;
 pub mod model;

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use syncer::config::{Config, RunArgs, Source, Target};
@@ -12,10 +13,42 @@ use syncer::state::StateDir;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
-#[command(name = "syncer", version = runtime::metrics::VERSION, about = "Keeps HAProxy backends equal to the live set of a service (registry or ZooKeeper), without reloads")]
+#[command(
+    name = "syncer",
+    version = runtime::metrics::VERSION,
+    about = "Keeps HAProxy backends equal to the live set of a service (registry or ZooKeeper), without reloads",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Print the operations the syncer would apply to HAProxy right now, and what its breaker
+    /// would hold back, then exit without changing anything. Takes the same flags and config.
+    Plan {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+/// `syncer plan`.
+async fn plan(config: Config) -> anyhow::Result<String> {
+    let snap = syncer::dry_run::read_source(&config, Duration::from_secs(10)).await?;
+    match config.target.clone() {
+        Target::Runtime { endpoint, server_options } => {
+            let mut driver = syncer::driver::runtime::RuntimeApi::new(syncer::driver::runtime::Endpoint::parse(&endpoint), server_options);
+            syncer::dry_run::plan_text(&mut driver, &config, &snap).await
+        }
+        Target::Dataplane { url, version, auth, server_options } => {
+            let mut driver = syncer::driver::dataplane::DataplaneApi::new(&url, version, auth, server_options)?;
+            syncer::dry_run::plan_text(&mut driver, &config, &snap).await
+        }
+    }
 }
 
 /// SIGHUP never stops the syncer: the flags and the config file are resolved again and what may
@@ -120,7 +153,11 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match cli.run.clone().resolve() {
+    let (planning, args) = match cli.command {
+        Some(Command::Plan { run }) => (true, run),
+        None => (false, cli.run),
+    };
+    let config = match args.clone().resolve() {
         Ok(c) => c,
         Err(errors) => {
             for e in errors {
@@ -129,8 +166,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime::logs::init(config.log_format, config.log_level.as_deref(), "info");
-    match run(config, cli.run).await {
+    runtime::logs::init(config.log_format, config.log_level.as_deref(), if planning { "warn" } else { "info" });
+    if planning {
+        return match plan(config).await {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("syncer plan: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match run(config, args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -358,3 +358,34 @@ async fn healthz_goes_unhealthy_while_haproxy_is_away() {
     assert!(ct.starts_with("application/openmetrics-text") && body.ends_with("# EOF\n"), "{ct}: {body}");
     assert!(body.contains("syncer_build_info{") && body.contains("revision="), "{body}");
 }
+
+/// `syncer plan` prints what the syncer would do to a real HAProxy and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_prints_the_operations_and_changes_nothing() {
+    let cluster = RegistryCluster::start(3).await;
+    let client = cluster.client();
+    let haproxy = Haproxy::start(&["web-servers"]).await;
+    let lease = client.grant(Duration::from_secs(30)).await.unwrap().lease_id;
+    for port in [18081u64, 18082] {
+        let spec =
+            proto::InstanceSpec { address: "127.0.0.1".into(), port, lease_id: Some(lease), weight: 100, state: Default::default(), meta: Default::default() };
+        client.put_instance("web-servers", &format!("127.0.0.1:{port}"), &spec).await.unwrap();
+    }
+    let mut args = vec![
+        "plan".to_string(),
+        format!("--registry={}", cluster.urls().join(",")),
+        format!("--haproxy-socket={}", haproxy.socket_path().display()),
+        "--backend=web-servers".into(),
+        "--admin=off".into(),
+    ];
+    args.extend(cluster.access_args("planner", &["read"]).await);
+    let out = std::process::Command::new(binary("syncer")).args(&args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    for port in [18081, 18082] {
+        assert!(text.contains(&format!("add sd-127.0.0.1:{port} 127.0.0.1:{port} weight 100")), "{text}");
+    }
+    assert!(text.contains("2 desired, 0 managed now; 2 to apply"), "{text}");
+    assert!(haproxy.managed_ports("web-servers").await.is_empty(), "plan changed HAProxy");
+    assert_eq!(haproxy.reloads().await, 0);
+}
