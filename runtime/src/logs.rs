@@ -57,3 +57,64 @@ mod tests {
         assert_eq!(filter(Some("warn"), "info").to_string(), "warn");
     }
 }
+
+/// Keeps a repeated warning from flooding the log: the first occurrence of a condition is
+/// logged, then at most one line per `every` saying how many were left out, and its end once.
+/// (A syncer with HAProxy down used to warn on every 250 ms pass.)
+pub struct Throttle {
+    every: std::time::Duration,
+    active: std::collections::HashMap<String, (std::time::Instant, u64)>,
+}
+
+impl Throttle {
+    pub fn new(every: std::time::Duration) -> Throttle {
+        Throttle { every, active: Default::default() }
+    }
+
+    /// Condition `key` happened at `now`: `Some(left_out)` when a line should be logged
+    /// (`left_out`: occurrences not logged since the last line), `None` to stay quiet.
+    pub fn hit(&mut self, key: &str, now: std::time::Instant) -> Option<u64> {
+        match self.active.get_mut(key) {
+            None => {
+                self.active.insert(key.to_string(), (now, 0));
+                Some(0)
+            }
+            Some((last, left_out)) if now.saturating_duration_since(*last) >= self.every => {
+                let n = *left_out;
+                *last = now;
+                *left_out = 0;
+                Some(n)
+            }
+            Some((_, left_out)) => {
+                *left_out += 1;
+                None
+            }
+        }
+    }
+
+    /// Condition `key` is over: true if it was going on (log that it ended).
+    pub fn clear(&mut self, key: &str) -> bool {
+        self.active.remove(key).is_some()
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn first_then_one_line_per_period_then_the_end() {
+        let mut t = Throttle::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert_eq!(t.hit("haproxy", t0), Some(0));
+        for i in 1..=10 {
+            assert_eq!(t.hit("haproxy", t0 + Duration::from_millis(250 * i)), None);
+        }
+        assert_eq!(t.hit("other", t0), Some(0), "conditions are counted apart");
+        assert_eq!(t.hit("haproxy", t0 + Duration::from_secs(31)), Some(10));
+        assert!(t.clear("haproxy"));
+        assert!(!t.clear("haproxy"));
+        assert_eq!(t.hit("haproxy", t0 + Duration::from_secs(32)), Some(0), "a new episode is logged at once");
+    }
+}

@@ -53,7 +53,13 @@ pub struct Reconciler<D: Driver> {
     applied_tx: watch::Sender<Applied>,
     /// New settings from a reload (`reload::merge`), if anyone sends them.
     updates: Option<watch::Receiver<Settings>>,
+    /// Repeated warnings (HAProxy down, a backend failing, the breaker holding): the change of
+    /// state, then one line per period.
+    quiet: runtime::logs::Throttle,
 }
+
+/// How often a warning that keeps coming back is logged again.
+const REPEAT_EVERY: Duration = Duration::from_secs(30);
 
 /// The servers a backend should have for `service`.
 pub fn desired_set(snap: &Snapshot, service: &str) -> DesiredSet {
@@ -89,6 +95,7 @@ impl<D: Driver> Reconciler<D> {
             saved_revision: None,
             applied_tx,
             updates: None,
+            quiet: runtime::logs::Throttle::new(REPEAT_EVERY),
         };
         (r, applied_rx)
     }
@@ -200,11 +207,16 @@ impl<D: Driver> Reconciler<D> {
                 }
                 self.generation = Some(g);
                 self.metrics.health.lock().unwrap().haproxy_reached();
+                if self.quiet.clear("haproxy") {
+                    tracing::info!("HAProxy reachable again");
+                }
             }
             Err(e) => {
                 self.metrics.errors.inc();
                 self.metrics.health.lock().unwrap().haproxy_unreachable(Instant::now(), e.to_string());
-                tracing::warn!(error = %e, "HAProxy unreachable");
+                if let Some(left_out) = self.quiet.hit("haproxy", std::time::Instant::now()) {
+                    tracing::warn!(error = %e, repeated = left_out, "HAProxy unreachable");
+                }
                 return;
             }
         }
@@ -212,6 +224,9 @@ impl<D: Driver> Reconciler<D> {
         for m in self.settings.mappings.clone() {
             let result = self.pass_backend(&m, snap).await;
             self.metrics.health.lock().unwrap().backend_pass(&m.backend, matches!(result, Ok(true)), Instant::now());
+            if result.is_ok() && self.quiet.clear(&format!("sync:{}", m.backend)) {
+                tracing::info!(backend = %m.backend, "backend syncs again");
+            }
             match result {
                 Ok(true) => {
                     applied.insert(m.backend.clone(), snap.revision);
@@ -220,7 +235,9 @@ impl<D: Driver> Reconciler<D> {
                 Ok(false) => {}
                 Err(e) => {
                     self.metrics.errors.inc();
-                    tracing::warn!(backend = %m.backend, error = %e, "could not sync backend; will retry");
+                    if let Some(left_out) = self.quiet.hit(&format!("sync:{}", m.backend), std::time::Instant::now()) {
+                        tracing::warn!(backend = %m.backend, error = %e, repeated = left_out, "could not sync backend; will retry");
+                    }
                 }
             }
         }
@@ -244,9 +261,14 @@ impl<D: Driver> Reconciler<D> {
         let (allowed, held) = breaker.filter(ops, &desired, &managed, now);
         let label = BackendLabel { backend: m.backend.clone() };
         self.metrics.held_now.get_or_create(&label).set(held.len() as i64);
+        let key = format!("breaker:{}", m.backend);
         if !held.is_empty() {
             self.metrics.held_removals.get_or_create(&label).inc_by(held.len() as u64);
-            tracing::warn!(backend = %m.backend, held = ?held.iter().map(Op::server).collect::<Vec<_>>(), "breaker: holding removals");
+            if let Some(left_out) = self.quiet.hit(&key, std::time::Instant::now()) {
+                tracing::warn!(backend = %m.backend, held = ?held.iter().map(Op::server).collect::<Vec<_>>(), repeated = left_out, "breaker: holding removals");
+            }
+        } else if self.quiet.clear(&key) {
+            tracing::info!(backend = %m.backend, "breaker: no removal held any more");
         }
         if allowed.is_empty() {
             return Ok(held.is_empty() && draining.is_empty());

@@ -337,7 +337,7 @@ async fn healthz_goes_unhealthy_while_haproxy_is_away() {
     args.extend(cluster.access_args("lb-h", &["read", "announce:_syncers"]).await);
     let admin = free_port();
     args.push(format!("--admin=127.0.0.1:{admin}"));
-    let _sync = syncer(dir.path(), "lb-h", &args, &haproxy, &dir.path().join("s"));
+    let sync = syncer(dir.path(), "lb-h", &args, &haproxy, &dir.path().join("s"));
     let health = || async move {
         let r = reqwest::get(format!("http://127.0.0.1:{admin}/healthz")).await.ok()?;
         let code = r.status().as_u16();
@@ -348,8 +348,17 @@ async fn healthz_goes_unhealthy_while_haproxy_is_away() {
     haproxy.stop().await;
     wait_for(Duration::from_secs(10), "healthz 503 haproxy_unreachable", || async { health().await.filter(|h| h.0 == 503 && h.1 == "haproxy_unreachable") })
         .await;
+    // Several passes fail while it is away (one per 250 ms resync): the log says so once.
+    let errors = || async move {
+        let m = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.ok()?.text().await.ok()?;
+        m.lines().find_map(|l| l.strip_prefix("syncer_errors_total ")).and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    wait_for(Duration::from_secs(10), "5 failed passes", || async { errors().await.filter(|n| *n >= 5.0) }).await;
     haproxy.start_again().await;
     wait_for(Duration::from_secs(10), "healthz 200 again", || async { health().await.filter(|h| h.0 == 200) }).await;
+    let log = sync.log_text();
+    assert_eq!(log.matches("HAProxy unreachable").count(), 1, "a repeated warning was not held back:\n{log}");
+    assert_eq!(log.matches("HAProxy reachable again").count(), 1, "{log}");
 
     // /metrics says what its body is (OpenMetrics text) and which build this is.
     let r = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap();
