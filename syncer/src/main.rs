@@ -36,12 +36,28 @@ enum Command {
     },
 }
 
+/// HAProxy's prerequisites (`RuntimeApi::prerequisites`), checked at startup: every one that
+/// fails is named and the syncer does not start. An HAProxy that does not answer yet is no
+/// reason to stop (it may be starting too); the first pass then waits for it.
+async fn check_prerequisites(driver: &syncer::driver::runtime::RuntimeApi, config: &Config) -> anyhow::Result<()> {
+    let backends: Vec<String> = config.settings.mappings.iter().map(|m| m.backend.clone()).collect();
+    match driver.prerequisites(&backends).await {
+        Ok(problems) if problems.is_empty() => Ok(()),
+        Ok(problems) => anyhow::bail!("HAProxy is not ready for the syncer (docs/syncer.md, \"HAProxy prerequisites\"):\n  {}", problems.join("\n  ")),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check HAProxy's prerequisites yet; going on, and waiting for it");
+            Ok(())
+        }
+    }
+}
+
 /// `syncer plan`.
 async fn plan(config: Config) -> anyhow::Result<String> {
     let snap = syncer::dry_run::read_source(&config, Duration::from_secs(10)).await?;
     match config.target.clone() {
         Target::Runtime { endpoint, server_options } => {
             let mut driver = syncer::driver::runtime::RuntimeApi::new(syncer::driver::runtime::Endpoint::parse(&endpoint), server_options);
+            check_prerequisites(&driver, &config).await?;
             syncer::dry_run::plan_text(&mut driver, &config, &snap).await
         }
         Target::Dataplane { url, version, auth, server_options } => {
@@ -141,6 +157,7 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<()> {
     match config.target.clone() {
         Target::Runtime { endpoint, server_options } => {
             let driver = syncer::driver::runtime::RuntimeApi::new(syncer::driver::runtime::Endpoint::parse(&endpoint), server_options);
+            check_prerequisites(&driver, &config).await?;
             run_with(driver, config, metrics, args).await
         }
         Target::Dataplane { url, version, auth, server_options } => {

@@ -398,3 +398,23 @@ async fn plan_prints_the_operations_and_changes_nothing() {
     assert!(haproxy.managed_ports("web-servers").await.is_empty(), "plan changed HAProxy");
     assert_eq!(haproxy.reloads().await, 0);
 }
+
+/// HAProxy's prerequisites are checked at startup against the real thing: a backend the
+/// config does not declare is named, and the syncer does not start.
+#[test]
+fn a_backend_haproxy_does_not_declare_is_named_at_startup() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let haproxy = rt.block_on(Haproxy::start(&["web-servers"]));
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(binary("syncer"))
+        .args(["--registry", "http://127.0.0.1:1", "--backend", "web-servers", "--backend", "api-servers", "--admin", "off", "--state-dir"])
+        .arg(dir.path())
+        .arg("--haproxy-socket")
+        .arg(haproxy.socket_path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("backend \"api-servers\" is not declared") && !err.contains("backend \"web-servers\" is not"), "{err}");
+    assert!(!err.contains("level"), "the test HAProxy's socket is level admin: {err}");
+}

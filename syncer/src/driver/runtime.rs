@@ -134,6 +134,44 @@ impl RuntimeApi {
         }
     }
 
+    /// What HAProxy lacks for the syncer to work, each with what to do (empty: nothing). Read
+    /// from `show info` (version 2.6 or later: `add server`/`del server`), `show cli level`
+    /// (the socket must be `level admin`) and `show backend` (each mapped backend must be
+    /// declared in haproxy.cfg). `Err` only when HAProxy cannot be asked.
+    pub async fn prerequisites(&self, backends: &[String]) -> Result<Vec<String>, DriverError> {
+        let mut problems = Vec::new();
+        let info = self.command("show info").await?;
+        match info.lines().find_map(|l| l.strip_prefix("Version:")).map(str::trim) {
+            Some(v) => {
+                let mut parts = v.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse::<u32>().unwrap_or(0));
+                let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+                if (major, minor) < (2, 6) {
+                    problems.push(format!("HAProxy {v}: the syncer needs 2.6 or later (dynamic servers: add server / del server)"));
+                }
+            }
+            None => problems.push(format!("show info has no Version line: {}", info.trim())),
+        }
+        let level = self.command("show cli level").await?;
+        if level.trim() != "admin" {
+            problems.push(format!(
+                "{}: the socket's level is {:?}; the syncer needs `stats socket ... level admin` to add and remove servers",
+                self.endpoint,
+                level.trim()
+            ));
+        }
+        let declared = self.command("show backend").await?;
+        let names: Vec<&str> = declared.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        for b in backends {
+            if !names.contains(&b.as_str()) {
+                problems.push(format!(
+                    "backend {b:?} is not declared in haproxy.cfg (declared: {}); add `backend {b}` with a dynamic balance algorithm such as roundrobin",
+                    names.join(", ")
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
     /// Runs a command whose success answer is empty (`set ...`, `enable health`, ...).
     async fn expect_empty(&self, cmd: &str) -> Result<(), DriverError> {
         let answer = self.command(cmd).await?;
