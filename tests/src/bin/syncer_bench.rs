@@ -299,8 +299,10 @@ fn applied_between(log: &Path, from: f64, to: f64) -> Applied {
                 a.first = Some(a.first.map_or(ts, |f: f64| f.min(ts)));
                 a.last = Some(a.last.map_or(ts, |l: f64| l.max(ts)));
             }
-            "breaker: holding removals" => a.held_warnings += 1,
-            "could not sync backend; will retry" => a.sync_errors += 1,
+            // These warnings are rate-limited: a line stands for itself and the `repeated`
+            // ones left out before it.
+            "breaker: holding removals" => a.held_warnings += 1 + v["fields"]["repeated"].as_u64().unwrap_or(0),
+            "could not sync backend; will retry" => a.sync_errors += 1 + v["fields"]["repeated"].as_u64().unwrap_or(0),
             _ => {}
         }
     }
