@@ -19,25 +19,17 @@ pub struct Reload {
 
 /// Merges `new` into `running`: the reloadable parts from `new`, the rest from `running`.
 pub fn merge(running: &Config, new: Config) -> Reload {
-    let mut needs_restart = Vec::new();
-    if new.backend != running.backend {
-        needs_restart.push("registry / zookeeper (and their credentials)");
-    }
-    if new.zookeeper_auth != running.zookeeper_auth {
-        needs_restart.push("zookeeper_auth_file");
-    }
-    if new.ttl != running.ttl {
-        needs_restart.push("ttl");
-    }
-    if new.admin != running.admin {
-        needs_restart.push("admin");
-    }
-    if new.log_format != running.log_format {
-        needs_restart.push("log_format");
-    }
-    if new.log_level != running.log_level {
-        needs_restart.push("log_level");
-    }
+    let needs_restart: Vec<&'static str> = [
+        (new.backend != running.backend, "registry / zookeeper (and their credentials)"),
+        (new.zookeeper_auth != running.zookeeper_auth, "zookeeper_auth_file"),
+        (new.ttl != running.ttl, "ttl"),
+        (new.admin != running.admin, "admin"),
+        (new.log_format != running.log_format, "log_format"),
+        (new.log_level != running.log_level, "log_level"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, what)| changed.then_some(what))
+    .collect();
     let key = |s: &crate::config::ServiceConfig| format!("{}/{}", s.service, s.instance);
     let mut applied = Vec::new();
     for s in &new.services {

@@ -19,8 +19,7 @@ pub struct Reload {
 }
 
 pub fn merge(running: &Config, new: &Config) -> Reload {
-    let mut needs_restart = Vec::new();
-    for (changed, what) in [
+    let needs_restart: Vec<&'static str> = [
         (new.source != running.source, "registry / zookeeper (and their credentials)"),
         (new.target != running.target, "haproxy target (socket, Data Plane API, server options)"),
         (new.settings.mappings != running.settings.mappings, "backend"),
@@ -29,11 +28,10 @@ pub fn merge(running: &Config, new: &Config) -> Reload {
         (new.id != running.id, "id"),
         (new.log_format != running.log_format, "log_format"),
         (new.log_level != running.log_level, "log_level"),
-    ] {
-        if changed {
-            needs_restart.push(what);
-        }
-    }
+    ]
+    .into_iter()
+    .filter_map(|(changed, what)| changed.then_some(what))
+    .collect();
     let (old, new_s) = (&running.settings, &new.settings);
     let mut applied = Vec::new();
     let mut note = |what: &str, a: String, b: String| {

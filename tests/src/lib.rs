@@ -356,17 +356,8 @@ where
 /// The certificate (DER) a TLS node at `addr` (`127.0.0.1:PORT`) serves to a new connection,
 /// verified against the CA in `ca`.
 pub async fn served_certificate(addr: &str, ca: &Path) -> Result<Vec<u8>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
-        roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    use rustls::pki_types::ServerName;
+    let config = secure::Secured::rustls_config(ca)?;
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).to_string();
     let name = ServerName::try_from(host).map_err(|e| e.to_string())?;

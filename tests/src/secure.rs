@@ -67,15 +67,29 @@ impl Secured {
         let token = client::generate_token();
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
         // As an operator's script would: a cluster still electing its first leader answers 503.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
+        crate::wait_for(std::time::Duration::from_secs(20), &format!("the {name} token to be minted"), || async {
             match admin.create_token(&token, &scopes, name).await {
-                Ok(_) => break,
-                Err(e) if e.is_retriable() && tokio::time::Instant::now() < deadline => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Ok(_) => Some(()),
+                Err(e) if e.is_retriable() => None,
                 Err(e) => panic!("minting the {name} token: {e}"),
             }
-        }
+        })
+        .await;
         write_secret(&self.dir.join(format!("token-{name}")), &token)
+    }
+
+    /// A rustls client configuration that trusts the CA in `ca` alone (ring, as the product).
+    pub fn rustls_config(ca: &Path) -> Result<rustls::ClientConfig, String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| format!("reading {}: {e}", ca.display()))? {
+            roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        }
+        Ok(rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
     }
 
     /// An HTTP client that trusts the cluster CA, for raw requests.

@@ -296,16 +296,13 @@ impl Cluster {
             // does: every request pays the token check and the lease-owner check.
             let urls: Vec<&str> = cluster.nodes.iter().map(|n| n.url.as_str()).collect();
             let admin = s.client(&urls, &s.admin_token);
-            let deadline = Instant::now() + Duration::from_secs(args.startup_timeout_secs);
-            let token = loop {
-                cluster.check_alive()?;
-                let token = client::generate_token();
-                match admin.create_token(&token, &["announce:*".to_string()], "registry_bench").await {
-                    Ok(_) => break token,
-                    Err(e) if Instant::now() >= deadline => bail!("minting the load generator's token: {e}"),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            };
+            let token = client::generate_token();
+            let scopes = ["announce:*".to_string()];
+            testkit::poll_until(Duration::from_secs(args.startup_timeout_secs), "the load generator's token to be minted", || async {
+                admin.create_token(&token, &scopes, "registry_bench").await.ok()
+            })
+            .await
+            .map_err(|e| anyhow!(e))?;
             cluster.secure = Some(Arc::new(ConnSecurity::new(&s.ca, &token)?));
         }
         Ok(cluster)
@@ -540,15 +537,7 @@ struct ConnSecurity {
 
 impl ConnSecurity {
     fn new(ca: &Path, token: &str) -> Result<ConnSecurity> {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).context("reading the CA")? {
-            roots.add(c?)?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = e2e::secure::Secured::rustls_config(ca).map_err(|e| anyhow!(e))?;
         Ok(ConnSecurity { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), auth: format!("Authorization: Bearer {token}\r\n") })
     }
 }
