@@ -25,7 +25,9 @@ fn renew(client: client::Client, lease: u64, ttl: Duration) -> (tokio::task::Joi
         loop {
             match client.keepalive(lease).await {
                 Ok(_) => tokio::time::sleep(ttl / 3).await,
-                Err(e) if e.to_string().contains("404") => {
+                // The structured status, not the text: a port number like 40455 in an
+                // error naming the nodes tried once passed for a 404.
+                Err(e) if e.is_not_found() => {
                     seen.lock().unwrap().push(e.to_string());
                     return;
                 }
