@@ -15,6 +15,12 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The label of `registry_leader_transfers_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     /// Requests refused for missing or wrong credentials, by reason.
@@ -25,6 +31,8 @@ pub struct Metrics {
     pub lease_expiries: Counter,
     pub expiry_refused: Counter,
     pub leader_changes: Counter,
+    /// Leadership hand-offs on a graceful stop, by result (done, failed).
+    pub leader_transfers: Family<ResultLabels, Counter>,
     pub forwarded: Counter,
     pub watch_clients: Gauge,
     pub applied_entries: Counter<u64, AtomicU64>,
@@ -48,6 +56,7 @@ impl Metrics {
         r.register("lease_expiries", "Leases expired by this node as leader", self.lease_expiries.clone());
         r.register("lease_expiry_refused", "Expiry attempts abandoned because leadership could not be confirmed with a quorum", self.expiry_refused.clone());
         r.register("leader_changes", "Changes of the known leader seen by this node", self.leader_changes.clone());
+        r.register("leader_transfers", "Leadership hand-offs started by this node on a graceful stop, by result", self.leader_transfers.clone());
         r.register("forwarded_requests", "Requests this node forwarded to the leader", self.forwarded.clone());
         r.register("watch_clients", "Open watch streams on this node", self.watch_clients.clone());
         r.register("applied_entries", "Log entries applied (commits) since start", self.applied_entries.clone());

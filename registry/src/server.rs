@@ -86,6 +86,8 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
+    // Before the HTTP server goes: the successor's vote request comes through it.
+    node.hand_off().await;
     http.abort();
     node.shutdown().await;
     Ok(())

@@ -262,3 +262,68 @@ async fn a_replayed_grant_gives_its_lease_a_fresh_ttl() {
     wait_until(TTL, "half a TTL to run since the replay", || async { left_of("replayed").await.filter(|l| *l <= ttl_ms / 2) }).await;
     client.keepalive(again.lease_id).await.expect("the lease lives a TTL from the replay");
 }
+
+/// A leader stopped gracefully hands off first (`node/transfer.rs`): a follower leads in the
+/// very next term while the old leader is still up, so the survivors agree on a leader before
+/// it stops and no write waits for an election timeout. A write sent to the old leader during
+/// the hand-off is relayed, not refused, and a renewed lease keeps its clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopping_gracefully_hands_off_to_a_follower_first() {
+    let mut c = Cluster::start(3).await;
+    let old = c.wait_leader(None).await;
+    let term = c.nodes[&old].node.raft_metrics().current_term;
+    let client = c.client();
+    let lease = client.grant(TTL).await.unwrap().lease_id;
+    client.put_instance("web", "a", &spec(80, Some(lease))).await.unwrap();
+    let (renewer, lost) = renew(c.client(), lease, TTL);
+    // Writes to the old leader alone, one after another, while it hands off: none may fail.
+    let on_old = c.client_for(&[old]);
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let writing = writing.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                if let Err(e) = on_old.put_instance("web", &format!("w{}", n % 8), &spec(81, None)).await {
+                    return Err(format!("write {n} failed: {e}"));
+                }
+            }
+            Ok(n)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = c.nodes[&old].node.hand_off().await;
+    let registry::node::Transfer::Done { to, term: next_term } = out else { panic!("no hand-off: {out:?}") };
+    assert_ne!(to, old);
+    assert_eq!(next_term, term + 1, "one election, the one the hand-off started");
+    assert_eq!(c.wait_leader(Some(&c.others(&[old]))).await, to);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await.unwrap().expect("a write to the old leader failed during the hand-off");
+    assert!(written > 1, "the writer made {written} writes");
+    c.stop(old).await;
+    // The survivors need no election: the next write goes through at once.
+    let m = c.nodes[&to].node.raft_metrics();
+    assert_eq!((m.current_leader, m.current_term), (Some(to), next_term), "the new leader changed after the old one stopped");
+    c.client_for(&c.others(&[old])).put_instance("web", "b", &spec(82, None)).await.unwrap();
+    // The lease, renewed through any node, lives on under the new leader.
+    tokio::time::sleep(TTL).await;
+    renewer.abort();
+    assert!(lost.lock().unwrap().is_empty(), "a renewal was told the lease was gone: {:?}", lost.lock().unwrap());
+    assert!(c.nodes[&to].node.read_store(|s| s.lease(lease).is_some()), "the lease expired across the hand-off");
+}
+
+/// With five voters a hand-off cannot win (two votes are not a majority, and the others hold to
+/// their lease), so none is tried: the leader says so and stops as it would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_voter_leader_does_not_try_a_hand_off_it_cannot_win() {
+    let c = Cluster::start(5).await;
+    let old = c.wait_leader(None).await;
+    let term = c.nodes[&old].node.raft_metrics().current_term;
+    let out = c.nodes[&old].node.hand_off().await;
+    assert!(matches!(&out, registry::node::Transfer::Failed(why) if why.contains("majority")), "{out:?}");
+    let m = c.nodes[&old].node.raft_metrics();
+    assert_eq!((m.current_leader, m.current_term), (Some(old), term), "a refused hand-off changed the leader");
+    c.client().put_instance("web", "a", &spec(80, None)).await.unwrap();
+}

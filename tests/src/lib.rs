@@ -95,6 +95,21 @@ impl Proc {
         Some(status.code().unwrap_or(-1))
     }
 
+    /// Waits up to `limit` for the process to exit (after a signal, say) and reaps it, so it
+    /// can be started again; its exit code, or None if it is still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(code) = self.exit_code() {
+                return Some(code);
+            }
+            if self.child.is_none() || tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

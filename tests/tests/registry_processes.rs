@@ -124,6 +124,33 @@ async fn leader_sigkill_keeps_renewed_instances_and_the_node_rejoins() {
     assert_eq!(roles.get("follower"), Some(&2), "{out}");
 }
 
+/// SIGTERM to the leader: it hands leadership to a follower before it exits, so by the time it
+/// has exited the survivors already agree on a leader elected in the very next term, and the
+/// next write needs no election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_leader_hands_leadership_off_before_it_exits() {
+    let mut cluster = RegistryCluster::start(3).await;
+    let client = cluster.client();
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let probe = InstanceSpec { lease_id: None, ..spec(1, 0) };
+    retry(Duration::from_secs(5), || client.put_instance("probe", "before", &probe)).await;
+    let urls = cluster.urls();
+    let term = client.cluster_at(&urls[leader]).await.unwrap().term;
+    cluster.nodes[leader].signal("TERM");
+    let code = cluster.nodes[leader].wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0), "the old leader's exit after SIGTERM: {}", cluster.nodes[leader].log_text());
+    assert!(cluster.nodes[leader].log_text().contains("leadership handed off"), "{}", cluster.nodes[leader].log_text());
+    // Asked right after the exit: no survivor is still waiting out an election timeout.
+    let mut seen = Vec::new();
+    for (i, url) in urls.iter().enumerate().filter(|(i, _)| *i != leader) {
+        let info = client.cluster_at(url).await.unwrap();
+        seen.push((i, info.leader, info.term));
+    }
+    assert!(seen.iter().all(|(_, l, t)| l.is_some() && *l == seen[0].1 && *t == term + 1), "survivors right after the exit (term before {term}): {seen:?}");
+    let survivors: Vec<String> = urls.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, u)| u.clone()).collect();
+    cluster.client_for(&survivors).put_instance("probe", "after", &probe).await.expect("the first write after the exit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_single_node_keeps_every_acknowledged_write() {
     let mut cluster = RegistryCluster::start(1).await;

@@ -70,6 +70,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/raft/vote", post(raft_rpc::vote))
         .route("/raft/prevote", post(raft_rpc::prevote))
         .route("/raft/renewals", post(raft_rpc::renewals))
+        .route("/raft/timeout_now", post(raft_rpc::timeout_now))
         .route("/raft/snapshot", post(raft_rpc::snapshot))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
     api.merge(raft)

@@ -10,7 +10,7 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapsho
 
 use crate::error::ApiError;
 use crate::network::SnapshotChunk;
-use crate::node::{Node, PreVoteRequest, PreVoteResponse, RenewalAck, RenewalShare};
+use crate::node::{Node, PreVoteRequest, PreVoteResponse, RenewalAck, RenewalShare, TimeoutNow, TimeoutNowAck};
 use crate::types::{NodeId, TypeConfig};
 
 pub async fn append(State(node): State<Arc<Node>>, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -42,6 +42,11 @@ pub async fn renewals(State(node): State<Arc<Node>>, Json(share): Json<RenewalSh
 /// A pre-vote (`node/election.rs`): answered from this node's own view, changes nothing in Raft.
 pub async fn prevote(State(node): State<Arc<Node>>, Json(req): Json<PreVoteRequest>) -> Json<PreVoteResponse> {
     Json(node.prevote(req).await)
+}
+
+/// A leader handing off on its way out asks this node to campaign now (`node/transfer.rs`).
+pub async fn timeout_now(State(node): State<Arc<Node>>, Json(req): Json<TimeoutNow>) -> Json<TimeoutNowAck> {
+    Json(node.timeout_now(req).await)
 }
 
 pub async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {

@@ -94,7 +94,7 @@ impl Election {
 
     /// Something happened that says a leader is alive (or a candidate is being helped): the
     /// wait starts over from `now`, with a new random share of the spread.
-    fn restart(&self, now: Instant) {
+    pub(super) fn restart(&self, now: Instant) {
         let mut s = self.state.lock().unwrap();
         s.quiet_since = s.quiet_since.max(now);
         s.jitter = random_upto(self.spread);
@@ -130,7 +130,7 @@ fn random_upto(d: Duration) -> Duration {
 }
 
 /// Majority in every configuration of a (possibly joint) membership.
-fn is_quorum(configs: &[BTreeSet<NodeId>], granted: &BTreeSet<NodeId>) -> bool {
+pub(super) fn is_quorum(configs: &[BTreeSet<NodeId>], granted: &BTreeSet<NodeId>) -> bool {
     configs.iter().all(|c| c.iter().filter(|id| granted.contains(id)).count() * 2 > c.len())
 }
 
@@ -176,7 +176,7 @@ impl super::Node {
     }
 
     /// The last log id this node holds, written or not: what a vote compares.
-    fn last_log_id(&self) -> Option<LogId<NodeId>> {
+    pub(super) fn last_log_id(&self) -> Option<LogId<NodeId>> {
         let m = self.raft.metrics().borrow().clone();
         [self.log.last_log_id(), m.snapshot, m.purged].into_iter().max().flatten()
     }

@@ -69,7 +69,7 @@ impl super::Node {
 
     /// What voter `to` has not taken yet, as leader of `term`: the leases renewed since
     /// `since` (when the last message it took was built), with their ages now.
-    fn renewals_for(&self, term: u64, since: Option<Instant>, now: Instant) -> RenewalShare {
+    pub(super) fn renewals_for(&self, term: u64, since: Option<Instant>, now: Instant) -> RenewalShare {
         let renewals =
             self.keeper(|k| k.renewed_since(since)).into_iter().map(|(lease, at)| (lease, now.saturating_duration_since(at).as_millis() as u64)).collect();
         RenewalShare { leader: self.id, term, renewals }
@@ -82,7 +82,7 @@ impl super::Node {
         membership.voter_ids().filter(|v| *v != self.id).filter_map(|v| membership.get_node(&v).map(|n| (v, n.addr.clone()))).collect()
     }
 
-    async fn send_renewals(&self, to: NodeId, addr: &str, share: &RenewalShare) -> bool {
+    pub(super) async fn send_renewals(&self, to: NodeId, addr: &str, share: &RenewalShare) -> bool {
         if self.faults.check(self.id, to).is_err() {
             return false;
         }

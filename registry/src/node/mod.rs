@@ -12,6 +12,7 @@ mod handover;
 pub mod leadership;
 mod membership;
 mod reads;
+mod transfer;
 mod writes;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 
 pub use election::{PreVoteRequest, PreVoteResponse};
 pub use handover::{RenewalAck, RenewalShare};
+pub use transfer::{TimeoutNow, TimeoutNowAck, Transfer};
 pub use reads::{ReadOptions, Staleness, DEFAULT_WAIT, MAX_WAIT};
 pub use writes::check_names;
 
@@ -215,6 +217,11 @@ pub struct Node {
     old_self_listed: std::sync::atomic::AtomicBool,
     watches: Arc<std::sync::atomic::AtomicUsize>,
     blocking: Arc<std::sync::atomic::AtomicUsize>,
+    /// Held for writing while leadership is handed off (`transfer`); every proposal holds it
+    /// for reading, so the log stops growing during a hand-off.
+    transfer_gate: tokio::sync::RwLock<()>,
+    /// Set while a hand-off runs; renewals and writes wait for it to end.
+    transferring: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -317,6 +324,8 @@ impl Node {
             old_self_listed: Default::default(),
             watches: Default::default(),
             blocking: Default::default(),
+            transfer_gate: tokio::sync::RwLock::new(()),
+            transferring: watch::channel(false).0,
             stop: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
         });
@@ -487,6 +496,7 @@ impl Node {
     /// Succeeds on a leader with a recent quorum that has applied an entry of its own term, so
     /// its store holds every committed change (etcd #6978), waiting a little for a new leader.
     async fn ready(&self) -> Result<u64, ApiError> {
+        self.transfer_settled().await;
         self.leadership.wait_ready(READY_WAIT).await.map_err(|e| self.not_fresh(e))
     }
 
@@ -579,6 +589,9 @@ impl Node {
     async fn propose(&self, mut proposal: Proposal) -> Result<Resp, ApiError> {
         // The wall clock goes into the entry (for the removals record), so `apply` reads none.
         proposal.at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64);
+        // Held until the answer: a hand-off waits for proposals in flight, and new ones wait
+        // for it (then find this node a follower, and are relayed).
+        let _gate = self.transfer_gate.read().await;
         let write = self.raft.client_write(proposal);
         match tokio::time::timeout(self.config.write_timeout, write).await {
             Err(_) => Err(ApiError::Unavailable("timed out waiting for the write to commit; it may still apply".into())),

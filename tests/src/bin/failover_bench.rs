@@ -5,7 +5,13 @@
 //! nodes, whatever happens to earlier ones. For each kill the figure is the time from the
 //! SIGKILL to the first acknowledgement of a write issued after it; beside it, when a survivor
 //! first called itself leader. The killed node is restarted and the cluster left to settle
-//! before the next kill. Run through `scripts/bench failover`.
+//! before the next kill.
+//!
+//! Then a rolling restart, as an operator upgrading the cluster does it: each node in turn gets
+//! SIGTERM, is started again once it has exited, and the cluster settles before the next. The
+//! figure is the longest stretch without an acknowledged write, with writes issued every
+//! `--write-every` throughout; one node of the three is the leader when its turn comes, and
+//! both systems hand leadership off on SIGTERM. Run through `scripts/bench failover`.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -36,6 +42,9 @@ struct Args {
     /// Path of the etcd binary.
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd: PathBuf,
+    /// Rolling restarts (each node in turn) per system.
+    #[arg(long, default_value_t = 3)]
+    rolls: usize,
     /// Extra `registry serve` flags (e.g. `--node-arg=--heartbeat=50ms`); none: the defaults.
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     node_args: Vec<String>,
@@ -56,6 +65,17 @@ struct Kill {
 /// Acknowledged writes as (issued, acknowledged).
 type Acks = Arc<Mutex<Vec<(Instant, Instant)>>>;
 
+/// Starts write number `seq`, recording its acknowledgement in `acks`.
+type Writer = Arc<dyn Fn(u64, Acks) + Send + Sync>;
+
+/// One rolling restart: the longest stretch without an acknowledged write while each node was
+/// stopped, restarted and caught up, in milliseconds; `leader` is the index of the one that led.
+#[derive(Debug, Clone)]
+struct Roll {
+    gaps_ms: Vec<f64>,
+    leader: usize,
+}
+
 /// The system under test, as the benchmark drives it.
 trait System {
     fn name(&self) -> &'static str;
@@ -64,8 +84,14 @@ trait System {
     /// Whether node `i` (a survivor) says it leads.
     async fn leads(&self, i: usize) -> bool;
     /// Starts a write; its acknowledgement, if any, is recorded in `acks`.
-    fn spawn_write(&self, seq: u64, acks: Acks);
+    fn spawn_write(&self, seq: u64, acks: Acks) {
+        (self.writer())(seq, acks)
+    }
+    /// What `spawn_write` does, detached from `self`, for a writer task of its own.
+    fn writer(&self) -> Writer;
     fn kill(&mut self, i: usize);
+    /// SIGTERM, as its operator would stop it, and wait for the exit; whether it exited.
+    async fn terminate(&mut self, i: usize) -> bool;
     fn restart(&mut self, i: usize);
     /// Every node is up and current: the restarted one has caught up with the leader.
     async fn settled(&self) -> bool;
@@ -80,20 +106,22 @@ async fn run(args: Args) -> Result<()> {
     let mut report = Vec::new();
     let mut registry = Registry::start(&args.node_args).await?;
     let kills = measure(&mut registry, &args).await?;
+    let rolls = roll(&mut registry, &args).await?;
     drop(registry);
-    report.push(("registry", kills));
+    report.push(("registry", kills, rolls));
     if !args.no_etcd {
         if args.etcd.exists() {
             let mut etcd = Etcd::start(&args.etcd).await?;
             let kills = measure(&mut etcd, &args).await?;
-            report.push(("etcd", kills));
+            let rolls = roll(&mut etcd, &args).await?;
+            report.push(("etcd", kills, rolls));
         } else {
             eprintln!("failover_bench: {} is missing; etcd not measured (install etcd-server)", args.etcd.display());
         }
     }
     let mut json = serde_json::Map::new();
     println!("leader SIGKILL -> first acknowledged write issued after it, {} kills each, 3 loopback nodes, fsync on", args.kills);
-    for (name, kills) in &report {
+    for (name, kills, _) in &report {
         let resumed: Vec<f64> = kills.iter().map(|k| k.resumed_ms).collect();
         let elected: Vec<f64> = kills.iter().filter_map(|k| k.elected_ms).collect();
         println!(
@@ -115,6 +143,24 @@ async fn run(args: Args) -> Result<()> {
             }),
         );
     }
+    println!(
+        "rolling restart (SIGTERM each node in turn, start it again, let it catch up), {} rolls each: longest stretch without an acknowledged write",
+        args.rolls
+    );
+    for (name, _, rolls) in &report {
+        let leader_gaps: Vec<f64> = rolls.iter().map(|r| r.gaps_ms[r.leader]).collect();
+        let follower_gaps: Vec<f64> = rolls.iter().flat_map(|r| r.gaps_ms.iter().enumerate().filter(|(i, _)| *i != r.leader).map(|(_, g)| *g)).collect();
+        println!(
+            "{name:>9}: the leader's turn max {:>6.0} ms (each: {}) | a follower's turn max {:>6.0} ms",
+            pct(&leader_gaps, 100.0),
+            leader_gaps.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join(" "),
+            pct(&follower_gaps, 100.0),
+        );
+        if let Some(Value::Object(o)) = json.get_mut(*name) {
+            o.insert("rolling_restart".into(), json!({ "rolls": rolls.len(), "leader_turn_gap_ms": leader_gaps, "follower_turn_gap_max_ms": pct(&follower_gaps, 100.0) }));
+        }
+    }
+    println!("(writes every {:?}; the systems share this machine's cores with the benchmark)", args.write_every);
     if let Some(path) = &args.json_out {
         std::fs::write(path, serde_json::to_vec_pretty(&Value::Object(json))?).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -192,6 +238,66 @@ async fn measure<S: System>(sys: &mut S, args: &Args) -> Result<Vec<Kill>> {
     Ok(kills)
 }
 
+/// Rolling restarts: each node in turn is stopped with SIGTERM, started again once it has
+/// exited, and the cluster left to settle; a writer task issues a write every tick throughout.
+async fn roll<S: System>(sys: &mut S, args: &Args) -> Result<Vec<Roll>> {
+    let acks: Acks = Arc::default();
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (write, acks, writing, every) = (sys.writer(), acks.clone(), writing.clone(), args.write_every);
+        tokio::spawn(async move {
+            let mut pace = tokio::time::interval(every);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut seq = 1_000_000u64;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                pace.tick().await;
+                seq += 1;
+                write(seq, acks.clone());
+            }
+        })
+    };
+    let mut rolls = Vec::new();
+    for round in 0..args.rolls {
+        let mut gaps = Vec::new();
+        let mut leader_at_turn = None;
+        for i in 0..3 {
+            until(Duration::from_secs(30), "the cluster to settle", || async { sys.settled().await.then_some(()) }).await?;
+            let leader = until(Duration::from_secs(30), "a leader", || sys.leader()).await?;
+            if leader == i {
+                leader_at_turn = Some(i);
+            }
+            tokio::time::sleep(args.steady).await;
+            let from = Instant::now();
+            if !sys.terminate(i).await {
+                bail!("{}: node {} did not exit within 20 s of SIGTERM", sys.name(), i + 1);
+            }
+            sys.restart(i);
+            until(Duration::from_secs(30), "the cluster to settle", || async { sys.settled().await.then_some(()) }).await?;
+            tokio::time::sleep(args.steady).await;
+            gaps.push(longest_gap(&acks.lock().unwrap(), from, Instant::now()).as_secs_f64() * 1e3);
+        }
+        let leader = leader_at_turn.context("no node led when its turn came")?;
+        eprintln!("{} roll {}: longest write gap per node {:?} ms (node {} led)", sys.name(), round + 1, gaps.iter().map(|g| g.round()).collect::<Vec<_>>(), leader + 1);
+        rolls.push(Roll { gaps_ms: gaps, leader });
+    }
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    writer.await?;
+    Ok(rolls)
+}
+
+/// The longest stretch in [from, to] without an acknowledgement.
+fn longest_gap(acks: &[(Instant, Instant)], from: Instant, to: Instant) -> Duration {
+    let mut times: Vec<Instant> = acks.iter().map(|(_, acked)| *acked).filter(|t| *t >= from && *t <= to).collect();
+    times.sort();
+    let mut last = from;
+    let mut longest = Duration::ZERO;
+    for t in times.into_iter().chain([to]) {
+        longest = longest.max(t - last);
+        last = t;
+    }
+    longest
+}
+
 // ---------------------------------------------------------------------------------------------
 
 struct Registry {
@@ -232,20 +338,34 @@ impl System for Registry {
         self.info(i).await.is_some_and(|info| info.role == proto::NodeRole::Leader)
     }
 
-    fn spawn_write(&self, seq: u64, acks: Acks) {
+    fn writer(&self) -> Writer {
         let client = self.client.clone();
-        tokio::spawn(async move {
-            let issued = Instant::now();
-            let spec =
-                proto::InstanceSpec { address: "10.0.0.1".into(), port: 80, lease_id: None, weight: 100, state: Default::default(), meta: Default::default() };
-            if client.put_instance("failover", &format!("w{}", seq % 64), &spec).await.is_ok() {
-                acks.lock().unwrap().push((issued, Instant::now()));
-            }
-        });
+        Arc::new(move |seq, acks: Acks| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let issued = Instant::now();
+                let spec = proto::InstanceSpec {
+                    address: "10.0.0.1".into(),
+                    port: 80,
+                    lease_id: None,
+                    weight: 100,
+                    state: Default::default(),
+                    meta: Default::default(),
+                };
+                if client.put_instance("failover", &format!("w{}", seq % 64), &spec).await.is_ok() {
+                    acks.lock().unwrap().push((issued, Instant::now()));
+                }
+            });
+        })
     }
 
     fn kill(&mut self, i: usize) {
         self.cluster.nodes[i].kill();
+    }
+
+    async fn terminate(&mut self, i: usize) -> bool {
+        self.cluster.nodes[i].signal("TERM");
+        self.cluster.nodes[i].wait_exit(Duration::from_secs(20)).await.is_some()
     }
 
     fn restart(&mut self, i: usize) {
@@ -331,27 +451,35 @@ impl System for Etcd {
     }
 
     /// Like etcd's own client: the endpoints in turn until one acknowledges.
-    fn spawn_write(&self, seq: u64, acks: Acks) {
+    fn writer(&self) -> Writer {
         let http = self.http.clone();
         let urls = self.clients.clone();
-        tokio::spawn(async move {
-            let issued = Instant::now();
-            let b64 = base64::engine::general_purpose::STANDARD;
-            let body = json!({"key": b64.encode(format!("failover/w{}", seq % 64)), "value": b64.encode("10.0.0.1:80")});
-            for k in 0..urls.len() {
-                let url = &urls[(seq as usize + k) % urls.len()];
-                if let Ok(r) = http.post(format!("{url}/v3/kv/put")).json(&body).send().await {
-                    if r.status().is_success() {
-                        acks.lock().unwrap().push((issued, Instant::now()));
-                        return;
+        Arc::new(move |seq, acks: Acks| {
+            let (http, urls) = (http.clone(), urls.clone());
+            tokio::spawn(async move {
+                let issued = Instant::now();
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let body = json!({"key": b64.encode(format!("failover/w{}", seq % 64)), "value": b64.encode("10.0.0.1:80")});
+                for k in 0..urls.len() {
+                    let url = &urls[(seq as usize + k) % urls.len()];
+                    if let Ok(r) = http.post(format!("{url}/v3/kv/put")).json(&body).send().await {
+                        if r.status().is_success() {
+                            acks.lock().unwrap().push((issued, Instant::now()));
+                            return;
+                        }
                     }
                 }
-            }
-        });
+            });
+        })
     }
 
     fn kill(&mut self, i: usize) {
         self.nodes[i].kill();
+    }
+
+    async fn terminate(&mut self, i: usize) -> bool {
+        self.nodes[i].signal("TERM");
+        self.nodes[i].wait_exit(Duration::from_secs(20)).await.is_some()
     }
 
     fn restart(&mut self, i: usize) {
