@@ -91,6 +91,12 @@ pub struct ServeArgs {
     /// with its certificate, and needs it to add itself.
     #[arg(long, env = "REGISTRY_JOIN_TOKEN_FILE", value_name = "FILE")]
     pub join_token_file: Option<PathBuf>,
+    /// Append a JSON line per write that clients send this node (grants, puts, deletes,
+    /// revokes, membership and token changes; keepalives only when refused), accepted or
+    /// refused: time, client address, token id, method, path, status. Off by default; SIGHUP
+    /// reopens the file (for logrotate). See docs/operations.md.
+    #[arg(long, env = "REGISTRY_AUDIT_LOG", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
     /// File holding the cluster's shared secret (at least 22 visible characters, e.g.
     /// `head -c 32 /dev/urandom | base64`); every node must have the same one. Peer RPC and
     /// forwarded requests without it are refused. Sent in plain text unless TLS is on: see
@@ -164,6 +170,7 @@ pub struct FileConfig {
     tls_ca: Option<PathBuf>,
     acl_bootstrap_token_file: Option<PathBuf>,
     metrics_open: Option<bool>,
+    audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -428,18 +435,8 @@ impl ServeArgs {
             (None, Some(l)) => runtime::logs::parse_level(l).map_err(|e| errors.push(format!("log_level: {e}"))).ok(),
             (None, None) => None,
         };
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let mut node = NodeConfig::new(id.unwrap(), advertise.unwrap(), data_dir.unwrap(), peers);
-        node.heartbeat = heartbeat;
-        node.election_timeout = (et_min, et_max);
-        node.min_ttl = min_ttl;
-        node.max_ttl = max_ttl;
-        node.history = history;
-        node.snapshot_every = snapshot_every;
-        node.join = self.join;
-        node.join_token = match &self.join_token_file {
+        // Read before the errors are counted: a bad file is one of them.
+        let join_token = match &self.join_token_file {
             None => None,
             Some(path) => match std::fs::read_to_string(path) {
                 Ok(t) if crate::acl::check_token(&t).is_ok() => Some(t.trim().to_string()),
@@ -453,11 +450,24 @@ impl ServeArgs {
                 }
             },
         };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut node = NodeConfig::new(id.unwrap(), advertise.unwrap(), data_dir.unwrap(), peers);
+        node.heartbeat = heartbeat;
+        node.election_timeout = (et_min, et_max);
+        node.min_ttl = min_ttl;
+        node.max_ttl = max_ttl;
+        node.history = history;
+        node.snapshot_every = snapshot_every;
+        node.join = self.join;
+        node.join_token = join_token;
         node.limits = limits;
         node.peer_auth = peer_auth.unwrap();
         node.tls = tls;
         node.acl_bootstrap = acl_bootstrap;
         node.metrics_open = self.metrics_open || file.metrics_open.unwrap_or(false);
+        node.audit_log = self.audit_log.or(file.audit_log);
         Ok(Serve {
             listen: listen.unwrap(),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
@@ -486,10 +496,11 @@ mod tests {
             heartbeat: Some(Duration::from_secs(5)),
             min_ttl: Some(Duration::from_secs(10)),
             max_ttl: Some(Duration::from_secs(1)),
+            join_token_file: Some("/nonexistent/join-token".into()),
             ..Default::default()
         };
         let errors = args.resolve().unwrap_err();
-        for needle in ["id:", "listen:", "data-dir:", "heartbeat:", "min-ttl"] {
+        for needle in ["id:", "listen:", "data-dir:", "heartbeat:", "min-ttl", "join-token-file:"] {
             assert!(errors.iter().any(|e| e.starts_with(needle)), "{needle} missing from {errors:?}");
         }
     }

@@ -1,6 +1,7 @@
 //! The registry: a Raft-replicated store of services, instances and leases.
 
 pub mod acl;
+pub mod audit;
 pub mod cli;
 pub mod command;
 pub mod config;

@@ -28,6 +28,8 @@ pub struct Metrics {
     /// TLS connections dropped before a request: plain HTTP, an unknown CA, a silent client.
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
     pub keepalives: Counter,
+    /// Audit log lines dropped because its writer fell behind.
+    pub audit_dropped: Counter,
     pub lease_expiries: Counter,
     pub expiry_refused: Counter,
     pub leader_changes: Counter,
@@ -52,6 +54,7 @@ impl Metrics {
         runtime::metrics::register_build_info(&mut r);
         r.register("auth_denied", "Requests refused for missing or wrong credentials, by reason", self.auth_denied.clone());
         r.register("tls_handshake_failures", "TLS connections dropped during the handshake, by reason", self.tls_handshake_failures.clone());
+        r.register("audit_dropped", "Audit log lines dropped because the writer fell behind the requests", self.audit_dropped.clone());
         r.register("keepalives", "Lease keepalives accepted by this node as leader", self.keepalives.clone());
         r.register("lease_expiries", "Leases expired by this node as leader", self.lease_expiries.clone());
         r.register("lease_expiry_refused", "Expiry attempts abandoned because leadership could not be confirmed with a quorum", self.expiry_refused.clone());

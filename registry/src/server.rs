@@ -96,6 +96,10 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
 /// SIGHUP: reads the TLS files again. A reload that fails keeps the old settings, so a
 /// half-copied certificate never takes a node off the network; the signal never stops it.
 fn reload(node: &Node) {
+    if let Some(log) = node.audit() {
+        log.reopen();
+        tracing::info!(path = %log.path().display(), "SIGHUP: reopening the audit log");
+    }
     let Some(tls) = node.config().tls.clone() else {
         tracing::info!("SIGHUP: nothing to reload (TLS is off)");
         return;

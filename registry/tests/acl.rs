@@ -302,3 +302,65 @@ async fn random_and_malformed_requests_change_nothing_without_a_valid_token() {
     let leader = c.wait_leader(None).await;
     assert_ne!(state(leader), before[all.iter().position(|i| *i == leader).unwrap()]);
 }
+
+fn with_acl_and_audit(c: &mut registry::node::NodeConfig) {
+    with_acl(c);
+    c.audit_log = Some(c.data_dir.join("audit.log"));
+}
+
+/// The audit log (`--audit-log`): each write a client sends is one line on the node it sent it
+/// to, with the token's id and the answer, accepted or refused; reads and accepted keepalives
+/// are not logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_names_who_wrote_what_and_the_answer() {
+    let c = Cluster::start_defaults_with(3, with_acl_and_audit).await;
+    let all: Vec<u64> = c.nodes.keys().copied().collect();
+    let admin = as_token(&c, &all, BOOT);
+    wait_until(Duration::from_secs(10), "ACLs on in every node's store", || async {
+        c.nodes.values().all(|n| n.node.read_store(|s| s.acl().enabled)).then_some(())
+    })
+    .await;
+    let leader = c.wait_leader(None).await;
+    let follower = c.others(&[leader])[0];
+    let web_t = "w".repeat(40);
+    let web_id = make_token(&admin, &web_t, &["announce:web-*"]).await;
+    // Sent to a follower: relayed to the leader, logged once, on the follower.
+    let web = as_token(&c, &[follower], &web_t);
+    let lease = web.grant(Duration::from_secs(30)).await.unwrap().lease_id;
+    web.put_instance("web-a", "i1", &spec(80, Some(lease))).await.unwrap();
+    web.keepalive(lease).await.unwrap();
+    web.services(false).await.unwrap_err(); // a read, refused: not a write, not logged
+    assert_eq!(status(&web.put_instance("api-a", "i1", &spec(80, None)).await.unwrap_err()), 403);
+    assert_eq!(status(&as_token(&c, &[follower], &"u".repeat(40)).delete_instance("web-a", "i1").await.unwrap_err()), 401);
+
+    // Every node's log: each request is on exactly one of them.
+    let all_lines = || -> Vec<serde_json::Value> {
+        c.nodes.values().flat_map(|n| std::fs::read_to_string(n.node.config().data_dir.join("audit.log")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()).collect()
+    };
+    let ours = |l: &serde_json::Value| l["path"] == "/v1/leases" || l["path"].as_str().unwrap().contains("-a/");
+    let lines = wait_until(Duration::from_secs(5), "four audit lines", || async {
+        let lines: Vec<serde_json::Value> = all_lines().into_iter().filter(ours).collect();
+        (lines.len() >= 4).then_some(lines)
+    })
+    .await;
+    let find = |method: &str, path: &str| {
+        let found: Vec<&serde_json::Value> = lines.iter().filter(|l| l["method"] == method && l["path"] == path).collect();
+        assert_eq!(found.len(), 1, "{method} {path} is not logged exactly once: {lines:#?}");
+        found[0].clone()
+    };
+    // The grant went to the follower (the only node the client knew), which relayed it.
+    let grant = find("POST", "/v1/leases");
+    assert_eq!((grant["token"].as_u64(), grant["status"].as_u64(), grant["result"].as_str()), (Some(web_id), Some(200), Some("ok")), "{grant}");
+    assert_eq!((grant["node"].as_u64(), grant["leader"].as_u64()), (Some(follower), Some(leader)), "{grant}");
+    assert_eq!(grant["client"], "127.0.0.1", "{grant}");
+    let put = find("PUT", "/v1/services/web-a/instances/i1");
+    assert_eq!((put["token"].as_u64(), put["status"].as_u64()), (Some(web_id), Some(200)), "{put}");
+    let denied = find("PUT", "/v1/services/api-a/instances/i1");
+    assert_eq!((denied["token"].as_u64(), denied["status"].as_u64(), denied["result"].as_str()), (Some(web_id), Some(403), Some("denied")), "{denied}");
+    assert_eq!(denied["code"], "forbidden", "{denied}");
+    let unknown = find("DELETE", "/v1/services/web-a/instances/i1");
+    assert_eq!((unknown["token"].as_u64(), unknown["status"].as_u64(), unknown["code"].as_str()), (None, Some(401), Some("unauthenticated")), "{unknown}");
+    let everything = all_lines();
+    assert!(!everything.iter().any(|l| l["path"].as_str().unwrap().ends_with("/keepalive")), "an accepted keepalive was logged: {everything:#?}");
+    assert!(!everything.iter().any(|l| l["method"] == "GET"), "a read was logged: {everything:#?}");
+}

@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::acl::{Caller, Need, TokenHash};
+use crate::acl::{Caller, Need, TokenHash, TokenId};
 use crate::error::ApiError;
 use crate::metrics::ReasonLabels;
 use crate::node::{AclView, Node};
@@ -26,21 +26,30 @@ pub async fn layer(State(node): State<Arc<Node>>, matched: MatchedPath, params: 
             // the answer must not go out. (Watches check on their own, as they stream.)
             let blocking = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("index=")));
             req.extensions_mut().insert(caller.clone());
-            let resp = next.run(req).await;
+            let mut resp = next.run(req).await;
             if blocking && !node.still_allowed(&caller) {
                 node.metrics().auth_denied.get_or_create(&ReasonLabels { reason: "unknown_token" }).inc();
-                return ApiError::Unauthenticated("the token was revoked while the query waited".into()).into_response();
+                resp = ApiError::Unauthenticated("the token was revoked while the query waited".into()).into_response();
+            }
+            if let Some(id) = caller.token {
+                resp.extensions_mut().insert(super::audit::AuditToken(id));
             }
             resp
         }
-        Err((reason, e)) => {
+        Err((reason, e, token)) => {
             node.metrics().auth_denied.get_or_create(&ReasonLabels { reason }).inc();
-            e.into_response()
+            let mut resp = e.into_response();
+            if let Some(id) = token {
+                resp.extensions_mut().insert(super::audit::AuditToken(id));
+            }
+            resp
         }
     }
 }
 
-fn check(node: &Node, need: &Need, headers: &HeaderMap, peer: bool) -> Result<Caller, (&'static str, ApiError)> {
+/// The caller, or why not: the reason label, the answer, and the token's id when the token is
+/// known but lacks the scope.
+fn check(node: &Node, need: &Need, headers: &HeaderMap, peer: bool) -> Result<Caller, (&'static str, ApiError, Option<TokenId>)> {
     let view = node.acl_view();
     if view == AclView::Off || *need == Need::Open || (peer && matches!(need, Need::AdminOrPeer | Need::ReadOrPeer)) {
         return Ok(Caller::UNRESTRICTED);
@@ -49,10 +58,11 @@ fn check(node: &Node, need: &Need, headers: &HeaderMap, peer: bool) -> Result<Ca
         return Err((
             "missing_token",
             ApiError::Unauthenticated("this cluster needs a token: send `Authorization: Bearer TOKEN` (--token-file or REGISTRY_TOKEN)".into()),
+            None,
         ));
     };
     let hash = TokenHash::of(token);
-    let unknown = || ("unknown_token", ApiError::Unauthenticated("unknown or revoked token".into()));
+    let unknown = || ("unknown_token", ApiError::Unauthenticated("unknown or revoked token".into()), None);
     let found = match view {
         AclView::Bootstrapping(boot) if boot == hash => return Ok(Caller { token: None, admin: true, hash: Some(hash) }),
         AclView::Bootstrapping(_) => return Err(unknown()),
@@ -67,7 +77,7 @@ fn check(node: &Node, need: &Need, headers: &HeaderMap, peer: bool) -> Result<Ca
             Need::Admin | Need::Open => "admin".to_string(),
             Need::AdminOrPeer => "admin (or the cluster's peer credentials)".to_string(),
         };
-        return Err(("insufficient_scope", ApiError::Forbidden(format!("token {} does not allow this: it needs {wanted}", token.id))));
+        return Err(("insufficient_scope", ApiError::Forbidden(format!("token {} does not allow this: it needs {wanted}", token.id)), Some(token.id)));
     }
     Ok(Caller { token: Some(token.id), admin: token.is_admin(), hash: Some(hash) })
 }

@@ -27,7 +27,9 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let body = ErrorBody { code: self.code(), message: self.to_string() };
+        let code = body.code;
         let mut resp = (status, Json(body)).into_response();
+        resp.extensions_mut().insert(super::audit::AuditCode(code));
         if let Some(f) = forward {
             // The forwarding layer relays the request there; without it the client sees 503.
             resp.extensions_mut().insert(f);

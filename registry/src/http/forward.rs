@@ -108,7 +108,11 @@ async fn send(node: &Node, to: &ForwardTo, method: Method, uri: &Uri, headers: &
         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
         .collect();
     let bytes = resp.bytes().await.map_err(|e| ApiError::Unavailable(format!("reading the leader's answer failed: {e}")))?;
-    let mut out = Response::builder().status(status);
+    let code = (!status.is_success()).then(|| serde_json::from_slice::<proto::ErrorBody>(&bytes).ok()).flatten().map(|b| b.code);
+    let mut out = Response::builder().status(status).extension(super::audit::AuditLeader(leader));
+    if let Some(code) = code {
+        out = out.extension(super::audit::AuditCode(code));
+    }
     for (k, v) in relayed {
         out = out.header(k, v);
     }

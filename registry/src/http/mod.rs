@@ -6,6 +6,7 @@
 //! authentication, and later TLS and tokens) are tower layers in `router`, not inside handlers.
 
 mod acl;
+mod audit;
 mod cluster;
 mod error;
 mod extract;
@@ -56,7 +57,13 @@ pub fn router(node: Arc<Node>) -> Router {
     // included); `route_layer` so the route's template is known (`acl::need`).
     let acl = middleware::from_fn_with_state(node.clone(), acl::layer);
     // Everything a client may send to any node: the leader-only parts are relayed.
-    let forwarded = leases.merge(services).merge(cluster).layer(middleware::from_fn_with_state(node.clone(), forward::layer)).route_layer(acl.clone());
+    let forwarded = leases
+        .merge(services)
+        .merge(cluster)
+        .layer(middleware::from_fn_with_state(node.clone(), forward::layer))
+        .route_layer(acl.clone())
+        // Outside the token check, so refusals are logged too.
+        .route_layer(middleware::from_fn_with_state(node.clone(), audit::layer));
     let local = Router::new()
         // Served by every node from its own applied log; never forwarded.
         .route("/v1/watch", get(watch::watch))

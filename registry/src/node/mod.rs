@@ -107,6 +107,8 @@ pub struct NodeConfig {
     pub acl_bootstrap: Option<crate::acl::TokenHash>,
     /// `--metrics-open`: `/metrics` needs no token even with ACLs on.
     pub metrics_open: bool,
+    /// `--audit-log`: where to log every write clients send this node (`crate::audit`).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// Leader heartbeat interval. On a LAN a round trip is well under a millisecond; 50 ms leaves
@@ -150,6 +152,7 @@ impl NodeConfig {
             tls: None,
             acl_bootstrap: None,
             metrics_open: false,
+            audit_log: None,
         }
     }
 }
@@ -217,6 +220,8 @@ pub struct Node {
     old_self_listed: std::sync::atomic::AtomicBool,
     watches: Arc<std::sync::atomic::AtomicUsize>,
     blocking: Arc<std::sync::atomic::AtomicUsize>,
+    /// The audit log, with `--audit-log`.
+    audit: Option<crate::audit::AuditLog>,
     /// Held for writing while leadership is handed off (`transfer`); every proposal holds it
     /// for reading, so the log stops growing during a hand-off.
     transfer_gate: tokio::sync::RwLock<()>,
@@ -305,6 +310,14 @@ impl Node {
                 tracing::info!(peers = ?config.peers, "bootstrapped a new cluster");
             }
         }
+        let metrics = Metrics::default();
+        let audit = match &config.audit_log {
+            None => None,
+            Some(p) => Some(
+                crate::audit::AuditLog::open(p, metrics.audit_dropped.clone())
+                    .map_err(|e| StartError::Storage(format!("audit log {}: {e}", p.display())))?,
+            ),
+        };
         let node = Arc::new(Node {
             id: config.id,
             leadership: Leadership::new(config.id, config.heartbeat, config.election_timeout),
@@ -315,7 +328,8 @@ impl Node {
             shared,
             keeper: Mutex::new(LeaseKeeper::new()),
             renewals: Mutex::new(Renewals::default()),
-            metrics: Metrics::default(),
+            metrics,
+            audit,
             peers,
             faults,
             expiry_wake: Arc::new(Notify::new()),
@@ -368,6 +382,10 @@ impl Node {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn audit(&self) -> Option<&crate::audit::AuditLog> {
+        self.audit.as_ref()
     }
 
     pub(crate) fn raft(&self) -> &Raft {
