@@ -21,7 +21,7 @@ use crate::publish::{Announcement, Desired, PublishError, Publisher};
 pub enum Event {
     /// One health check result for service number `idx` of config generation `gen` (a reload
     /// starts a new generation; results of the old checks are dropped).
-    Health { gen: u64, idx: usize, result: Result<(), String> },
+    Health { gen: u64, idx: usize, result: Result<(), String>, took: Duration },
     /// SIGHUP: a config resolved anew (`reload::merge` decides what of it applies).
     Reload(Box<Config>),
     /// Maintenance on or off.
@@ -110,8 +110,9 @@ fn spawn_checks(config: &Config, gen: u64, events: &mpsc::Sender<Event>) -> Chec
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
+                let started = Instant::now();
                 let result = checker.run().await;
-                if events.send(Event::Health { gen, idx, result }).await.is_err() {
+                if events.send(Event::Health { gen, idx, result, took: started.elapsed() }).await.is_err() {
                     return;
                 }
             }
@@ -192,7 +193,10 @@ pub async fn run<P: Publisher>(
     loop {
         let desired = st.desired(config);
         if dirty && Instant::now() >= retry_at {
-            match publisher.sync(&desired).await {
+            let started = Instant::now();
+            let synced = publisher.sync(&desired).await;
+            shared.metrics.sync_seconds.observe(started.elapsed().as_secs_f64());
+            match synced {
                 Ok(()) => {
                     dirty = false;
                     backoff.reset();
@@ -212,7 +216,10 @@ pub async fn run<P: Publisher>(
         let far = Instant::now() + Duration::from_secs(3600);
         tokio::select! {
             _ = tokio::time::sleep_until(next_tick) => {
-                match publisher.tick().await {
+                let started = Instant::now();
+                let ticked = publisher.tick().await;
+                shared.metrics.keepalive_seconds.observe(started.elapsed().as_secs_f64());
+                match ticked {
                     Ok(()) => next_tick = Instant::now() + tick_every,
                     Err(e) => {
                         shared.metrics.tick_failures.inc();
@@ -254,9 +261,10 @@ pub async fn run<P: Publisher>(
                         retry_at = Instant::now();
                     }
                 }
-                Some(Event::Health { idx, result, .. }) => {
+                Some(Event::Health { idx, result, took, .. }) => {
                     let s = &config.services[idx];
                     let labels = InstanceLabels { service: s.service.clone(), instance: s.instance.clone() };
+                    shared.metrics.check_seconds.get_or_create(&labels).observe(took.as_secs_f64());
                     if let Err(why) = &result {
                         shared.metrics.checks_failed.get_or_create(&labels).inc();
                         tracing::debug!(service = %s.service, instance = %s.instance, %why, "check failed");

@@ -1,11 +1,10 @@
 //! Prometheus metrics of the announcer.
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
@@ -13,7 +12,6 @@ pub struct InstanceLabels {
     pub instance: String,
 }
 
-#[derive(Default)]
 pub struct Metrics {
     pub published: Gauge,
     pub healthy: Family<InstanceLabels, Gauge>,
@@ -22,12 +20,34 @@ pub struct Metrics {
     pub sync_failures: Counter,
     pub lost: Counter,
     pub maint: Gauge,
+    /// How long each health check took, pass or fail.
+    pub check_seconds: Family<InstanceLabels, Histogram, fn() -> Histogram>,
+    /// How long a keepalive (ZooKeeper: a session check) took.
+    pub keepalive_seconds: Histogram,
+    /// How long publishing the desired state took.
+    pub sync_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            published: Gauge::default(),
+            healthy: Family::default(),
+            checks_failed: Family::default(),
+            tick_failures: Counter::default(),
+            sync_failures: Counter::default(),
+            lost: Counter::default(),
+            maint: Gauge::default(),
+            check_seconds: Family::new_with_constructor(runtime::metrics::latency),
+            keepalive_seconds: runtime::metrics::latency(),
+            sync_seconds: runtime::metrics::latency(),
+        }
+    }
 }
 
 impl Metrics {
     pub fn render(&self) -> String {
-        let mut r = Registry::with_prefix("announcer");
-        runtime::metrics::register_build_info(&mut r);
+        runtime::metrics::render("announcer", |r| {
         r.register("published_instances", "Instances the backend holds for this announcer", self.published.clone());
         r.register("instance_healthy", "1 if the instance passes its health check (rise/fall applied)", self.healthy.clone());
         r.register("checks_failed", "Failed health checks", self.checks_failed.clone());
@@ -35,8 +55,9 @@ impl Metrics {
         r.register("sync_failures", "Attempts to publish the desired state that failed", self.sync_failures.clone());
         r.register("lease_lost", "Times the lease or session was found gone and re-created", self.lost.clone());
         r.register("maintenance", "1 while in maintenance", self.maint.clone());
-        let mut out = String::new();
-        encode(&mut out, &r).expect("writing to a String cannot fail");
-        out
+        r.register("check_duration_seconds", "How long each health check took, pass or fail", self.check_seconds.clone());
+        r.register("keepalive_duration_seconds", "How long a keepalive (ZooKeeper: a session check) took, answered or not", self.keepalive_seconds.clone());
+        r.register("sync_duration_seconds", "How long publishing the desired state to the backend took, done or not", self.sync_seconds.clone());
+        })
     }
 }

@@ -2,12 +2,11 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// The label of `registry_auth_denied_total` and `registry_tls_handshake_failures_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,7 +20,6 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
-#[derive(Default)]
 pub struct Metrics {
     /// Requests refused for missing or wrong credentials, by reason.
     pub auth_denied: Family<ReasonLabels, Counter>,
@@ -45,13 +43,43 @@ pub struct Metrics {
     pub is_leader: Gauge<i64, AtomicI64>,
     pub leases_live: Gauge<i64, AtomicI64>,
     pub instances: Gauge<i64, AtomicI64>,
+    /// From proposing a log entry to its answer (committed and applied, or failed).
+    pub write_seconds: Histogram,
+    /// From relaying a request to the leader to its answer.
+    pub forward_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            auth_denied: Family::default(),
+            tls_handshake_failures: Family::default(),
+            keepalives: Counter::default(),
+            audit_dropped: Counter::default(),
+            lease_expiries: Counter::default(),
+            expiry_refused: Counter::default(),
+            leader_changes: Counter::default(),
+            leader_transfers: Family::default(),
+            forwarded: Counter::default(),
+            watch_clients: Gauge::default(),
+            applied_entries: Counter::default(),
+            applied_index: Gauge::default(),
+            commit_index: Gauge::default(),
+            last_log_index: Gauge::default(),
+            term: Gauge::default(),
+            is_leader: Gauge::default(),
+            leases_live: Gauge::default(),
+            instances: Gauge::default(),
+            write_seconds: runtime::metrics::latency(),
+            forward_seconds: runtime::metrics::latency(),
+        }
+    }
 }
 
 impl Metrics {
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut r = Registry::with_prefix("registry");
-        runtime::metrics::register_build_info(&mut r);
+        runtime::metrics::render("registry", |r| {
         r.register("auth_denied", "Requests refused for missing or wrong credentials, by reason", self.auth_denied.clone());
         r.register("tls_handshake_failures", "TLS connections dropped during the handshake, by reason", self.tls_handshake_failures.clone());
         r.register("audit_dropped", "Audit log lines dropped because the writer fell behind the requests", self.audit_dropped.clone());
@@ -70,8 +98,8 @@ impl Metrics {
         r.register("is_leader", "1 if this node is the leader", self.is_leader.clone());
         r.register("leases_live", "Leases in the store", self.leases_live.clone());
         r.register("instances", "Instances in the store", self.instances.clone());
-        let mut out = String::new();
-        encode(&mut out, &r).expect("writing to a String cannot fail");
-        out
+        r.register("write_duration_seconds", "From proposing a log entry to its answer (committed and applied, or failed), on the leader", self.write_seconds.clone());
+        r.register("forward_duration_seconds", "From relaying a request to the leader to its answer", self.forward_seconds.clone());
+        })
     }
 }

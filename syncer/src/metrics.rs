@@ -2,12 +2,11 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabel {
@@ -19,7 +18,6 @@ pub struct OpLabel {
     pub kind: String,
 }
 
-#[derive(Default)]
 pub struct Metrics {
     pub applied_revision: Family<BackendLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     pub staleness_seconds: Gauge<f64, AtomicU64>,
@@ -31,14 +29,37 @@ pub struct Metrics {
     pub haproxy_restarts: Counter,
     pub passes: Counter,
     pub relist_corrections: Counter,
+    /// How long applying one pass's operations to a backend took.
+    pub apply_seconds: Family<BackendLabel, Histogram, fn() -> Histogram>,
+    /// How long reading a backend's servers from HAProxy took.
+    pub read_seconds: Family<BackendLabel, Histogram, fn() -> Histogram>,
     /// What `/healthz` says (`health.rs`), kept by the reconciler.
     pub health: std::sync::Mutex<crate::health::HealthState>,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            applied_revision: Family::default(),
+            staleness_seconds: Gauge::default(),
+            source_up: Gauge::default(),
+            ops: Family::default(),
+            errors: Counter::default(),
+            held_removals: Family::default(),
+            held_now: Family::default(),
+            haproxy_restarts: Counter::default(),
+            passes: Counter::default(),
+            relist_corrections: Counter::default(),
+            apply_seconds: Family::new_with_constructor(runtime::metrics::latency),
+            read_seconds: Family::new_with_constructor(runtime::metrics::latency),
+            health: Default::default(),
+        }
+    }
+}
+
 impl Metrics {
     pub fn render(&self) -> String {
-        let mut r = Registry::with_prefix("syncer");
-        runtime::metrics::register_build_info(&mut r);
+        runtime::metrics::render("syncer", |r| {
         r.register("applied_revision", "Source revision each backend reflects (fully applied, nothing held)", self.applied_revision.clone());
         r.register("staleness_seconds", "Seconds since the source was last known current", self.staleness_seconds.clone());
         r.register("source_up", "1 while the source is connected and current", self.source_up.clone());
@@ -53,8 +74,8 @@ impl Metrics {
             "Endpoints a periodic re-list of the registry found wrong (the watch missed them); should stay 0",
             self.relist_corrections.clone(),
         );
-        let mut out = String::new();
-        encode(&mut out, &r).expect("writing to a String cannot fail");
-        out
+        r.register("apply_duration_seconds", "How long applying one pass's operations to a backend took", self.apply_seconds.clone());
+        r.register("read_duration_seconds", "How long reading a backend's servers from HAProxy took", self.read_seconds.clone());
+        })
     }
 }

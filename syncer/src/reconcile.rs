@@ -251,7 +251,11 @@ impl<D: Driver> Reconciler<D> {
     /// Syncs one backend; `Ok(true)` when it now reflects the snapshot fully.
     async fn pass_backend(&mut self, m: &Mapping, snap: &Snapshot) -> Result<bool, String> {
         let desired = desired_set(snap, &m.service);
-        let actual = self.driver.servers(&m.backend).await.map_err(|e| e.to_string())?;
+        let label = BackendLabel { backend: m.backend.clone() };
+        let started = Instant::now();
+        let actual = self.driver.servers(&m.backend).await;
+        self.metrics.read_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+        let actual = actual.map_err(|e| e.to_string())?;
         let now = Instant::now();
         let draining = self.draining.entry(m.backend.clone()).or_default();
         draining.retain(|name, _| actual.iter().any(|a| &a.name == name) && !desired.contains_key(name));
@@ -259,7 +263,6 @@ impl<D: Driver> Reconciler<D> {
         let managed: Vec<String> = actual.iter().filter(|a| is_managed(&a.name)).map(|a| a.name.clone()).collect();
         let breaker = self.breakers.get_mut(&m.backend).expect("one breaker per mapping");
         let (allowed, held) = breaker.filter(ops, &desired, &managed, now);
-        let label = BackendLabel { backend: m.backend.clone() };
         self.metrics.held_now.get_or_create(&label).set(held.len() as i64);
         let key = format!("breaker:{}", m.backend);
         if !held.is_empty() {
@@ -273,7 +276,9 @@ impl<D: Driver> Reconciler<D> {
         if allowed.is_empty() {
             return Ok(held.is_empty() && draining.is_empty());
         }
+        let started = Instant::now();
         let result = self.driver.apply(&m.backend, &allowed).await;
+        self.metrics.apply_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
         let done = match &result {
             Ok(()) => allowed.len(),
             Err((n, _)) => *n,

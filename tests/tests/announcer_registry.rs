@@ -199,6 +199,9 @@ async fn a_lost_lease_is_granted_again_and_a_second_signal_exits_at_once() {
     assert!(metrics.contains("announcer_published_instances 1"), "{metrics}");
     assert!(metrics.contains("announcer_lease_lost_total 1"), "{metrics}");
     assert!(metrics.contains("announcer_build_info{"), "{metrics}");
+    // Process metrics, and how long what it waits on took.
+    assert!(metrics.contains("process_resident_memory_bytes ") && metrics.contains("process_open_fds "), "{metrics}");
+    assert!(metrics.contains("announcer_keepalive_duration_seconds_bucket{le=") && !metrics.contains("announcer_sync_duration_seconds_count 0"), "{metrics}");
     let status: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{admin}/v1/status")).await.unwrap().json().await.unwrap();
     assert_eq!(status["instances"][0]["announced"], "up");
 

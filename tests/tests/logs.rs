@@ -62,6 +62,9 @@ async fn no_colours_in_a_file_and_log_level_works_on_every_binary() {
     let ct = r.headers()["content-type"].to_str().unwrap().to_string();
     let body = r.text().await.unwrap();
     assert!(ct.starts_with("application/openmetrics-text") && body.contains("registry_build_info{"), "{ct}: {body}");
+    // Process metrics beside it, and write latencies (the cluster has made writes by now).
+    assert!(body.contains("process_cpu_seconds_total ") && body.contains("process_start_time_seconds "), "{body}");
+    assert!(body.contains("registry_write_duration_seconds_bucket{le=\"0.0005\"}"), "{body}");
 }
 
 #[test]

@@ -366,6 +366,8 @@ async fn healthz_goes_unhealthy_while_haproxy_is_away() {
     let body = r.text().await.unwrap();
     assert!(ct.starts_with("application/openmetrics-text") && body.ends_with("# EOF\n"), "{ct}: {body}");
     assert!(body.contains("syncer_build_info{") && body.contains("revision="), "{body}");
+    assert!(body.contains("process_cpu_seconds_total ") && body.contains("process_threads "), "{body}");
+    assert!(body.contains("syncer_read_duration_seconds_bucket{"), "{body}");
 }
 
 /// `syncer plan` prints what the syncer would do to a real HAProxy and changes nothing.

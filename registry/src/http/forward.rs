@@ -99,7 +99,10 @@ async fn send(node: &Node, to: &ForwardTo, method: Method, uri: &Uri, headers: &
             req = req.header(name, v.as_bytes());
         }
     }
-    let resp = req.body(body).send().await.map_err(|e| ApiError::Unavailable(format!("forwarding to leader {leader} at {} failed: {e}", to.addr)))?;
+    let started = std::time::Instant::now();
+    let resp = req.body(body).send().await;
+    node.metrics().forward_seconds.observe(started.elapsed().as_secs_f64());
+    let resp = resp.map_err(|e| ApiError::Unavailable(format!("forwarding to leader {leader} at {} failed: {e}", to.addr)))?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let relayed: Vec<(String, Vec<u8>)> = resp
         .headers()

@@ -610,8 +610,10 @@ impl Node {
         // Held until the answer: a hand-off waits for proposals in flight, and new ones wait
         // for it (then find this node a follower, and are relayed).
         let _gate = self.transfer_gate.read().await;
-        let write = self.raft.client_write(proposal);
-        match tokio::time::timeout(self.config.write_timeout, write).await {
+        let started = Instant::now();
+        let write = tokio::time::timeout(self.config.write_timeout, self.raft.client_write(proposal)).await;
+        self.metrics.write_seconds.observe(started.elapsed().as_secs_f64());
+        match write {
             Err(_) => Err(ApiError::Unavailable("timed out waiting for the write to commit; it may still apply".into())),
             Ok(Ok(r)) => Ok(r.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match (f.leader_id, f.leader_node) {
