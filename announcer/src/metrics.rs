@@ -48,16 +48,16 @@ impl Default for Metrics {
 impl Metrics {
     pub fn render(&self) -> String {
         runtime::metrics::render("announcer", |r| {
-        r.register("published_instances", "Instances the backend holds for this announcer", self.published.clone());
-        r.register("instance_healthy", "1 if the instance passes its health check (rise/fall applied)", self.healthy.clone());
-        r.register("checks_failed", "Failed health checks", self.checks_failed.clone());
-        r.register("keepalive_failures", "Keepalives (ZooKeeper: session checks) that failed", self.tick_failures.clone());
-        r.register("sync_failures", "Attempts to publish the desired state that failed", self.sync_failures.clone());
-        r.register("lease_lost", "Times the lease or session was found gone and re-created", self.lost.clone());
-        r.register("maintenance", "1 while in maintenance", self.maint.clone());
-        r.register("check_duration_seconds", "How long each health check took, pass or fail", self.check_seconds.clone());
-        r.register("keepalive_duration_seconds", "How long a keepalive (ZooKeeper: a session check) took, answered or not", self.keepalive_seconds.clone());
-        r.register("sync_duration_seconds", "How long publishing the desired state to the backend took, done or not", self.sync_seconds.clone());
+            r.register("published_instances", "Instances the backend holds for this announcer", self.published.clone());
+            r.register("instance_healthy", "1 if the instance passes its health check (rise/fall applied)", self.healthy.clone());
+            r.register("checks_failed", "Failed health checks", self.checks_failed.clone());
+            r.register("keepalive_failures", "Keepalives (ZooKeeper: session checks) that failed", self.tick_failures.clone());
+            r.register("sync_failures", "Attempts to publish the desired state that failed", self.sync_failures.clone());
+            r.register("lease_lost", "Times the lease or session was found gone and re-created", self.lost.clone());
+            r.register("maintenance", "1 while in maintenance", self.maint.clone());
+            r.register("check_duration_seconds", "How long each health check took, pass or fail", self.check_seconds.clone());
+            r.register("keepalive_duration_seconds", "How long a keepalive (ZooKeeper: a session check) took, answered or not", self.keepalive_seconds.clone());
+            r.register("sync_duration_seconds", "How long publishing the desired state to the backend took, done or not", self.sync_seconds.clone());
         })
     }
 }

@@ -177,6 +177,8 @@ pub fn need(method: &str, template: &str, params: &BTreeMap<String, String>, met
     let method = if method == "HEAD" { "GET" } else { method };
     match (method, template) {
         (_, "/healthz" | "/readyz") => Need::Open,
+        // The status page's own files; what it shows it reads with the viewer's token.
+        ("GET", "/ui" | "/ui/app.js" | "/ui/style.css") => Need::Open,
         ("GET", "/metrics") if metrics_open => Need::Open,
         // A node asks its peers here before it bootstraps (is it a wiped member?).
         ("GET", "/v1/cluster") => Need::ReadOrPeer,

@@ -80,26 +80,34 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         runtime::metrics::render("registry", |r| {
-        r.register("auth_denied", "Requests refused for missing or wrong credentials, by reason", self.auth_denied.clone());
-        r.register("tls_handshake_failures", "TLS connections dropped during the handshake, by reason", self.tls_handshake_failures.clone());
-        r.register("audit_dropped", "Audit log lines dropped because the writer fell behind the requests", self.audit_dropped.clone());
-        r.register("keepalives", "Lease keepalives accepted by this node as leader", self.keepalives.clone());
-        r.register("lease_expiries", "Leases expired by this node as leader", self.lease_expiries.clone());
-        r.register("lease_expiry_refused", "Expiry attempts abandoned because leadership could not be confirmed with a quorum", self.expiry_refused.clone());
-        r.register("leader_changes", "Changes of the known leader seen by this node", self.leader_changes.clone());
-        r.register("leader_transfers", "Leadership hand-offs started by this node on a graceful stop, by result", self.leader_transfers.clone());
-        r.register("forwarded_requests", "Requests this node forwarded to the leader", self.forwarded.clone());
-        r.register("watch_clients", "Open watch streams on this node", self.watch_clients.clone());
-        r.register("applied_entries", "Log entries applied (commits) since start", self.applied_entries.clone());
-        r.register("applied_index", "Index of the last applied log entry", self.applied_index.clone());
-        r.register("commit_index", "Index of the last committed log entry as known here", self.commit_index.clone());
-        r.register("last_log_index", "Index of the last log entry", self.last_log_index.clone());
-        r.register("term", "Current Raft term", self.term.clone());
-        r.register("is_leader", "1 if this node is the leader", self.is_leader.clone());
-        r.register("leases_live", "Leases in the store", self.leases_live.clone());
-        r.register("instances", "Instances in the store", self.instances.clone());
-        r.register("write_duration_seconds", "From proposing a log entry to its answer (committed and applied, or failed), on the leader", self.write_seconds.clone());
-        r.register("forward_duration_seconds", "From relaying a request to the leader to its answer", self.forward_seconds.clone());
+            r.register("auth_denied", "Requests refused for missing or wrong credentials, by reason", self.auth_denied.clone());
+            r.register("tls_handshake_failures", "TLS connections dropped during the handshake, by reason", self.tls_handshake_failures.clone());
+            r.register("audit_dropped", "Audit log lines dropped because the writer fell behind the requests", self.audit_dropped.clone());
+            r.register("keepalives", "Lease keepalives accepted by this node as leader", self.keepalives.clone());
+            r.register("lease_expiries", "Leases expired by this node as leader", self.lease_expiries.clone());
+            r.register(
+                "lease_expiry_refused",
+                "Expiry attempts abandoned because leadership could not be confirmed with a quorum",
+                self.expiry_refused.clone(),
+            );
+            r.register("leader_changes", "Changes of the known leader seen by this node", self.leader_changes.clone());
+            r.register("leader_transfers", "Leadership hand-offs started by this node on a graceful stop, by result", self.leader_transfers.clone());
+            r.register("forwarded_requests", "Requests this node forwarded to the leader", self.forwarded.clone());
+            r.register("watch_clients", "Open watch streams on this node", self.watch_clients.clone());
+            r.register("applied_entries", "Log entries applied (commits) since start", self.applied_entries.clone());
+            r.register("applied_index", "Index of the last applied log entry", self.applied_index.clone());
+            r.register("commit_index", "Index of the last committed log entry as known here", self.commit_index.clone());
+            r.register("last_log_index", "Index of the last log entry", self.last_log_index.clone());
+            r.register("term", "Current Raft term", self.term.clone());
+            r.register("is_leader", "1 if this node is the leader", self.is_leader.clone());
+            r.register("leases_live", "Leases in the store", self.leases_live.clone());
+            r.register("instances", "Instances in the store", self.instances.clone());
+            r.register(
+                "write_duration_seconds",
+                "From proposing a log entry to its answer (committed and applied, or failed), on the leader",
+                self.write_seconds.clone(),
+            );
+            r.register("forward_duration_seconds", "From relaying a request to the leader to its answer", self.forward_seconds.clone());
         })
     }
 }

@@ -335,7 +335,16 @@ async fn the_audit_log_names_who_wrote_what_and_the_answer() {
 
     // Every node's log: each request is on exactly one of them.
     let all_lines = || -> Vec<serde_json::Value> {
-        c.nodes.values().flat_map(|n| std::fs::read_to_string(n.node.config().data_dir.join("audit.log")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<_>>()).collect()
+        c.nodes
+            .values()
+            .flat_map(|n| {
+                std::fs::read_to_string(n.node.config().data_dir.join("audit.log"))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     };
     let ours = |l: &serde_json::Value| l["path"] == "/v1/leases" || l["path"].as_str().unwrap().contains("-a/");
     let lines = wait_until(Duration::from_secs(5), "four audit lines", || async {

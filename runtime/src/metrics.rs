@@ -60,7 +60,11 @@ pub fn register_process(r: &mut Registry) {
         r.register("process_virtual_memory_bytes", "Virtual memory size in bytes", gauge(stat.vsize as f64));
         r.register("process_threads", "Threads in this process", gauge(stat.num_threads as f64));
         if let Ok(boot) = procfs::boot_time_secs() {
-            r.register("process_start_time_seconds", "Start time of the process since the Unix epoch, in seconds", gauge(boot as f64 + stat.starttime as f64 / ticks));
+            r.register(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch, in seconds",
+                gauge(boot as f64 + stat.starttime as f64 / ticks),
+            );
         }
     }
     if let Ok(n) = me.fd_count() {
@@ -86,7 +90,14 @@ mod tests {
         let c: Counter = Counter::default();
         c.inc();
         let body = render("demo", |r| r.register("things", "Things", c.clone()));
-        for needle in ["demo_things_total 1", "demo_build_info{", "process_cpu_seconds_total ", "process_resident_memory_bytes ", "process_open_fds ", "process_start_time_seconds "] {
+        for needle in [
+            "demo_things_total 1",
+            "demo_build_info{",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
             assert!(body.contains(needle), "{needle} missing from\n{body}");
         }
         assert_eq!(body.matches("# EOF").count(), 1, "{body}");

@@ -60,22 +60,22 @@ impl Default for Metrics {
 impl Metrics {
     pub fn render(&self) -> String {
         runtime::metrics::render("syncer", |r| {
-        r.register("applied_revision", "Source revision each backend reflects (fully applied, nothing held)", self.applied_revision.clone());
-        r.register("staleness_seconds", "Seconds since the source was last known current", self.staleness_seconds.clone());
-        r.register("source_up", "1 while the source is connected and current", self.source_up.clone());
-        r.register("ops", "HAProxy operations applied, by kind", self.ops.clone());
-        r.register("errors", "Failed reads or operations on HAProxy", self.errors.clone());
-        r.register("held_removals", "Removals held back by the breaker", self.held_removals.clone());
-        r.register("held_removals_pending", "Removals held back in the last pass", self.held_now.clone());
-        r.register("haproxy_restarts", "HAProxy restarts or reloads detected (state re-applied)", self.haproxy_restarts.clone());
-        r.register("passes", "Reconcile passes", self.passes.clone());
-        r.register(
-            "relist_corrections",
-            "Endpoints a periodic re-list of the registry found wrong (the watch missed them); should stay 0",
-            self.relist_corrections.clone(),
-        );
-        r.register("apply_duration_seconds", "How long applying one pass's operations to a backend took", self.apply_seconds.clone());
-        r.register("read_duration_seconds", "How long reading a backend's servers from HAProxy took", self.read_seconds.clone());
+            r.register("applied_revision", "Source revision each backend reflects (fully applied, nothing held)", self.applied_revision.clone());
+            r.register("staleness_seconds", "Seconds since the source was last known current", self.staleness_seconds.clone());
+            r.register("source_up", "1 while the source is connected and current", self.source_up.clone());
+            r.register("ops", "HAProxy operations applied, by kind", self.ops.clone());
+            r.register("errors", "Failed reads or operations on HAProxy", self.errors.clone());
+            r.register("held_removals", "Removals held back by the breaker", self.held_removals.clone());
+            r.register("held_removals_pending", "Removals held back in the last pass", self.held_now.clone());
+            r.register("haproxy_restarts", "HAProxy restarts or reloads detected (state re-applied)", self.haproxy_restarts.clone());
+            r.register("passes", "Reconcile passes", self.passes.clone());
+            r.register(
+                "relist_corrections",
+                "Endpoints a periodic re-list of the registry found wrong (the watch missed them); should stay 0",
+                self.relist_corrections.clone(),
+            );
+            r.register("apply_duration_seconds", "How long applying one pass's operations to a backend took", self.apply_seconds.clone());
+            r.register("read_duration_seconds", "How long reading a backend's servers from HAProxy took", self.read_seconds.clone());
         })
     }
 }

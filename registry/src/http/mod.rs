@@ -17,6 +17,7 @@ mod peer;
 mod raft_rpc;
 mod services;
 mod tokens;
+mod ui;
 mod watch;
 
 use std::sync::Arc;
@@ -70,6 +71,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/ui", get(ui::index))
+        .route("/ui/app.js", get(ui::app))
+        .route("/ui/style.css", get(ui::style))
         .route_layer(acl);
     let api = forwarded.merge(local).fallback(ops::not_found).method_not_allowed_fallback(ops::method_not_allowed).layer(DefaultBodyLimit::max(API_BODY_LIMIT));
     let raft = Router::new()

@@ -29,8 +29,8 @@ use tokio::time::Instant;
 
 pub use election::{PreVoteRequest, PreVoteResponse};
 pub use handover::{RenewalAck, RenewalShare};
-pub use transfer::{TimeoutNow, TimeoutNowAck, Transfer};
 pub use reads::{ReadOptions, Staleness, DEFAULT_WAIT, MAX_WAIT};
+pub use transfer::{TimeoutNow, TimeoutNowAck, Transfer};
 pub use writes::check_names;
 
 use crate::command::{Proposal, Resp};
@@ -314,8 +314,7 @@ impl Node {
         let audit = match &config.audit_log {
             None => None,
             Some(p) => Some(
-                crate::audit::AuditLog::open(p, metrics.audit_dropped.clone())
-                    .map_err(|e| StartError::Storage(format!("audit log {}: {e}", p.display())))?,
+                crate::audit::AuditLog::open(p, metrics.audit_dropped.clone()).map_err(|e| StartError::Storage(format!("audit log {}: {e}", p.display())))?,
             ),
         };
         let node = Arc::new(Node {

@@ -157,7 +157,10 @@ async fn run(args: Args) -> Result<()> {
             pct(&follower_gaps, 100.0),
         );
         if let Some(Value::Object(o)) = json.get_mut(*name) {
-            o.insert("rolling_restart".into(), json!({ "rolls": rolls.len(), "leader_turn_gap_ms": leader_gaps, "follower_turn_gap_max_ms": pct(&follower_gaps, 100.0) }));
+            o.insert(
+                "rolling_restart".into(),
+                json!({ "rolls": rolls.len(), "leader_turn_gap_ms": leader_gaps, "follower_turn_gap_max_ms": pct(&follower_gaps, 100.0) }),
+            );
         }
     }
     println!("(writes every {:?}; the systems share this machine's cores with the benchmark)", args.write_every);
@@ -277,7 +280,13 @@ async fn roll<S: System>(sys: &mut S, args: &Args) -> Result<Vec<Roll>> {
             gaps.push(longest_gap(&acks.lock().unwrap(), from, Instant::now()).as_secs_f64() * 1e3);
         }
         let leader = leader_at_turn.context("no node led when its turn came")?;
-        eprintln!("{} roll {}: longest write gap per node {:?} ms (node {} led)", sys.name(), round + 1, gaps.iter().map(|g| g.round()).collect::<Vec<_>>(), leader + 1);
+        eprintln!(
+            "{} roll {}: longest write gap per node {:?} ms (node {} led)",
+            sys.name(),
+            round + 1,
+            gaps.iter().map(|g| g.round()).collect::<Vec<_>>(),
+            leader + 1
+        );
         rolls.push(Roll { gaps_ms: gaps, leader });
     }
     writing.store(false, std::sync::atomic::Ordering::SeqCst);
