@@ -504,6 +504,11 @@ impl Client {
     }
 
     /// The cluster as the first node that answers sees it.
+    /// A backup of the registry's state (admin): `registry snapshot save` writes it to a file.
+    pub async fn snapshot(&self) -> Result<proto::SnapshotDocument, Error> {
+        self.call(Method::GET, "/v1/snapshot", None::<&()>, None).await
+    }
+
     pub async fn cluster(&self) -> Result<ClusterInfo, Error> {
         self.call(Method::GET, "/v1/cluster", None::<&()>, None).await
     }

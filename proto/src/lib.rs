@@ -10,6 +10,7 @@ pub mod instance;
 pub mod lease;
 pub mod removal;
 pub mod report;
+pub mod snapshot;
 pub mod token;
 pub mod validate;
 pub mod watch;
@@ -21,6 +22,7 @@ pub use instance::{Instance, InstanceSpec, InstanceState, LeaseInfo, Registratio
 pub use lease::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest};
 pub use removal::{Removal, RemovalCause, RemovalList};
 pub use report::{BackendReport, SyncerReport};
+pub use snapshot::{SnapshotCounts, SnapshotDocument, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
 pub use token::{TokenCreateRequest, TokenCreated, TokenInfo, TokenList};
 pub use watch::WatchEvent;
 pub use znode::{ZkDigest, ZnodeData};

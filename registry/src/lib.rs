@@ -2,6 +2,7 @@
 
 pub mod acl;
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub mod command;
 pub mod config;

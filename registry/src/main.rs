@@ -73,6 +73,49 @@ enum Command {
         #[command(subcommand)]
         action: TlsAction,
     },
+    /// Back up the registry's state, seed a new cluster from a backup, or check one.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotAction {
+    /// Write a consistent backup (services, instances, leases, tokens' hashes, recent
+    /// removals) to FILE, taken on the leader through any node (admin token). An existing
+    /// file is never overwritten. Like `etcdctl snapshot save`.
+    Save {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The backup file to write (mode 0600).
+        file: std::path::PathBuf,
+    },
+    /// Seed the data directory of one node of a NEW cluster from a backup. Run it for every
+    /// node (same FILE and --peers, each with its own --id and --data-dir), then start each with
+    /// `registry serve` and the same --id/--data-dir/--peers. Revisions go on from the
+    /// backup's; leases keep their ids and get a fresh TTL, so announcers re-attach.
+    Restore {
+        /// The backup file.
+        file: std::path::PathBuf,
+        /// The node's data directory; must be missing or empty.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// This node's id; one of --peers.
+        #[arg(long)]
+        id: u64,
+        /// Every member of the new cluster, `ID=HOST:PORT,...`, as `serve --peers` will get it.
+        #[arg(long)]
+        peers: String,
+    },
+    /// Check a backup (format, checksum, counts) and print its revision, time and counts.
+    /// Exits 1 if it is damaged.
+    Inspect {
+        /// The backup file.
+        file: std::path::PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -267,6 +310,29 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Snapshot { action } => {
+            let (what, done) = match action {
+                SnapshotAction::Save { client: args, file } => {
+                    let c = match client(&args) {
+                        Ok(c) => c,
+                        Err(code) => return code,
+                    };
+                    ("save", registry::backup::save(&c, &file).await)
+                }
+                SnapshotAction::Inspect { file, output } => ("inspect", registry::backup::inspect(&file, output == Output::Json)),
+                SnapshotAction::Restore { file, data_dir, id, peers } => ("restore", registry::backup::restore_command(&file, &data_dir, id, &peers)),
+            };
+            match done {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("registry snapshot {what}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Token { action } => match action {
             TokenAction::Generate => {
                 println!("{}", client::generate_token());

@@ -88,6 +88,13 @@ impl StateMachine {
         Ok(StateMachine { shared: Arc::new(shared), faults: None })
     }
 
+    /// Writes `applied` as the snapshot a new node under `dir` starts from (`backup::restore`).
+    pub fn seed(dir: &Path, meta: &SnapshotMeta, applied: &Applied) -> Result<(), frame::FileError> {
+        frame::create_dir_durable(dir)?;
+        let file = SnapshotFile { meta: meta.clone(), data: applied.clone() };
+        frame::write_atomic(&dir.join("snapshot"), &serde_json::to_vec(&file).expect("store serializes"))
+    }
+
     /// Lets `faults` delay this node's apply.
     pub fn with_faults(mut self, id: NodeId, faults: Faults) -> StateMachine {
         self.faults = Some((id, faults));

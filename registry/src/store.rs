@@ -317,6 +317,17 @@ impl Store {
         self.cluster_id.as_deref()
     }
 
+    /// This store as the seed of a new cluster (`backup::restore`): the old cluster's own
+    /// records (its id, which members had started, the request-replay window) are dropped;
+    /// services, instances, leases, tokens and the recent removals stay.
+    pub fn restored(mut self) -> Store {
+        self.cluster_id = None;
+        self.started.clear();
+        self.requests = Requests::default();
+        self.term = 0;
+        self
+    }
+
     /// Members that have acknowledged the log at least once.
     pub fn started(&self) -> &BTreeSet<u64> {
         &self.started

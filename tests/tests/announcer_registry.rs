@@ -60,6 +60,71 @@ async fn wait_state(client: &client::Client, instance: &str, want: Option<Instan
     t.elapsed()
 }
 
+/// Backup and restore (`registry snapshot save/inspect/restore`): a backup taken while an
+/// announcer renews its lease; the whole cluster destroyed (every process killed, every data
+/// directory removed); three new nodes seeded from the backup on the same addresses. The
+/// announcer, which kept running, re-attaches to its lease with nothing lost, the instance
+/// without a lease is back, tokens still work, and revisions go on from the backup's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_restored_from_a_backup_keeps_everything_and_the_announcer_reattaches() {
+    let mut cluster = RegistryCluster::start(3).await;
+    let client = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let w = web(dir.path(), "web-r");
+    let admin = free_port();
+    let _a = announcer(dir.path(), "announcer-r", &cluster.urls(), &cluster.access_args("announcer-r", &["announce:web-servers"]).await, &w, admin, &[]);
+    let id = format!("127.0.0.1:{}", w.port);
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "the instance to be registered").await;
+    let fixed = proto::InstanceSpec { address: "10.9.9.9".into(), port: 80, lease_id: None, weight: 7, state: Default::default(), meta: Default::default() };
+    client.put_instance("static", "s1", &fixed).await.unwrap();
+    let lease = client.service("web-servers", false).await.unwrap().instances[0].lease_id.expect("under a lease");
+
+    let file = dir.path().join("backup.json");
+    let file_arg = file.display().to_string();
+    let (code, out, err) = cluster.cli(&["snapshot", "save", &file_arg]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, again, _) = cluster.cli(&["snapshot", "save", &file_arg]);
+    assert_ne!(code, 0, "a second save overwrote the backup: {again}");
+    let (code, out, err) = e2e::registry_cli(&["snapshot", "inspect", &file_arg, "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let head: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((head["counts"]["services"].as_u64(), head["counts"]["instances"].as_u64()), (Some(2), Some(2)), "{out}");
+    let revision = head["revision"].as_u64().unwrap();
+
+    // Destroyed: every node killed, every data directory gone.
+    for n in &mut cluster.nodes {
+        n.kill();
+    }
+    for i in 1..=3 {
+        std::fs::remove_dir_all(cluster.dir.path().join(format!("data{i}"))).unwrap();
+    }
+    // Three new nodes seeded from the backup, on the same addresses.
+    let peers = cluster.addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    for i in 1..=3 {
+        let data = cluster.dir.path().join(format!("data{i}")).display().to_string();
+        let (code, out, err) = e2e::registry_cli(&["snapshot", "restore", &file_arg, "--data-dir", &data, "--id", &i.to_string(), "--peers", &peers]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    for n in &mut cluster.nodes {
+        n.start();
+    }
+    cluster.wait_leader(Duration::from_secs(15)).await;
+
+    // The announcer's keepalives reach its lease again: the same lease, the instance up, and it
+    // stays through three TTLs (2 s) without the lease ever being lost.
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "the instance on the restored cluster").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let s = client.service("web-servers", false).await.unwrap();
+    assert_eq!(s.instances.len(), 1, "{s:?}");
+    assert_eq!(s.instances[0].lease_id, Some(lease), "the announcer had to register again: {s:?}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("announcer_lease_lost_total 0"), "{metrics}");
+    let s1 = client.service("static", false).await.unwrap();
+    assert_eq!((s1.instances.len(), s1.instances[0].weight), (1, 7), "{s1:?}");
+    let w2 = client.put_instance("static", "s2", &fixed).await.unwrap();
+    assert!(w2.revision > revision, "revision {} after a backup at {revision}", w2.revision);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_maintenance_and_graceful_stop() {
     let cluster = RegistryCluster::start(3).await;

@@ -14,6 +14,11 @@ pub async fn info(State(node): State<Arc<Node>>) -> Json<ClusterInfo> {
     Json(node.cluster_info())
 }
 
+/// `GET /v1/snapshot` (admin): a backup, taken on the leader (a follower relays it there).
+pub async fn snapshot(State(node): State<Arc<Node>>) -> Result<Json<proto::SnapshotDocument>, ApiError> {
+    node.snapshot().await.map(Json)
+}
+
 pub async fn add_member(State(node): State<Arc<Node>>, JsonBody(req): JsonBody<MemberChange>) -> Result<Json<WriteResult>, ApiError> {
     let addr = req.addr.ok_or_else(|| ApiError::InvalidArgument("adding a member needs its addr (HOST:PORT)".into()))?;
     node.add_member(req.id, addr).await.map(Json)

@@ -51,6 +51,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let cluster = Router::new()
         .route("/v1/cluster", get(cluster::info))
         .route("/v1/cluster/members", post(cluster::add_member))
+        .route("/v1/snapshot", get(cluster::snapshot))
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/v1/acl/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/acl/tokens/{id}", delete(tokens::revoke));

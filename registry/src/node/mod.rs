@@ -256,9 +256,12 @@ impl Node {
         let sm = StateMachine::open(&config.data_dir.join("state"), config.history, config.limits.history_bytes)
             .map_err(|e| StartError::Storage(e.to_string()))?
             .with_faults(config.id, faults.clone());
-        let fresh = log.get_log_state().await.map_err(|e| StartError::Storage(e.to_string()))?.last_log_id.is_none()
-            && log.read_vote().await.map_err(|e| StartError::Storage(e.to_string()))?.is_none();
         let shared = sm.shared();
+        // A data directory seeded by `snapshot restore` has a snapshot (with the new cluster's
+        // membership) and nothing else: not fresh, nothing to bootstrap.
+        let fresh = log.get_log_state().await.map_err(|e| StartError::Storage(e.to_string()))?.last_log_id.is_none()
+            && log.read_vote().await.map_err(|e| StartError::Storage(e.to_string()))?.is_none()
+            && shared.read().last_applied.is_none();
         let raft_config = openraft::Config {
             cluster_name: "registry".into(),
             // openraft 0.9 gives every append this long to arrive, and sends its own heartbeats
@@ -626,6 +629,16 @@ impl Node {
     /// Waits until this node, as leader, has confirmed leadership with a quorum and applied
     /// everything committed before the call (including its own first entry): a read after
     /// this is linearizable.
+    /// A backup of the store as of now (`backup::document`), taken on the leader after a
+    /// linearizable read barrier, so it holds every write acknowledged before the call.
+    pub async fn snapshot(&self) -> Result<proto::SnapshotDocument, ApiError> {
+        self.linearize().await?;
+        let store = self.shared.read().store.clone();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        // Encoding a large store must not hold an async worker.
+        tokio::task::spawn_blocking(move || crate::backup::document(&store, now)).await.map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
     async fn linearize(&self) -> Result<(), ApiError> {
         if !self.is_leader() {
             return Err(self.not_leader());
