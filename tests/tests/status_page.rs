@@ -27,7 +27,7 @@ async fn on_tab<T: Send + 'static>(tab: &Arc<Tab>, f: impl FnOnce(&Tab) -> anyho
 }
 
 fn text_of(tab: &Tab, selector: &str) -> anyhow::Result<String> {
-    Ok(tab.wait_for_element_with_custom_timeout(selector, Duration::from_secs(15))?.get_inner_text()?)
+    tab.wait_for_element_with_custom_timeout(selector, Duration::from_secs(15))?.get_inner_text()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
