@@ -182,6 +182,7 @@ pub async fn run<P: Publisher>(
 ) -> Outcome {
     let mut gen = 0u64;
     let mut checks = spawn_checks(&config, gen, &tx);
+    runtime::notify::ready(&format!("announcing {} instances", config.services.len()));
     let mut st = State { health: State::health_for(&config, None), maint: false, draining: false };
     let config = &mut config;
     let tick_every = publisher.tick_interval();

@@ -71,8 +71,14 @@ fn forward_signals(events: mpsc::Sender<Event>, args: RunArgs) -> std::io::Resul
     tokio::spawn(async move {
         loop {
             let event = tokio::select! {
-                _ = term.recv() => Event::Stop,
-                _ = int.recv() => Event::Stop,
+                _ = term.recv() => {
+                    runtime::notify::stopping();
+                    Event::Stop
+                }
+                _ = int.recv() => {
+                    runtime::notify::stopping();
+                    Event::Stop
+                }
                 _ = hup.recv() => match args.clone().resolve() {
                     Ok(config) => Event::Reload(Box::new(config)),
                     Err(errors) => {

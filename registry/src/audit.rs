@@ -37,7 +37,8 @@ pub struct Record<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
-    /// `ok`, `denied` (401, 403), `refused` (another 4xx) or `failed` (5xx).
+    /// `ok`, `denied` (401, 403), `refused` (another 4xx), `failed` (5xx), or `cancelled`
+    /// (status 0: the request was dropped before its answer; the write may have applied).
     pub result: &'static str,
     /// The error code of a refusal or failure, when the answer carried one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,6 +62,8 @@ pub fn result_of(status: u16) -> &'static str {
 enum Msg {
     Line(Vec<u8>),
     Reopen,
+    /// Write out what is queued, then say so.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 pub struct AuditLog {
@@ -95,7 +98,38 @@ impl AuditLog {
 
     /// Closes and reopens the file (after logrotate moved it away).
     pub fn reopen(&self) {
-        let _ = self.tx.try_send(Msg::Reopen);
+        if self.tx.try_send(Msg::Reopen).is_err() {
+            tracing::warn!(path = %self.path.display(), "audit log: the queue is full; not reopened, send SIGHUP again");
+        }
+    }
+
+    /// Waits (blocking, up to `limit`) until every line queued so far is written: before the
+    /// process exits.
+    pub fn flush(&self, limit: std::time::Duration) -> bool {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.tx.send_timeout_compat(Msg::Flush(tx), limit) && rx.recv_timeout(limit).is_ok()
+    }
+}
+
+/// `SyncSender` has no send with a deadline: try until it fits or `limit` passes.
+trait SendTimeout {
+    fn send_timeout_compat(&self, msg: Msg, limit: std::time::Duration) -> bool;
+}
+
+impl SendTimeout for SyncSender<Msg> {
+    fn send_timeout_compat(&self, mut msg: Msg, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match self.try_send(msg) {
+                Ok(()) => return true,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(TrySendError::Full(_)) => return false,
+            }
+        }
     }
 }
 
@@ -121,6 +155,10 @@ fn write_lines(path: PathBuf, file: File, rx: Receiver<Msg>) {
                         }
                         failing = true;
                     }
+                }
+                Msg::Flush(done) => {
+                    let _ = out.flush();
+                    let _ = done.send(());
                 }
                 Msg::Reopen => {
                     let _ = out.flush();

@@ -44,6 +44,9 @@ pub async fn start(
     Ok((node, task))
 }
 
+/// How long a stopping node waits for the client writes it is answering.
+const WRITES_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn run(serve: Serve) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(serve.listen).await.with_context(|| format!("binding {}", serve.listen))?;
     tracing::info!(id = serve.node.id, listen = %serve.listen, advertise = %serve.node.advertise, data_dir = %serve.node.data_dir.display(), "starting registry node");
@@ -61,6 +64,9 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let (node, http) = start(listener, config, Faults::from_stall_file(serve.fault_disk_stall_file)).await?;
+    // Up and serving; the cluster's state (is there a leader?) is the status line and /readyz.
+    runtime::notify::ready(&format!("node {} serving on {}", node.id(), serve.listen));
+    tokio::spawn(notify_leader(node.watch_metrics()));
     let mut metrics = node.watch_metrics();
     // A storage error stops Raft for good; exit rather than linger half alive.
     let fatal = async move {
@@ -78,7 +84,11 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => reload(&node),
+            _ = hup.recv() => {
+                runtime::notify::reloading();
+                reload(&node);
+                runtime::notify::ready("reloaded");
+            }
             e = &mut fatal => {
                 http.abort();
                 anyhow::bail!("raft stopped: {e}");
@@ -86,11 +96,38 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
+    runtime::notify::stopping();
     // Before the HTTP server goes: the successor's vote request comes through it.
     node.hand_off().await;
+    // No new connections; requests on open ones are still answered (each connection is a task
+    // of its own), and writes held during the hand-off, now relayed, get their answers first.
     http.abort();
+    if !node.writes_settled(WRITES_SETTLE).await {
+        tracing::warn!("stopping with client writes still unanswered after {WRITES_SETTLE:?}; their clients will retry");
+    }
     node.shutdown().await;
     Ok(())
+}
+
+/// Keeps systemd's status line (`systemctl status`) saying who leads, as it changes.
+async fn notify_leader(mut metrics: tokio::sync::watch::Receiver<crate::types::RaftMetrics>) {
+    let mut said = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader, m.current_term)
+        };
+        if said != Some(now) {
+            said = Some(now);
+            match now.0 {
+                Some(l) => runtime::notify::status(&format!("leader is node {l}, term {}", now.1)),
+                None => runtime::notify::status(&format!("no leader known (term {})", now.1)),
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// SIGHUP: reads the TLS files again. A reload that fails keeps the old settings, so a

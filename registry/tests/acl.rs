@@ -333,6 +333,17 @@ async fn the_audit_log_names_who_wrote_what_and_the_answer() {
     assert_eq!(status(&web.put_instance("api-a", "i1", &spec(80, None)).await.unwrap_err()), 403);
     assert_eq!(status(&as_token(&c, &[follower], &"u".repeat(40)).delete_instance("web-a", "i1").await.unwrap_err()), 401);
 
+    // An instance named like the keepalive route is still a write to log.
+    web.put_instance("web-a", "keepalive", &spec(81, Some(lease))).await.unwrap();
+    // A membership change refused at the door (a wrong cluster secret), before any token check.
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v1/cluster/members", c.nodes[&follower].url))
+        .header(registry::peer_auth::SECRET_HEADER, "not-the-cluster-secret-not-the-cluster-secret")
+        .json(&serde_json::json!({"id": 9, "addr": "127.0.0.1:1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
     // Every node's log: each request is on exactly one of them.
     let all_lines = || -> Vec<serde_json::Value> {
         c.nodes
@@ -346,10 +357,10 @@ async fn the_audit_log_names_who_wrote_what_and_the_answer() {
             })
             .collect()
     };
-    let ours = |l: &serde_json::Value| l["path"] == "/v1/leases" || l["path"].as_str().unwrap().contains("-a/");
-    let lines = wait_until(Duration::from_secs(5), "four audit lines", || async {
+    let ours = |l: &serde_json::Value| l["path"] == "/v1/leases" || l["path"] == "/v1/cluster/members" || l["path"].as_str().unwrap().contains("-a/");
+    let lines = wait_until(Duration::from_secs(5), "six audit lines", || async {
         let lines: Vec<serde_json::Value> = all_lines().into_iter().filter(ours).collect();
-        (lines.len() >= 4).then_some(lines)
+        (lines.len() >= 6).then_some(lines)
     })
     .await;
     let find = |method: &str, path: &str| {
@@ -369,7 +380,11 @@ async fn the_audit_log_names_who_wrote_what_and_the_answer() {
     assert_eq!(denied["code"], "forbidden", "{denied}");
     let unknown = find("DELETE", "/v1/services/web-a/instances/i1");
     assert_eq!((unknown["token"].as_u64(), unknown["status"].as_u64(), unknown["code"].as_str()), (None, Some(401), Some("unauthenticated")), "{unknown}");
+    let named = find("PUT", "/v1/services/web-a/instances/keepalive");
+    assert_eq!(named["status"].as_u64(), Some(200), "{named}");
+    let door = find("POST", "/v1/cluster/members");
+    assert_eq!((door["status"].as_u64(), door["code"].as_str(), door["node"].as_u64()), (Some(403), Some("forbidden"), Some(follower)), "{door}");
     let everything = all_lines();
-    assert!(!everything.iter().any(|l| l["path"].as_str().unwrap().ends_with("/keepalive")), "an accepted keepalive was logged: {everything:#?}");
+    assert!(!everything.iter().any(|l| l["path"].as_str().unwrap().starts_with("/v1/leases/")), "an accepted keepalive was logged: {everything:#?}");
     assert!(!everything.iter().any(|l| l["method"] == "GET"), "a read was logged: {everything:#?}");
 }

@@ -1,5 +1,7 @@
 //! What the three binaries (`registry`, `announcer`, `syncer`) share at run time, so that each
-//! rule lives in one place: how they log, and how they serve metrics and name their version.
+//! rule lives in one place: how they log, how they serve metrics and name their version, and
+//! how they talk to systemd.
 
 pub mod logs;
 pub mod metrics;
+pub mod notify;

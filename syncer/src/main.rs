@@ -76,7 +76,10 @@ fn reload_on_sighup(args: RunArgs, running: Config) -> std::io::Result<tokio::sy
     tokio::spawn(async move {
         let mut running = running;
         while hup.recv().await.is_some() {
-            let new = match args.clone().resolve() {
+            runtime::notify::reloading();
+            let resolved = args.clone().resolve();
+            runtime::notify::ready("reloaded");
+            let new = match resolved {
                 Ok(c) => c,
                 Err(errors) => {
                     tracing::error!(?errors, "SIGHUP: the config does not resolve; reload refused, the running config stays");
@@ -129,6 +132,7 @@ async fn run_with<D: Driver + Send + 'static>(driver: D, config: Config, metrics
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    runtime::notify::ready(&format!("following {} backends", config.settings.mappings.len()));
     tokio::select! {
         _ = reconciler.run(rx) => anyhow::bail!("the source stopped"),
         // Leaving HAProxy exactly as it is: the syncer's absence must not change the balancer.

@@ -136,6 +136,24 @@ async fn sigterm_to_the_leader_hands_leadership_off_before_it_exits() {
     retry(Duration::from_secs(5), || client.put_instance("probe", "before", &probe)).await;
     let urls = cluster.urls();
     let term = client.cluster_at(&urls[leader]).await.unwrap().term;
+    // Writes keep coming, first to the old leader, throughout the stop: none may fail, not even
+    // one held during the hand-off and relayed as the process exits.
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (client, writing, probe) =
+            (cluster.client_for(&[urls[leader].clone()].iter().chain(urls.iter()).cloned().collect::<Vec<_>>()), writing.clone(), probe.clone());
+        tokio::spawn(async move {
+            let (mut done, mut failed) = (0u64, Vec::new());
+            while writing.load(Ordering::SeqCst) {
+                match client.put_instance("probe", &format!("w{}", done % 8), &probe).await {
+                    Ok(_) => done += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (done, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.nodes[leader].signal("TERM");
     let code = cluster.nodes[leader].wait_exit(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "the old leader's exit after SIGTERM: {}", cluster.nodes[leader].log_text());
@@ -149,6 +167,10 @@ async fn sigterm_to_the_leader_hands_leadership_off_before_it_exits() {
     assert!(seen.iter().all(|(_, l, t)| l.is_some() && *l == seen[0].1 && *t == term + 1), "survivors right after the exit (term before {term}): {seen:?}");
     let survivors: Vec<String> = urls.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, u)| u.clone()).collect();
     cluster.client_for(&survivors).put_instance("probe", "after", &probe).await.expect("the first write after the exit");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writing.store(false, Ordering::SeqCst);
+    let (done, failed) = writer.await.unwrap();
+    assert!(failed.is_empty(), "writes failed across the stop ({done} went through): {failed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,34 +29,91 @@ pub struct AuditCode(pub proto::ErrorCode);
 pub struct AuditLeader(pub u64);
 
 pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let Some(log) = node.audit() else { return next.run(req).await };
-    let method = req.method().clone();
-    // Reads are not audited, and a relayed request was logged where the client sent it.
-    if method == Method::GET || method == Method::HEAD || req.headers().contains_key(super::FORWARDED_HEADER) {
+    if node.audit().is_none() || !audited(req.method(), req.headers()) {
         return next.run(req).await;
     }
-    let path = req.uri().path().to_string();
     let (parts, body) = req.into_parts();
-    let client = super::extract::connection_ip(&parts);
-    let started = Instant::now();
-    let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    // Written when the answer is known; if the request is dropped first (the client went
+    // away, the process is stopping), written anyway as `cancelled`: the write may have applied.
+    let mut line = Pending::new(&node, &parts.method, parts.uri.path(), super::extract::connection_ip(&parts));
     let resp = next.run(Request::from_parts(parts, body)).await;
     let status = resp.status().as_u16();
-    if path.ends_with("/keepalive") && !(400..500).contains(&status) {
+    let keepalive = line.method == Method::POST && line.path.starts_with("/v1/leases/") && line.path.ends_with("/keepalive");
+    if keepalive && !(400..500).contains(&status) {
+        line.skip();
         return resp;
     }
-    log.record(&Record {
-        time,
-        node: node.id(),
-        client: client.as_deref(),
-        token: resp.extensions().get::<AuditToken>().map(|t| t.0),
-        method: method.as_str(),
-        path: &path,
+    line.finish(
         status,
-        result: result_of(status),
-        code: resp.extensions().get::<AuditCode>().map(|c| c.0),
-        leader: resp.extensions().get::<AuditLeader>().map(|l| l.0),
-        duration_ms: started.elapsed().as_secs_f64() * 1e3,
-    });
+        resp.extensions().get::<AuditToken>().map(|t| t.0),
+        resp.extensions().get::<AuditCode>().map(|c| c.0),
+        resp.extensions().get::<AuditLeader>().map(|l| l.0),
+    );
     resp
+}
+
+/// Whether a request is audited here: a write, not relayed in by a peer (the node the client
+/// sent it to logs it).
+fn audited(method: &Method, headers: &axum::http::HeaderMap) -> bool {
+    !(method == Method::GET || method == Method::HEAD || headers.contains_key(super::FORWARDED_HEADER))
+}
+
+/// One refusal made before the token check (the peer layer's, for membership changes).
+pub fn refused(node: &Node, method: &Method, path: &str, headers: &axum::http::HeaderMap, client: Option<String>, status: u16, code: proto::ErrorCode) {
+    if node.audit().is_none() || !audited(method, headers) {
+        return;
+    }
+    Pending::new(node, method, path, client).finish(status, None, Some(code), None);
+}
+
+/// A line waiting for its answer.
+struct Pending<'a> {
+    node: &'a Node,
+    method: Method,
+    path: String,
+    client: Option<String>,
+    time: String,
+    started: Instant,
+    done: bool,
+}
+
+impl<'a> Pending<'a> {
+    fn new(node: &'a Node, method: &Method, path: &str, client: Option<String>) -> Pending<'a> {
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        Pending { node, method: method.clone(), path: path.to_string(), client, time, started: Instant::now(), done: false }
+    }
+
+    fn skip(&mut self) {
+        self.done = true;
+    }
+
+    fn finish(&mut self, status: u16, token: Option<TokenId>, code: Option<proto::ErrorCode>, leader: Option<u64>) {
+        self.write(status, result_of(status), token, code, leader);
+    }
+
+    fn write(&mut self, status: u16, result: &'static str, token: Option<TokenId>, code: Option<proto::ErrorCode>, leader: Option<u64>) {
+        self.done = true;
+        let Some(log) = self.node.audit() else { return };
+        log.record(&Record {
+            time: std::mem::take(&mut self.time),
+            node: self.node.id(),
+            client: self.client.as_deref(),
+            token,
+            method: self.method.as_str(),
+            path: &self.path,
+            status,
+            result,
+            code,
+            leader,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1e3,
+        });
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.write(0, "cancelled", None, None, None);
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod cluster;
 mod error;
 mod extract;
 mod forward;
+mod inflight;
 mod leases;
 mod ops;
 mod peer;
@@ -65,7 +66,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(middleware::from_fn_with_state(node.clone(), forward::layer))
         .route_layer(acl.clone())
         // Outside the token check, so refusals are logged too.
-        .route_layer(middleware::from_fn_with_state(node.clone(), audit::layer));
+        .route_layer(middleware::from_fn_with_state(node.clone(), audit::layer))
+        .route_layer(middleware::from_fn_with_state(node.clone(), inflight::layer));
     let local = Router::new()
         // Served by every node from its own applied log; never forwarded.
         .route("/v1/watch", get(watch::watch))

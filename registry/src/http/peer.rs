@@ -45,6 +45,11 @@ pub async fn layer(State(node): State<Arc<Node>>, mut req: Request, next: Next) 
                 Denied::WrongSecret => ApiError::Forbidden("wrong cluster secret".into()),
                 Denied::NoNodeCertificate => ApiError::Forbidden(format!("{what} needs a node certificate signed by the cluster CA, for a member's host")),
             };
+            if kind == MembersOnly::Membership {
+                let client = req.extensions().get::<ConnectInfo<Conn>>().map(|c| c.0.addr.ip().to_string());
+                let status = if matches!(why, Denied::Missing) { 401 } else { 403 };
+                super::audit::refused(&node, req.method(), req.uri().path(), req.headers(), client, status, err.code());
+            }
             return err.into_response();
         }
         // A client, not a peer: it may not claim to be forwarded or speak for another address.

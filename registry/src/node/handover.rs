@@ -83,11 +83,16 @@ impl super::Node {
     }
 
     pub(super) async fn send_renewals(&self, to: NodeId, addr: &str, share: &RenewalShare) -> bool {
+        self.send_renewals_within(to, addr, share, self.config.election_timeout.0).await
+    }
+
+    /// `send_renewals` with a deadline of its own (a hand-off sends every lease at once).
+    pub(super) async fn send_renewals_within(&self, to: NodeId, addr: &str, share: &RenewalShare, limit: std::time::Duration) -> bool {
         if self.faults.check(self.id, to).is_err() {
             return false;
         }
         let url = format!("{}/raft/renewals", self.peers.base(addr));
-        let sent = self.peers.http().post(url).json(share).timeout(self.config.election_timeout.0).send().await;
+        let sent = self.peers.http().post(url).json(share).timeout(limit).send().await;
         match sent {
             Ok(r) if r.status().is_success() => r.json::<RenewalAck>().await.is_ok_and(|a| a.accepted),
             _ => false,

@@ -220,8 +220,10 @@ pub struct Node {
     old_self_listed: std::sync::atomic::AtomicBool,
     watches: Arc<std::sync::atomic::AtomicUsize>,
     blocking: Arc<std::sync::atomic::AtomicUsize>,
+    /// Client writes being answered (`http::inflight`), for a graceful stop to wait on.
+    writes: Arc<std::sync::atomic::AtomicUsize>,
     /// The audit log, with `--audit-log`.
-    audit: Option<crate::audit::AuditLog>,
+    audit: Option<Arc<crate::audit::AuditLog>>,
     /// Held for writing while leadership is handed off (`transfer`); every proposal holds it
     /// for reading, so the log stops growing during a hand-off.
     transfer_gate: tokio::sync::RwLock<()>,
@@ -317,7 +319,9 @@ impl Node {
         let audit = match &config.audit_log {
             None => None,
             Some(p) => Some(
-                crate::audit::AuditLog::open(p, metrics.audit_dropped.clone()).map_err(|e| StartError::Storage(format!("audit log {}: {e}", p.display())))?,
+                crate::audit::AuditLog::open(p, metrics.audit_dropped.clone())
+                    .map(Arc::new)
+                    .map_err(|e| StartError::Storage(format!("audit log {}: {e}", p.display())))?,
             ),
         };
         let node = Arc::new(Node {
@@ -340,6 +344,7 @@ impl Node {
             old_self_listed: Default::default(),
             watches: Default::default(),
             blocking: Default::default(),
+            writes: Default::default(),
             transfer_gate: tokio::sync::RwLock::new(()),
             transferring: watch::channel(false).0,
             stop: watch::channel(false).0,
@@ -364,9 +369,32 @@ impl Node {
         Ok(node)
     }
 
+    /// A client write began; it ends when the permit drops.
+    pub fn write_started(&self) -> Permit {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Permit(self.writes.clone())
+    }
+
+    /// Waits up to `limit` until no client write is being answered; whether none is.
+    pub async fn writes_settled(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.writes.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
     /// Stops the background tasks and Raft. Safe to call more than once.
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);
+        if let Some(log) = &self.audit {
+            // Lines queued by the last requests are written before the process exits.
+            let log = log.clone();
+            let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(2))).await;
+        }
         let tasks: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
         for t in tasks {
             let _ = t.await;
@@ -387,7 +415,7 @@ impl Node {
     }
 
     pub fn audit(&self) -> Option<&crate::audit::AuditLog> {
-        self.audit.as_ref()
+        self.audit.as_deref()
     }
 
     pub(crate) fn raft(&self) -> &Raft {
@@ -517,6 +545,11 @@ impl Node {
     /// its store holds every committed change (etcd #6978), waiting a little for a new leader.
     async fn ready(&self) -> Result<u64, ApiError> {
         self.transfer_settled().await;
+        // Stopping: its leadership task may be gone, so its view of leadership is no longer
+        // kept current.
+        if *self.stop.borrow() {
+            return Err(ApiError::Unavailable("this node is stopping; retry another node".into()));
+        }
         self.leadership.wait_ready(READY_WAIT).await.map_err(|e| self.not_fresh(e))
     }
 

@@ -71,12 +71,28 @@ impl super::Node {
     /// leaves it leader, so it may).
     pub async fn hand_off(&self) -> Transfer {
         let Ok(term) = self.leadership.ready_term(Instant::now()) else { return Transfer::NotLeader };
+        // Before anything waits: with no voter that can win with this one's vote (five
+        // voters, or one), there is nothing to try.
+        if let Err(why) = self.able_successors() {
+            return self.transfer_ended(Transfer::Failed(why));
+        }
         self.transferring.send_replace(true);
-        let out = match tokio::time::timeout(LIMIT, self.try_hand_off(term)).await {
+        let asked = std::sync::atomic::AtomicBool::new(false);
+        let out = match tokio::time::timeout(LIMIT, self.try_hand_off(term, &asked)).await {
             Ok(out) => out,
             Err(_) => Transfer::Failed(format!("no new leader within {LIMIT:?}")),
         };
-        self.transferring.send_replace(false);
+        // Renewals and writes wait no more once another node leads, or when no candidate was
+        // ever asked to campaign (this node still leads, alone). After a failed attempt in which
+        // one was, this node may be deposed at any moment without having seen it: it keeps
+        // holding them until it stops (`ready` refuses once stopping).
+        if matches!(out, Transfer::Done { .. }) || !asked.load(std::sync::atomic::Ordering::SeqCst) {
+            self.transferring.send_replace(false);
+        }
+        self.transfer_ended(out)
+    }
+
+    fn transfer_ended(&self, out: Transfer) -> Transfer {
         match &out {
             Transfer::Done { to, term } => {
                 self.metrics.leader_transfers.get_or_create(&crate::metrics::ResultLabels { result: "done" }).inc();
@@ -91,44 +107,65 @@ impl super::Node {
         out
     }
 
-    async fn try_hand_off(&self, term: u64) -> Transfer {
-        // No proposal in flight and none new from here on: the log stops growing.
+    /// The voters whose vote and this node's make a majority of every configuration.
+    fn able_successors(&self) -> Result<Vec<NodeId>, String> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let configs: Vec<BTreeSet<NodeId>> = membership.get_joint_config().clone();
+        let able: Vec<NodeId> = membership.voter_ids().filter(|v| *v != self.id && is_quorum(&configs, &[self.id, *v].into())).collect();
+        if able.is_empty() {
+            return Err(format!("no single other voter makes a majority with this one ({} voters)", membership.voter_ids().count()));
+        }
+        Ok(able)
+    }
+
+    async fn try_hand_off(&self, term: u64, asked: &std::sync::atomic::AtomicBool) -> Transfer {
+        // No proposal in flight and none new from here on: the log stops growing (a membership
+        // change, which does not go through `propose`, is caught below).
         let _gate = self.transfer_gate.write().await;
         let mut metrics = self.raft.metrics();
-        let last = self.last_log_id();
-        let (to, addr) = loop {
+        let (to, addr, last) = loop {
+            let last = self.last_log_id();
             let m = metrics.borrow_and_update().clone();
             if m.current_term != term || m.state != ServerState::Leader {
                 return Transfer::Failed("leadership changed during the hand-off".into());
             }
-            let membership = m.membership_config.membership();
-            let configs: Vec<BTreeSet<NodeId>> = membership.get_joint_config().clone();
-            let able: Vec<NodeId> = membership.voter_ids().filter(|v| *v != self.id && is_quorum(&configs, &[self.id, *v].into())).collect();
-            if able.is_empty() {
-                return Transfer::Failed(format!("no single other voter makes a majority with this one ({} voters)", membership.voter_ids().count()));
-            }
+            let able = match self.able_successors() {
+                Ok(a) => a,
+                Err(why) => return Transfer::Failed(why),
+            };
             let matched = m.replication.clone().unwrap_or_default();
+            let membership = m.membership_config.membership();
             let current = able.into_iter().find(|v| matched.get(v).copied().flatten() >= last && last.is_some());
-            if let Some(v) = current.and_then(|v| membership.get_node(&v).map(|n| (v, n.addr.clone()))) {
-                break v;
+            let Some((to, addr)) = current.and_then(|v| membership.get_node(&v).map(|n| (v, n.addr.clone()))) else {
+                // Wait for replication to catch a voter up.
+                if metrics.changed().await.is_err() {
+                    return Transfer::Failed("raft stopped".into());
+                }
+                continue;
+            };
+            // openraft grants a vote only once its own vote is older than its lease; this
+            // node's dates from its election, so this waits only for a leader elected a moment
+            // ago.
+            let vote_time = self.raft.with_raft_state(|st| st.vote_last_modified()).await.ok().flatten();
+            if let Some(t) = vote_time {
+                tokio::time::sleep_until(t + self.config.election_timeout.1 + Duration::from_millis(1)).await;
             }
-            // Wait for replication to catch a voter up.
-            if metrics.changed().await.is_err() {
-                return Transfer::Failed("raft stopped".into());
+            // Still the same log (a membership change may have appended meanwhile): else this
+            // node would refuse the candidate's vote, and be deposed by its higher term anyway.
+            if self.last_log_id() == last {
+                break (to, addr, last);
             }
         };
-        // openraft grants a vote only once its own vote is older than its lease; this node's
-        // dates from its election, so this waits only for a leader elected a moment ago.
-        let vote_time = self.raft.with_raft_state(|st| st.vote_last_modified()).await.ok().flatten();
-        if let Some(t) = vote_time {
-            tokio::time::sleep_until(t + self.config.election_timeout.1 + Duration::from_millis(1)).await;
-        }
         // Every lease's last renewal, so the successor's clocks start where this node's stand.
+        // Built after `transferring` was set: a keepalive that renews later sees the flag and is
+        // not acknowledged (`writes::keepalive`).
         let share = self.renewals_for(term, None, Instant::now());
-        if !self.send_renewals(to, &addr, &share).await {
+        if !self.send_renewals_within(to, &addr, &share, LIMIT / 2).await {
             return Transfer::Failed(format!("node {to} did not take the lease renewals"));
         }
         let req = TimeoutNow { leader: self.id, term, last_log_id: last };
+        asked.store(true, std::sync::atomic::Ordering::SeqCst);
         match self.send_timeout_now(to, &addr, &req).await {
             Ok(ack) if ack.campaigning => {}
             Ok(ack) => return Transfer::Failed(format!("node {to} would not campaign: {}", ack.reason)),
@@ -181,6 +218,9 @@ impl super::Node {
         }
         if !voter || !self.may_vote() {
             return refuse("this node is not a voter".into());
+        }
+        if *self.stop.borrow() {
+            return refuse("this node is stopping too".into());
         }
         let mine = self.last_log_id();
         if mine < req.last_log_id {

@@ -140,6 +140,11 @@ impl Node {
             // A deadline the expiry loop does not know yet.
             self.expiry_wake.notify_one();
         }
+        // A hand-off began after `ready`: its renewal share may have been built before this
+        // renewal, so the successor may not know of it. Not acknowledged; the client retries.
+        if *self.transferring.borrow() {
+            return Err(ApiError::Unavailable("leadership is being handed off; retry".into()));
+        }
         // Still a fresh leader of the same term as the renewal is acknowledged: this task may
         // have been held up since `ready` (a stopped or starved process), and a renewal this
         // node acknowledges while another leads is one the new leader may not know of.
