@@ -173,6 +173,48 @@ async fn sigterm_to_the_leader_hands_leadership_off_before_it_exits() {
     assert!(failed.is_empty(), "writes failed across the stop ({done} went through): {failed:?}");
 }
 
+/// Under systemd (`Type=notify`): `registry serve` says READY=1 on the notify socket once it
+/// serves, then who leads in its status line, and STOPPING=1 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reports_ready_and_the_leader_through_the_notify_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let addr = format!("127.0.0.1:{}", e2e::free_port());
+    let secret = e2e::write_cluster_secret(dir.path());
+    let mut node = std::process::Command::new(binary("registry"))
+        .args(["serve", "--id", "1", "--listen", &addr, "--peers", &format!("1={addr}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--cluster-secret-file")
+        .arg(&secret)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(said.contains("READY=1") && said.contains("STATUS=leader is node 1")) {
+        assert!(Instant::now() < deadline, "no READY=1 and leader status within 15 s; got {said:?}");
+        if let Ok(n) = socket.recv(&mut buf) {
+            said.push_str(&String::from_utf8_lossy(&buf[..n]));
+            said.push('\n');
+        }
+    }
+    let _ = std::process::Command::new("kill").args(["-TERM", &node.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !said.contains("STOPPING=1") {
+        assert!(Instant::now() < deadline, "no STOPPING=1 after SIGTERM; got {said:?}");
+        if let Ok(n) = socket.recv(&mut buf) {
+            said.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    assert!(node.wait().unwrap().success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_single_node_keeps_every_acknowledged_write() {
     let mut cluster = RegistryCluster::start(1).await;

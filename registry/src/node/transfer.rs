@@ -55,6 +55,8 @@ pub struct TimeoutNowAck {
 pub enum Transfer {
     /// This node did not lead (or had not yet applied its own term): nothing to hand off.
     NotLeader,
+    /// This node is the only voter: there is no one to hand off to.
+    Alone,
     /// `to` leads now, in `term`.
     Done { to: NodeId, term: u64 },
     /// Not handed off; the node stops as if it had crashed, and the others elect.
@@ -73,6 +75,9 @@ impl super::Node {
         let Ok(term) = self.leadership.ready_term(Instant::now()) else { return Transfer::NotLeader };
         // Before anything waits: with no voter that can win with this one's vote (five
         // voters, or one), there is nothing to try.
+        if self.raft.metrics().borrow().membership_config.membership().voter_ids().all(|v| v == self.id) {
+            return Transfer::Alone;
+        }
         if let Err(why) = self.able_successors() {
             return self.transfer_ended(Transfer::Failed(why));
         }
@@ -102,7 +107,7 @@ impl super::Node {
                 self.metrics.leader_transfers.get_or_create(&crate::metrics::ResultLabels { result: "failed" }).inc();
                 tracing::warn!(reason = %why, "leadership not handed off; the others will elect a leader after their lease");
             }
-            Transfer::NotLeader => {}
+            Transfer::NotLeader | Transfer::Alone => {}
         }
         out
     }
