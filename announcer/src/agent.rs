@@ -225,7 +225,6 @@ async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
 /// Runs until drained or stopped. `tx` is the sender of `events`, for the health checks it
 /// starts (again on each reload). `maint` is the saved maintenance (`store`'s), where it
 /// starts.
-#[allow(clippy::too_many_arguments)]
 pub async fn run<P: Publisher>(
     mut publisher: P,
     mut config: Config,
@@ -311,6 +310,7 @@ pub async fn run<P: Publisher>(
                         tracing::warn!(drain = ?config.drain, ?late, "the drain time is up before these balancers applied the drain; deregistering anyway");
                     }
                     Some(DrainProgress::Unknown { .. }) => tracing::info!(drain = ?config.drain, "drain time over"),
+                    _ if config.drain.is_zero() => {}
                     _ => tracing::warn!(drain = ?config.drain, "the drain time is up before the drain could be published or the balancers read; deregistering anyway"),
                 }
                 drop(follower);
