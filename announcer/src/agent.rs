@@ -1,6 +1,7 @@
 //! The announcer's loop: folds health results, maintenance and shutdown into the desired set,
 //! and keeps the backend equal to it (level-triggered: after any failure it simply syncs the
-//! whole set again, with jittered backoff).
+//! whole set again, with jittered backoff). On a stop it drains: until every balancer has
+//! applied the drain (as the publisher can tell) or the drain time is up, whichever is first.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,13 +9,14 @@ use std::time::Duration;
 use proto::InstanceState;
 use rand::Rng;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::health::{Checker, RiseFall};
+use crate::maint::{self, MaintState};
 use crate::metrics::{InstanceLabels, Metrics};
-use crate::publish::{Announcement, Desired, PublishError, Publisher};
+use crate::publish::{Announcement, Desired, DrainProgress, Key, PublishError, Publisher};
 
 /// Inputs of the loop.
 #[derive(Debug)]
@@ -24,17 +26,33 @@ pub enum Event {
     Health { gen: u64, idx: usize, result: Result<(), String>, took: Duration },
     /// SIGHUP: a config resolved anew (`reload::merge` decides what of it applies).
     Reload(Box<Config>),
-    /// Maintenance on or off.
-    Maint(bool),
+    /// A maintenance switch (`announcer maint`), and where to answer: the state after it,
+    /// saved, or why not.
+    Maint(maint::Change, oneshot::Sender<Result<MaintState, MaintError>>),
     /// SIGTERM or SIGINT.
     Stop,
+}
+
+/// Why a maintenance switch did not (entirely) work.
+#[derive(Debug)]
+pub enum MaintError {
+    /// Not applied.
+    Refused(maint::ChangeError),
+    /// Applied, but the file could not be written: it will not survive a restart.
+    NotSaved { state: MaintState, error: String },
 }
 
 /// What the admin endpoint shows.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
+    /// Host-wide maintenance.
     pub maint: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maint_reason: Option<String>,
     pub draining: bool,
+    /// While draining: what is known of the balancers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainProgress>,
     /// Whether the backend holds the desired set right now.
     pub in_sync: bool,
     pub instances: Vec<InstanceStatus>,
@@ -45,6 +63,10 @@ pub struct InstanceStatus {
     pub service: String,
     pub instance: String,
     pub healthy: bool,
+    /// In maintenance, its own or the host's.
+    pub maint: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maint_reason: Option<String>,
     /// The state announced, or `None` when not announced.
     pub announced: Option<InstanceState>,
 }
@@ -103,6 +125,9 @@ fn spawn_checks(config: &Config, gen: u64, events: &mpsc::Sender<Event>) -> Chec
     let mut tasks = Vec::new();
     for (idx, s) in config.services.iter().enumerate() {
         let Some(c) = s.check.clone() else { continue };
+        if let crate::health::Check::Http { url, tls: crate::health::HttpTls::SkipVerify, .. } = &c.check {
+            tracing::warn!(service = %s.service, instance = %s.instance, %url, "tls_skip_verify: this check does not verify the server's certificate");
+        }
         let events = events.clone();
         tasks.push(tokio::spawn(async move {
             let checker = Checker::new(c.check, c.timeout);
@@ -123,8 +148,10 @@ fn spawn_checks(config: &Config, gen: u64, events: &mpsc::Sender<Event>) -> Chec
 
 struct State {
     health: Vec<Option<RiseFall>>,
-    maint: bool,
+    maint: MaintState,
     draining: bool,
+    /// The balancers' progress with the drain, as last reported.
+    drain: Option<DrainProgress>,
 }
 
 impl State {
@@ -149,41 +176,74 @@ impl State {
     }
 
     /// Unhealthy: not announced (the lease stays). Draining wins over maintenance, which wins
-    /// over up.
+    /// over up. An instance in maintenance carries its reason in meta (`maint.reason`); the
+    /// key is reserved, so a configured entry of that name is dropped.
     fn desired(&self, config: &Config) -> Desired {
-        let state = if self.draining {
-            InstanceState::Drain
-        } else if self.maint {
-            InstanceState::Maint
-        } else {
-            InstanceState::Up
-        };
         config
             .services
             .iter()
             .enumerate()
             .filter(|(i, _)| self.healthy(*i))
             .map(|(_, s)| {
-                let a = Announcement { address: s.address.clone(), port: s.port, weight: s.weight, state, meta: s.meta.clone() };
-                ((s.service.clone(), s.instance.clone()), a)
+                let key: Key = (s.service.clone(), s.instance.clone());
+                let mut meta = s.meta.clone();
+                meta.remove(proto::MAINT_REASON_META);
+                let state = match self.maint.effective(&key) {
+                    _ if self.draining => InstanceState::Drain,
+                    Some(m) => {
+                        if let Some(r) = &m.reason {
+                            meta.insert(proto::MAINT_REASON_META.to_string(), r.clone());
+                        }
+                        InstanceState::Maint
+                    }
+                    None => InstanceState::Up,
+                };
+                let a = Announcement { address: s.address.clone(), port: s.port, weight: s.weight, state, meta };
+                (key, a)
             })
             .collect()
     }
 }
 
+/// The task following the balancers through a drain; stopped when dropped.
+struct Follower(tokio::task::JoinHandle<()>);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The next message of `rx`, or never if there is none.
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs until drained or stopped. `tx` is the sender of `events`, for the health checks it
-/// starts (again on each reload).
+/// starts (again on each reload). `maint` is the saved maintenance (`store`'s), where it
+/// starts.
 pub async fn run<P: Publisher>(
     mut publisher: P,
     mut config: Config,
     tx: mpsc::Sender<Event>,
     mut events: mpsc::Receiver<Event>,
     shared: Arc<Shared>,
+    store: maint::Store,
+    maint: MaintState,
 ) -> Outcome {
     let mut gen = 0u64;
     let mut checks = spawn_checks(&config, gen, &tx);
     runtime::notify::ready(&format!("announcing {} instances", config.services.len()));
-    let mut st = State { health: State::health_for(&config, None), maint: false, draining: false };
+    if maint.host.is_some() || !maint.instances.is_empty() {
+        tracing::info!(host = ?maint.host, instances = ?maint.instances.keys().collect::<Vec<_>>(), file = %store.path().display(), "starting in maintenance, as saved");
+    }
+    let mut st = State { health: State::health_for(&config, None), maint, draining: false, drain: None };
+    // While draining: the task following the balancers, and its findings.
+    let mut follower: Option<Follower> = None;
+    let mut progress: Option<mpsc::Receiver<DrainProgress>> = None;
     let config = &mut config;
     let tick_every = publisher.tick_interval();
     let mut backoff = Backoff::new(Duration::from_millis(100), tick_every.clamp(Duration::from_millis(200), Duration::from_secs(2)));
@@ -201,6 +261,13 @@ pub async fn run<P: Publisher>(
                 Ok(()) => {
                     dirty = false;
                     backoff.reset();
+                    // The drain is published (again, if the set changed meanwhile): follow the
+                    // balancers from these revisions.
+                    if st.draining && drain_until.is_some() {
+                        let (ptx, prx) = mpsc::channel(16);
+                        follower = Some(Follower(tokio::spawn(publisher.follow_drain(ptx))));
+                        progress = Some(prx);
+                    }
                 }
                 Err(e) => {
                     shared.metrics.sync_failures.inc();
@@ -238,8 +305,38 @@ pub async fn run<P: Publisher>(
             }
             _ = tokio::time::sleep_until(retry_at), if dirty => {}
             _ = tokio::time::sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() => {
+                match &st.drain {
+                    Some(DrainProgress::Waiting { late }) => {
+                        let late: Vec<String> = late.iter().map(ToString::to_string).collect();
+                        tracing::warn!(drain = ?config.drain, ?late, "the drain time is up before these balancers applied the drain; deregistering anyway");
+                    }
+                    Some(DrainProgress::Unknown { .. }) => tracing::info!(drain = ?config.drain, "drain time over"),
+                    _ if config.drain.is_zero() => {}
+                    _ => tracing::warn!(drain = ?config.drain, "the drain time is up before the drain could be published or the balancers read; deregistering anyway"),
+                }
+                drop(follower);
                 return finish(&mut publisher, &shared).await;
             }
+            p = recv_opt(&mut progress), if progress.is_some() => match p {
+                None => progress = None,
+                Some(p) => {
+                    match &p {
+                        DrainProgress::Applied { balancers } => {
+                            tracing::info!(?balancers, "every balancer has applied the drain; deregistering");
+                            st.drain = Some(p);
+                            publish_status(&shared, config, &st, &desired, !dirty);
+                            drop(follower);
+                            return finish(&mut publisher, &shared).await;
+                        }
+                        DrainProgress::Unknown { why } => tracing::info!(%why, drain = ?config.drain, "cannot tell when the balancers have drained; waiting the drain time"),
+                        DrainProgress::Waiting { late } => {
+                            let late: Vec<String> = late.iter().map(ToString::to_string).collect();
+                            tracing::info!(?late, "waiting for balancers to apply the drain");
+                        }
+                    }
+                    st.drain = Some(p);
+                }
+            },
             ev = events.recv() => match ev {
                 None => return finish(&mut publisher, &shared).await,
                 Some(Event::Health { gen: g, .. }) if g != gen => {}
@@ -277,20 +374,41 @@ pub async fn run<P: Publisher>(
                         }
                     }
                 }
-                Some(Event::Maint(on)) => {
-                    if st.maint != on {
-                        tracing::info!(maint = on, "maintenance changed");
-                        st.maint = on;
-                        dirty = true;
-                        retry_at = Instant::now();
-                    }
+                Some(Event::Maint(change, reply)) => {
+                    let configured: Vec<Key> = config.services.iter().map(|s| (s.service.clone(), s.instance.clone())).collect();
+                    let mut next = st.maint.clone();
+                    let answer = match next.apply(&change, &configured, maint::now_ms()) {
+                        Err(e) => {
+                            tracing::warn!(?change, error = %e, "maintenance change refused");
+                            Err(MaintError::Refused(e))
+                        }
+                        Ok(changed) => {
+                            if changed {
+                                tracing::info!(on = change.on, target = ?change.target, reason = ?change.reason, "maintenance changed");
+                                st.maint = next.clone();
+                                dirty = true;
+                                retry_at = Instant::now();
+                            }
+                            // Saved even when unchanged: it repairs a file an earlier save missed.
+                            let (store, state) = (store.clone(), next.clone());
+                            let saved = tokio::task::spawn_blocking(move || store.save(&state)).await.unwrap_or_else(|e| Err(e.to_string()));
+                            match saved {
+                                Ok(()) => Ok(next),
+                                Err(error) => {
+                                    tracing::error!(%error, "could not save the maintenance state; it will not survive a restart");
+                                    Err(MaintError::NotSaved { state: next, error })
+                                }
+                            }
+                        }
+                    };
+                    let _ = reply.send(answer);
                 }
                 Some(Event::Stop) => {
                     if st.draining {
                         tracing::warn!("second signal: exiting without finishing the drain");
                         return Outcome::Forced;
                     }
-                    tracing::info!(drain = ?config.drain, "signal: draining, then deregistering");
+                    tracing::info!(drain = ?config.drain, "signal: draining until the balancers have applied it (at most the drain time), then deregistering");
                     st.draining = true;
                     dirty = true;
                     retry_at = Instant::now();
@@ -321,14 +439,30 @@ fn publish_status(shared: &Shared, config: &Config, st: &State, desired: &Desire
             let healthy = st.healthy(i);
             let labels = InstanceLabels { service: s.service.clone(), instance: s.instance.clone() };
             shared.metrics.healthy.get_or_create(&labels).set(healthy as i64);
-            InstanceStatus { service: s.service.clone(), instance: s.instance.clone(), healthy, announced: desired.get(&key).map(|a| a.state) }
+            let m = st.maint.effective(&key);
+            shared.metrics.instance_maint.get_or_create(&labels).set(m.is_some() as i64);
+            InstanceStatus {
+                service: s.service.clone(),
+                instance: s.instance.clone(),
+                healthy,
+                maint: m.is_some(),
+                maint_reason: m.and_then(|m| m.reason.clone()),
+                announced: desired.get(&key).map(|a| a.state),
+            }
         })
         .collect();
     if in_sync {
         shared.metrics.published.set(desired.len() as i64);
     }
-    shared.metrics.maint.set(st.maint as i64);
-    *shared.status.lock().unwrap() = Status { maint: st.maint, draining: st.draining, in_sync, instances };
+    shared.metrics.maint.set(st.maint.host.is_some() as i64);
+    *shared.status.lock().unwrap() = Status {
+        maint: st.maint.host.is_some(),
+        maint_reason: st.maint.host.as_ref().and_then(|m| m.reason.clone()),
+        draining: st.draining,
+        drain: st.drain.clone(),
+        in_sync,
+        instances,
+    };
 }
 
 #[cfg(test)]

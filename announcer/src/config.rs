@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
-use crate::health::Check;
+use crate::health::{Check, HttpTls};
 
 pub use runtime::logs::LogFormat;
 
@@ -57,6 +57,12 @@ pub struct RunArgs {
     /// With --check-http: the body must contain this text.
     #[arg(long)]
     pub check_expect: Option<String>,
+    /// With an https:// --check-http: trust this CA (PEM) alone for the check.
+    #[arg(long, value_name = "FILE")]
+    pub check_ca_file: Option<PathBuf>,
+    /// With an https:// --check-http: do not verify the server's certificate (warned about).
+    #[arg(long)]
+    pub check_tls_skip_verify: bool,
     /// TCP health check: connect to this HOST:PORT.
     #[arg(long)]
     pub check_tcp: Option<String>,
@@ -83,6 +89,11 @@ pub struct RunArgs {
     /// [default: 127.0.0.1:9470].
     #[arg(long, env = "ANNOUNCER_ADMIN", value_name = "IP:PORT|off")]
     pub admin: Option<proto::admin::AdminListen>,
+    /// Where state that outlives a restart is kept (`maint.json`: maintenance); created when
+    /// first needed. Another announcer on the same host needs a directory of its own
+    /// [default: /var/lib/announcer].
+    #[arg(long, env = "ANNOUNCER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -107,6 +118,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     drain: Option<Duration>,
     admin: Option<String>,
+    state_dir: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     #[serde(default)]
@@ -137,6 +149,10 @@ struct FileService {
 struct FileCheck {
     http: Option<String>,
     expect: Option<String>,
+    /// https only: trust this CA alone.
+    ca_file: Option<PathBuf>,
+    /// https only: do not verify the certificate.
+    tls_skip_verify: Option<bool>,
     tcp: Option<String>,
     exec: Option<String>,
     #[serde(default, with = "humantime_serde")]
@@ -146,6 +162,9 @@ struct FileCheck {
     rise: Option<u32>,
     fall: Option<u32>,
 }
+
+/// `--state-dir` unless given.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/announcer";
 
 /// Where registrations go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +206,8 @@ pub struct Config {
     /// `admin` is the default, not asked for: if its port is taken the process runs without
     /// it (with a warning) instead of refusing to start.
     pub admin_default: bool,
+    /// `--state-dir`: the maintenance file is `maint.json` in it.
+    pub state_dir: PathBuf,
     pub log_format: LogFormat,
     /// `--log-level` or `log_level`, checked; `None`: RUST_LOG or the default.
     pub log_level: Option<String>,
@@ -233,6 +254,26 @@ fn check_config(p: &mut Problems, at: &str, c: FileCheck) -> Option<CheckConfig>
             p.add(&format!("{at}.tcp"), e);
         }
     }
+    let https = c.http.as_deref().and_then(|u| reqwest::Url::parse(u).ok()).is_some_and(|u| u.scheme() == "https");
+    let tls = match (c.ca_file, c.tls_skip_verify.unwrap_or(false)) {
+        (Some(_), true) => {
+            p.add(&format!("{at}.tls_skip_verify"), "give either ca_file or tls_skip_verify, not both");
+            HttpTls::SystemRoots
+        }
+        (Some(path), false) => match read_ca(&path) {
+            Ok(pem) => HttpTls::CaFile { path, pem },
+            Err(e) => {
+                p.add(&format!("{at}.ca_file"), e);
+                HttpTls::SystemRoots
+            }
+        },
+        (None, true) => HttpTls::SkipVerify,
+        (None, false) => HttpTls::SystemRoots,
+    };
+    if tls != HttpTls::SystemRoots && !https {
+        let field = if tls == HttpTls::SkipVerify { "tls_skip_verify" } else { "ca_file" };
+        p.add(&format!("{at}.{field}"), "only applies to an https:// http check");
+    }
     if c.exec.as_deref().is_some_and(|e| e.trim().is_empty()) {
         p.add(&format!("{at}.exec"), "is empty");
     }
@@ -252,12 +293,22 @@ fn check_config(p: &mut Problems, at: &str, c: FileCheck) -> Option<CheckConfig>
         p.add(&format!("{at}.fall"), "must be at least 1");
     }
     let check = match (c.http, c.tcp, c.exec) {
-        (Some(url), None, None) => Check::Http { url, expect: c.expect },
+        (Some(url), None, None) => Check::Http { url, expect: c.expect, tls },
         (None, Some(addr), None) => Check::Tcp { addr },
         (None, None, Some(command)) => Check::Exec { command },
         _ => return None,
     };
     Some(CheckConfig { check, interval, timeout, rise, fall })
+}
+
+/// A CA file for an https check: PEM with at least one certificate.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(pem),
+        Ok(_) => Err(format!("{}: no PEM certificate in it", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 fn service_config(p: &mut Problems, at: &str, s: FileService) -> Option<ServiceConfig> {
@@ -288,6 +339,8 @@ impl RunArgs {
             Some(FileCheck {
                 http: self.check_http.clone(),
                 expect: self.check_expect.clone(),
+                ca_file: self.check_ca_file.clone(),
+                tls_skip_verify: self.check_tls_skip_verify.then_some(true),
                 tcp: self.check_tcp.clone(),
                 exec: self.check_exec.clone(),
                 interval: self.check_interval,
@@ -298,6 +351,9 @@ impl RunArgs {
         } else {
             if self.check_expect.is_some() {
                 p.add("check-expect", "needs --check-http");
+            }
+            if self.check_ca_file.is_some() || self.check_tls_skip_verify {
+                p.add("check-ca-file", "--check-ca-file and --check-tls-skip-verify need an https:// --check-http");
             }
             None
         };
@@ -421,6 +477,7 @@ impl RunArgs {
             (None, Some(a)) => a.parse::<proto::admin::AdminListen>().map_err(|e| p.add("admin", e)).ok().and_then(|a| a.0),
             (None, None) => proto::admin::ANNOUNCER_DEFAULT.0,
         };
+        let state_dir = self.state_dir.clone().or(file.state_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let log_level = match (self.log_level.clone(), file.log_level.as_deref()) {
             (Some(l), _) => Some(l),
             (None, Some(l)) => runtime::logs::parse_level(l).map_err(|e| p.add("log_level", e)).ok(),
@@ -436,6 +493,7 @@ impl RunArgs {
             drain,
             admin,
             admin_default,
+            state_dir,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             log_level,
             services,
@@ -548,5 +606,78 @@ check = { tcp = "127.0.0.1:9090", exec = "true" }
         std::fs::write(&path, "registry = \"http://x:1\"\n[[services]]\nname = \"a\"\naddress = \"1.2.3.4:5\"\nport = 5\n").unwrap();
         let e = RunArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
         assert!(e[0].contains("port"), "{e:?}");
+    }
+
+    #[test]
+    fn https_check_options_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&ca, rcgen::CertificateParams::default().self_signed(&key).unwrap().pem()).unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let path = dir.path().join("a.toml");
+        let ca = ca.display();
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+registry = "http://127.0.0.1:7401"
+[[services]]
+name = "a"
+address = "10.0.0.5:1"
+check = {{ http = "https://127.0.0.1:8443/health", ca_file = "{ca}" }}
+[[services]]
+name = "b"
+address = "10.0.0.5:2"
+check = {{ http = "https://127.0.0.1:8443/health", tls_skip_verify = true }}
+"#
+            ),
+        )
+        .unwrap();
+        let c = RunArgs { config: Some(path.clone()), ..Default::default() }.resolve().unwrap();
+        let tls = |i: usize| match &c.services[i].check.as_ref().unwrap().check {
+            Check::Http { tls, .. } => tls.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(tls(0), HttpTls::CaFile { pem, .. } if !pem.is_empty()));
+        assert_eq!(tls(1), HttpTls::SkipVerify);
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+registry = "http://127.0.0.1:7401"
+state_dir = "/tmp/x"
+[[services]]
+name = "a"
+address = "10.0.0.5:1"
+check = {{ http = "https://127.0.0.1:8443/health", ca_file = "{ca}", tls_skip_verify = true }}
+[[services]]
+name = "b"
+address = "10.0.0.5:2"
+check = {{ http = "http://127.0.0.1:8080/health", tls_skip_verify = true }}
+[[services]]
+name = "c"
+address = "10.0.0.5:3"
+check = {{ http = "https://127.0.0.1:8443/health", ca_file = "{}" }}
+[[services]]
+name = "d"
+address = "10.0.0.5:4"
+check = {{ tcp = "127.0.0.1:8443", ca_file = "{ca}" }}
+"#,
+                junk.display()
+            ),
+        )
+        .unwrap();
+        let e = RunArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
+        for field in ["services[0].check.tls_skip_verify:", "services[1].check.tls_skip_verify:", "services[2].check.ca_file:", "services[3].check.ca_file:"] {
+            assert!(e.iter().any(|x| x.starts_with(field)), "{field} missing from {e:?}");
+        }
+        let flags = RunArgs { check_tls_skip_verify: true, ..args() }.resolve().unwrap_err();
+        assert!(flags.iter().any(|x| x.contains("https")), "{flags:?}");
+        let flags = RunArgs { check_http: Some("https://127.0.0.1:1/".into()), check_tls_skip_verify: true, ..args() }.resolve().unwrap();
+        assert!(matches!(&flags.services[0].check.as_ref().unwrap().check, Check::Http { tls: HttpTls::SkipVerify, .. }));
     }
 }

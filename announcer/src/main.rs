@@ -25,11 +25,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Put this host's instances into maintenance (`on`) or back (`off`), through a running
-    /// announcer's admin endpoint.
+    /// Put this host's instances, a service's or one instance into maintenance (`on`) or back
+    /// (`off`), through a running announcer's admin endpoint. The announcer saves it in its
+    /// --state-dir, so it outlasts a restart. Host and instance maintenance are independent:
+    /// `off` for the host leaves an instance's own maintenance on.
     Maint {
         #[arg(value_enum)]
         state: OnOff,
+        /// Only the instances of this service [default: the whole host].
+        #[arg(long)]
+        service: Option<String>,
+        /// Only this instance (of --service).
+        #[arg(long, requires = "service")]
+        instance: Option<String>,
+        /// Why (with `on`): shown by `registry ls` and carried in the instance's meta as
+        /// `maint.reason`.
+        #[arg(long)]
+        reason: Option<String>,
         /// The running announcer's --admin address.
         #[arg(long, env = "ANNOUNCER_ADMIN", default_value = "127.0.0.1:9470")]
         admin: std::net::SocketAddr,
@@ -42,15 +54,36 @@ enum OnOff {
     Off,
 }
 
-async fn maint(on: bool, admin: std::net::SocketAddr) -> ExitCode {
+/// Prints what is in maintenance after the change.
+fn print_maint(state: &announcer::maint::MaintState) {
+    let reason = |m: &announcer::maint::Maint| m.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+    match &state.host {
+        Some(m) => println!("host: maintenance on{}", reason(m)),
+        None => println!("host: maintenance off"),
+    }
+    for ((s, i), m) in &state.instances {
+        println!("{s}/{i}: maintenance on{}", reason(m));
+    }
+}
+
+async fn maint(req: announcer::admin::MaintRequest, admin: std::net::SocketAddr) -> ExitCode {
     let url = format!("http://{admin}/v1/maint");
-    match reqwest::Client::new().post(&url).json(&announcer::admin::MaintRequest { on }).send().await {
-        Ok(r) if r.status().is_success() => {
-            println!("maintenance {}", if on { "on" } else { "off" });
-            ExitCode::SUCCESS
-        }
+    match reqwest::Client::new().post(&url).json(&req).send().await {
+        Ok(r) if r.status().is_success() => match r.json::<announcer::maint::MaintState>().await {
+            Ok(state) => {
+                print_maint(&state);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("announcer maint: done, but the answer could not be read: {e}");
+                ExitCode::SUCCESS
+            }
+        },
         Ok(r) => {
-            eprintln!("announcer maint: {url} answered {}", r.status());
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["message"].as_str().map(str::to_string)).unwrap_or(text);
+            eprintln!("announcer maint: {status}: {message}");
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -96,6 +129,10 @@ fn forward_signals(events: mpsc::Sender<Event>, args: RunArgs) -> std::io::Resul
 }
 
 async fn run(config: Config, args: RunArgs) -> anyhow::Result<Outcome> {
+    // Saved maintenance first: a file that cannot be read stops the start, rather than put
+    // back into rotation what an operator took out.
+    let store = announcer::maint::Store::new(&config.state_dir);
+    let saved = store.load().map_err(|e| anyhow::anyhow!("maintenance state {e}"))?;
     let shared = Arc::new(Shared { metrics: Default::default(), status: Default::default() });
     let (tx, rx) = mpsc::channel(256);
     forward_signals(tx.clone(), args)?;
@@ -117,11 +154,11 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<Outcome> {
     let outcome = match &config.backend {
         Backend::Registry(urls, access) => {
             let client = client::Client::builder(urls)?.access(access)?.build()?;
-            agent::run(announcer::registry::RegistryPublisher::new(client, config.ttl), config, tx.clone(), rx, shared).await
+            agent::run(announcer::registry::RegistryPublisher::new(client, config.ttl), config, tx.clone(), rx, shared, store, saved).await
         }
         Backend::Zookeeper(addr) => {
             let publisher = announcer::zk::ZkPublisher::new(addr, config.ttl).with_auth(config.zookeeper_auth.clone());
-            agent::run(publisher, config, tx.clone(), rx, shared).await
+            agent::run(publisher, config, tx.clone(), rx, shared, store, saved).await
         }
     };
     drop(tx);
@@ -131,8 +168,8 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<Outcome> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Maint { state, admin }) = cli.command {
-        return maint(matches!(state, OnOff::On), admin).await;
+    if let Some(Command::Maint { state, service, instance, reason, admin }) = cli.command {
+        return maint(announcer::admin::MaintRequest { on: matches!(state, OnOff::On), service, instance, reason }, admin).await;
     }
     let config = match cli.run.clone().resolve() {
         Ok(c) => c,

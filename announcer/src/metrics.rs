@@ -20,6 +20,8 @@ pub struct Metrics {
     pub sync_failures: Counter,
     pub lost: Counter,
     pub maint: Gauge,
+    /// 1 while an instance is in maintenance (its own or the host's).
+    pub instance_maint: Family<InstanceLabels, Gauge>,
     /// How long each health check took, pass or fail.
     pub check_seconds: Family<InstanceLabels, Histogram, fn() -> Histogram>,
     /// How long a keepalive (ZooKeeper: a session check) took.
@@ -38,6 +40,7 @@ impl Default for Metrics {
             sync_failures: Counter::default(),
             lost: Counter::default(),
             maint: Gauge::default(),
+            instance_maint: Family::default(),
             check_seconds: Family::new_with_constructor(runtime::metrics::latency),
             keepalive_seconds: runtime::metrics::latency(),
             sync_seconds: runtime::metrics::latency(),
@@ -54,7 +57,8 @@ impl Metrics {
             r.register("keepalive_failures", "Keepalives (ZooKeeper: session checks) that failed", self.tick_failures.clone());
             r.register("sync_failures", "Attempts to publish the desired state that failed", self.sync_failures.clone());
             r.register("lease_lost", "Times the lease or session was found gone and re-created", self.lost.clone());
-            r.register("maintenance", "1 while in maintenance", self.maint.clone());
+            r.register("maintenance", "1 while the host is in maintenance", self.maint.clone());
+            r.register("instance_maintenance", "1 while the instance is in maintenance (its own or the host's)", self.instance_maint.clone());
             r.register("check_duration_seconds", "How long each health check took, pass or fail", self.check_seconds.clone());
             r.register("keepalive_duration_seconds", "How long a keepalive (ZooKeeper: a session check) took, answered or not", self.keepalive_seconds.clone());
             r.register("sync_duration_seconds", "How long publishing the desired state to the backend took, done or not", self.sync_seconds.clone());

@@ -4,10 +4,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use client::Client;
-use proto::{InstanceSpec, LeaseId};
+use proto::{InstanceSpec, InstanceState, LeaseId, Revision};
 use tokio::time::Instant;
 
-use crate::publish::{Desired, PublishError, Publisher};
+use crate::publish::{Desired, DrainFollower, DrainProgress, Key, PublishError, Publisher};
 
 pub struct RegistryPublisher {
     client: Client,
@@ -17,11 +17,13 @@ pub struct RegistryPublisher {
     renewed_at: Instant,
     /// What the registry holds under our lease, as far as we know.
     published: Desired,
+    /// The revision each entry of `published` was written at.
+    written: std::collections::BTreeMap<Key, Revision>,
 }
 
 impl RegistryPublisher {
     pub fn new(client: Client, ttl: Duration) -> RegistryPublisher {
-        RegistryPublisher { client, ttl, lease: None, renewed_at: Instant::now(), published: Desired::new() }
+        RegistryPublisher { client, ttl, lease: None, renewed_at: Instant::now(), published: Desired::new(), written: Default::default() }
     }
 
     pub fn lease(&self) -> Option<LeaseId> {
@@ -34,6 +36,7 @@ impl RegistryPublisher {
         tracing::warn!(lease = ?self.lease, "{why}; will grant a new lease and register again");
         self.lease = None;
         self.published.clear();
+        self.written.clear();
         PublishError::Lost(why)
     }
 
@@ -93,6 +96,7 @@ impl Publisher for RegistryPublisher {
                 let g = self.client.grant(self.ttl).await.map_err(|e| self.map(e))?;
                 tracing::info!(lease = g.lease_id, ttl_ms = g.ttl_ms, "granted a lease");
                 self.published.clear();
+                self.written.clear();
                 self.lease = Some(g.lease_id);
                 self.renewed_at = Instant::now();
                 g.lease_id
@@ -108,6 +112,7 @@ impl Publisher for RegistryPublisher {
             let w = self.renewing(lease, client.put_instance(&key.0, &key.1, &spec)).await.map_err(|e| self.map(e))?;
             tracing::info!(service = %key.0, instance = %key.1, state = %a.state, revision = w.revision, "registered");
             self.published.insert(key.clone(), a.clone());
+            self.written.insert(key.clone(), w.revision);
         }
         let stale: Vec<_> = self.published.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
         for key in stale {
@@ -118,6 +123,7 @@ impl Publisher for RegistryPublisher {
                 Err(e) => return Err(self.map(e)),
             }
             self.published.remove(&key);
+            self.written.remove(&key);
         }
         Ok(())
     }
@@ -127,6 +133,19 @@ impl Publisher for RegistryPublisher {
         self.client.keepalive(lease).await.map_err(|e| self.map(e))?;
         self.renewed_at = Instant::now();
         Ok(())
+    }
+
+    /// Waits for the balancers' reports (`drain::follow`) to show, per service, the revision
+    /// of the last drain written for it.
+    fn follow_drain(&self, progress: tokio::sync::mpsc::Sender<DrainProgress>) -> DrainFollower {
+        let mut targets = crate::drain::Targets::new();
+        for (key, a) in &self.published {
+            if let (InstanceState::Drain, Some(&rev)) = (a.state, self.written.get(key)) {
+                let t = targets.entry(key.0.clone()).or_insert(rev);
+                *t = (*t).max(rev);
+            }
+        }
+        Box::pin(crate::drain::follow(self.client.clone(), targets, progress))
     }
 
     async fn shutdown(&mut self) -> Result<(), PublishError> {
@@ -139,6 +158,7 @@ impl Publisher for RegistryPublisher {
             }
         }
         self.published.clear();
+        self.written.clear();
         if let Some(lease) = self.lease.take() {
             match self.client.revoke(lease).await {
                 Ok(_) => tracing::info!(lease, "revoked the lease"),

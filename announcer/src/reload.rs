@@ -1,8 +1,8 @@
 //! What a SIGHUP may change in a running announcer, and what it may not. The rule, in one
 //! place: the services (their instances, addresses, weights, meta and checks) and the drain
-//! period take effect at once; the backend and its credentials, the TTL, the admin address and
-//! the log format belong to the running process and need a restart (a reload that changes them
-//! says so and keeps them). A config that does not resolve is refused whole.
+//! period take effect at once; the backend and its credentials, the TTL, the admin address, the
+//! state directory and the log format belong to the running process and need a restart (a
+//! reload that changes them says so and keeps them). A config that does not resolve is refused whole.
 
 use crate::config::Config;
 
@@ -24,6 +24,7 @@ pub fn merge(running: &Config, new: Config) -> Reload {
         (new.zookeeper_auth != running.zookeeper_auth, "zookeeper_auth_file"),
         (new.ttl != running.ttl, "ttl"),
         (new.admin != running.admin, "admin"),
+        (new.state_dir != running.state_dir, "state_dir"),
         (new.log_format != running.log_format, "log_format"),
         (new.log_level != running.log_level, "log_level"),
     ]

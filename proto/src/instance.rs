@@ -45,6 +45,11 @@ impl std::str::FromStr for InstanceState {
     }
 }
 
+/// Instance meta key the announcer sets, on an instance in `maint`, to the operator's reason
+/// (`announcer maint on --reason TEXT`); `registry ls` shows it. Reserved: the announcer drops
+/// a configured meta entry of that name.
+pub const MAINT_REASON_META: &str = "maint.reason";
+
 /// Body of `PUT /v1/services/{service}/instances/{instance}`.
 ///
 /// `port` is taken as a wide integer so an out-of-range port gets a clear validation message

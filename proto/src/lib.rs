@@ -18,7 +18,9 @@ pub mod znode;
 
 pub use cluster::{ClusterInfo, Member, MemberChange, NodeRole};
 pub use error::{ErrorBody, ErrorCode};
-pub use instance::{Instance, InstanceSpec, InstanceState, LeaseInfo, Registration, ServiceInstances, ServiceList, ServiceSummary, WriteResult};
+pub use instance::{
+    Instance, InstanceSpec, InstanceState, LeaseInfo, Registration, ServiceInstances, ServiceList, ServiceSummary, WriteResult, MAINT_REASON_META,
+};
 pub use lease::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest};
 pub use removal::{Removal, RemovalCause, RemovalList};
 pub use report::{BackendReport, SyncerReport};

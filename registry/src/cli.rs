@@ -56,10 +56,26 @@ pub async fn ls(client: &Client, service: Option<&str>, stale: bool, output: Out
                 (Some(id), Some(l)) => (id.to_string(), ms(l.remaining_ms), format!("{} ago", ms(l.since_renewal_ms))),
                 (Some(id), None) => (id.to_string(), "?".to_string(), "?".to_string()),
             };
-            vec![i.service.clone(), i.instance.clone(), format!("{}:{}", i.address, i.port), i.state.to_string(), i.weight.to_string(), lease, left, renewed]
+            // Why it is in maintenance (`announcer maint on --reason`); last, so the columns
+            // before it stay where scripts expect them.
+            let reason = match i.meta.get(proto::MAINT_REASON_META) {
+                Some(r) if i.state == proto::InstanceState::Maint => r.clone(),
+                _ => "-".to_string(),
+            };
+            vec![
+                i.service.clone(),
+                i.instance.clone(),
+                format!("{}:{}", i.address, i.port),
+                i.state.to_string(),
+                i.weight.to_string(),
+                lease,
+                left,
+                renewed,
+                reason,
+            ]
         })
         .collect();
-    Ok(table(&["SERVICE", "INSTANCE", "ADDRESS", "STATE", "WEIGHT", "LEASE", "TTL-LEFT", "LAST-RENEWAL"], &rows))
+    Ok(table(&["SERVICE", "INSTANCE", "ADDRESS", "STATE", "WEIGHT", "LEASE", "TTL-LEFT", "LAST-RENEWAL", "REASON"], &rows))
 }
 
 /// The most recent removals (of one service, or all), oldest first, with cause and time.

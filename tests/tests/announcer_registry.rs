@@ -42,6 +42,9 @@ fn announcer(dir: &Path, name: &str, registry: &[String], access: &[String], web
         "2s".into(),
         "--admin".into(),
         format!("127.0.0.1:{admin}"),
+        // Its own, never the machine's /var/lib/announcer.
+        "--state-dir".into(),
+        dir.join(format!("{name}-state")).display().to_string(),
     ];
     args.extend(access.iter().cloned());
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -159,9 +162,16 @@ async fn health_maintenance_and_graceful_stop() {
     assert!(cli("off").status.success());
     wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(5), "back up").await;
 
-    // SIGTERM: drain is visible, then the instance is gone and the process exits 0.
+    // SIGTERM: drain is visible, then the instance is gone and the process exits 0. Its token
+    // cannot read the balancers' reports, so the drain lasts the fixed time, and says why.
     a.signal("TERM");
     wait_state(&client, &id, Some(InstanceState::Drain), Duration::from_secs(3), "drain").await;
+    let why = wait_for(Duration::from_secs(3), "the status to say the drain cannot follow the balancers", || async {
+        let status: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{admin}/v1/status")).await.ok()?.json().await.ok()?;
+        (status["drain"]["state"] == "unknown").then(|| status["drain"]["why"].as_str().unwrap_or_default().to_string())
+    })
+    .await;
+    assert!(why.contains("read"), "{why}");
     let t = Instant::now();
     wait_state(&client, &id, None, Duration::from_secs(5), "deregistration after the drain").await;
     assert!(t.elapsed() >= Duration::from_millis(800), "removed before the drain period ended");
@@ -371,4 +381,156 @@ async fn sighup_reloads_the_services_and_refuses_a_bad_config() {
 async fn state_of_in(client: &client::Client, service: &str, instance: &str) -> Option<Option<InstanceState>> {
     let s = client.service(service, false).await.ok()?;
     Some(s.instances.iter().find(|i| i.instance == instance).map(|i| i.state))
+}
+
+fn announcer_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary("announcer")).args(args).output().unwrap()
+}
+
+/// Maintenance of one instance, with a reason: announced as `maint` with `maint.reason` in its
+/// meta, shown by `registry ls` (table and JSON), saved in the state directory, and still on
+/// after the announcer is killed and started again: the first registration of the new process
+/// is already `maint`, never `up`. Host maintenance is separate from the instance's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_maintenance_with_a_reason_survives_a_restart_and_shows_in_ls() {
+    let cluster = RegistryCluster::start(3).await;
+    let client = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let w = web(dir.path(), "web-6");
+    let admin = free_port();
+    let admin_arg = format!("127.0.0.1:{admin}");
+    let mut a = announcer(dir.path(), "announcer-6", &cluster.urls(), &cluster.access_args("announcer-6", &["announce:web-servers"]).await, &w, admin, &[]);
+    let id = format!("127.0.0.1:{}", w.port);
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "registration").await;
+
+    let reason = "disk swap, CHG-1234";
+    let out = announcer_cli(&["maint", "on", "--service", "web-servers", "--instance", &id, "--reason", reason, "--admin", &admin_arg]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("web-servers/{id}: maintenance on ({reason})")), "{out:?}");
+    let unknown = announcer_cli(&["maint", "on", "--service", "web-servers", "--instance", "nope", "--admin", &admin_arg]);
+    assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("404"), "{unknown:?}");
+    wait_state(&client, &id, Some(InstanceState::Maint), Duration::from_secs(5), "maint").await;
+    let inst = client.service("web-servers", false).await.unwrap().instances.into_iter().find(|i| i.instance == id).unwrap();
+    assert_eq!(inst.meta.get(proto::MAINT_REASON_META).map(String::as_str), Some(reason));
+    let saved = std::fs::read_to_string(dir.path().join("announcer-6-state/maint.json")).unwrap();
+    assert!(saved.contains(reason), "{saved}");
+
+    let (code, out, err) = cluster.cli(&["ls"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().next().unwrap().ends_with("LAST-RENEWAL  REASON"), "{out}");
+    let row = out.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("no row in {out}"));
+    assert!(row.contains(" maint ") && row.ends_with(reason), "{row}");
+    let (code, out, _) = cluster.cli(&["ls", "--service", "web-servers", "--output", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["state"], "maint");
+    assert_eq!(v[0]["meta"]["maint.reason"], reason);
+
+    // Killed (no drain, no deregistration): the instance goes with the lease.
+    a.kill();
+    wait_state(&client, &id, None, Duration::from_secs(10), "the killed announcer's instance to expire").await;
+    let since = client.service("web-servers", false).await.unwrap().revision;
+    let mut stream = client.watch(Some("web-servers"), Some(since)).await.unwrap();
+    a.start();
+    // The first put of our instance since the kill; a broken stream is opened again from the
+    // same revision (the same events again, so the first put stays the first).
+    let first = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.next().await {
+                Ok(Some(WatchEvent::Put { instance, .. })) if instance.instance == id => return instance,
+                Ok(Some(_)) => {}
+                _ => stream = client.watch(Some("web-servers"), Some(since)).await.unwrap(),
+            }
+        }
+    })
+    .await
+    .expect("no registration by the restarted announcer within 15 s");
+    assert_eq!(first.state, InstanceState::Maint, "registered {first:?} after the restart");
+    assert_eq!(first.meta.get(proto::MAINT_REASON_META).map(String::as_str), Some(reason));
+
+    // Host maintenance on and off leaves the instance's own on; switching that off brings it up,
+    // without the reason.
+    assert!(announcer_cli(&["maint", "on", "--reason", "kernel", "--admin", &admin_arg]).status.success());
+    let status: serde_json::Value = reqwest::get(format!("http://{admin_arg}/v1/status")).await.unwrap().json().await.unwrap();
+    assert_eq!((status["maint"].as_bool(), status["maint_reason"].as_str()), (Some(true), Some("kernel")), "{status}");
+    assert_eq!(status["instances"][0]["maint_reason"], reason, "the instance's own reason wins: {status}");
+    assert!(announcer_cli(&["maint", "off", "--admin", &admin_arg]).status.success());
+    let off = announcer_cli(&["maint", "off", "--service", "web-servers", "--instance", &id, "--admin", &admin_arg]);
+    assert!(off.status.success(), "{off:?}");
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(5), "up again").await;
+    let inst = client.service("web-servers", false).await.unwrap().instances.into_iter().find(|i| i.instance == id).unwrap();
+    assert!(!inst.meta.contains_key(proto::MAINT_REASON_META), "{inst:?}");
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("announcer-6-state/maint.json")).unwrap()).unwrap();
+    assert_eq!(saved, serde_json::json!({"instances": []}), "the file still holds maintenance");
+}
+
+/// Writes a syncer's convergence report (`_syncers/NAME`), as a syncer would, through `client`:
+/// its backend `be_web` follows `web-servers` and has applied `applied`; `be_api` follows
+/// `api-servers` and has applied nothing (it must not hold up a web-servers drain).
+async fn report(client: &client::Client, name: &str, applied: u64) {
+    let mut r = proto::SyncerReport::default();
+    r.backends.insert("be_web".into(), proto::BackendReport { service: "web-servers".into(), applied: Some(applied) });
+    r.backends.insert("be_api".into(), proto::BackendReport { service: "api-servers".into(), applied: None });
+    let spec = proto::InstanceSpec { address: "127.0.0.1".into(), port: 1, lease_id: None, weight: 0, state: InstanceState::Up, meta: r.to_meta() };
+    client.put_instance(proto::SYNCER_SERVICE, name, &spec).await.unwrap();
+}
+
+async fn status(admin: u16) -> Option<serde_json::Value> {
+    reqwest::get(format!("http://127.0.0.1:{admin}/v1/status")).await.ok()?.json().await.ok()
+}
+
+/// The drain on SIGTERM follows the balancers' convergence reports: with a 30 s drain time the
+/// instance goes as soon as the report that follows its service shows the drain's revision
+/// applied; with a 2 s drain time and a report that never gets there, it waits the whole 2 s
+/// and logs which balancer was late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_ends_when_the_balancers_have_applied_it_and_at_the_latest_after_the_drain_time() {
+    let cluster = RegistryCluster::start(3).await;
+    let client = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let start = client.service("web-servers", false).await.map(|s| s.revision).unwrap_or(1);
+    report(&client, "lb-1", start).await;
+
+    // 1. The report catches up: the instance goes long before the 30 s.
+    let w = web(dir.path(), "web-7");
+    let admin = free_port();
+    let access = cluster.access_args("announcer-7", &["announce:web-servers", "read"]).await;
+    let mut a = announcer(dir.path(), "announcer-7", &cluster.urls(), &access, &w, admin, &["--drain", "30s"]);
+    let id = format!("127.0.0.1:{}", w.port);
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "registration").await;
+    a.signal("TERM");
+    wait_state(&client, &id, Some(InstanceState::Drain), Duration::from_secs(5), "drain").await;
+    let drained_at = client.service("web-servers", false).await.unwrap().instances.into_iter().find(|i| i.instance == id).unwrap().mod_revision;
+    let late = wait_for(Duration::from_secs(5), "the announcer to wait for lb-1", || async {
+        let s = status(admin).await?;
+        (s["drain"]["state"] == "waiting").then(|| s["drain"]["late"].clone())
+    })
+    .await;
+    assert_eq!(late.as_array().map(Vec::len), Some(1), "{late}");
+    assert_eq!(
+        (late[0]["syncer"].as_str(), late[0]["backend"].as_str(), late[0]["needed"].as_u64()),
+        (Some("lb-1"), Some("be_web"), Some(drained_at)),
+        "{late}"
+    );
+    assert_eq!(state_of(&client, &id).await, Some(Some(InstanceState::Drain)), "removed before the balancer applied the drain");
+    report(&client, "lb-1", drained_at).await;
+    wait_state(&client, &id, None, Duration::from_secs(15), "removal once lb-1 applied the drain (the drain time is 30 s)").await;
+    assert_eq!(a.wait_exit(Duration::from_secs(10)).await, Some(0));
+    assert!(a.log_text().contains("every balancer has applied the drain"), "{}", a.log_text());
+
+    // 2. The report never catches up: the whole drain time, and the late balancer named.
+    let w = web(dir.path(), "web-8");
+    let admin = free_port();
+    let access = cluster.access_args("announcer-8", &["announce:web-servers", "read"]).await;
+    let mut a = announcer(dir.path(), "announcer-8", &cluster.urls(), &access, &w, admin, &["--drain", "2s"]);
+    let id = format!("127.0.0.1:{}", w.port);
+    wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(10), "registration").await;
+    let signalled = Instant::now();
+    a.signal("TERM");
+    wait_state(&client, &id, None, Duration::from_secs(15), "removal after the drain time").await;
+    assert!(signalled.elapsed() >= Duration::from_secs(2), "removed {:?} after SIGTERM, before the 2 s drain time", signalled.elapsed());
+    assert_eq!(a.wait_exit(Duration::from_secs(10)).await, Some(0));
+    let log = a.log_text();
+    let line = log.lines().find(|l| l.contains("drain time is up")).unwrap_or_else(|| panic!("no late-balancer warning in {log}"));
+    assert!(line.contains("lb-1/be_web"), "{line}");
 }

@@ -420,3 +420,64 @@ fn a_backend_haproxy_does_not_declare_is_named_at_startup() {
     assert!(err.contains("backend \"api-servers\" is not declared") && !err.contains("backend \"web-servers\" is not"), "{err}");
     assert!(!err.contains("level"), "the test HAProxy's socket is level admin: {err}");
 }
+
+/// A stopping announcer whose token can read the balancers' reports deregisters as soon as the
+/// real syncer reports that HAProxy has the drain (`set server ... state drain` applied), not
+/// after its 30 s drain time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcer_drain_ends_once_the_syncer_has_applied_it() {
+    let cluster = RegistryCluster::start(3).await;
+    let urls = cluster.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let haproxy = Haproxy::start(&["web-servers"]).await;
+    let mut reg = vec![format!("--registry={}", urls.join(","))];
+    reg.extend(cluster.access_args("lb-1", &["read", "announce:_syncers"]).await);
+    let _sync = syncer(dir.path(), "lb-1", &reg, &haproxy, &dir.path().join("syncer-state"));
+    let client = cluster.client();
+
+    let port = free_port();
+    let _web =
+        Proc::spawn("drain-web", &binary("demo_web"), &["--listen".into(), format!("127.0.0.1:{port}"), "--name".into(), "drain-web".into()], dir.path());
+    let mut args: Vec<String> = [
+        "--registry",
+        &urls.join(","),
+        "--service",
+        "web-servers",
+        "--address",
+        &format!("127.0.0.1:{port}"),
+        "--check-http",
+        &format!("http://127.0.0.1:{port}/health"),
+        "--check-interval",
+        "200ms",
+        "--rise",
+        "1",
+        "--ttl",
+        "2s",
+        "--drain",
+        "30s",
+        "--admin",
+        "off",
+        "--state-dir",
+        &dir.path().join("announcer-state").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(cluster.access_args("drain-web", &["announce:web-servers", "read"]).await);
+    let mut announcer = Proc::spawn("drain-announcer", &binary("announcer"), &args, dir.path());
+    wait_for(Duration::from_secs(15), "the server in HAProxy", || async { managed_ports(&haproxy).await.contains(&port).then_some(()) }).await;
+
+    let signalled = Instant::now();
+    announcer.signal("TERM");
+    wait_for(Duration::from_secs(15), "the instance to be deregistered (the drain time is 30 s)", || async {
+        let s = client.service("web-servers", false).await.ok()?;
+        s.instances.iter().all(|i| i.instance != format!("127.0.0.1:{port}")).then_some(())
+    })
+    .await;
+    eprintln!("deregistered {:?} after SIGTERM", signalled.elapsed());
+    assert_eq!(announcer.wait_exit(Duration::from_secs(10)).await, Some(0));
+    let log = announcer.log_text();
+    let line = log.lines().find(|l| l.contains("every balancer has applied the drain")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("lb-1/web-servers"), "{line}");
+    // (The server stays in HAProxy: the breaker's floor keeps a backend's last server.)
+}
