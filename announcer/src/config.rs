@@ -34,55 +34,55 @@ pub struct RunArgs {
     #[arg(long, env = "ANNOUNCER_ZOOKEEPER_AUTH_FILE", value_name = "FILE")]
     pub zookeeper_auth_file: Option<PathBuf>,
     /// Service name, e.g. `web-servers`.
-    #[arg(long)]
+    #[arg(long, env = "ANNOUNCER_SERVICE")]
     pub service: Option<String>,
     /// Where the balancer should send traffic: `HOST:PORT` of the local server.
-    #[arg(long)]
+    #[arg(long, env = "ANNOUNCER_ADDRESS")]
     pub address: Option<String>,
     /// Instance id [default: the --address].
-    #[arg(long)]
+    #[arg(long, env = "ANNOUNCER_INSTANCE")]
     pub instance: Option<String>,
     /// HAProxy weight, 0..256 [default: 100].
-    #[arg(long)]
+    #[arg(long, env = "ANNOUNCER_WEIGHT")]
     pub weight: Option<u32>,
     /// Metadata, `KEY=VALUE`; repeat for several.
-    #[arg(long = "meta")]
+    #[arg(long = "meta", env = "ANNOUNCER_META")]
     pub meta: Vec<String>,
     /// Lease TTL (ZooKeeper: session timeout) [default: 3s]. Renewed every TTL/3.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "ANNOUNCER_TTL", value_parser = humantime::parse_duration)]
     pub ttl: Option<Duration>,
     /// HTTP health check: GET this URL; healthy on 2xx/3xx.
-    #[arg(long)]
+    #[arg(long, env = "ANNOUNCER_CHECK_HTTP")]
     pub check_http: Option<String>,
     /// With --check-http: the body must contain this text.
-    #[arg(long)]
+    #[arg(long, env = "ANNOUNCER_CHECK_EXPECT")]
     pub check_expect: Option<String>,
     /// With an https:// --check-http: trust this CA (PEM) alone for the check.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "ANNOUNCER_CHECK_CA_FILE", value_name = "FILE")]
     pub check_ca_file: Option<PathBuf>,
     /// With an https:// --check-http: do not verify the server's certificate (warned about).
-    #[arg(long)]
+    #[arg(long, env = "ANNOUNCER_CHECK_TLS_SKIP_VERIFY")]
     pub check_tls_skip_verify: bool,
     /// TCP health check: connect to this HOST:PORT.
-    #[arg(long)]
+    #[arg(long, env = "ANNOUNCER_CHECK_TCP")]
     pub check_tcp: Option<String>,
     /// Command health check: `sh -c COMMAND`; healthy on exit status 0.
-    #[arg(long)]
+    #[arg(long, env = "ANNOUNCER_CHECK_EXEC")]
     pub check_exec: Option<String>,
     /// Time between checks [default: 1s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "ANNOUNCER_CHECK_INTERVAL", value_parser = humantime::parse_duration)]
     pub check_interval: Option<Duration>,
     /// Time a check may take [default: 1s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "ANNOUNCER_CHECK_TIMEOUT", value_parser = humantime::parse_duration)]
     pub check_timeout: Option<Duration>,
     /// Consecutive successes to become healthy [default: 2].
-    #[arg(long)]
+    #[arg(long, env = "ANNOUNCER_RISE")]
     pub rise: Option<u32>,
     /// Consecutive failures to become unhealthy [default: 2].
-    #[arg(long)]
+    #[arg(long, env = "ANNOUNCER_FALL")]
     pub fall: Option<u32>,
     /// On SIGTERM/SIGINT: how long instances stay in `drain` before they are removed [default: 5s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "ANNOUNCER_DRAIN", value_parser = humantime::parse_duration)]
     pub drain: Option<Duration>,
     /// Serve /healthz, /metrics, /v1/status and the maintenance control (`announcer maint`)
     /// on this address, or `off`. Keep it on loopback: it has no authentication
@@ -94,8 +94,9 @@ pub struct RunArgs {
     /// [default: /var/lib/announcer].
     #[arg(long, env = "ANNOUNCER_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, value_enum)]
+    /// Log format: `text` for people, `json` (one object per line) for log pipelines
+    /// [default: text].
+    #[arg(long, env = "ANNOUNCER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Log level: error, warn, info, debug or trace, or directives like `info,openraft=warn`;
     /// over RUST_LOG [default: info].
@@ -106,7 +107,7 @@ pub struct RunArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    registry: Option<Urls>,
+    registry: Option<runtime::config::StringList>,
     ca_file: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -123,13 +124,6 @@ struct FileConfig {
     log_level: Option<String>,
     #[serde(default)]
     services: Vec<FileService>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Urls {
-    List(Vec<String>),
-    One(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +206,53 @@ pub struct Config {
     /// `--log-level` or `log_level`, checked; `None`: RUST_LOG or the default.
     pub log_level: Option<String>,
     pub services: Vec<ServiceConfig>,
+}
+
+impl Config {
+    /// The effective settings, for `announcer config check`: keys as in the file, secrets as
+    /// the paths they are read from.
+    pub fn effective(&self) -> Vec<(String, String)> {
+        use runtime::config::or_none;
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let mut out: Vec<(String, String)> = Vec::new();
+        match &self.backend {
+            Backend::Registry(urls, access) => {
+                out.push(("registry".into(), urls.join(",")));
+                out.extend(access.describe());
+            }
+            Backend::Zookeeper(connect) => {
+                out.push(("zookeeper".into(), connect.clone()));
+                out.push(("zookeeper_auth".into(), if self.zookeeper_auth.is_some() { "(from zookeeper_auth_file)".into() } else { "(none)".into() }));
+            }
+        }
+        out.push(("ttl".into(), d(self.ttl)));
+        out.push(("drain".into(), d(self.drain)));
+        out.push(("admin".into(), or_none(self.admin).replace("(none)", "off")));
+        out.push(("state_dir".into(), self.state_dir.display().to_string()));
+        out.push(("log_format".into(), format!("{:?}", self.log_format).to_lowercase()));
+        out.push(("log_level".into(), or_none(self.log_level.clone())));
+        for (i, s) in self.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            out.push((format!("{at}.name"), s.service.clone()));
+            out.push((format!("{at}.instance"), s.instance.clone()));
+            out.push((format!("{at}.address"), format!("{}:{}", s.address, s.port)));
+            out.push((format!("{at}.weight"), s.weight.to_string()));
+            out.push((format!("{at}.meta"), s.meta.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")));
+            let check = match &s.check {
+                None => "(none: announced while the announcer runs)".to_string(),
+                Some(c) => {
+                    let what = match &c.check {
+                        Check::Http { url, expect, .. } => format!("http {url}{}", expect.as_ref().map(|e| format!(" expect {e:?}")).unwrap_or_default()),
+                        Check::Tcp { addr } => format!("tcp {addr}"),
+                        Check::Exec { command } => format!("exec {command:?}"),
+                    };
+                    format!("{what}, every {}, timeout {}, rise {}, fall {}", d(c.interval), d(c.timeout), c.rise, c.fall)
+                }
+            };
+            out.push((format!("{at}.check"), check));
+        }
+        out
+    }
 }
 
 /// Splits `HOST:PORT` (IPv6 in brackets) and checks both parts.
@@ -423,15 +464,7 @@ impl RunArgs {
                 p.add("services", format!("{}/{} is listed twice", s.service, s.instance));
             }
         }
-        let registry: Vec<String> = if !self.registry.is_empty() {
-            self.registry.clone()
-        } else {
-            match file.registry {
-                Some(Urls::List(l)) => l,
-                Some(Urls::One(s)) => s.split(',').map(str::to_string).collect(),
-                None => vec![],
-            }
-        };
+        let registry: Vec<String> = if !self.registry.is_empty() { self.registry.clone() } else { file.registry.map(|l| l.into_vec()).unwrap_or_default() };
         let zookeeper = self.zookeeper.clone().or(file.zookeeper);
         let zookeeper_auth = self.zookeeper_auth_file.clone().or(file.zookeeper_auth_file).and_then(|path| {
             let read = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()));

@@ -23,6 +23,8 @@ struct Cli {
     run: RunArgs,
 }
 
+// `config check` takes the daemon's flags, which makes that variant large; parsed once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Put this host's instances, a service's or one instance into maintenance (`on`) or back
@@ -45,6 +47,23 @@ enum Command {
         /// The running announcer's --admin address.
         #[arg(long, env = "ANNOUNCER_ADMIN", default_value = "127.0.0.1:9470")]
         admin: std::net::SocketAddr,
+    },
+    /// Check a config file: every problem at once (exit 2), or the effective settings, with the
+    /// flags and ANNOUNCER_* variables given here applied as the daemon would (exit 0).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate FILE and print the effective settings.
+    Check {
+        /// The config file (`--config` of the daemon).
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
     },
 }
 
@@ -168,8 +187,26 @@ async fn run(config: Config, args: RunArgs) -> anyhow::Result<Outcome> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Maint { state, service, instance, reason, admin }) = cli.command {
-        return maint(announcer::admin::MaintRequest { on: matches!(state, OnOff::On), service, instance, reason }, admin).await;
+    match cli.command {
+        Some(Command::Maint { state, service, instance, reason, admin }) => {
+            return maint(announcer::admin::MaintRequest { on: matches!(state, OnOff::On), service, instance, reason }, admin).await;
+        }
+        Some(Command::Config { action: ConfigAction::Check { file, mut run } }) => {
+            run.config = Some(file);
+            return match run.resolve() {
+                Ok(c) => {
+                    print!("{}", runtime::config::render_settings(&c.effective()));
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("announcer config check: {e}");
+                    }
+                    ExitCode::from(2)
+                }
+            };
+        }
+        None => {}
     }
     let config = match cli.run.clone().resolve() {
         Ok(c) => c,

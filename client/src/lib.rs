@@ -174,6 +174,19 @@ pub struct Access {
     pub token: Option<String>,
 }
 
+impl Access {
+    /// How it reaches the registry, for `config check`: file paths, never a token.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map_or_else(|| "(none)".to_string(), |p| p.display().to_string());
+        let token = match (&self.token_file, &self.token) {
+            (Some(f), _) => f.display().to_string(),
+            (None, Some(_)) => "(from REGISTRY_TOKEN)".to_string(),
+            (None, None) => "(none)".to_string(),
+        };
+        vec![("ca_file".into(), path(&self.tls.ca)), ("cert".into(), path(&self.tls.cert)), ("key".into(), path(&self.tls.key)), ("token_file".into(), token)]
+    }
+}
+
 impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Access").field("tls", &self.tls).field("token_file", &self.token_file).field("token", &self.token.as_ref().map(|_| "..")).finish()

@@ -17,7 +17,7 @@ pub use runtime::logs::LogFormat;
 
 /// Flags of `registry serve`. Each may also come from the config file under the same name
 /// with `_` for `-`.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, Default, Clone)]
 pub struct ServeArgs {
     /// TOML file with any of the settings below; flags override it.
     #[arg(long, env = "REGISTRY_CONFIG")]
@@ -40,46 +40,48 @@ pub struct ServeArgs {
     /// added with `registry members add`.
     #[arg(long, env = "REGISTRY_PEERS")]
     pub peers: Option<String>,
-    /// Log format.
+    /// Log format: `text` for people, `json` (one object per line) for log pipelines
+    /// [default: text].
     #[arg(long, env = "REGISTRY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Log level: error, warn, info, debug or trace, or directives like `info,openraft=warn`;
     /// over RUST_LOG [default: info,openraft=warn].
     #[arg(long, env = "REGISTRY_LOG_LEVEL", value_parser = runtime::logs::parse_level)]
     pub log_level: Option<String>,
-    /// Leader heartbeat interval [default: 50ms].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// How often the leader tells the followers it is alive (and shares lease renewals); at
+    /// most a 4th of --election-timeout-min [default: 50ms].
+    #[arg(long, env = "REGISTRY_HEARTBEAT", value_parser = humantime::parse_duration)]
     pub heartbeat: Option<Duration>,
     /// Shortest election timeout; the spread up to the longest is the random part of a follower's wait [default: 200ms].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REGISTRY_ELECTION_TIMEOUT_MIN", value_parser = humantime::parse_duration)]
     pub election_timeout_min: Option<Duration>,
     /// Longest election timeout: how long a voter refuses votes after hearing a leader (the floor of a failover); less one heartbeat, how long a leader acts on its last quorum ack [default: 300ms].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REGISTRY_ELECTION_TIMEOUT_MAX", value_parser = humantime::parse_duration)]
     pub election_timeout_max: Option<Duration>,
     /// Shortest lease TTL a client may ask for [default: 1s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REGISTRY_MIN_TTL", value_parser = humantime::parse_duration)]
     pub min_ttl: Option<Duration>,
     /// Longest lease TTL a client may ask for [default: 1h].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REGISTRY_MAX_TTL", value_parser = humantime::parse_duration)]
     pub max_ttl: Option<Duration>,
     /// Change events each node keeps for watchers to resume from [default: 100000].
-    #[arg(long)]
+    #[arg(long, env = "REGISTRY_HISTORY")]
     pub history: Option<usize>,
     /// Take a snapshot (and compact the log) every this many entries [default: 10000].
-    #[arg(long)]
+    #[arg(long, env = "REGISTRY_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
     /// Approximate bytes of change history each node keeps for watchers, beside --history
     /// [default: 256MiB]. Accepts a plain number of bytes.
-    #[arg(long)]
+    #[arg(long, env = "REGISTRY_HISTORY_BYTES")]
     pub history_bytes: Option<usize>,
     /// Open watch streams one node serves at most; more get 429 [default: 10000].
-    #[arg(long)]
+    #[arg(long, env = "REGISTRY_MAX_WATCHES")]
     pub max_watches: Option<usize>,
     /// Blocking queries one node holds at most; more get 429 [default: 10000].
-    #[arg(long)]
+    #[arg(long, env = "REGISTRY_MAX_BLOCKING_QUERIES")]
     pub max_blocking_queries: Option<usize>,
     /// Live leases one client address may hold; more grants get 429 [default: 20000].
-    #[arg(long)]
+    #[arg(long, env = "REGISTRY_MAX_LEASES_PER_CLIENT")]
     pub max_leases_per_client: Option<u64>,
     /// Rejoin the cluster at --peers from an empty data directory: for a node whose disk was
     /// wiped or replaced. It is removed from the membership, added back as a learner, and
@@ -177,7 +179,8 @@ pub struct FileConfig {
 #[serde(untagged)]
 enum Peers {
     Table(BTreeMap<String, String>),
-    Flag(String),
+    /// A list of `ID=HOST:PORT`, or the flag's comma-separated string (`runtime::config`).
+    Flag(runtime::config::StringList),
 }
 
 /// A resolved configuration.
@@ -189,6 +192,55 @@ pub struct Serve {
     pub log_level: Option<String>,
     pub node: NodeConfig,
     pub fault_disk_stall_file: Option<PathBuf>,
+}
+
+/// `registry config check FILE`: every problem at once, or the effective settings (keys as in
+/// the file; secrets as the paths they are read from), with the flags and REGISTRY_* variables
+/// in `args` applied as `serve` would.
+pub fn check(mut args: ServeArgs, file: PathBuf) -> Result<String, Vec<String>> {
+    use runtime::config::or_none;
+    args.config = Some(file);
+    let paths = args.clone();
+    let s = args.resolve()?;
+    let n = &s.node;
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    let path = |p: &Option<PathBuf>| or_none(p.as_ref().map(|p| p.display().to_string()));
+    // The file's key when the flag was not given.
+    let file = toml::from_str::<FileConfig>(&std::fs::read_to_string(paths.config.as_ref().expect("set above")).unwrap_or_default()).unwrap_or_default();
+    let pick = |flag: &Option<PathBuf>, key: &Option<PathBuf>| path(&flag.clone().or(key.clone()));
+    let peer_auth = match &n.peer_auth {
+        PeerAuth::Secret(_) => format!("cluster secret from {}", pick(&paths.cluster_secret_file, &file.cluster_secret_file)),
+        PeerAuth::NodeCertificate => "node certificates (TLS)".to_string(),
+        PeerAuth::Insecure => "NONE (--insecure): anyone who reaches the port is a peer".to_string(),
+    };
+    let settings: Vec<(String, String)> = vec![
+        ("id".into(), n.id.to_string()),
+        ("listen".into(), s.listen.to_string()),
+        ("advertise".into(), n.advertise.clone()),
+        ("data_dir".into(), n.data_dir.display().to_string()),
+        ("peers".into(), n.peers.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",")),
+        ("peer_auth".into(), peer_auth),
+        ("tls_cert".into(), pick(&paths.tls_cert, &file.tls_cert)),
+        ("tls_key".into(), pick(&paths.tls_key, &file.tls_key)),
+        ("tls_ca".into(), pick(&paths.tls_ca, &file.tls_ca)),
+        ("acl_bootstrap_token_file".into(), pick(&paths.acl_bootstrap_token_file, &file.acl_bootstrap_token_file)),
+        ("metrics_open".into(), n.metrics_open.to_string()),
+        ("audit_log".into(), path(&n.audit_log)),
+        ("heartbeat".into(), d(n.heartbeat)),
+        ("election_timeout_min".into(), d(n.election_timeout.0)),
+        ("election_timeout_max".into(), d(n.election_timeout.1)),
+        ("min_ttl".into(), d(n.min_ttl)),
+        ("max_ttl".into(), d(n.max_ttl)),
+        ("history".into(), n.history.to_string()),
+        ("history_bytes".into(), n.limits.history_bytes.to_string()),
+        ("snapshot_every".into(), n.snapshot_every.to_string()),
+        ("max_watches".into(), n.limits.max_watches.to_string()),
+        ("max_blocking_queries".into(), n.limits.max_blocking_queries.to_string()),
+        ("max_leases_per_client".into(), n.limits.max_leases_per_client.to_string()),
+        ("log_format".into(), format!("{:?}", s.log_format).to_lowercase()),
+        ("log_level".into(), or_none(s.log_level.clone())),
+    ];
+    Ok(runtime::config::render_settings(&settings))
 }
 
 /// The shortest election timeout must be at least this many heartbeats. A leader acts (renews
@@ -294,7 +346,11 @@ impl ServeArgs {
             errors.push("data-dir: missing (--data-dir DIR)".to_string());
         }
         let peers = match (self.peers, file.peers) {
-            (Some(raw), _) | (None, Some(Peers::Flag(raw))) => parse_peers(&raw).unwrap_or_else(|mut e| {
+            (Some(raw), _) => parse_peers(&raw).unwrap_or_else(|mut e| {
+                errors.append(&mut e);
+                BTreeMap::new()
+            }),
+            (None, Some(Peers::Flag(list))) => parse_peers(&list.into_vec().join(",")).unwrap_or_else(|mut e| {
                 errors.append(&mut e);
                 BTreeMap::new()
             }),

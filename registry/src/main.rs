@@ -73,10 +73,27 @@ enum Command {
         #[command(subcommand)]
         action: TlsAction,
     },
+    /// Check a `serve` config file: every problem at once (exit 2), or the effective settings,
+    /// with the flags and REGISTRY_* variables given here applied as `serve` would (exit 0).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Back up the registry's state, seed a new cluster from a backup, or check one.
     Snapshot {
         #[command(subcommand)]
         action: SnapshotAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate FILE (a `registry serve --config` file) and print the effective settings.
+    Check {
+        /// The config file.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
 }
 
@@ -308,6 +325,18 @@ async fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("registry tls init: {e}");
                 ExitCode::FAILURE
+            }
+        },
+        Command::Config { action: ConfigAction::Check { file, serve } } => match registry::config::check(serve, file) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("registry config check: {e}");
+                }
+                ExitCode::from(2)
             }
         },
         Command::Snapshot { action } => {

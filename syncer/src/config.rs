@@ -41,8 +41,8 @@ pub struct RunArgs {
     /// HAProxy Data Plane API base URL (instead of the Runtime API).
     #[arg(long, env = "SYNCER_DATAPLANE_URL")]
     pub dataplane_url: Option<String>,
-    /// Data Plane API version.
-    #[arg(long, value_enum)]
+    /// Which Data Plane API the --dataplane-url speaks (its URL layout and models).
+    #[arg(long, env = "SYNCER_DATAPLANE_VERSION", value_enum)]
     pub dataplane_version: Option<DataplaneVersion>,
     /// Data Plane API basic-auth user.
     #[arg(long, env = "SYNCER_DATAPLANE_USER")]
@@ -55,37 +55,37 @@ pub struct RunArgs {
     #[arg(long, env = "SYNCER_DATAPLANE_CA_FILE", value_name = "FILE")]
     pub dataplane_ca_file: Option<PathBuf>,
     /// `SERVICE[=HAPROXY_BACKEND]`; repeat for several (the backend defaults to the service name).
-    #[arg(long = "backend")]
+    #[arg(long = "backend", env = "SYNCER_BACKEND", value_delimiter = ',')]
     pub backends: Vec<String>,
     /// Options for `add server` [default: "check inter 1s fall 2 rise 1"].
-    #[arg(long)]
+    #[arg(long, env = "SYNCER_SERVER_OPTIONS")]
     pub server_options: Option<String>,
     /// Where the last-known-good desired state is kept (applied at start if the source is down).
     #[arg(long, env = "SYNCER_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Never remove servers below this many per backend because of a source answer [default: 1].
-    #[arg(long)]
+    #[arg(long, env = "SYNCER_MIN_SERVERS")]
     pub min_servers: Option<usize>,
     /// Most of a backend removed per --breaker-window, as a fraction [default: 0.5].
-    #[arg(long)]
+    #[arg(long, env = "SYNCER_MAX_REMOVE_FRACTION")]
     pub max_remove_fraction: Option<f64>,
-    /// [default: 10s]
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// The window over which --max-remove-fraction counts a backend's removals [default: 10s].
+    #[arg(long, env = "SYNCER_BREAKER_WINDOW", value_parser = humantime::parse_duration)]
     pub breaker_window: Option<Duration>,
     /// Changes arriving within this window are applied together [default: 50ms].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SYNCER_BATCH", value_parser = humantime::parse_duration)]
     pub batch: Option<Duration>,
     /// A removed server's connections get this long to finish before it is deleted [default: 30s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SYNCER_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
     /// Re-check HAProxy (restarts, drift) at least this often [default: 250ms].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SYNCER_RESYNC", value_parser = humantime::parse_duration)]
     pub resync: Option<Duration>,
     /// With no source at start, apply the saved state after this long [default: 2s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SYNCER_SOURCE_WAIT", value_parser = humantime::parse_duration)]
     pub source_wait: Option<Duration>,
     /// ZooKeeper session timeout [default: 10s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SYNCER_ZOOKEEPER_SESSION_TIMEOUT", value_parser = humantime::parse_duration)]
     pub zookeeper_session_timeout: Option<Duration>,
     /// ZooKeeper mode: a file holding `USER:PASSWORD`, the digest identity to read with (the
     /// announcers' `--zookeeper-auth-file`).
@@ -98,8 +98,9 @@ pub struct RunArgs {
     /// Name this syncer reports its progress under in the registry [default: the host name].
     #[arg(long, env = "SYNCER_ID")]
     pub id: Option<String>,
-    /// Log format.
-    #[arg(long, value_enum)]
+    /// Log format: `text` for people, `json` (one object per line) for log pipelines
+    /// [default: text].
+    #[arg(long, env = "SYNCER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Log level: error, warn, info, debug or trace, or directives like `info,openraft=warn`;
     /// over RUST_LOG [default: info].
@@ -110,7 +111,7 @@ pub struct RunArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    registry: Option<Vec<String>>,
+    registry: Option<runtime::config::StringList>,
     ca_file: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -122,7 +123,9 @@ struct FileConfig {
     dataplane_user: Option<String>,
     dataplane_password_file: Option<PathBuf>,
     dataplane_ca_file: Option<PathBuf>,
-    backends: Option<Vec<String>>,
+    /// `backend`, as the flag; `backends` is the name earlier versions read.
+    #[serde(alias = "backends")]
+    backend: Option<runtime::config::StringList>,
     server_options: Option<String>,
     state_dir: Option<PathBuf>,
     min_servers: Option<usize>,
@@ -208,6 +211,57 @@ pub struct Config {
     pub log_level: Option<String>,
 }
 
+impl Config {
+    /// The effective settings, for `syncer config check`: keys as in the file, secrets as the
+    /// paths they are read from (`password_file` is the flag's, when one was given).
+    pub fn effective(&self, password_file: Option<&std::path::Path>) -> Vec<(String, String)> {
+        use runtime::config::or_none;
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut put = |k: &str, v: String| out.push((k.to_string(), v));
+        match &self.source {
+            Source::Registry(urls, access) => {
+                put("registry", urls.join(","));
+                for (k, v) in access.describe() {
+                    put(&k, v);
+                }
+            }
+            Source::Zookeeper { connect, session_timeout, auth } => {
+                put("zookeeper", connect.clone());
+                put("zookeeper_session_timeout", humantime::format_duration(*session_timeout).to_string());
+                put("zookeeper_auth", if auth.is_some() { "(from zookeeper_auth_file)".into() } else { "(none)".into() });
+            }
+        }
+        match &self.target {
+            Target::Runtime { endpoint, server_options } => {
+                put("haproxy_socket", endpoint.clone());
+                put("server_options", server_options.clone());
+            }
+            Target::Dataplane { url, version, auth, server_options } => {
+                put("dataplane_url", url.clone());
+                put("dataplane_version", format!("{version:?}").to_lowercase());
+                put("dataplane_user", or_none(auth.user.clone()));
+                put("dataplane_password_file", or_none(password_file.map(|p| p.display().to_string())));
+                put("dataplane_ca_file", or_none(auth.ca_file.as_ref().map(|p| p.display().to_string())));
+                put("server_options", server_options.clone());
+            }
+        }
+        put("backend", self.settings.mappings.iter().map(|m| format!("{}={}", m.service, m.backend)).collect::<Vec<_>>().join(","));
+        put("min_servers", self.settings.limits.min_servers.to_string());
+        put("max_remove_fraction", self.settings.limits.max_fraction.to_string());
+        put("breaker_window", humantime::format_duration(self.settings.limits.window).to_string());
+        put("batch", humantime::format_duration(self.settings.batch).to_string());
+        put("drain_timeout", humantime::format_duration(self.settings.drain_timeout).to_string());
+        put("resync", humantime::format_duration(self.settings.resync).to_string());
+        put("source_wait", humantime::format_duration(self.settings.source_wait).to_string());
+        put("state_dir", or_none(self.state_dir.as_ref().map(|p| p.display().to_string())));
+        put("admin", or_none(self.admin).replace("(none)", "off"));
+        put("id", self.id.clone());
+        put("log_format", format!("{:?}", self.log_format).to_lowercase());
+        put("log_level", or_none(self.log_level.clone()));
+        out
+    }
+}
+
 pub const DEFAULT_SERVER_OPTIONS: &str = "check inter 1s fall 2 rise 1";
 
 /// Parses `SERVICE[=BACKEND]`.
@@ -239,7 +293,7 @@ impl RunArgs {
                 }
             }
         };
-        let registry = if self.registry.is_empty() { file.registry.unwrap_or_default() } else { self.registry };
+        let registry = if self.registry.is_empty() { file.registry.map(|l| l.into_vec()).unwrap_or_default() } else { self.registry };
         let zookeeper = self.zookeeper.or(file.zookeeper);
         let session_timeout = self.zookeeper_session_timeout.or(file.zookeeper_session_timeout).unwrap_or(Duration::from_secs(10));
         let access = self.access.over(client::Access {
@@ -309,7 +363,7 @@ impl RunArgs {
                 None
             }
         };
-        let raw_maps = if self.backends.is_empty() { file.backends.unwrap_or_default() } else { self.backends };
+        let raw_maps = if self.backends.is_empty() { file.backend.map(|l| l.into_vec()).unwrap_or_default() } else { self.backends };
         if raw_maps.is_empty() {
             errors.push("backend: missing (--backend SERVICE[=HAPROXY_BACKEND], repeatable)".into());
         }

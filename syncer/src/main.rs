@@ -26,11 +26,30 @@ struct Cli {
     run: RunArgs,
 }
 
+// Its variants take the daemon's flags; parsed once.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 enum Command {
     /// Print the operations the syncer would apply to HAProxy right now, and what its breaker
     /// would hold back, then exit without changing anything. Takes the same flags and config.
     Plan {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Check a config file: every problem at once (exit 2), or the effective settings, with the
+    /// flags and SYNCER_* variables given here applied as the daemon would (exit 0).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum ConfigAction {
+    /// Validate FILE and print the effective settings.
+    Check {
+        /// The config file (`--config` of the daemon).
+        file: std::path::PathBuf,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -176,6 +195,22 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let (planning, args) = match cli.command {
         Some(Command::Plan { run }) => (true, run),
+        Some(Command::Config { action: ConfigAction::Check { file, mut run } }) => {
+            run.config = Some(file);
+            let password_file = run.dataplane_password_file.clone();
+            return match run.resolve() {
+                Ok(c) => {
+                    print!("{}", runtime::config::render_settings(&c.effective(password_file.as_deref())));
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("syncer config check: {e}");
+                    }
+                    ExitCode::from(2)
+                }
+            };
+        }
         None => (false, cli.run),
     };
     let config = match args.clone().resolve() {
