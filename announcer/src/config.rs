@@ -21,6 +21,11 @@ pub struct RunArgs {
     /// global settings. Services come from the file then, not from --service.
     #[arg(long, env = "ANNOUNCER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// A conf.d-style directory: every `*.toml` in it (in name order) holds `[[services]]`
+    /// entries only, added to the config file's. One file per service is easy to drop in and
+    /// take out with a package or a configuration tool; SIGHUP reads the directory again.
+    #[arg(long, env = "ANNOUNCER_CONFIG_DIR", value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
     /// Registry nodes, comma-separated (`http://HOST:PORT`); any node will do.
     #[arg(long, env = "REGISTRY_ADDR", value_delimiter = ',')]
     pub registry: Vec<String>,
@@ -120,10 +125,42 @@ struct FileConfig {
     drain: Option<Duration>,
     admin: Option<String>,
     state_dir: Option<PathBuf>,
+    config_dir: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     #[serde(default)]
     services: Vec<FileService>,
+}
+
+/// A file in `--config-dir`: services only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirFile {
+    #[serde(default)]
+    services: Vec<FileService>,
+}
+
+/// The services of every `*.toml` in `dir`, in file-name order, each labelled with its file.
+fn services_in_dir(p: &mut Problems, dir: &std::path::Path) -> Vec<(String, FileService)> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            p.add("config-dir", format!("{}: {e}", dir.display()));
+            return vec![];
+        }
+    };
+    let mut files: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.extension().is_some_and(|x| x == "toml") && f.is_file()).collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let parsed = std::fs::read_to_string(&f).map_err(|e| e.to_string()).and_then(|t| toml::from_str::<DirFile>(&t).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(d) => out.extend(d.services.into_iter().enumerate().map(|(i, s)| (format!("{}: services[{i}]", f.display()), s))),
+            Err(e) => p.add("config-dir", format!("{}: {e}", f.display())),
+        }
+    }
+    out
 }
 
 #[derive(Debug, Deserialize)]
@@ -446,24 +483,37 @@ impl RunArgs {
             },
         };
         let service_flags = self.service.is_some() || self.address.is_some() || self.instance.is_some();
-        let raw_services: Vec<(String, FileService)> = if self.config.is_some() {
+        let config_dir = self.config_dir.clone().or(file.config_dir.clone());
+        let raw_services: Vec<(String, FileService)> = if self.config.is_some() || config_dir.is_some() {
             if service_flags {
-                p.add("service", "give services either with flags or in --config, not both");
+                p.add("service", "give services either with flags or in --config/--config-dir, not both");
             }
-            if file.services.is_empty() {
-                p.add("services", "the config file lists no [[services]]");
+            let mut all: Vec<(String, FileService)> = file.services.into_iter().enumerate().map(|(i, s)| (format!("services[{i}]"), s)).collect();
+            if let Some(dir) = &config_dir {
+                all.extend(services_in_dir(&mut p, dir));
             }
-            file.services.into_iter().enumerate().map(|(i, s)| (format!("services[{i}]"), s)).collect()
+            if all.is_empty() {
+                p.add(
+                    "services",
+                    if config_dir.is_some() {
+                        "neither the config file nor --config-dir lists any [[services]]"
+                    } else {
+                        "the config file lists no [[services]]"
+                    },
+                );
+            }
+            all
         } else {
             self.flag_service(&mut p).map(|s| vec![("service".to_string(), s)]).unwrap_or_default()
         };
-        let services: Vec<ServiceConfig> = raw_services.into_iter().filter_map(|(at, s)| service_config(&mut p, &at, s)).collect();
-        let mut seen = std::collections::BTreeSet::new();
-        for s in &services {
-            if !seen.insert((s.service.clone(), s.instance.clone())) {
-                p.add("services", format!("{}/{} is listed twice", s.service, s.instance));
+        let services: Vec<(String, ServiceConfig)> = raw_services.into_iter().filter_map(|(at, s)| service_config(&mut p, &at, s).map(|c| (at, c))).collect();
+        let mut seen: BTreeMap<(String, String), String> = BTreeMap::new();
+        for (at, s) in &services {
+            if let Some(first) = seen.insert((s.service.clone(), s.instance.clone()), at.clone()) {
+                p.add("services", format!("{}/{} is listed twice: {first} and {at}", s.service, s.instance));
             }
         }
+        let services: Vec<ServiceConfig> = services.into_iter().map(|(_, s)| s).collect();
         let registry: Vec<String> = if !self.registry.is_empty() { self.registry.clone() } else { file.registry.map(|l| l.into_vec()).unwrap_or_default() };
         let zookeeper = self.zookeeper.clone().or(file.zookeeper);
         let zookeeper_auth = self.zookeeper_auth_file.clone().or(file.zookeeper_auth_file).and_then(|path| {

@@ -345,7 +345,7 @@ async fn sighup_reloads_the_services_and_refuses_a_bad_config() {
     let client = cluster.client();
     let dir = tempfile::tempdir().unwrap();
     let w = web(dir.path(), "web-5");
-    let access = cluster.access_args("announcer-5", &["announce:web-servers", "announce:api-servers"]).await;
+    let access = cluster.access_args("announcer-5", &["announce:web-servers", "announce:api-servers", "announce:extra-servers"]).await;
     let (ca, token) = (&access[1], &access[3]);
     let service = |name: &str| format!("[[services]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\n", w.port);
     let head = format!("registry = \"{}\"\nca_file = \"{ca}\"\ntoken_file = \"{token}\"\nadmin = \"off\"\n", cluster.urls().join(","));
@@ -364,6 +364,29 @@ async fn sighup_reloads_the_services_and_refuses_a_bad_config() {
     .await;
     assert!(a.is_running(), "SIGHUP stopped the announcer");
     assert_eq!(client.service("web-servers", false).await.unwrap().instances[0].lease_id, lease, "the reload replaced the lease");
+
+    // A conf.d directory: a file dropped in is announced on the next SIGHUP; one that lists an
+    // instance the config file already has is refused, naming both places.
+    let confd = dir.path().join("announcer.d");
+    std::fs::create_dir(&confd).unwrap();
+    std::fs::write(&file, format!("{head}config_dir = \"{}\"\n{}{}", confd.display(), service("web-servers"), service("api-servers"))).unwrap();
+    std::fs::write(confd.join("10-extra.toml"), service("extra-servers")).unwrap();
+    std::fs::write(confd.join("README"), "not a .toml file: ignored").unwrap();
+    a.signal("HUP");
+    wait_for(Duration::from_secs(10), "the conf.d service to be announced", || async {
+        client.service("extra-servers", false).await.ok().filter(|s| s.instances.iter().any(|i| i.instance == id))
+    })
+    .await;
+    let twice = confd.join("20-twice.toml");
+    std::fs::write(&twice, service("web-servers")).unwrap();
+    a.signal("HUP");
+    wait_for(Duration::from_secs(5), "the duplicate to be refused", || {
+        let log = a.log_text();
+        async move { (log.contains("listed twice") && log.contains("20-twice.toml")).then_some(()) }
+    })
+    .await;
+    std::fs::remove_file(&twice).unwrap();
+    assert_eq!(state_of_in(&client, "extra-servers", &id).await, Some(Some(InstanceState::Up)), "a refused reload changed the conf.d service");
 
     std::fs::write(&file, "registry = [this is not toml").unwrap();
     a.signal("HUP");
