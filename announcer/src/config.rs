@@ -243,6 +243,11 @@ pub struct Config {
     /// `--log-level` or `log_level`, checked; `None`: RUST_LOG or the default.
     pub log_level: Option<String>,
     pub services: Vec<ServiceConfig>,
+    /// `--config-dir`, for `config check`.
+    pub config_dir: Option<PathBuf>,
+    /// Where each of `services` was read (`services[0]`, `DIR/10-web.toml: services[0]`, or
+    /// `service` for the flags), for `config check`.
+    pub service_origins: Vec<String>,
 }
 
 impl Config {
@@ -268,8 +273,12 @@ impl Config {
         out.push(("state_dir".into(), self.state_dir.display().to_string()));
         out.push(("log_format".into(), format!("{:?}", self.log_format).to_lowercase()));
         out.push(("log_level".into(), or_none(self.log_level.clone())));
+        out.push(("config_dir".into(), or_none(self.config_dir.as_ref().map(|d| d.display().to_string()))));
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
+            if let Some(from) = self.service_origins.get(i).filter(|o| **o != at && o.as_str() != "service") {
+                out.push((format!("{at}.from"), from.clone()));
+            }
             out.push((format!("{at}.name"), s.service.clone()));
             out.push((format!("{at}.instance"), s.instance.clone()));
             out.push((format!("{at}.address"), format!("{}:{}", s.address, s.port)));
@@ -513,7 +522,7 @@ impl RunArgs {
                 p.add("services", format!("{}/{} is listed twice: {first} and {at}", s.service, s.instance));
             }
         }
-        let services: Vec<ServiceConfig> = services.into_iter().map(|(_, s)| s).collect();
+        let (service_origins, services): (Vec<String>, Vec<ServiceConfig>) = services.into_iter().unzip();
         let registry: Vec<String> = if !self.registry.is_empty() { self.registry.clone() } else { file.registry.map(|l| l.into_vec()).unwrap_or_default() };
         let zookeeper = self.zookeeper.clone().or(file.zookeeper);
         let zookeeper_auth = self.zookeeper_auth_file.clone().or(file.zookeeper_auth_file).and_then(|path| {
@@ -580,6 +589,8 @@ impl RunArgs {
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             log_level,
             services,
+            config_dir,
+            service_origins,
         })
     }
 }
@@ -680,6 +691,47 @@ check = { tcp = "127.0.0.1:9090", exec = "true" }
         for field in ["services[0].name:", "services[0].address:", "services[1].weight:", "services[1].check:"] {
             assert!(e.iter().any(|x| x.starts_with(field)), "{field} missing from {e:?}");
         }
+    }
+
+    #[test]
+    fn a_config_dir_adds_its_services_in_file_name_order_and_refuses_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let confd = dir.path().join("announcer.d");
+        std::fs::create_dir(&confd).unwrap();
+        let service = |name: &str, port: u16| format!("[[services]]\nname = \"{name}\"\naddress = \"10.0.0.5:{port}\"\n");
+        let main = dir.path().join("announcer.toml");
+        std::fs::write(&main, format!("registry = \"http://127.0.0.1:7401\"\nconfig_dir = \"{}\"\n{}", confd.display(), service("web-servers", 8080))).unwrap();
+        // Written out of order: the merge follows the names, not the creation order.
+        std::fs::write(confd.join("20-api.toml"), format!("{}{}", service("api-servers", 9090), service("api-servers", 9091))).unwrap();
+        std::fs::write(confd.join("10-mail.toml"), service("mail-servers", 2525)).unwrap();
+        std::fs::write(confd.join("30-notes.txt"), "not toml, not read").unwrap();
+        let c = RunArgs { config: Some(main.clone()), ..Default::default() }.resolve().unwrap();
+        let names: Vec<(&str, u16)> = c.services.iter().map(|s| (s.service.as_str(), s.port)).collect();
+        assert_eq!(names, [("web-servers", 8080), ("mail-servers", 2525), ("api-servers", 9090), ("api-servers", 9091)]);
+        // `config check` says where each came from.
+        let shown: BTreeMap<String, String> = c.effective().into_iter().collect();
+        assert_eq!(shown.get("config_dir"), Some(&confd.display().to_string()));
+        assert_eq!(shown.get("services[0].from"), None, "the config file's own service");
+        assert_eq!(shown.get("services[3].from"), Some(&format!("{}: services[1]", confd.join("20-api.toml").display())));
+
+        // --config-dir alone, without a config file, is enough.
+        let c = RunArgs { config_dir: Some(confd.clone()), registry: vec!["http://127.0.0.1:7401".into()], ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.services.len(), 3);
+
+        // The same instance in two files: an error naming both files.
+        std::fs::write(confd.join("40-again.toml"), service("api-servers", 9091)).unwrap();
+        let e = RunArgs { config: Some(main.clone()), ..Default::default() }.resolve().unwrap_err();
+        let twice = e.iter().find(|x| x.contains("listed twice")).unwrap_or_else(|| panic!("no duplicate error in {e:?}"));
+        assert!(twice.contains("20-api.toml") && twice.contains("40-again.toml") && twice.contains("api-servers/10.0.0.5:9091"), "{twice}");
+        std::fs::remove_file(confd.join("40-again.toml")).unwrap();
+
+        // A bad file in the directory is named, along with the config file's own problems.
+        std::fs::write(confd.join("50-bad.toml"), "[[services]]\nname = \"x\"\naddress = \"10.0.0.5:1\"\nport = 1\n").unwrap();
+        std::fs::write(confd.join("60-bad.toml"), service("bad name", 1)).unwrap();
+        let e = RunArgs { config: Some(main), ttl: Some(Duration::ZERO), ..Default::default() }.resolve().unwrap_err();
+        assert!(e.iter().any(|x| x.starts_with("config-dir:") && x.contains("50-bad.toml") && x.contains("port")), "{e:?}");
+        assert!(e.iter().any(|x| x.contains("60-bad.toml") && x.contains("services[0].name")), "{e:?}");
+        assert!(e.iter().any(|x| x.starts_with("ttl:")), "{e:?}");
     }
 
     #[test]

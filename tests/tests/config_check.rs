@@ -87,6 +87,21 @@ fn announcer_config_check() {
     assert!(out.contains("http http://127.0.0.1:8080/health, every 1s, timeout 1s, rise 2, fall 2"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("drain ") && l.ends_with("= 7s")), "ANNOUNCER_DRAIN was not applied:\n{out}");
     assert!(out.contains(&token.display().to_string()) && !out.contains("dG9rZW4"), "{out}");
+
+    // A conf.d directory (ANNOUNCER_CONFIG_DIR): its services follow the file's, each shown
+    // with where it came from; an instance in two files is refused naming both.
+    let confd = dir.path().join("announcer.d");
+    std::fs::create_dir(&confd).unwrap();
+    write(&confd, "10-api.toml", "[[services]]\nname = \"api-servers\"\naddress = \"10.0.0.5:9090\"\n");
+    let confd_env = confd.display().to_string();
+    let (code, out, err) = check("announcer", &["config"], &good, &[("ANNOUNCER_CONFIG_DIR", &confd_env)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("config_dir ") && l.ends_with(&confd_env)), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("services[1].from ") && l.contains("10-api.toml: services[0]")), "{out}");
+    write(&confd, "20-web.toml", "[[services]]\nname = \"web-servers\"\naddress = \"10.0.0.5:8080\"\n");
+    let (code, out, err) = check("announcer", &["config"], &good, &[("ANNOUNCER_CONFIG_DIR", &confd_env)]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("web-servers/10.0.0.5:8080 is listed twice: services[0] and") && err.contains("20-web.toml: services[0]"), "{err}");
 }
 
 #[test]
