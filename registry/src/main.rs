@@ -19,8 +19,8 @@ struct ClientArgs {
     /// Registry nodes to talk to, comma-separated (`http://HOST:PORT` or `HOST:PORT`); any node will do.
     #[arg(long, env = "REGISTRY_ADDR", value_delimiter = ',', required = true)]
     registry: Vec<String>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Output::Table)]
+    /// How to print the answer: `table` for people, `json` for scripts.
+    #[arg(long, env = "REGISTRY_OUTPUT", value_enum, default_value_t = Output::Table)]
     output: Output,
     #[command(flatten)]
     access: client::AccessArgs,
@@ -130,7 +130,8 @@ enum SnapshotAction {
     Inspect {
         /// The backup file.
         file: std::path::PathBuf,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
+        /// How to print the report: `table` for people, `json` for scripts.
+        #[arg(long, env = "REGISTRY_OUTPUT", value_enum, default_value_t = Output::Table)]
         output: Output,
     },
 }
@@ -216,6 +217,7 @@ enum MembersAction {
         client: ClientArgs,
         #[command(flatten)]
         credentials: MemberCredentials,
+        /// The id of the node to remove, as `registry status` shows it.
         #[arg(long)]
         id: u64,
     },

@@ -57,10 +57,12 @@ pub struct RunArgs {
     /// `SERVICE[=HAPROXY_BACKEND]`; repeat for several (the backend defaults to the service name).
     #[arg(long = "backend", env = "SYNCER_BACKEND", value_delimiter = ',')]
     pub backends: Vec<String>,
-    /// Options for `add server` [default: "check inter 1s fall 2 rise 1"].
+    /// What follows the address in the `add server` line of every server the syncer adds:
+    /// HAProxy's own health check and its timings [default: "check inter 1s fall 2 rise 1"].
     #[arg(long, env = "SYNCER_SERVER_OPTIONS")]
     pub server_options: Option<String>,
-    /// Where the last-known-good desired state is kept (applied at start if the source is down).
+    /// Where the last-known-good desired state is kept (applied at start if the source is
+    /// down) [default: none: nothing is saved, and a start without a source changes nothing].
     #[arg(long, env = "SYNCER_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Never remove servers below this many per backend because of a source answer [default: 1].
@@ -84,7 +86,8 @@ pub struct RunArgs {
     /// With no source at start, apply the saved state after this long [default: 2s].
     #[arg(long, env = "SYNCER_SOURCE_WAIT", value_parser = humantime::parse_duration)]
     pub source_wait: Option<Duration>,
-    /// ZooKeeper session timeout [default: 10s].
+    /// With --zookeeper: the session timeout asked of ZooKeeper; a session that expires (this
+    /// long without contact) is replaced and every backend re-read [default: 10s].
     #[arg(long, env = "SYNCER_ZOOKEEPER_SESSION_TIMEOUT", value_parser = humantime::parse_duration)]
     pub zookeeper_session_timeout: Option<Duration>,
     /// ZooKeeper mode: a file holding `USER:PASSWORD`, the digest identity to read with (the
