@@ -130,3 +130,22 @@ fn syncer_config_check() {
     assert!(out.lines().any(|l| l.starts_with("batch ") && l.ends_with("= 70ms")), "SYNCER_BATCH was not applied:\n{out}");
     assert!(out.lines().any(|l| l.starts_with("id ") && l.ends_with("= lb-1")), "{out}");
 }
+
+#[test]
+fn registry_output_comes_from_its_variable_too() {
+    // A bad REGISTRY_OUTPUT is refused by name before any node is asked: proof that it is read.
+    // A port nothing listens on (taken from the OS, then let go).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let url = format!("http://{closed}");
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(binary("registry"));
+        cmd.args(["status", "--registry", &url]).env_remove("REGISTRY_OUTPUT").envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&[("REGISTRY_OUTPUT", "yaml")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("yaml") && err.contains("--output"), "{err}");
+    let (_, err) = run(&[]);
+    assert!(!err.contains("--output"), "without the variable, --output is not the problem: {err}");
+}
