@@ -25,9 +25,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The checksum of a document's `store`: over the JSON value as it is in the file (keys
+/// sorted), not over a re-encoding of the registry's `Store`, so a later version that adds a
+/// field to `Store` still reads old backups as intact.
+fn checksum(store: &serde_json::Value) -> String {
+    sha256_hex(&serde_json::to_vec(store).expect("a JSON value serializes"))
+}
+
 /// The document for `store`, taken at `taken_at_ms`.
 pub fn document(store: &Store, taken_at_ms: u64) -> SnapshotDocument {
-    let bytes = serde_json::to_vec(store).expect("the store serializes");
+    let value = serde_json::to_value(store).expect("the store serializes");
     SnapshotDocument {
         format: SNAPSHOT_FORMAT.into(),
         version: SNAPSHOT_VERSION,
@@ -35,8 +42,8 @@ pub fn document(store: &Store, taken_at_ms: u64) -> SnapshotDocument {
         revision: store.revision(),
         taken_at_ms,
         counts: counts(store),
-        sha256: sha256_hex(&bytes),
-        store: serde_json::from_slice(&bytes).expect("just encoded"),
+        sha256: checksum(&value),
+        store: value,
     }
 }
 
@@ -55,11 +62,11 @@ pub fn read(path: &Path) -> Result<(SnapshotDocument, Store), String> {
     if doc.version != SNAPSHOT_VERSION {
         return Err(format!("{}: snapshot version {} is not one this registry reads ({SNAPSHOT_VERSION})", path.display(), doc.version));
     }
-    let store: Store = serde_json::from_value(doc.store.clone()).map_err(|e| format!("{}: the store does not decode: {e}", path.display()))?;
-    let sum = sha256_hex(&serde_json::to_vec(&store).expect("the store serializes"));
+    let sum = checksum(&doc.store);
     if sum != doc.sha256 {
         return Err(format!("{}: checksum mismatch (file says {}, content is {sum}): the file is damaged", path.display(), doc.sha256));
     }
+    let store: Store = serde_json::from_value(doc.store.clone()).map_err(|e| format!("{}: the store does not decode: {e}", path.display()))?;
     if counts(&store) != doc.counts || store.revision() != doc.revision {
         return Err(format!("{}: the header does not match the content", path.display()));
     }
@@ -68,14 +75,25 @@ pub fn read(path: &Path) -> Result<(SnapshotDocument, Store), String> {
 
 /// Seeds `data_dir` (which must be missing or empty) for node `id` of a new cluster of
 /// `peers`, from a checked snapshot.
-pub fn restore(store: Store, data_dir: &Path, id: NodeId, peers: &BTreeMap<NodeId, String>) -> Result<(), String> {
+/// How far past the backup's revision a restored cluster starts, unless told otherwise: far more
+/// writes than the old cluster could have made between the backup and its loss, so no revision,
+/// lease id or token id it handed out is handed out again, and every watcher re-lists.
+pub const DEFAULT_BUMP: u64 = 1_000_000_000;
+
+pub fn restore(store: Store, data_dir: &Path, id: NodeId, peers: &BTreeMap<NodeId, String>, bump: u64) -> Result<(), String> {
     if !peers.contains_key(&id) {
         return Err(format!("--id {id} is not one of --peers ({:?})", peers.keys().collect::<Vec<_>>()));
     }
-    if std::fs::read_dir(data_dir).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(format!("{} is not empty: restore seeds a new data directory only", data_dir.display()));
+    match std::fs::read_dir(data_dir) {
+        Ok(mut d) => {
+            if d.next().is_some() {
+                return Err(format!("{} is not empty: restore seeds a new data directory only", data_dir.display()));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", data_dir.display())),
     }
-    let store = store.restored();
+    let store = store.restored(bump);
     // Term 0, as the entries before a cluster's first election: the new cluster's terms start
     // at 1 and are always later.
     let log_id = LogId::new(CommittedLeaderId::new(0, 0), store.revision());
@@ -84,7 +102,13 @@ pub fn restore(store: Store, data_dir: &Path, id: NodeId, peers: &BTreeMap<NodeI
     let membership = StoredMembership::new(Some(log_id), Membership::new(vec![voters], nodes));
     let meta = SnapshotMeta { last_log_id: Some(log_id), last_membership: membership.clone(), snapshot_id: format!("restored-{}", store.revision()) };
     let applied = Applied { last_applied: Some(log_id), membership, store };
-    StateMachine::seed(&data_dir.join("state"), &meta, &applied).map_err(|e| format!("writing {}: {e}", data_dir.display()))
+    StateMachine::seed(&data_dir.join("state"), &meta, &applied).map_err(|e| format!("writing {}: {e}", data_dir.display()))?;
+    // The seed holds token hashes and every instance's meta: the node's user only.
+    use std::os::unix::fs::PermissionsExt;
+    for (p, mode) in [(data_dir.to_path_buf(), 0o700), (data_dir.join("state"), 0o700), (data_dir.join("state/snapshot"), 0o600)] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(())
 }
 
 /// `registry snapshot save FILE`: the backup from the leader, written to a new file (0600).
@@ -125,10 +149,10 @@ fn summary(doc: &SnapshotDocument) -> String {
 }
 
 /// `registry snapshot restore FILE --data-dir DIR --id N --peers ...`.
-pub fn restore_command(path: &Path, data_dir: &Path, id: NodeId, peers: &str) -> Result<String, String> {
+pub fn restore_command(path: &Path, data_dir: &Path, id: NodeId, peers: &str, bump: u64) -> Result<String, String> {
     let peers = crate::config::parse_peers(peers).map_err(|e| e.join("; "))?;
     let (doc, store) = read(path)?;
-    restore(store, data_dir, id, &peers)?;
+    restore(store, data_dir, id, &peers, bump)?;
     Ok(format!(
         "{}\nseeded {} for node {id} of a new cluster of {} nodes; start it with\n  registry serve --id {id} --data-dir {} --peers {} ...\n",
         summary(&doc),
@@ -165,19 +189,34 @@ mod tests {
         assert!(read(&path).unwrap_err().contains("checksum mismatch"));
     }
 
+    /// A backup written before a field was added to `Store` (one with a default) still reads:
+    /// the checksum is over the file's own value, not over a re-encoding.
+    #[test]
+    fn a_backup_without_a_later_field_still_checks_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.json");
+        let mut doc = document(&sample(), 7);
+        doc.store.as_object_mut().unwrap().remove("removals").expect("the store has removals");
+        doc.sha256 = checksum(&doc.store);
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let (_, store) = read(&path).unwrap();
+        assert_eq!(store.revision(), 2);
+    }
+
     #[test]
     fn restore_refuses_a_used_directory_and_an_id_outside_the_peers() {
         let dir = tempfile::tempdir().unwrap();
         let peers: BTreeMap<NodeId, String> = [(1, "a:1".to_string()), (2, "b:1".to_string())].into();
-        assert!(restore(sample(), dir.path(), 3, &peers).unwrap_err().contains("--id 3"));
+        assert!(restore(sample(), dir.path(), 3, &peers, 0).unwrap_err().contains("--id 3"));
         std::fs::write(dir.path().join("x"), b"").unwrap();
-        assert!(restore(sample(), dir.path(), 1, &peers).unwrap_err().contains("not empty"));
+        assert!(restore(sample(), dir.path(), 1, &peers, 0).unwrap_err().contains("not empty"));
+        assert!(restore(sample(), &dir.path().join("x"), 1, &peers, 0).is_err(), "a file is not an empty directory");
         let fresh = dir.path().join("new");
-        restore(sample(), &fresh, 1, &peers).unwrap();
+        restore(sample(), &fresh, 1, &peers, 1000).unwrap();
         let sm = StateMachine::open(&fresh.join("state"), 10, 1 << 20).unwrap();
         let d = sm.shared();
         let d = d.read();
-        assert_eq!(d.store.revision(), 2);
+        assert_eq!(d.store.revision(), 1002, "revisions go on past the bump");
         assert_eq!(d.store.cluster_id(), None, "the old cluster's id does not carry over");
         assert_eq!(d.membership.membership().voter_ids().collect::<Vec<_>>(), vec![1, 2]);
     }

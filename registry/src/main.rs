@@ -124,6 +124,12 @@ enum SnapshotAction {
         /// Every member of the new cluster, `ID=HOST:PORT,...`, as `serve --peers` will get it.
         #[arg(long)]
         peers: String,
+        /// Start the new cluster's revisions this far past the backup's, so that no revision,
+        /// lease id or token id the old cluster handed out after the backup is handed out again,
+        /// and every watcher re-lists (like `etcdutl snapshot restore --bump-revision`). The same
+        /// on every node.
+        #[arg(long, default_value_t = registry::backup::DEFAULT_BUMP)]
+        bump_revision: u64,
     },
     /// Check a backup (format, checksum, counts) and print its revision, time and counts.
     /// Exits 1 if it is damaged.
@@ -351,7 +357,9 @@ async fn main() -> ExitCode {
                     ("save", registry::backup::save(&c, &file).await)
                 }
                 SnapshotAction::Inspect { file, output } => ("inspect", registry::backup::inspect(&file, output == Output::Json)),
-                SnapshotAction::Restore { file, data_dir, id, peers } => ("restore", registry::backup::restore_command(&file, &data_dir, id, &peers)),
+                SnapshotAction::Restore { file, data_dir, id, peers, bump_revision } => {
+                    ("restore", registry::backup::restore_command(&file, &data_dir, id, &peers, bump_revision))
+                }
             };
             match done {
                 Ok(text) => {

@@ -317,10 +317,14 @@ impl Store {
         self.cluster_id.as_deref()
     }
 
-    /// This store as the seed of a new cluster (`backup::restore`): the old cluster's own
-    /// records (its id, which members had started, the request-replay window) are dropped;
-    /// services, instances, leases, tokens and the recent removals stay.
-    pub fn restored(mut self) -> Store {
+    /// This store as the seed of a new cluster (`backup::restore`), at `bump` revisions past
+    /// the backup's: the old cluster's own records (its id, which members had started, the
+    /// request-replay window) are dropped; services, instances, leases, tokens and the recent
+    /// removals stay.
+    pub fn restored(mut self, bump: u64) -> Store {
+        // Every revision, lease id and token id the old cluster may have handed out after the
+        // backup is below the new cluster's first: none is handed out twice.
+        self.revision += bump;
         self.cluster_id = None;
         self.started.clear();
         self.requests = Requests::default();
