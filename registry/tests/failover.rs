@@ -279,8 +279,9 @@ async fn a_leader_stopping_gracefully_hands_off_to_a_follower_first() {
     // Writes to the old leader alone, one after another, while it hands off: none may fail.
     let on_old = c.client_for(&[old]);
     let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
-        let writing = writing.clone();
+        let (writing, acked) = (writing.clone(), acked.clone());
         tokio::spawn(async move {
             let mut n = 0u64;
             while writing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -288,17 +289,24 @@ async fn a_leader_stopping_gracefully_hands_off_to_a_follower_first() {
                 if let Err(e) = on_old.put_instance("web", &format!("w{}", n % 8), &spec(81, None)).await {
                     return Err(format!("write {n} failed: {e}"));
                 }
+                acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             Ok(n)
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let acked_past = |n: u64| {
+        let acked = acked.clone();
+        async move { (acked.load(std::sync::atomic::Ordering::SeqCst) >= n).then_some(()) }
+    };
+    wait_until(Duration::from_secs(5), "writes to the old leader going through", || acked_past(3)).await;
     let out = c.nodes[&old].node.hand_off().await;
     let registry::node::Transfer::Done { to, term: next_term } = out else { panic!("no hand-off: {out:?}") };
     assert_ne!(to, old);
     assert_eq!(next_term, term + 1, "one election, the one the hand-off started");
     assert_eq!(c.wait_leader(Some(&c.others(&[old]))).await, to);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Writes sent to the old leader after the hand-off go through too (relayed).
+    let before = acked.load(std::sync::atomic::Ordering::SeqCst);
+    wait_until(Duration::from_secs(5), "writes to the old leader after the hand-off", || acked_past(before + 3)).await;
     writing.store(false, std::sync::atomic::Ordering::SeqCst);
     let written = writer.await.unwrap().expect("a write to the old leader failed during the hand-off");
     assert!(written > 1, "the writer made {written} writes");

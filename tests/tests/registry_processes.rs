@@ -139,21 +139,29 @@ async fn sigterm_to_the_leader_hands_leadership_off_before_it_exits() {
     // Writes keep coming, first to the old leader, throughout the stop: none may fail, not even
     // one held during the hand-off and relayed as the process exits.
     let writing = Arc::new(AtomicBool::new(true));
+    let acked = Arc::new(AtomicUsize::new(0));
     let writer = {
-        let (client, writing, probe) =
-            (cluster.client_for(&[urls[leader].clone()].iter().chain(urls.iter()).cloned().collect::<Vec<_>>()), writing.clone(), probe.clone());
+        let (client, writing, probe, acked) =
+            (cluster.client_for(&[urls[leader].clone()].iter().chain(urls.iter()).cloned().collect::<Vec<_>>()), writing.clone(), probe.clone(), acked.clone());
         tokio::spawn(async move {
             let (mut done, mut failed) = (0u64, Vec::new());
             while writing.load(Ordering::SeqCst) {
                 match client.put_instance("probe", &format!("w{}", done % 8), &probe).await {
-                    Ok(_) => done += 1,
+                    Ok(_) => {
+                        done += 1;
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
                     Err(e) => failed.push(e.to_string()),
                 }
             }
             (done, failed)
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acked_past = |n: usize| {
+        let acked = acked.clone();
+        async move { (acked.load(Ordering::SeqCst) >= n).then_some(()) }
+    };
+    wait_for(Duration::from_secs(5), "writes going through before the stop", || acked_past(3)).await;
     cluster.nodes[leader].signal("TERM");
     let code = cluster.nodes[leader].wait_exit(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "the old leader's exit after SIGTERM: {}", cluster.nodes[leader].log_text());
@@ -167,7 +175,8 @@ async fn sigterm_to_the_leader_hands_leadership_off_before_it_exits() {
     assert!(seen.iter().all(|(_, l, t)| l.is_some() && *l == seen[0].1 && *t == term + 1), "survivors right after the exit (term before {term}): {seen:?}");
     let survivors: Vec<String> = urls.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, u)| u.clone()).collect();
     cluster.client_for(&survivors).put_instance("probe", "after", &probe).await.expect("the first write after the exit");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = acked.load(Ordering::SeqCst);
+    wait_for(Duration::from_secs(5), "writes going through after the exit", || acked_past(before + 3)).await;
     writing.store(false, Ordering::SeqCst);
     let (done, failed) = writer.await.unwrap();
     assert!(failed.is_empty(), "writes failed across the stop ({done} went through): {failed:?}");
