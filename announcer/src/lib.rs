@@ -4,7 +4,6 @@
 pub mod admin;
 pub mod agent;
 pub mod config;
-pub mod drain;
 pub mod health;
 pub mod maint;
 pub mod metrics;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use announcer::agent::{self, Event, Outcome, Shared};
 use announcer::config::{Backend, Config, RunArgs};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -54,6 +54,8 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    #[command(flatten)]
+    Docs(runtime::docs::DocsCommand),
 }
 
 #[derive(Subcommand)]
@@ -206,6 +208,7 @@ async fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Docs(which)) => return runtime::docs::run(Cli::command(), &which),
         None => {}
     }
     let config = match cli.run.clone().resolve() {

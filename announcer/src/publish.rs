@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 /// `(service, instance id)`.
@@ -18,37 +17,9 @@ pub type Announcement = proto::ZnodeData;
 /// The full desired set: every instance this announcer should have published.
 pub type Desired = BTreeMap<Key, Announcement>;
 
-/// What is known of the balancers' progress with a drain (docs/announcer.md, "Graceful stop").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum DrainProgress {
-    /// It cannot be told (why): the drain lasts the fixed drain time.
-    Unknown { why: String },
-    /// These balancers have not applied the drain yet.
-    Waiting { late: Vec<Late> },
-    /// Every live balancer that follows the drained services has applied the drain (their
-    /// `syncer/backend` names).
-    Applied { balancers: Vec<String> },
-}
-
-/// One balancer backend that has not applied the drain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Late {
-    pub syncer: String,
-    pub backend: String,
-    pub service: String,
-    /// The registry revision it has applied, if any.
-    pub applied: Option<u64>,
-    /// The revision of the drain.
-    pub needed: u64,
-}
-
-impl std::fmt::Display for Late {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let applied = self.applied.map_or_else(|| "nothing".to_string(), |a| format!("revision {a}"));
-        write!(f, "{}/{} ({}: applied {applied}, the drain is revision {})", self.syncer, self.backend, self.service, self.needed)
-    }
-}
+/// What is known of the balancers' progress with a drain (docs/announcer.md, "Graceful stop"):
+/// the rule is `client::convergence`'s, shared with `registry deregister --wait`.
+pub use client::convergence::{Convergence as DrainProgress, Late};
 
 /// A task that follows the balancers through a drain.
 pub type DrainFollower = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -77,7 +77,7 @@ impl RegistryPublisher {
 
     fn map(&mut self, e: client::Error) -> PublishError {
         match &e {
-            client::Error::Api { status: 404, body } if body.code == proto::ErrorCode::LeaseNotFound => self.lost(format!("lease gone: {}", body.message)),
+            client::Error::Api { status: 404, body, .. } if body.code == proto::ErrorCode::LeaseNotFound => self.lost(format!("lease gone: {}", body.message)),
             e if e.is_retriable() => PublishError::Unavailable(e.to_string()),
             _ => PublishError::Rejected(e.to_string()),
         }
@@ -135,17 +135,17 @@ impl Publisher for RegistryPublisher {
         Ok(())
     }
 
-    /// Waits for the balancers' reports (`drain::follow`) to show, per service, the revision
+    /// Waits for the balancers' reports (`client::convergence::follow`) to show, per service, the revision
     /// of the last drain written for it.
     fn follow_drain(&self, progress: tokio::sync::mpsc::Sender<DrainProgress>) -> DrainFollower {
-        let mut targets = crate::drain::Targets::new();
+        let mut targets = client::convergence::Targets::new();
         for (key, a) in &self.published {
             if let (InstanceState::Drain, Some(&rev)) = (a.state, self.written.get(key)) {
                 let t = targets.entry(key.0.clone()).or_insert(rev);
                 *t = (*t).max(rev);
             }
         }
-        Box::pin(crate::drain::follow(self.client.clone(), targets, progress))
+        Box::pin(client::convergence::follow(self.client.clone(), targets, progress))
     }
 
     async fn shutdown(&mut self) -> Result<(), PublishError> {

@@ -11,8 +11,10 @@
 //! run them (connection refused, or "not the leader").
 //!
 //! `Watcher` owns the watch resume rule: it hands out each revision whole and resumes from the
-//! last revision it received completely (docs/api.md, "Watch").
+//! last revision it received completely (docs/api.md, "Watch"). `convergence` owns the rule
+//! for when the balancers have applied a change.
 
+pub mod convergence;
 mod watcher;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,10 +33,10 @@ pub use watcher::{Update, Watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The registry answered with an error.
-    #[error("{status}: {} ({})", body.message, body.code)]
-    Api { status: u16, body: ErrorBody },
-    /// No node could serve the request.
+    /// The registry node at `node` answered with an error.
+    #[error("{node}: {status} {} ({})", body.message, body.code)]
+    Api { node: String, status: u16, body: ErrorBody },
+    /// No node could serve the request: each node, or group of nodes, with its cause.
     #[error("no registry node could serve the request: {0}")]
     Unavailable(String),
     #[error("bad answer from {url}: {reason}")]
@@ -115,6 +117,19 @@ pub fn cause(e: &reqwest::Error) -> String {
     } else {
         text
     }
+}
+
+/// `(node, cause)` pairs as one line, nodes with the same cause named together, in the order
+/// they were tried: "http://a, http://b: connection refused (...); http://c: 503 ...".
+fn by_cause(failures: &[(String, String)]) -> String {
+    let mut groups: Vec<(Vec<&str>, &str)> = Vec::new();
+    for (node, why) in failures {
+        match groups.iter_mut().find(|(_, w)| w == why) {
+            Some((nodes, _)) => nodes.push(node),
+            None => groups.push((vec![node], why)),
+        }
+    }
+    groups.iter().map(|(nodes, why)| format!("{}: {why}", nodes.join(", "))).collect::<Vec<_>>().join("; ")
 }
 
 pub fn normalize_url(raw: &str) -> Result<String, Error> {
@@ -404,7 +419,7 @@ impl Client {
         retry: Retry,
     ) -> Result<T, Error> {
         // Every node's failure, so the operator sees each node's cause, not only the last.
-        let mut failures: Vec<String> = Vec::new();
+        let mut failures: Vec<(String, String)> = Vec::new();
         for base in self.order(!path.contains("stale=true")) {
             let mut req = self.inner.http.request(method.clone(), format!("{base}{path}"));
             if let Some(b) = body {
@@ -419,12 +434,11 @@ impl Client {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    let why = format!("{base}: {}", cause(&e));
                     self.forget_leader(&base);
                     if retry == Retry::IfNotRun && !e.is_connect() {
-                        return Err(Error::Unavailable(format!("{why} (not retried: it may have been applied)")));
+                        return Err(Error::Unavailable(format!("{base}: {} (not retried: it may have been applied)", cause(&e))));
                     }
-                    failures.push(why);
+                    failures.push((base, cause(&e)));
                     continue;
                 }
             };
@@ -436,11 +450,10 @@ impl Client {
             let bytes = match resp.bytes().await {
                 Ok(b) => b,
                 Err(e) => {
-                    let why = format!("{base}: {}", cause(&e));
                     if retry == Retry::IfNotRun {
-                        return Err(Error::Unavailable(format!("{why} (not retried: it may have been applied)")));
+                        return Err(Error::Unavailable(format!("{base}: {} (not retried: it may have been applied)", cause(&e))));
                     }
-                    failures.push(why);
+                    failures.push((base, cause(&e)));
                     continue;
                 }
             };
@@ -448,16 +461,20 @@ impl Client {
                 return serde_json::from_slice(&bytes).map_err(|e| Error::Decode { url: format!("{base}{path}"), reason: e.to_string() });
             }
             let err = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => Error::Api { status: status.as_u16(), body },
-                Err(_) => {
-                    Error::Api { status: status.as_u16(), body: ErrorBody { code: ErrorCode::Unknown, message: String::from_utf8_lossy(&bytes).into_owned() } }
-                }
+                Ok(body) => Error::Api { node: base.clone(), status: status.as_u16(), body },
+                Err(_) => Error::Api {
+                    node: base.clone(),
+                    status: status.as_u16(),
+                    body: ErrorBody { code: ErrorCode::Unknown, message: String::from_utf8_lossy(&bytes).into_owned() },
+                },
             };
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 // "no_leader" is answered before anything runs; any other 503 (a timed-out
                 // commit, a failed forward) may hide a write that still applies.
                 let not_run = matches!(&err, Error::Api { body, .. } if body.code == ErrorCode::NoLeader);
-                failures.push(format!("{base}: {err}"));
+                if let Error::Api { body, .. } = &err {
+                    failures.push((base.clone(), format!("503 {} ({})", body.message, body.code)));
+                }
                 self.forget_leader(&base);
                 if retry == Retry::IfNotRun && !not_run {
                     return Err(err);
@@ -466,7 +483,7 @@ impl Client {
             }
             return Err(err);
         }
-        Err(Error::Unavailable(if failures.is_empty() { "no node tried".into() } else { failures.join("; ") }))
+        Err(Error::Unavailable(if failures.is_empty() { "no node tried".into() } else { by_cause(&failures) }))
     }
 
     fn forget_leader(&self, base: &str) {
@@ -549,7 +566,7 @@ impl Client {
             let bytes = resp.bytes().await.unwrap_or_default();
             let body = serde_json::from_slice::<ErrorBody>(&bytes)
                 .unwrap_or_else(|_| ErrorBody { code: ErrorCode::Unknown, message: String::from_utf8_lossy(&bytes).into_owned() });
-            return Err(Error::Api { status: status.as_u16(), body });
+            return Err(Error::Api { node: base, status: status.as_u16(), body });
         }
         resp.json().await.map_err(|e| Error::Decode { url: base, reason: e.to_string() })
     }
@@ -675,9 +692,16 @@ mod tests {
         let ports: Vec<u16> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
         let urls: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let e = Client::new(&urls).unwrap().services(true).await.unwrap_err().to_string();
-        for p in ports {
-            assert!(e.contains(&format!("http://127.0.0.1:{p}: connection refused")), "{e}");
-        }
+        // One line: both nodes named, their shared cause said once.
+        let both = format!("http://127.0.0.1:{}, http://127.0.0.1:{}: connection refused", ports[0], ports[1]);
+        assert!(e.contains(&both) && e.matches("connection refused").count() == 1 && !e.contains('\n'), "{e}");
         assert!(!e.contains("error sending request"), "{e}");
+    }
+
+    #[test]
+    fn failures_are_grouped_by_cause_in_the_order_tried() {
+        let f = |n: &str, w: &str| (n.to_string(), w.to_string());
+        let line = by_cause(&[f("http://a", "refused"), f("http://b", "503 no leader"), f("http://c", "refused")]);
+        assert_eq!(line, "http://a, http://c: refused; http://b: 503 no leader");
     }
 }

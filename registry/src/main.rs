@@ -1,9 +1,10 @@
-//! `registry`: run a node (`serve`) or operate a cluster (`ls`, `status`, `health`, `members`,
-//! `token`, `tls`).
+//! `registry`: run a node (`serve`) or operate a cluster (`ls`, `status`, `balancers`,
+//! `deregister`, `health`, `members`, `token`, `tls`, `snapshot`, `config`), and describe itself
+//! (`completions`, `man`).
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use registry::cli::{self, Output};
 use registry::config::ServeArgs;
 
@@ -32,13 +33,31 @@ struct ClientArgs {
 enum Command {
     /// Run a registry node.
     Serve(ServeArgs),
-    /// List instances: service, instance, address, state, weight, lease TTL left, last renewal.
+    /// List instances, once or live (--watch).
+    ///
+    /// Columns: service, instance, address, state, weight, lease, TTL left, last renewal,
+    /// maintenance reason. Internal services (names starting with `_`, such as the syncers'
+    /// `_syncers` reports) are left out unless --all or named.
     Ls {
         #[command(flatten)]
         client: ClientArgs,
         /// Only this service.
-        #[arg(long)]
+        #[arg(value_name = "SERVICE")]
         service: Option<String>,
+        /// Only this service (the same as SERVICE; kept for scripts).
+        #[arg(long = "service", value_name = "SERVICE", hide = true, conflicts_with = "service")]
+        service_flag: Option<String>,
+        /// Only instances in this state.
+        #[arg(long, value_enum)]
+        state: Option<cli::StateFilter>,
+        /// Also the internal services (`_syncers`).
+        #[arg(long)]
+        all: bool,
+        /// Keep running and redraw the list whenever it changes (driven by the watch stream,
+        /// not by polling; on a terminal the lease timings also count down every second).
+        /// With --output json, one document per change, a line each.
+        #[arg(long, conflicts_with = "removed")]
+        watch: bool,
         /// Read from the answering node's replica instead of the leader (no lease timings).
         #[arg(long)]
         stale: bool,
@@ -52,8 +71,41 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Check that every node given with --registry is ready (`/readyz`: a member that knows a
-    /// leader): exits 0 if so, 1 naming the first that is not. For health checks, over TLS too.
+    /// Show which revision each balancer has applied, and which is behind.
+    ///
+    /// One row per syncer backend: the service it follows, the revision it has applied, and how
+    /// far behind that service it is. The same table as in `status`.
+    Balancers {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only backends that follow this service.
+        #[arg(value_name = "SERVICE")]
+        service: Option<String>,
+    },
+    /// Remove one instance; with --wait, until the balancers have applied it.
+    ///
+    /// With --wait, block until every live balancer that follows the
+    /// service has applied the removal (their reports in `_syncers`), and name the ones still
+    /// late when --timeout passes (exit 1). Note that a running announcer re-registers an
+    /// instance it still announces: put it in maintenance or stop it instead.
+    Deregister {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The service.
+        service: String,
+        /// The instance, as `registry ls` names it.
+        instance: String,
+        /// Wait until the balancers have applied the removal.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, e.g. `30s`, `2m`.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s", requires = "wait")]
+        timeout: std::time::Duration,
+    },
+    /// Check that every node given with --registry is ready.
+    ///
+    /// Ready is `/readyz`: a member that knows a leader. Exits 0 if so, 1 naming the first that
+    /// is not. For health checks, over TLS too.
     Health {
         #[command(flatten)]
         client: ClientArgs,
@@ -73,8 +125,10 @@ enum Command {
         #[command(subcommand)]
         action: TlsAction,
     },
-    /// Check a `serve` config file: every problem at once (exit 2), or the effective settings,
-    /// with the flags and REGISTRY_* variables given here applied as `serve` would (exit 0).
+    /// Check a `serve` config file.
+    ///
+    /// Prints every problem at once (exit 2), or the effective settings, with the flags and
+    /// REGISTRY_* variables given here applied as `serve` would (exit 0).
     Config {
         #[command(subcommand)]
         action: ConfigAction,
@@ -84,6 +138,8 @@ enum Command {
         #[command(subcommand)]
         action: SnapshotAction,
     },
+    #[command(flatten)]
+    Docs(runtime::docs::DocsCommand),
 }
 
 #[derive(Subcommand)]
@@ -283,16 +339,55 @@ async fn main() -> ExitCode {
                 }
             }
         },
-        Command::Ls { client: args, service, stale, removed } => {
+        Command::Ls { client: args, service, service_flag, state, all, watch, stale, removed } => {
             let c = match client(&args) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            let service = service.or(service_flag);
             if removed {
                 return run_client(cli::removed(&c, service.as_deref(), stale, args.output)).await;
             }
-            run_client(cli::ls(&c, service.as_deref(), stale, args.output)).await
+            let q = cli::Query { service, state, all, stale };
+            if watch {
+                return match cli::ls::watch(&c, &q, args.output, std::io::stdout()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("registry: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            run_client(cli::ls(&c, &q, args.output)).await
         }
+        Command::Balancers { client: args, service } => {
+            let c = match client(&args) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            run_client(cli::balancers(&c, service.as_deref(), args.output)).await
+        }
+        Command::Deregister { client: args, service, instance, wait, timeout } => {
+            let c = match client(&args) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match cli::deregister::deregister(&c, &service, &instance, wait.then_some(timeout), args.output).await {
+                Ok(o) => {
+                    print!("{}", o.text);
+                    if o.confirmed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("registry: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Docs(which) => runtime::docs::run(Cli::command(), &which),
         Command::Status { client: args } => {
             let c = match client(&args) {
                 Ok(c) => c,

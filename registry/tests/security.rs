@@ -124,7 +124,7 @@ async fn membership_changes_need_the_cluster_secret() {
     }
     // The client says why, without the secret.
     let err = c.client().remove_member(follower).await.unwrap_err();
-    assert!(matches!(&err, client::Error::Api { status: 401, body } if body.message.contains("cluster-secret-file")), "{err}");
+    assert!(matches!(&err, client::Error::Api { status: 401, body, .. } if body.message.contains("cluster-secret-file")), "{err}");
     // An admitted change answers only once committed, so the membership is final here.
     assert_eq!(members(&c), before, "a refused request changed the membership");
     let mut missing = 0;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use syncer::config::{Config, RunArgs, Source, Target};
 use syncer::driver::Driver;
 use syncer::metrics::Metrics;
@@ -42,6 +42,8 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    #[command(flatten)]
+    Docs(runtime::docs::DocsCommand),
 }
 
 #[derive(clap::Subcommand)]
@@ -211,6 +213,7 @@ async fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Docs(which)) => return runtime::docs::run(Cli::command(), &which),
         None => (false, cli.run),
     };
     let config = match args.clone().resolve() {

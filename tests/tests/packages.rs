@@ -67,6 +67,9 @@ fn the_packages_install_and_their_units_verify() {
             echo "version $n: $($n --version)"
             echo "etc $n: $(stat -c '%U:%G %a' /etc/$n) $(stat -c '%U:%G %a' /etc/$n/$n.toml)"
             test -f /usr/lib/systemd/system/$n.service && echo "unit $n"
+            test -s /usr/share/man/man1/$n.1.gz && echo "man $n: $(ls /usr/share/man/man1 | grep -c "^$n")"
+            test -s /usr/share/bash-completion/completions/$n && test -s /usr/share/zsh/vendor-completions/_$n \
+                && test -s /usr/share/fish/vendor_completions.d/$n.fish && echo "completions $n"
         done
         # The default configs parse: what is left to fill in is reported, no unknown key.
         registry serve --config /etc/registry/registry.toml 2>&1 || true
@@ -82,6 +85,10 @@ fn the_packages_install_and_their_units_verify() {
     assert!(ok, "installing the packages:\n{out}");
     for n in NAMES {
         assert!(out.contains(&format!("unit {n}")), "{out}");
+        assert!(out.contains(&format!("completions {n}")), "no completions for {n}:\n{out}");
+        // A page for the binary and one per subcommand (registry-ls.1.gz, ...).
+        let pages: usize = out.lines().find_map(|l| l.strip_prefix(&format!("man {n}: "))).and_then(|c| c.parse().ok()).unwrap_or(0);
+        assert!(pages >= 3, "{n} has {pages} man pages:\n{out}");
         assert!(out.lines().any(|l| l.starts_with(&format!("user {n}: ")) && l.ends_with(&format!(" {n}"))), "no {n} user:\n{out}");
         assert!(out.contains(&format!("version {n}: {n} 0.")), "{out}");
         assert!(out.contains(&format!("etc {n}: root:{n} 750 root:{n} 640")), "{out}");

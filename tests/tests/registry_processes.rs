@@ -260,6 +260,51 @@ async fn ls_shows_lease_timings_and_json() {
     assert!(v[0]["lease"]["remaining_ms"].as_u64().unwrap() > 20_000);
 }
 
+/// `ls` filters: a service by name, a state, and the internal `_` services hidden unless
+/// --all or named. `ls --watch` redraws on each change, from the watch stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_filters_and_watch_redraws_on_each_change() {
+    let cluster = RegistryCluster::start(3).await;
+    let client = cluster.client();
+    let up = InstanceSpec { lease_id: None, ..spec(8081, 0) };
+    let drain = InstanceSpec { state: proto::InstanceState::Drain, ..InstanceSpec { lease_id: None, ..spec(8082, 0) } };
+    retry(Duration::from_secs(5), || client.put_instance("web-servers", "w1", &up)).await;
+    retry(Duration::from_secs(5), || client.put_instance("web-servers", "w2", &drain)).await;
+    retry(Duration::from_secs(5), || client.put_instance("api-servers", "a1", &up)).await;
+    retry(Duration::from_secs(5), || client.put_instance(proto::SYNCER_SERVICE, "lb-1", &up)).await;
+    let rows = |args: &[&str]| -> Vec<String> {
+        let (code, out, err) = cluster.cli(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out.lines().skip(1).map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join("/")).collect()
+    };
+    assert_eq!(rows(&["ls"]), ["api-servers/a1", "web-servers/w1", "web-servers/w2"], "the internal service is hidden");
+    assert_eq!(rows(&["ls", "--all"]), ["_syncers/lb-1", "api-servers/a1", "web-servers/w1", "web-servers/w2"]);
+    assert_eq!(rows(&["ls", "_syncers"]), ["_syncers/lb-1"], "a service named is shown");
+    assert_eq!(rows(&["ls", "web-servers"]), ["web-servers/w1", "web-servers/w2"]);
+    assert_eq!(rows(&["ls", "--state", "drain"]), ["web-servers/w2"]);
+    assert_eq!(rows(&["ls", "--service", "api-servers"]), ["api-servers/a1"], "the old flag still works");
+
+    // --watch, piped: a frame per change, each after a blank line and a header.
+    let mut args: Vec<String> = ["ls", "web-servers", "--watch", "--registry", &cluster.urls().join(",")].iter().map(|s| s.to_string()).collect();
+    args.extend(cluster.admin_args());
+    let dir = tempfile::tempdir().unwrap();
+    let mut watch = Proc::spawn("ls-watch", &binary("registry"), &args, dir.path());
+    let frames = |p: &Proc| -> Vec<String> { p.log_text().split("\n\n").filter(|f| f.contains("revision")).map(str::to_string).collect() };
+    wait_for(Duration::from_secs(10), "the first frame", || async { (!frames(&watch).is_empty()).then_some(()) }).await;
+    assert!(frames(&watch)[0].contains("w1") && !frames(&watch)[0].contains("w3"), "{}", watch.log_text());
+    let w3 = InstanceSpec { lease_id: None, ..spec(8083, 0) };
+    retry(Duration::from_secs(5), || client.put_instance("web-servers", "w3", &w3)).await;
+    let added = wait_for(Duration::from_secs(10), "a frame with w3", || async { frames(&watch).into_iter().find(|f| f.contains("w3")) }).await;
+    assert!(added.contains("3 instances"), "{added}");
+    let before = frames(&watch).len();
+    retry(Duration::from_secs(5), || client.delete_instance("web-servers", "w1")).await;
+    let removed =
+        wait_for(Duration::from_secs(10), "a frame without w1", || async { frames(&watch).into_iter().skip(before).find(|f| !f.contains("w1")) }).await;
+    assert!(removed.contains("w2") && removed.contains("w3") && removed.contains("2 instances"), "{removed}");
+    assert!(watch.is_running(), "{}", watch.log_text());
+    watch.kill();
+}
+
 /// Without ACLs, `registry members` changes the membership only with the cluster secret, and
 /// says which flag is missing without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

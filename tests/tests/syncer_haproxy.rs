@@ -481,3 +481,69 @@ async fn an_announcer_drain_ends_once_the_syncer_has_applied_it() {
     assert!(line.contains("lb-1/web-servers"), "{line}");
     // (The server stays in HAProxy: the breaker's floor keeps a backend's last server.)
 }
+
+/// The operator's view of the balancers: `registry balancers` shows lb-1 in sync, `ls` hides
+/// its `_syncers` report unless --all, and `registry deregister --wait` returns only once
+/// HAProxy no longer has the server, or, with the syncer paused, names it as late and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregister_wait_returns_once_haproxy_has_applied_the_removal() {
+    let cluster = RegistryCluster::start(3).await;
+    let urls = cluster.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let haproxy = Haproxy::start(&["web-servers"]).await;
+    let mut reg = vec![format!("--registry={}", urls.join(","))];
+    reg.extend(cluster.access_args("lb-1", &["read", "announce:_syncers"]).await);
+    let sync = syncer(dir.path(), "lb-1", &reg, &haproxy, &dir.path().join("syncer-state"));
+    let client = cluster.client();
+    // Five, so that two removals stay under the breaker's default (half a backend per window).
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    for (i, port) in ports.iter().enumerate() {
+        let spec = proto::InstanceSpec {
+            address: "127.0.0.1".into(),
+            port: *port as u64,
+            lease_id: None,
+            weight: 100,
+            state: Default::default(),
+            meta: Default::default(),
+        };
+        client.put_instance("web-servers", &format!("web-{i}"), &spec).await.unwrap();
+    }
+    let all: BTreeSet<u16> = ports.iter().copied().collect();
+    wait_for(Duration::from_secs(15), "the five servers in HAProxy", || async { (managed_ports(&haproxy).await == all).then_some(()) }).await;
+
+    let table = wait_for(Duration::from_secs(10), "lb-1 in sync in `registry balancers`", || async {
+        let (code, out, _) = cluster.cli(&["balancers"]);
+        (code == 0 && out.lines().any(|l| l.starts_with("lb-1") && l.contains("web-servers") && l.contains("in sync"))).then_some(out)
+    })
+    .await;
+    eprintln!("registry balancers:\n{table}");
+    let (_, ls, _) = cluster.cli(&["ls"]);
+    assert!(!ls.contains(proto::SYNCER_SERVICE) && ls.contains("web-0"), "{ls}");
+    let (_, ls_all, _) = cluster.cli(&["ls", "--all"]);
+    assert!(ls_all.lines().any(|l| l.starts_with(proto::SYNCER_SERVICE) && l.contains("lb-1")), "{ls_all}");
+
+    let (code, out, err) = cluster.cli(&["deregister", "web-servers", "web-0", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("applied by every balancer") && out.contains("lb-1/web-servers"), "{out}");
+    // Asked the moment the command returned: HAProxy has already dropped the server.
+    assert!(!managed_ports(&haproxy).await.contains(&ports[0]), "--wait returned before HAProxy applied the removal: {out}");
+
+    // A paused syncer still holds its report (its lease is 10 s) but applies nothing: late.
+    sync.signal("STOP");
+    let (code, out, err) = cluster.cli(&["deregister", "web-servers", "web-1", "--wait", "--timeout", "2s"]);
+    sync.signal("CONT");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("not applied within 2s") && out.lines().any(|l| l.contains("lb-1/web-servers") && l.contains("web-servers: applied revision")),
+        "{out}"
+    );
+    wait_for(Duration::from_secs(10), "the resumed syncer to apply the removal", || async {
+        (!managed_ports(&haproxy).await.contains(&ports[1])).then_some(())
+    })
+    .await;
+
+    // An instance that is not there: one short line, exit 1.
+    let (code, _, err) = cluster.cli(&["deregister", "web-servers", "web-0"]);
+    assert_eq!(code, 1);
+    assert!(err.lines().count() == 1 && err.contains("404"), "{err}");
+}

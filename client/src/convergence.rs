@@ -1,30 +1,61 @@
-//! What a drain waits for: the balancers. Every syncer reports, as an instance of `_syncers`,
-//! which service each of its HAProxy backends follows and which registry revision it has
-//! applied (`proto::SyncerReport`). A drain written at revision R for service S is applied by a
-//! backend that follows S once it reports R or later; once every live report agrees, the
-//! instances can go without waiting out the fixed drain time. `judge` is the rule (pure);
-//! `follow` reads the reports until it can decide. Used by `RegistryPublisher::follow_drain`.
+//! Whether the balancers have applied a change. Every syncer reports, as an instance of
+//! `_syncers`, which service each of its HAProxy backends follows and which registry revision
+//! it has applied (`proto::SyncerReport`). A change written at revision R to service S is
+//! applied by a backend that follows S once it reports R or later. `judge` is the rule (pure);
+//! `follow` reads the reports until it can decide. The announcer's drain and
+//! `registry deregister --wait` both wait on it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use client::Client;
 use proto::{Instance, Revision, SyncerReport, SYNCER_SERVICE};
+use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::publish::{DrainProgress, Late};
+use crate::{Client, Error};
 
-/// Per drained service, the revision its drain was written at (the latest, if several
-/// instances of the service were drained).
+/// Per service, the revision the balancers must have applied (the latest change, if several).
 pub type Targets = BTreeMap<String, Revision>;
 
 /// How long one blocking read of the reports waits for a change before it reads again anyway.
 const POLL: Duration = Duration::from_secs(2);
 
+/// What is known of the balancers' progress with a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Convergence {
+    /// It cannot be told (why): no balancer reports on the service, or the reports cannot be read.
+    Unknown { why: String },
+    /// These balancers have not applied the change yet.
+    Waiting { late: Vec<Late> },
+    /// Every live balancer that follows the services has applied the change (their
+    /// `syncer/backend` names).
+    Applied { balancers: Vec<String> },
+}
+
+/// One balancer backend that has not applied the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Late {
+    pub syncer: String,
+    pub backend: String,
+    pub service: String,
+    /// The registry revision it has applied, if any.
+    pub applied: Option<u64>,
+    /// The revision of the change.
+    pub needed: u64,
+}
+
+impl std::fmt::Display for Late {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let applied = self.applied.map_or_else(|| "nothing".to_string(), |a| format!("revision {a}"));
+        write!(f, "{}/{} ({}: applied {applied}, the change is revision {})", self.syncer, self.backend, self.service, self.needed)
+    }
+}
+
 /// The verdict for the reports in `reports` (the instances of `_syncers`, each a live syncer:
-/// a report goes with its syncer's lease). A drained service no report follows makes it
-/// `Unknown`: something else may balance it, so the fixed time applies.
-pub fn judge(reports: &[Instance], targets: &Targets) -> DrainProgress {
+/// a report goes with its syncer's lease). A service no report follows makes it `Unknown`:
+/// something else may balance it.
+pub fn judge(reports: &[Instance], targets: &Targets) -> Convergence {
     let mut followed = BTreeSet::new();
     let mut applied = Vec::new();
     let mut late = Vec::new();
@@ -41,25 +72,26 @@ pub fn judge(reports: &[Instance], targets: &Targets) -> DrainProgress {
     }
     let unfollowed: Vec<&String> = targets.keys().filter(|s| !followed.contains(*s)).collect();
     if !unfollowed.is_empty() {
-        return DrainProgress::Unknown { why: format!("no balancer reports following {unfollowed:?}") };
+        let names: Vec<&str> = unfollowed.iter().map(|s| s.as_str()).collect();
+        return Convergence::Unknown { why: format!("no balancer reports following {}", names.join(", ")) };
     }
     if late.is_empty() {
-        DrainProgress::Applied { balancers: applied }
+        Convergence::Applied { balancers: applied }
     } else {
-        DrainProgress::Waiting { late }
+        Convergence::Waiting { late }
     }
 }
 
 /// Reads the reports (linearizable, then blocking queries on `_syncers`) and sends each new
 /// verdict until one is final. A token without `read` (401/403) or another refusal is final
-/// (`Unknown`); an unreachable registry is retried, for as long as the agent waits.
-pub async fn follow(client: Client, targets: Targets, progress: mpsc::Sender<DrainProgress>) {
+/// (`Unknown`); an unreachable registry is retried, for as long as the receiver listens.
+pub async fn follow(client: Client, targets: Targets, progress: mpsc::Sender<Convergence>) {
     if targets.is_empty() {
-        let _ = progress.send(DrainProgress::Applied { balancers: vec![] }).await;
+        let _ = progress.send(Convergence::Applied { balancers: vec![] }).await;
         return;
     }
     let mut index: Option<u64> = None;
-    let mut last: Option<DrainProgress> = None;
+    let mut last: Option<Convergence> = None;
     loop {
         let read = match index {
             None => client.service(SYNCER_SERVICE, false).await,
@@ -75,13 +107,13 @@ pub async fn follow(client: Client, targets: Targets, progress: mpsc::Sender<Dra
                 index = None;
                 Vec::new()
             }
-            Err(e @ client::Error::Api { status: 401 | 403, .. }) => {
-                let why = format!("cannot read the balancers' reports ({e}); a token with `read` lets the drain end when they have applied it");
-                let _ = progress.send(DrainProgress::Unknown { why }).await;
+            Err(e @ Error::Api { status: 401 | 403, .. }) => {
+                let why = format!("cannot read the balancers' reports ({e}); it takes a token with `read`");
+                let _ = progress.send(Convergence::Unknown { why }).await;
                 return;
             }
             Err(e) if !e.is_retriable() => {
-                let _ = progress.send(DrainProgress::Unknown { why: format!("cannot read the balancers' reports: {e}") }).await;
+                let _ = progress.send(Convergence::Unknown { why: format!("cannot read the balancers' reports: {e}") }).await;
                 return;
             }
             Err(e) => {
@@ -91,7 +123,7 @@ pub async fn follow(client: Client, targets: Targets, progress: mpsc::Sender<Dra
             }
         };
         let verdict = judge(&reports, &targets);
-        let done = !matches!(verdict, DrainProgress::Waiting { .. });
+        let done = !matches!(verdict, Convergence::Waiting { .. });
         if last.as_ref() != Some(&verdict) {
             if progress.send(verdict.clone()).await.is_err() {
                 return;
@@ -134,17 +166,17 @@ mod tests {
     }
 
     #[test]
-    fn applied_once_every_backend_that_follows_the_service_reached_the_drain() {
+    fn applied_once_every_backend_that_follows_the_service_reached_the_change() {
         let t = targets(&[("web", 10)]);
         let reports = [report("lb1", &[("be_web", "web", Some(10)), ("be_api", "api", Some(3))]), report("lb2", &[("be_web", "web", Some(12))])];
-        assert_eq!(judge(&reports, &t), DrainProgress::Applied { balancers: vec!["lb1/be_web".into(), "lb2/be_web".into()] });
+        assert_eq!(judge(&reports, &t), Convergence::Applied { balancers: vec!["lb1/be_web".into(), "lb2/be_web".into()] });
     }
 
     #[test]
     fn a_backend_behind_or_without_a_revision_is_late() {
         let t = targets(&[("web", 10), ("api", 11)]);
         let reports = [report("lb1", &[("be_web", "web", Some(9)), ("be_api", "api", Some(11))]), report("lb2", &[("w", "web", None), ("a", "api", Some(20))])];
-        let DrainProgress::Waiting { late } = judge(&reports, &t) else { panic!("not waiting") };
+        let Convergence::Waiting { late } = judge(&reports, &t) else { panic!("not waiting") };
         let names: Vec<String> = late.iter().map(|l| format!("{}/{}", l.syncer, l.backend)).collect();
         assert_eq!(names, vec!["lb1/be_web", "lb2/w"]);
         assert_eq!((late[0].applied, late[0].needed), (Some(9), 10));
@@ -152,11 +184,11 @@ mod tests {
     }
 
     #[test]
-    fn a_service_no_balancer_follows_means_the_fixed_time() {
+    fn a_service_no_balancer_follows_is_unknown() {
         let t = targets(&[("web", 10), ("api", 11)]);
         let reports = [report("lb1", &[("be_web", "web", Some(10))])];
-        assert!(matches!(judge(&reports, &t), DrainProgress::Unknown { why } if why.contains("api")));
-        assert!(matches!(judge(&[], &targets(&[("web", 1)])), DrainProgress::Unknown { .. }));
-        assert_eq!(judge(&[], &Targets::new()), DrainProgress::Applied { balancers: vec![] }, "nothing drained, nothing to wait for");
+        assert!(matches!(judge(&reports, &t), Convergence::Unknown { why } if why.contains("api")));
+        assert!(matches!(judge(&[], &targets(&[("web", 1)])), Convergence::Unknown { .. }));
+        assert_eq!(judge(&[], &Targets::new()), Convergence::Applied { balancers: vec![] }, "no change, nothing to wait for");
     }
 }
