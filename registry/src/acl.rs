@@ -190,6 +190,8 @@ pub fn need(method: &str, template: &str, params: &BTreeMap<String, String>, met
             None => Need::Admin,
         },
         ("POST", "/v1/cluster/members") | ("DELETE", "/v1/cluster/members/{id}") => Need::AdminOrPeer,
+        // Named so the table is the whole list; the default would give the same.
+        ("GET", "/v1/snapshot") | ("GET" | "POST", "/v1/acl/tokens") | ("DELETE", "/v1/acl/tokens/{id}") => Need::Admin,
         _ => Need::Admin,
     }
 }
@@ -285,6 +287,58 @@ mod tests {
         }
         assert_eq!(need("GET", "/healthz", &none, false), Need::Open);
         assert_eq!(need("GET", "/metrics", &none, true), Need::Open);
+    }
+
+    /// Every route the router serves, with what it needs: the table docs/security.md gives. A
+    /// route added to `http::router` fails this until it is placed here (and in the docs).
+    #[test]
+    fn every_route_of_the_router_has_the_need_the_docs_give() {
+        let expected: BTreeMap<(&str, &str), Need> = [
+            (("GET", "/healthz"), Need::Open),
+            (("GET", "/readyz"), Need::Open),
+            (("GET", "/ui"), Need::Open),
+            (("GET", "/ui/app.js"), Need::Open),
+            (("GET", "/ui/style.css"), Need::Open),
+            (("GET", "/metrics"), Need::Read),
+            (("GET", "/v1/services"), Need::Read),
+            (("GET", "/v1/services/{service}"), Need::Read),
+            (("GET", "/v1/removals"), Need::Read),
+            (("GET", "/v1/watch"), Need::Read),
+            (("GET", "/v1/cluster"), Need::ReadOrPeer),
+            (("POST", "/v1/leases"), Need::Grant),
+            (("POST", "/v1/leases/{id}/keepalive"), Need::LeaseOwner),
+            (("DELETE", "/v1/leases/{id}"), Need::LeaseOwner),
+            (("PUT", "/v1/services/{service}/instances/{instance}"), Need::Service("web".into())),
+            (("DELETE", "/v1/services/{service}/instances/{instance}"), Need::Service("web".into())),
+            (("POST", "/v1/cluster/members"), Need::AdminOrPeer),
+            (("DELETE", "/v1/cluster/members/{id}"), Need::AdminOrPeer),
+            (("GET", "/v1/snapshot"), Need::Admin),
+            (("GET", "/v1/acl/tokens"), Need::Admin),
+            (("POST", "/v1/acl/tokens"), Need::Admin),
+            (("DELETE", "/v1/acl/tokens/{id}"), Need::Admin),
+        ]
+        .into_iter()
+        .collect();
+        // The routes as `http::router` declares them: `.route("PATH", get(..).post(..))`.
+        let source = include_str!("http/mod.rs");
+        let mut served = std::collections::BTreeSet::new();
+        for line in source.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
+            let path = line.split('"').nth(1).unwrap();
+            for (word, method) in [("get(", "GET"), ("post(", "POST"), ("put(", "PUT"), ("delete(", "DELETE")] {
+                if line.contains(word) {
+                    served.insert((method, path));
+                }
+            }
+        }
+        assert!(served.len() > 20, "the route lines were not found: {served:?}");
+        let client: Vec<(&str, &str)> = served.iter().copied().filter(|(_, p)| !p.starts_with("/raft/")).collect();
+        let expected_routes: Vec<(&str, &str)> = expected.keys().copied().collect();
+        assert_eq!(client, expected_routes, "a route was added or removed: place it in this table and in docs/security.md");
+        for ((m, t), want) in &expected {
+            assert_eq!(&need(m, t, &params("web"), false), want, "{m} {t}");
+        }
+        // Peer RPC takes no token at all: `http::peer` admits only members (tested there).
+        assert!(served.iter().filter(|(_, p)| p.starts_with("/raft/")).all(|(m, _)| *m == "POST"));
     }
 
     #[test]

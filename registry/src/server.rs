@@ -58,7 +58,11 @@ pub async fn run(serve: Serve) -> anyhow::Result<()> {
         tracing::warn!(file = %f.display(), "test fault hook enabled: the Raft log stalls while this file exists");
     }
     if matches!(config.peer_auth, crate::peer_auth::PeerAuth::Insecure) {
-        tokio::spawn(warn_insecure());
+        tokio::spawn(every(INSECURE_WARNING_EVERY, || {
+            tracing::warn!(
+                "running with --insecure: peer RPC is not authenticated; anyone who can reach this port can force elections, write the log and replace the store"
+            )
+        }));
     }
     // Installed first: a SIGHUP during a long start (a large log to read) must not kill the node.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -156,12 +160,34 @@ fn reload(node: &Node) {
 }
 
 /// `--insecure`: said at startup and every minute, so it is not lost in old logs.
-async fn warn_insecure() {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+/// How often a node started with `--insecure` says so again (and once at startup).
+const INSECURE_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `f` now and then once per `period`, for as long as the task lives.
+async fn every(period: std::time::Duration, f: impl Fn()) {
+    let mut tick = tokio::time::interval(period);
     loop {
-        every.tick().await;
-        tracing::warn!(
-            "running with --insecure: peer RPC is not authenticated; anyone who can reach this port can force elections, write the log and replace the store"
-        );
+        tick.tick().await;
+        f();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_insecure_warning_comes_at_once_and_then_every_minute() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let counted = n.clone();
+        let task = tokio::spawn(super::every(super::INSECURE_WARNING_EVERY, move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        assert_eq!(n.load(Ordering::SeqCst), 1, "not at startup");
+        tokio::time::sleep(std::time::Duration::from_secs(3 * 60)).await;
+        assert_eq!(n.load(Ordering::SeqCst), 4, "not once a minute");
+        task.abort();
     }
 }

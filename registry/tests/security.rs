@@ -25,6 +25,19 @@ fn takeover() -> (serde_json::Value, serde_json::Value) {
     (serde_json::to_value(append).unwrap(), serde_json::to_value(vote).unwrap())
 }
 
+/// A well-formed snapshot chunk from that node 9 at term 100: installed, it would replace the
+/// whole store and move the vote.
+fn forged_snapshot() -> String {
+    use openraft::{CommittedLeaderId, LogId, SnapshotMeta, StoredMembership};
+    let meta = SnapshotMeta {
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(100, 9), 1000)),
+        last_membership: StoredMembership::default(),
+        snapshot_id: "forged".into(),
+    };
+    let req = openraft::raft::InstallSnapshotRequest::<TypeConfig> { vote: Vote::new_committed(100, 9), meta, offset: 0, data: b"{}".to_vec(), done: true };
+    serde_json::to_string(&registry::network::SnapshotChunk::from(req)).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_rpc_without_the_cluster_secret_changes_no_vote_term_or_log() {
     let c = Cluster::start(3).await;
@@ -36,7 +49,9 @@ async fn peer_rpc_without_the_cluster_secret_changes_no_vote_term_or_log() {
         for (path, body, secret, status) in [
             ("/raft/append", append.to_string(), None, 401),
             ("/raft/vote", vote.to_string(), None, 401),
-            ("/raft/snapshot", r#"{"vote":{"leader_id":{"term":100,"node_id":9},"committed":true}}"#.to_string(), None, 401),
+            ("/raft/snapshot", forged_snapshot(), None, 401),
+            ("/raft/timeout_now", r#"{"leader":9,"term":100,"last_log_id":null}"#.to_string(), None, 401),
+            ("/raft/prevote", r#"{"candidate":9,"term":100,"last_log_id":null}"#.to_string(), None, 401),
             ("/raft/append", append.to_string(), Some("d3JvbmctZ3Vlc3MtYXQtdGhlLXNlY3JldA=="), 403),
             ("/raft/vote", vote.to_string(), Some(""), 403),
         ] {
@@ -60,7 +75,7 @@ async fn peer_rpc_without_the_cluster_secret_changes_no_vote_term_or_log() {
     assert_eq!(c.wait_leader(None).await, leader);
     for n in c.nodes.values() {
         let text = reqwest::get(format!("{}/metrics", n.url)).await.unwrap().text().await.unwrap();
-        assert!(text.contains(r#"registry_auth_denied_total{reason="missing_peer_credentials"} 3"#), "{text}");
+        assert!(text.contains(r#"registry_auth_denied_total{reason="missing_peer_credentials"} 5"#), "{text}");
         assert!(text.contains(r#"registry_auth_denied_total{reason="wrong_cluster_secret"} 2"#), "{text}");
     }
 

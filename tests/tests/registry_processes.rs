@@ -481,6 +481,19 @@ async fn acl_with_the_cli_and_an_announcer() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("announce:web-*") && out.contains("web announcers"), "{out}");
     assert!(!out.contains(&web_token), "token list showed a secret: {out}");
+
+    // `token revoke`: the announcer's token stops working on every node, and the list drops it.
+    let id = created["id"].as_u64().unwrap().to_string();
+    let (code, out, err) = registry_cli(&["token", "revoke", &id, "--registry", &urls, "--token-file", admin, "--ca-file", ca]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("token {id} revoked")), "{out}");
+    let web_cli = secured.client(&cluster.urls(), &web_token);
+    wait_for(Duration::from_secs(1), "the revoked token refused", || async {
+        matches!(web_cli.grant(Duration::from_secs(5)).await, Err(client::Error::Api { status: 401, .. })).then_some(())
+    })
+    .await;
+    let (_, out, _) = registry_cli(&["token", "list", "--registry", &urls, "--token-file", admin, "--ca-file", ca]);
+    assert!(!out.contains("web announcers"), "{out}");
 }
 
 #[test]
@@ -503,6 +516,24 @@ fn a_node_without_peer_credentials_refuses_to_start() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--cluster-secret-file") && err.contains("--insecure"), "the refusal does not say what to do: {err}");
     assert!(!data.exists(), "it touched the data directory before refusing");
+}
+
+/// `--insecure` starts the node, and it says at once what that gives up (then every minute:
+/// `server::tests`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insecure_node_starts_and_warns_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", e2e::free_port());
+    let args: Vec<String> =
+        ["serve", "--id", "1", "--listen", &addr, "--data-dir", dir.path().join("data").to_str().unwrap(), "--peers", &format!("1={addr}"), "--insecure"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let node = Proc::spawn("insecure", &binary("registry"), &args, dir.path());
+    wait_for(Duration::from_secs(10), "the node ready", || async { (reqwest::get(format!("http://{addr}/readyz")).await.ok()?.status() == 200).then_some(()) })
+        .await;
+    let log = node.log_text();
+    assert!(log.lines().any(|l| l.contains("WARN") && l.contains("--insecure") && l.contains("not authenticated")), "{log}");
 }
 
 #[test]
