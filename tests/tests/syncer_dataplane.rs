@@ -404,3 +404,31 @@ async fn v3_validator_rejects_and_records_requests_that_break_the_spec() {
 async fn v2_validator_rejects_and_records_requests_that_break_the_spec() {
     validator_catches(ApiVersion::V2).await;
 }
+
+/// Over HTTPS the driver trusts only `--dataplane-ca-file`: it works against a Data Plane API
+/// serving a certificate of that CA (basic auth intact), and refuses one from another CA
+/// before sending the credentials anywhere.
+#[tokio::test]
+async fn https_trusts_the_ca_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = e2e::secure::Secured::init(&dir.path().join("ours"), &["127.0.0.1"]);
+    let theirs = e2e::secure::Secured::init(&dir.path().join("theirs"), &["127.0.0.1"]);
+    let tls = dir.path().join("ours/tls");
+    let double = DataplaneDouble::start_tls(ApiVersion::V3, &[BACKEND], &tls.join("node-127.0.0.1.pem"), &tls.join("node-127.0.0.1-key.pem")).await;
+    assert!(double.url().starts_with("https://"), "{}", double.url());
+    let auth =
+        |ca: &std::path::Path| syncer::config::DataplaneAuth { user: Some(USER.into()), password: Some(PASSWORD.into()), ca_file: Some(ca.to_path_buf()) };
+
+    let mut d = DataplaneApi::new(&double.url(), DataplaneVersion::V3, auth(&ours.ca), OPTIONS.into()).unwrap();
+    d.apply(BACKEND, &[Op::Add(server("sd-a", 8081, 10, AdminState::Ready))]).await.unwrap();
+    assert!(find(&d.servers(BACKEND).await.unwrap(), "sd-a").is_some());
+    assert_clean(&double);
+
+    let before = double.requests().len();
+    let mut stranger = DataplaneApi::new(&double.url(), DataplaneVersion::V3, auth(&theirs.ca), OPTIONS.into()).unwrap();
+    let err = stranger.servers(BACKEND).await.unwrap_err().to_string();
+    // The root cause, not reqwest's "error sending request" (both CAs bear the same name, so
+    // rustls finds the issuer and then a signature it cannot verify).
+    assert!(err.contains("invalid peer certificate") && !err.contains("error sending request"), "{err}");
+    assert_eq!(double.requests().len(), before, "a request reached the API through a certificate the driver was not told to trust");
+}

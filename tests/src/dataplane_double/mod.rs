@@ -106,6 +106,8 @@ struct State {
 pub struct DataplaneDouble {
     pub addr: SocketAddr,
     pub api: ApiVersion,
+    /// `https` when started with `start_tls`.
+    scheme: &'static str,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -118,9 +120,71 @@ impl Drop for DataplaneDouble {
 
 type Shared = (Arc<Mutex<State>>, Arc<Spec>);
 
+/// Connections that finished a TLS handshake, for `axum::serve`: each is handshaken on a task of
+/// its own, and one that fails (a client that does not trust the certificate) is dropped.
+struct TlsAccept {
+    ready: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsAccept {
+    fn new(tcp: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> TlsAccept {
+        let local = tcp.local_addr().unwrap();
+        let (tx, ready) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok((conn, peer)) = tcp.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(5), acceptor.accept(conn)).await {
+                        let _ = tx.send((stream, peer)).await;
+                    }
+                });
+            }
+        });
+        TlsAccept { ready, local }
+    }
+}
+
+impl axum::serve::Listener for TlsAccept {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept loop ended: serve nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
 impl DataplaneDouble {
     /// Starts a double of `api` with the given (empty) backends.
     pub async fn start(api: ApiVersion, backends: &[&str]) -> DataplaneDouble {
+        Self::start_with(api, backends, None).await
+    }
+
+    /// `start`, serving HTTPS with the certificate chain and key in these PEM files (as the real
+    /// program does behind its `tls` settings).
+    pub async fn start_tls(api: ApiVersion, backends: &[&str], cert: &std::path::Path, key: &std::path::Path) -> DataplaneDouble {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<_, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Self::start_with(api, backends, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(api: ApiVersion, backends: &[&str], tls: Option<tokio_rustls::TlsAcceptor>) -> DataplaneDouble {
         let spec = Spec::get(api);
         let state = Arc::new(Mutex::new(State {
             api,
@@ -142,15 +206,21 @@ impl DataplaneDouble {
         let app = axum::Router::new().fallback(handle).with_state((state.clone(), spec));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        DataplaneDouble { addr, api, state, task }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let task = match tls {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+            Some(acceptor) => tokio::spawn(async move {
+                let _ = axum::serve(TlsAccept::new(listener, acceptor), app).await;
+            }),
+        };
+        DataplaneDouble { addr, api, scheme, state, task }
     }
 
-    /// `http://127.0.0.1:PORT` (without the base path).
+    /// `http://127.0.0.1:PORT`, or `https://` from `start_tls` (without the base path).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     fn st(&self) -> std::sync::MutexGuard<'_, State> {

@@ -129,10 +129,10 @@ impl ApiClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| DriverError::Unreachable(format!("{method} {}: {e}", url.path())))?;
+        let resp = req.send().await.map_err(|e| DriverError::Unreachable(format!("{method} {}: {}", url.path(), client::cause(&e))))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|e| DriverError::Unreachable(format!("{method} {}: {e}", url.path())))?.to_vec();
+        let body = resp.bytes().await.map_err(|e| DriverError::Unreachable(format!("{method} {}: {}", url.path(), client::cause(&e))))?.to_vec();
         tracing::debug!(%method, path = url.path(), status = status.as_u16(), "data plane API");
         Ok(Answer { status, headers, body })
     }
