@@ -1,11 +1,11 @@
 //! `RegistryCluster`: a cluster of real `registry serve` processes, and the `registry` CLI.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::{binary, secure, wait_for, Proc};
+use crate::process::{free_port_on, stop_all};
+use crate::{binary, secure, until, wait_for, Proc};
 
 /// Writes a fresh random cluster secret (`registry serve --cluster-secret-file`) into `dir`,
 /// readable by its owner only, and returns its path.
@@ -19,9 +19,57 @@ pub fn write_cluster_secret(dir: &Path) -> PathBuf {
     path
 }
 
+/// How to start a `RegistryCluster`. The default is what the tests use: secured, every node on
+/// 127.0.0.1, the `registry` of this build, a fresh temp dir removed on drop, SIGKILL on drop.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// TLS with node certificates and ACLs on (`secure::Secured`); otherwise plain HTTP,
+    /// peers proving themselves with the cluster secret.
+    pub secure: bool,
+    /// Each node on a loopback address of its own (127.X.0.1, .2, ...; X random), as on
+    /// separate hosts: a node certificate then vouches for one node only.
+    pub own_hosts: bool,
+    /// Appended to every node's `registry serve` arguments.
+    pub node_args: Vec<String>,
+    /// The `registry` binary (default: `binary("registry")`).
+    pub bin: Option<PathBuf>,
+    /// Where the cluster's directory (data, logs, credentials) is made (default: the system
+    /// temp dir), and the start of its name.
+    pub data_root: Option<PathBuf>,
+    pub dir_prefix: String,
+    /// Leave the directory behind when the cluster is dropped.
+    pub keep_data: bool,
+    /// The nodes' `RUST_LOG` (default: the harness's, see `Proc::env`).
+    pub log_filter: Option<String>,
+    /// SIGTERM the nodes when dropped, SIGKILL those still running after this
+    /// (`Proc::stop_grace`); default: SIGKILL at once.
+    pub stop_grace: Option<Duration>,
+    /// How long the nodes get to elect a leader, and then (secured) to be ready.
+    pub ready_limit: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> ClusterOptions {
+        ClusterOptions {
+            secure: true,
+            own_hosts: false,
+            node_args: Vec::new(),
+            bin: None,
+            data_root: None,
+            dir_prefix: ".tmp".into(),
+            keep_data: false,
+            log_filter: None,
+            stop_grace: None,
+            ready_limit: Duration::from_secs(15),
+        }
+    }
+}
+
 /// A registry cluster of real `registry serve` processes. Secured by default, as a user's
 /// should be: TLS with node certificates and ACLs on (`secure::Secured`); `start_plain` runs
-/// one with only the cluster secret, for the tests about that mode.
+/// one with only the cluster secret, for the tests about that mode. Node `i` (0-based) is
+/// `nodes[i]` at `addrs[i]`, with `--id i+1`, its data in `data_dir(i)` and its log in
+/// `nodes[i].log`. The nodes are stopped together when it is dropped.
 pub struct RegistryCluster {
     pub nodes: Vec<Proc>,
     pub addrs: Vec<String>,
@@ -30,6 +78,8 @@ pub struct RegistryCluster {
     pub secured: Option<secure::Secured>,
     /// The cluster secret (`--cluster-secret-file`) of a plain cluster.
     pub secret_file: PathBuf,
+    /// When the nodes were started.
+    pub started: Instant,
 }
 
 impl RegistryCluster {
@@ -39,15 +89,12 @@ impl RegistryCluster {
     }
 
     pub async fn start_with(n: usize, extra: &[&str]) -> RegistryCluster {
-        Self::start_in(tempfile::tempdir().unwrap(), &vec!["127.0.0.1".to_string(); n], extra, true).await
+        Self::launched(n, ClusterOptions { node_args: extra.iter().map(|s| s.to_string()).collect(), ..Default::default() }).await
     }
 
-    /// Secured, each node on a loopback address of its own (127.X.0.1, .2, ...; X random), as
-    /// on separate hosts: a node certificate then vouches for one node only.
+    /// Secured, each node on a loopback address of its own (`ClusterOptions::own_hosts`).
     pub async fn start_on_own_hosts(n: usize) -> RegistryCluster {
-        let net: u8 = rand::random::<u8>() % 200 + 20;
-        let ips: Vec<String> = (1..=n).map(|i| format!("127.{net}.0.{i}")).collect();
-        Self::start_in(tempfile::tempdir().unwrap(), &ips, &[], true).await
+        Self::launched(n, ClusterOptions { own_hosts: true, ..Default::default() }).await
     }
 
     /// Plain HTTP, no ACLs: peers prove themselves with the cluster secret only.
@@ -56,19 +103,37 @@ impl RegistryCluster {
     }
 
     pub async fn start_plain_with(n: usize, extra: &[&str]) -> RegistryCluster {
-        Self::start_in(tempfile::tempdir().unwrap(), &vec!["127.0.0.1".to_string(); n], extra, false).await
+        Self::launched(n, ClusterOptions { secure: false, node_args: extra.iter().map(|s| s.to_string()).collect(), ..Default::default() }).await
     }
 
-    /// One node per entry of `ips`.
-    async fn start_in(dir: tempfile::TempDir, ips: &[String], extra: &[&str], secure: bool) -> RegistryCluster {
-        let free_on = |ip: &str| TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
-        let addrs: Vec<String> = ips.iter().map(|ip| format!("{ip}:{}", free_on(ip))).collect();
+    /// `launch` for tests: failing to start fails the test.
+    async fn launched(n: usize, opts: ClusterOptions) -> RegistryCluster {
+        Self::launch(n, opts).await.unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Starts `n` nodes as `opts` says and waits until one leads and, when secured, every node
+    /// is ready; an error if that takes longer than `opts.ready_limit`, or at once if a node
+    /// exits meanwhile.
+    pub async fn launch(n: usize, opts: ClusterOptions) -> anyhow::Result<RegistryCluster> {
+        use anyhow::Context as _;
+        let ips: Vec<String> = match opts.own_hosts {
+            true => {
+                let net: u8 = rand::random::<u8>() % 200 + 20;
+                (1..=n).map(|i| format!("127.{net}.0.{i}")).collect()
+            }
+            false => vec!["127.0.0.1".to_string(); n],
+        };
+        let root = opts.data_root.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let mut dir = tempfile::Builder::new().prefix(&opts.dir_prefix).tempdir_in(&root).with_context(|| format!("a directory in {}", root.display()))?;
+        dir.disable_cleanup(opts.keep_data);
+        let addrs: Vec<String> = ips.iter().map(|ip| format!("{ip}:{}", free_port_on(ip))).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
-        let bin = binary("registry");
+        let bin = opts.bin.clone().unwrap_or_else(|| binary("registry"));
         let secret_file = write_cluster_secret(dir.path());
         let mut hosts: Vec<&str> = ips.iter().map(|s| s.as_str()).collect();
         hosts.dedup();
-        let secured = secure.then(|| secure::Secured::init(dir.path(), &hosts));
+        let secured = opts.secure.then(|| secure::Secured::init_with(&bin, dir.path(), &hosts));
         let nodes = addrs
             .iter()
             .enumerate()
@@ -80,7 +145,7 @@ impl RegistryCluster {
                     "--listen".into(),
                     a.clone(),
                     "--data-dir".into(),
-                    dir.path().join(format!("data{}", i + 1)).display().to_string(),
+                    data_dir_in(dir.path(), i).display().to_string(),
                     "--peers".into(),
                     peers.clone(),
                 ];
@@ -88,16 +153,31 @@ impl RegistryCluster {
                     Some(s) => args.extend(s.node_args(&ips[i])),
                     None => args.extend(["--cluster-secret-file".into(), secret_file.display().to_string()]),
                 }
-                args.extend(extra.iter().map(|s| s.to_string()));
-                Proc::spawn(&format!("registry-{}", i + 1), &bin, &args, dir.path())
+                args.extend(opts.node_args.iter().cloned());
+                let mut p = Proc::new(&format!("registry-{}", i + 1), &bin, &args, dir.path());
+                if let Some(filter) = &opts.log_filter {
+                    p = p.env("RUST_LOG", filter);
+                }
+                if let Some(grace) = opts.stop_grace {
+                    p = p.stop_grace(grace);
+                }
+                p.start();
+                p
             })
             .collect();
-        let c = RegistryCluster { nodes, addrs, dir, secured, secret_file };
-        c.wait_leader(Duration::from_secs(15)).await;
+        let c = RegistryCluster { nodes, addrs, dir, secured, secret_file, started: Instant::now() };
+        let client = c.client();
+        until(opts.ready_limit, "a leader", || async {
+            match c.check_running() {
+                Ok(()) => c.leader_by(&client).await.map(Ok),
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .await??;
         if let Some(s) = &c.secured {
             // Every node ready (`/readyz` waits for the ACL bootstrap to apply there too).
             let http = s.http();
-            wait_for(Duration::from_secs(15), "ACLs on and every node ready", || async {
+            until(opts.ready_limit, "ACLs on and every node ready", || async {
                 for u in c.urls() {
                     if http.get(format!("{u}/readyz")).send().await.ok()?.status() != 200 {
                         return None;
@@ -105,9 +185,36 @@ impl RegistryCluster {
                 }
                 Some(())
             })
-            .await;
+            .await?;
         }
-        c
+        Ok(c)
+    }
+
+    /// An error naming the first node that has exited, and its log.
+    pub fn check_running(&self) -> anyhow::Result<()> {
+        match self.nodes.iter().find(|n| n.has_exited()) {
+            Some(n) => anyhow::bail!("{} exited; its log is {}", n.name, n.log.display()),
+            None => Ok(()),
+        }
+    }
+
+    /// The data directory of node `i` (0-based).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        data_dir_in(self.dir.path(), i)
+    }
+
+    /// Leaves the cluster's directory (data, logs, credentials) behind when it is dropped;
+    /// returns where it is.
+    pub fn keep_data(&mut self) -> PathBuf {
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
+    }
+
+    /// Prints the last `lines` lines of every node's log to stderr.
+    pub fn print_log_tails(&self, lines: usize) {
+        for n in &self.nodes {
+            n.print_log_tail(lines);
+        }
     }
 
     /// `https://` for a secured cluster, `http://` for a plain one.
@@ -176,22 +283,36 @@ impl RegistryCluster {
         registry_cli(&all)
     }
 
-    /// Waits until a reachable node names a leader that itself says it leads; returns its
-    /// index in `nodes`.
+    /// One look at every node: the index in `nodes` of the first that says it leads.
+    pub async fn leader(&self) -> Option<usize> {
+        self.leader_by(&self.client()).await
+    }
+
+    /// `leader`, asking through `c`.
+    async fn leader_by(&self, c: &client::Client) -> Option<usize> {
+        for (i, a) in self.addrs.iter().enumerate() {
+            if c.cluster_at(a).await.is_ok_and(|info| info.role == proto::NodeRole::Leader) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Waits until a reachable node says it leads; returns its index in `nodes`.
     pub async fn wait_leader(&self, limit: Duration) -> usize {
         let c = self.client();
-        wait_for(limit, "a leader", || async {
-            for a in &self.addrs {
-                if let Ok(info) = c.cluster_at(a).await {
-                    if info.role == proto::NodeRole::Leader {
-                        return self.addrs.iter().position(|x| x == a);
-                    }
-                }
-            }
-            None
-        })
-        .await
+        wait_for(limit, "a leader", || self.leader_by(&c)).await
     }
+}
+
+impl Drop for RegistryCluster {
+    fn drop(&mut self) {
+        stop_all(&mut self.nodes);
+    }
+}
+
+fn data_dir_in(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("data{}", i + 1))
 }
 
 /// Runs the `registry` CLI and returns (exit code, stdout, stderr).

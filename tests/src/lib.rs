@@ -6,13 +6,24 @@ pub mod chaos;
 pub mod cluster;
 pub mod dataplane_double;
 pub mod haproxy;
+pub mod metrics;
 pub mod process;
 pub mod secure;
 pub mod tcp_proxy;
 pub mod zookeeper;
 
 pub use bench::run_bench;
-pub use cluster::{registry_cli, write_cluster_secret, RegistryCluster};
+pub use cluster::{registry_cli, write_cluster_secret, ClusterOptions, RegistryCluster};
 pub use process::{binary, free_port, Proc};
 pub use secure::served_certificate;
 pub use testkit::wait_for;
+
+/// `wait_for` that returns the timeout as an error instead of failing the test, for the
+/// benchmarks (which report it) and the harness's own fallible starts.
+pub async fn until<T, F, Fut>(limit: std::time::Duration, what: &str, f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    testkit::poll_until(limit, what, f).await.map_err(anyhow::Error::msg)
+}

@@ -468,7 +468,7 @@ fn client_commands_without_a_registry_explain_what_is_missing() {
 }
 
 fn wal_segment(cluster: &RegistryCluster) -> std::path::PathBuf {
-    let dir = cluster.dir.path().join("data1/raft/log");
+    let dir = cluster.data_dir(0).join("raft/log");
     let mut segs: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "wal")).collect();
     segs.sort();
     segs.pop().unwrap_or_else(|| panic!("no WAL segment in {}", dir.display()))
@@ -526,7 +526,7 @@ async fn a_wiped_voter_refuses_to_bootstrap_and_rejoins_with_join() {
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
     let victim = (leader + 1) % 3;
     cluster.nodes[victim].kill();
-    std::fs::remove_dir_all(cluster.dir.path().join(format!("data{}", victim + 1))).unwrap();
+    std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
 
     cluster.nodes[victim].start();
     let code = wait_for(Duration::from_secs(15), "the wiped node to refuse to start", || {
@@ -562,7 +562,7 @@ async fn a_wiped_node_on_its_own_host_rejoins_under_tls_with_a_join_token() {
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
     let victim = (leader + 1) % 3;
     cluster.nodes[victim].kill();
-    std::fs::remove_dir_all(cluster.dir.path().join(format!("data{}", victim + 1))).unwrap();
+    std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
 
     cluster.nodes[victim].push_arg("--join");
     cluster.nodes[victim].start();

@@ -756,8 +756,10 @@ async fn run(args: &Args) -> Result<()> {
         println!("syncer log kept: {}", kept.join("syncer.log").display());
         drop(syncer);
         drop(haproxy);
-        drop(cluster.nodes);
-        println!("registry logs and data kept under {}", cluster.dir.keep().display());
+        let mut cluster = cluster;
+        let kept = cluster.keep_data();
+        drop(cluster);
+        println!("registry logs and data kept under {}", kept.display());
     }
     match failure {
         Some(e) => Err(e),
