@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod dataplane_double;
 pub mod haproxy;
+pub mod lease;
 pub mod metrics;
 pub mod process;
 pub mod secure;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use e2e::lease::Renewer;
 use e2e::{binary, registry_cli, wait_for, Proc, RegistryCluster};
 use proto::InstanceSpec;
 use tokio::time::Instant;
@@ -45,25 +46,7 @@ async fn leader_sigkill_keeps_renewed_instances_and_the_node_rejoins() {
     }
 
     // Renew every lease at TTL/3, the way the announcer will.
-    let renewing = Arc::new(AtomicBool::new(true));
-    let lost = Arc::new(AtomicUsize::new(0));
-    let renewer = {
-        let (client, renewing, lost, leases) = (client.clone(), renewing.clone(), lost.clone(), leases.clone());
-        tokio::spawn(async move {
-            while renewing.load(Ordering::SeqCst) {
-                let round = Instant::now();
-                for l in &leases {
-                    match client.keepalive(*l).await {
-                        Err(e) if e.is_not_found() => {
-                            lost.fetch_add(1, Ordering::SeqCst);
-                        }
-                        _ => {}
-                    }
-                }
-                tokio::time::sleep_until(round + ttl / 3).await;
-            }
-        })
-    };
+    let renewer = Renewer::start(client.clone(), leases.clone(), ttl / 3);
 
     // SIGKILL the leader; writes must succeed again within 2 s.
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
@@ -79,11 +62,10 @@ async fn leader_sigkill_keeps_renewed_instances_and_the_node_rejoins() {
     tokio::time::sleep(ttl * 2).await;
     let s = retry(Duration::from_secs(5), || client.service("web-servers", false)).await;
     assert_eq!(s.instances.len(), 100, "instances lost across the leader change");
-    assert_eq!(lost.load(Ordering::SeqCst), 0, "a keepalive found its lease expired");
+    assert_eq!(renewer.renewals().not_found, 0, "a keepalive found its lease expired");
 
     // Stop renewing: all gone within TTL + 1 s of the last keepalive round.
-    renewing.store(false, Ordering::SeqCst);
-    renewer.await.unwrap();
+    renewer.stop().await;
     let stopped = Instant::now();
     wait_for(ttl + Duration::from_secs(3), "all instances to expire", || async {
         client.service("web-servers", false).await.ok().filter(|s| s.instances.is_empty()).map(|_| ())
