@@ -165,20 +165,30 @@ impl RegistryCluster {
                 p
             })
             .collect();
-        let c = RegistryCluster { nodes, addrs, dir, secured, secret_file, started: Instant::now() };
-        let client = c.client();
-        until(opts.ready_limit, "a leader", || async {
-            match c.check_running() {
-                Ok(()) => c.leader_by(&client).await.map(Ok),
+        let mut c = RegistryCluster { nodes, addrs, dir, secured, secret_file, started: Instant::now() };
+        if let Err(e) = c.wait_started(opts.ready_limit).await {
+            // Whoever reads the error gets to read the logs too.
+            let kept = c.keep_data();
+            return Err(e.context(format!("starting a registry cluster (its logs and data are kept in {})", kept.display())));
+        }
+        Ok(c)
+    }
+
+    /// Waits until a node leads and, when secured, every node is ready.
+    async fn wait_started(&self, limit: Duration) -> anyhow::Result<()> {
+        let client = self.client();
+        until(limit, "a leader", || async {
+            match self.check_running() {
+                Ok(()) => self.leader_by(&client).await.map(Ok),
                 Err(e) => Some(Err(e)),
             }
         })
         .await??;
-        if let Some(s) = &c.secured {
+        if let Some(s) = &self.secured {
             // Every node ready (`/readyz` waits for the ACL bootstrap to apply there too).
             let http = s.http();
-            until(opts.ready_limit, "ACLs on and every node ready", || async {
-                for u in c.urls() {
+            until(limit, "ACLs on and every node ready", || async {
+                for u in self.urls() {
                     if http.get(format!("{u}/readyz")).send().await.ok()?.status() != 200 {
                         return None;
                     }
@@ -187,13 +197,13 @@ impl RegistryCluster {
             })
             .await?;
         }
-        Ok(c)
+        Ok(())
     }
 
-    /// An error naming the first node that has exited, and its log.
+    /// An error naming the first node that has exited, with the end of its log.
     pub fn check_running(&self) -> anyhow::Result<()> {
         match self.nodes.iter().find(|n| n.has_exited()) {
-            Some(n) => anyhow::bail!("{} exited; its log is {}", n.name, n.log.display()),
+            Some(n) => anyhow::bail!("{} exited; the end of its log ({}):\n{}", n.name, n.log.display(), n.log_tail(10)),
             None => Ok(()),
         }
     }

@@ -207,14 +207,17 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Prints the last `lines` lines of its log to stderr.
-    pub fn print_log_tail(&self, lines: usize) {
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
         let text = self.log_text();
         let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Prints the last `lines` lines of its log to stderr.
+    pub fn print_log_tail(&self, lines: usize) {
         eprintln!("----- last lines of {} ({}) -----", self.name, self.log.display());
-        for l in tail.into_iter().rev() {
-            eprintln!("{l}");
-        }
+        eprintln!("{}", self.log_tail(lines));
     }
 }
 
