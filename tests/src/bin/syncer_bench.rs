@@ -564,6 +564,9 @@ async fn run(args: &Args) -> Result<()> {
         "--id=syncer-bench".into(),
         "--log-format=json".into(),
     ];
+    // The cluster is secured (RegistryCluster's default): the syncer reads with a token of its
+    // own and reports its progress under `_syncers`, as on a balancer.
+    sargs.extend(cluster.access_args("syncer", &["read", "announce:_syncers"]).await);
     sargs.extend(args.syncer_args.iter().cloned());
     let shown_args = sargs.join(" ");
     let mut syncer = Proc::new("syncer", &syncer_bin, &sargs, syncer_dir.path()).env("RUST_LOG", &args.syncer_log);
