@@ -144,8 +144,7 @@ async fn sigterm_to_the_leader_hands_leadership_off_before_it_exits() {
         async move { (acked.load(Ordering::SeqCst) >= n).then_some(()) }
     };
     wait_for(Duration::from_secs(5), "writes going through before the stop", || acked_past(3)).await;
-    cluster.nodes[leader].signal("TERM");
-    let code = cluster.nodes[leader].wait_exit(Duration::from_secs(10)).await;
+    let code = cluster.nodes[leader].terminate(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "the old leader's exit after SIGTERM: {}", cluster.nodes[leader].log_text());
     assert!(cluster.nodes[leader].log_text().contains("leadership handed off"), "{}", cluster.nodes[leader].log_text());
     // Asked right after the exit: no survivor is still waiting out an election timeout.
