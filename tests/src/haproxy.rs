@@ -9,10 +9,11 @@
 //! master's log says `Loading success.` once per start and once per reload; [`Haproxy::loads`]
 //! counts those lines as a cross-check. Both were checked on HAProxy 2.6.12.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use syncer::driver::runtime::{parse_servers_state, Endpoint, RuntimeApi, StateRow};
+use syncer::driver::DriverError;
 
 use crate::{free_port, wait_for, Proc};
 
@@ -65,7 +66,10 @@ impl Haproxy {
             "-f".into(),
             cfg.display().to_string(),
         ];
-        let proc = Proc::spawn("haproxy", &haproxy_program(), &args, dir.path());
+        // On drop the master gets SIGTERM and stops its workers; a worker also exits when its
+        // master dies, so a SIGKILL after the grace leaves nothing behind.
+        let mut proc = Proc::new("haproxy", &haproxy_program(), &args, dir.path()).stop_grace(Duration::from_secs(3));
+        proc.start();
         let h = Haproxy { proc, dir, frontends, tcp_port, earlier_reloads: 0 };
         h.wait_ready(None).await;
         h
@@ -103,16 +107,12 @@ impl Haproxy {
 
     /// Runs one Runtime API command on the admin socket and returns the answer.
     pub async fn show(&self, cmd: &str) -> String {
-        let path = self.socket_path();
-        let cmd = cmd.to_string();
-        tokio::task::spawn_blocking(move || cli(&path, &cmd)).await.unwrap().unwrap_or_else(|e| panic!("admin socket: {e}"))
+        command(&self.socket_path(), cmd).await.unwrap_or_else(|e| panic!("admin socket: {e}"))
     }
 
     /// Runs one command on the master CLI.
     pub async fn master(&self, cmd: &str) -> String {
-        let path = self.master_socket_path();
-        let cmd = cmd.to_string();
-        tokio::task::spawn_blocking(move || cli(&path, &cmd)).await.unwrap().unwrap_or_else(|e| panic!("master socket: {e}"))
+        command(&self.master_socket_path(), cmd).await.unwrap_or_else(|e| panic!("master socket: {e}"))
     }
 
     /// The current worker's pid, from `show info` on the admin socket.
@@ -154,14 +154,11 @@ impl Haproxy {
         self.proc.log_text().lines().filter(|l| l.contains("Loading success.")).count()
     }
 
-    /// Ports of the servers the syncer manages (`sd-` prefix) in `backend`, read with the
-    /// syncer's own Runtime API driver (one parser of `show servers state` for all tests).
+    /// Ports of the servers the syncer manages (`sd-` prefix) in `backend` (`managed_servers`).
     /// Empty when HAProxy does not answer.
     pub async fn managed_ports(&self, backend: &str) -> std::collections::BTreeSet<u16> {
-        use syncer::driver::Driver;
-        let mut api = syncer::driver::runtime::RuntimeApi::new(syncer::driver::runtime::Endpoint::Unix(self.socket_path()), "");
-        match api.servers(backend).await {
-            Ok(list) => list.into_iter().filter(|s| syncer::model::is_managed(&s.name)).map(|s| s.port).collect(),
+        match managed_servers(&self.socket_path(), backend).await {
+            Ok(rows) => rows.into_iter().map(|s| s.port).collect(),
             Err(_) => Default::default(),
         }
     }
@@ -173,9 +170,7 @@ impl Haproxy {
 
     /// The master's reload counter, or None if the master CLI does not answer.
     async fn master_reloads(&self) -> Option<u64> {
-        let path = self.master_socket_path();
-        let text = tokio::task::spawn_blocking(move || cli(&path, "show proc")).await.unwrap().ok()?;
-        parse_master_reloads(&text)
+        parse_master_reloads(&command(&self.master_socket_path(), "show proc").await.ok()?)
     }
 
     /// Starts it again after `stop`, with the same config; waits until it answers.
@@ -187,33 +182,20 @@ impl Haproxy {
     pub async fn stop(&mut self) {
         // The master passes SIGTERM to its workers; a worker also exits when its master dies,
         // so SIGKILL after the deadline leaves nothing behind.
-        self.proc.signal("TERM");
-        let deadline = tokio::time::Instant::now() + READY_LIMIT;
-        while self.proc.is_running() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if self.proc.terminate(READY_LIMIT).await.is_none() {
+            self.proc.kill();
         }
-        self.proc.kill();
     }
 
     /// Waits until the admin socket answers `show info` from a worker other than `old_pid`
     /// and the master CLI answers.
     async fn wait_ready(&self, old_pid: Option<u32>) {
-        let admin = self.socket_path();
-        let master = self.master_socket_path();
-        wait_for(READY_LIMIT, "HAProxy's admin and master sockets to answer", || {
-            let (admin, master) = (admin.clone(), master.clone());
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    let pid = info_pid(&cli(&admin, "show info").ok()?)?;
-                    if Some(pid) == old_pid {
-                        return None;
-                    }
-                    parse_master_reloads(&cli(&master, "show proc").ok()?)?;
-                    Some(())
-                })
-                .await
-                .unwrap()
+        wait_for(READY_LIMIT, "HAProxy's admin and master sockets to answer", || async {
+            let pid = info_pid(&command(&self.socket_path(), "show info").await.ok()?)?;
+            if Some(pid) == old_pid {
+                return None;
             }
+            self.master_reloads().await.map(|_| ())
         })
         .await;
     }
@@ -224,13 +206,23 @@ impl Drop for Haproxy {
         if std::thread::panicking() {
             eprintln!("----- {} -----\n{}", self.config_path().display(), std::fs::read_to_string(self.config_path()).unwrap_or_default());
         }
-        // Let the master stop its workers (Proc's own drop then SIGKILLs whatever is left).
-        self.proc.signal("TERM");
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while self.proc.is_running() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // `proc` is dropped next: SIGTERM to the master, which stops its workers.
     }
+}
+
+/// One command on a HAProxy CLI socket (the admin socket or the master CLI), through the
+/// syncer's own Runtime API client: send it, half-close, read until HAProxy closes, with the
+/// driver's deadline.
+pub async fn command(socket: &Path, cmd: &str) -> Result<String, DriverError> {
+    RuntimeApi::new(Endpoint::Unix(socket.to_path_buf()), "").command(cmd).await
+}
+
+/// The servers the syncer manages (`sd-` prefix) in `backend`, from one `show servers state`
+/// read with the syncer's own parser (one parser of that answer for the tests, the benchmarks
+/// and the product).
+pub async fn managed_servers(socket: &Path, backend: &str) -> Result<Vec<StateRow>, DriverError> {
+    let rows = parse_servers_state(&command(socket, &format!("show servers state {backend}")).await?)?;
+    Ok(rows.into_iter().filter(|r| syncer::model::is_managed(&r.name)).collect())
 }
 
 /// The generated haproxy.cfg.
@@ -274,19 +266,6 @@ fn haproxy_program() -> PathBuf {
         .chain(["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"].map(PathBuf::from))
         .find(|p| p.is_file())
         .expect("haproxy is not installed: run scripts/test (ensure_haproxy) or `apt-get install haproxy`")
-}
-
-/// One command on a HAProxy CLI socket: send it, half-close (the master CLI answers only at
-/// the end of input), read until HAProxy closes. Blocking, with a deadline.
-fn cli(path: &Path, cmd: &str) -> std::io::Result<String> {
-    let mut s = UnixStream::connect(path)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("{cmd}\n").as_bytes())?;
-    s.shutdown(std::net::Shutdown::Write)?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
 }
 
 fn info_pid(show_info: &str) -> Option<u32> {

@@ -99,6 +99,18 @@ impl Secured {
     }
 }
 
+/// The certificate (DER) a TLS node at `addr` (`127.0.0.1:PORT`) serves to a new connection,
+/// verified against the CA in `ca`.
+pub async fn served_certificate(addr: &str, ca: &Path) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::ServerName;
+    let config = Secured::rustls_config(ca)?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).to_string();
+    let name = ServerName::try_from(host).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).ok_or_else(|| "no certificate served".to_string())
+}
+
 /// Writes a secret readable by its owner only.
 pub fn write_secret(path: &Path, secret: &str) -> PathBuf {
     std::fs::write(path, format!("{secret}\n")).unwrap();

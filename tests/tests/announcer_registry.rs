@@ -98,13 +98,13 @@ async fn a_cluster_restored_from_a_backup_keeps_everything_and_the_announcer_rea
     for n in &mut cluster.nodes {
         n.kill();
     }
-    for i in 1..=3 {
-        std::fs::remove_dir_all(cluster.dir.path().join(format!("data{i}"))).unwrap();
+    for i in 0..3 {
+        std::fs::remove_dir_all(cluster.data_dir(i)).unwrap();
     }
     // Three new nodes seeded from the backup, on the same addresses.
     let peers = cluster.addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
     for i in 1..=3 {
-        let data = cluster.dir.path().join(format!("data{i}")).display().to_string();
+        let data = cluster.data_dir(i - 1).display().to_string();
         let (code, out, err) = e2e::registry_cli(&["snapshot", "restore", &file_arg, "--data-dir", &data, "--id", &i.to_string(), "--peers", &peers]);
         assert_eq!(code, 0, "{out}{err}");
     }

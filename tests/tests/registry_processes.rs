@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use e2e::lease::Renewer;
 use e2e::{binary, registry_cli, wait_for, Proc, RegistryCluster};
 use proto::InstanceSpec;
 use tokio::time::Instant;
@@ -45,25 +46,7 @@ async fn leader_sigkill_keeps_renewed_instances_and_the_node_rejoins() {
     }
 
     // Renew every lease at TTL/3, the way the announcer will.
-    let renewing = Arc::new(AtomicBool::new(true));
-    let lost = Arc::new(AtomicUsize::new(0));
-    let renewer = {
-        let (client, renewing, lost, leases) = (client.clone(), renewing.clone(), lost.clone(), leases.clone());
-        tokio::spawn(async move {
-            while renewing.load(Ordering::SeqCst) {
-                let round = Instant::now();
-                for l in &leases {
-                    match client.keepalive(*l).await {
-                        Err(e) if e.is_not_found() => {
-                            lost.fetch_add(1, Ordering::SeqCst);
-                        }
-                        _ => {}
-                    }
-                }
-                tokio::time::sleep_until(round + ttl / 3).await;
-            }
-        })
-    };
+    let renewer = Renewer::start(client.clone(), leases.clone(), ttl / 3);
 
     // SIGKILL the leader; writes must succeed again within 2 s.
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
@@ -79,11 +62,10 @@ async fn leader_sigkill_keeps_renewed_instances_and_the_node_rejoins() {
     tokio::time::sleep(ttl * 2).await;
     let s = retry(Duration::from_secs(5), || client.service("web-servers", false)).await;
     assert_eq!(s.instances.len(), 100, "instances lost across the leader change");
-    assert_eq!(lost.load(Ordering::SeqCst), 0, "a keepalive found its lease expired");
+    assert_eq!(renewer.renewals().not_found, 0, "a keepalive found its lease expired");
 
     // Stop renewing: all gone within TTL + 1 s of the last keepalive round.
-    renewing.store(false, Ordering::SeqCst);
-    renewer.await.unwrap();
+    renewer.stop().await;
     let stopped = Instant::now();
     wait_for(ttl + Duration::from_secs(3), "all instances to expire", || async {
         client.service("web-servers", false).await.ok().filter(|s| s.instances.is_empty()).map(|_| ())
@@ -162,8 +144,7 @@ async fn sigterm_to_the_leader_hands_leadership_off_before_it_exits() {
         async move { (acked.load(Ordering::SeqCst) >= n).then_some(()) }
     };
     wait_for(Duration::from_secs(5), "writes going through before the stop", || acked_past(3)).await;
-    cluster.nodes[leader].signal("TERM");
-    let code = cluster.nodes[leader].wait_exit(Duration::from_secs(10)).await;
+    let code = cluster.nodes[leader].terminate(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "the old leader's exit after SIGTERM: {}", cluster.nodes[leader].log_text());
     assert!(cluster.nodes[leader].log_text().contains("leadership handed off"), "{}", cluster.nodes[leader].log_text());
     // Asked right after the exit: no survivor is still waiting out an election timeout.
@@ -544,7 +525,7 @@ fn client_commands_without_a_registry_explain_what_is_missing() {
 }
 
 fn wal_segment(cluster: &RegistryCluster) -> std::path::PathBuf {
-    let dir = cluster.dir.path().join("data1/raft/log");
+    let dir = cluster.data_dir(0).join("raft/log");
     let mut segs: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "wal")).collect();
     segs.sort();
     segs.pop().unwrap_or_else(|| panic!("no WAL segment in {}", dir.display()))
@@ -602,7 +583,7 @@ async fn a_wiped_voter_refuses_to_bootstrap_and_rejoins_with_join() {
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
     let victim = (leader + 1) % 3;
     cluster.nodes[victim].kill();
-    std::fs::remove_dir_all(cluster.dir.path().join(format!("data{}", victim + 1))).unwrap();
+    std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
 
     cluster.nodes[victim].start();
     let code = wait_for(Duration::from_secs(15), "the wiped node to refuse to start", || {
@@ -638,7 +619,7 @@ async fn a_wiped_node_on_its_own_host_rejoins_under_tls_with_a_join_token() {
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
     let victim = (leader + 1) % 3;
     cluster.nodes[victim].kill();
-    std::fs::remove_dir_all(cluster.dir.path().join(format!("data{}", victim + 1))).unwrap();
+    std::fs::remove_dir_all(cluster.data_dir(victim)).unwrap();
 
     cluster.nodes[victim].push_arg("--join");
     cluster.nodes[victim].start();

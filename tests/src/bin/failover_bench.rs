@@ -20,7 +20,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use clap::Parser;
-use e2e::{free_port, Proc, RegistryCluster};
+use e2e::bench::{percentile, write_json};
+use e2e::{free_port, until, Proc, RegistryCluster};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -165,24 +166,16 @@ async fn run(args: Args) -> Result<()> {
     }
     println!("(writes every {:?}; the systems share this machine's cores with the benchmark)", args.write_every);
     if let Some(path) = &args.json_out {
-        std::fs::write(path, serde_json::to_vec_pretty(&Value::Object(json))?).with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &Value::Object(json))?;
     }
     Ok(())
 }
 
-/// The `p`th percentile (nearest rank) of `xs`; NaN when empty.
+/// The `p`th percentile (`e2e::bench::percentile`, nearest rank) of `xs`; NaN when empty.
 fn pct(xs: &[f64], p: f64) -> f64 {
-    if xs.is_empty() {
-        return f64::NAN;
-    }
     let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * (v.len() as f64 - 1.0)).round() as usize;
-    v[rank.min(v.len() - 1)]
-}
-
-async fn until<T, Fut: std::future::Future<Output = Option<T>>>(limit: Duration, what: &str, f: impl FnMut() -> Fut) -> Result<T> {
-    testkit::poll_until(limit, what, f).await.map_err(anyhow::Error::msg)
+    v.sort_by(f64::total_cmp);
+    percentile(&v, p / 100.0).unwrap_or(f64::NAN)
 }
 
 async fn measure<S: System>(sys: &mut S, args: &Args) -> Result<Vec<Kill>> {
@@ -333,14 +326,7 @@ impl System for Registry {
     }
 
     async fn leader(&self) -> Option<usize> {
-        for i in 0..3 {
-            if let Some(info) = self.info(i).await {
-                if info.role == proto::NodeRole::Leader {
-                    return Some(i);
-                }
-            }
-        }
-        None
+        self.cluster.leader().await
     }
 
     async fn leads(&self, i: usize) -> bool {
@@ -373,8 +359,7 @@ impl System for Registry {
     }
 
     async fn terminate(&mut self, i: usize) -> bool {
-        self.cluster.nodes[i].signal("TERM");
-        self.cluster.nodes[i].wait_exit(Duration::from_secs(20)).await.is_some()
+        self.cluster.nodes[i].terminate(Duration::from_secs(20)).await.is_some()
     }
 
     fn restart(&mut self, i: usize) {
@@ -487,8 +472,7 @@ impl System for Etcd {
     }
 
     async fn terminate(&mut self, i: usize) -> bool {
-        self.nodes[i].signal("TERM");
-        self.nodes[i].wait_exit(Duration::from_secs(20)).await.is_some()
+        self.nodes[i].terminate(Duration::from_secs(20)).await.is_some()
     }
 
     fn restart(&mut self, i: usize) {

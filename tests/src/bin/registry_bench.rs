@@ -20,15 +20,18 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::Parser;
+use e2e::bench::{percentile, write_json};
+use e2e::metrics::{self, Samples};
+use e2e::{until, ClusterOptions, RegistryCluster};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -39,9 +42,10 @@ use tokio::task::JoinHandle;
 #[derive(Parser, Debug)]
 #[command(name = "registry_bench", about = "Benchmark a 3-node loopback registry cluster (keepalives/s, register-to-visible latency, RSS)")]
 struct Args {
-    /// The `registry` binary to run.
-    #[arg(long, default_value = "target/release/registry")]
-    registry_bin: PathBuf,
+    /// The `registry` binary to run [default: `registry` in $E2E_BIN_DIR, else in the target
+    /// directory's `release/`].
+    #[arg(long)]
+    registry_bin: Option<PathBuf>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -128,42 +132,40 @@ async fn run(args: &Args) -> Result<()> {
     ensure!(args.duration_secs > 0.0 && args.duration_secs <= 3600.0, "--duration-secs must be in (0, 3600]");
     ensure!(args.leases.iter().all(|&n| n <= 1_000_000), "--leases entries must be at most 1000000");
     ensure!(args.mem_instances <= 1_000_000 && args.latency_samples <= 1_000_000, "counts are limited to 1,000,000");
-    let bin = std::fs::canonicalize(&args.registry_bin)
-        .with_context(|| format!("registry binary {} not found (build it with `cargo build --release -p registry`)", args.registry_bin.display()))?;
+    let registry_bin = args.registry_bin.clone().unwrap_or_else(|| e2e::process::bin_dir("release").join("registry"));
+    let bin = std::fs::canonicalize(&registry_bin)
+        .with_context(|| format!("registry binary {} not found (build it with `cargo build --release -p registry`)", registry_bin.display()))?;
     let mut cluster = Cluster::start(&bin, args, args.security == Security::Secure).await?;
-    let result = phases(args, &mut cluster).await;
+    let result = phases(args, &registry_bin, &cluster).await;
     if let Err(e) = &result {
         eprintln!("registry_bench: failed: {e:#}");
-        cluster.print_log_tails(30);
+        cluster.procs.print_log_tails(30);
     }
     let mut report = result?;
     if args.security == Security::Compare {
         if let Some(&n) = args.leases.iter().max().filter(|&&n| n > 0) {
             // One cluster at a time: the two must not share the cores.
-            let kept = cluster.dir.clone();
+            let kept = cluster.dir().to_path_buf();
             drop(cluster);
             if args.keep_data {
                 println!("plain cluster's data directories and node logs kept in {}", kept.display());
             }
             cluster = Cluster::start(&bin, args, true).await?;
-            let result = secure_comparison(args, &mut cluster, n, &mut report).await;
+            let result = secure_comparison(args, &cluster, n, &mut report).await;
             if let Err(e) = &result {
                 eprintln!("registry_bench: failed: {e:#}");
-                cluster.print_log_tails(30);
+                cluster.procs.print_log_tails(30);
             }
             result?;
         }
     }
     println!("{}", report.text);
     if let Some(path) = &args.json_out {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(&report.json)?).with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &report.json)?;
         println!("JSON results written to {}", path.display());
     }
     if args.keep_data {
-        println!("data directories and node logs kept in {}", cluster.dir.display());
+        println!("data directories and node logs kept in {}", cluster.dir().display());
     }
     Ok(())
 }
@@ -174,138 +176,67 @@ struct Report {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The cluster: three child processes, killed on drop.
+// The cluster: three `registry serve` processes (`e2e::RegistryCluster`: SIGTERM, then SIGKILL
+// when dropped), and how the benchmark reaches them.
 
-struct NodeProc {
+/// A node as the benchmark names it: by its `--id`.
+struct Node {
     id: u64,
     addr: SocketAddr,
     url: String,
-    child: Child,
-    log: PathBuf,
-    data: PathBuf,
 }
 
 struct Cluster {
-    nodes: Vec<NodeProc>,
-    dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
+    procs: RegistryCluster,
+    nodes: Vec<Node>,
     /// Admin requests (cluster state, metrics, watches): with the admin token when secured.
     http: reqwest::Client,
     /// TLS and the load generator's token (`announce:*`), when secured.
     secure: Option<Arc<ConnSecurity>>,
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // SIGTERM first (a node under a profiler gets to write its output), SIGKILL after a
-        // short grace.
-        for n in &mut self.nodes {
-            if let Ok(None) = n.child.try_wait() {
-                unsafe {
-                    libc::kill(n.child.id() as libc::pid_t, libc::SIGTERM);
-                }
-            }
-        }
-        let grace = Instant::now() + Duration::from_secs(5);
-        for n in &mut self.nodes {
-            while matches!(n.child.try_wait(), Ok(None)) && Instant::now() < grace {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = n.child.kill();
-            let _ = n.child.wait();
-        }
-        // `_tmp` (dropped after this) removes the data directories unless --keep-data.
-    }
-}
-
-/// Free loopback ports: bind them all at once (so they differ), then release them.
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
-
 impl Cluster {
     /// `secure`: TLS with node certificates and ACLs on, as `registry tls init` and
     /// `--acl-bootstrap-token-file` make them; otherwise plain HTTP with the cluster secret.
     async fn start(bin: &Path, args: &Args, secure: bool) -> Result<Cluster> {
-        let root = args.data_root.clone().unwrap_or_else(std::env::temp_dir);
-        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-        let tmp = tempfile::Builder::new().prefix("registry-bench-").tempdir_in(&root)?;
-        let dir = tmp.path().to_path_buf();
-        let tmp = if args.keep_data {
-            let _ = tmp.keep();
-            None
-        } else {
-            Some(tmp)
-        };
-        let secured = secure.then(|| e2e::secure::Secured::init_with(bin, &dir, &["127.0.0.1"]));
+        let procs = RegistryCluster::launch(
+            3,
+            ClusterOptions {
+                secure,
+                node_args: args.node_args.clone(),
+                bin: Some(bin.to_path_buf()),
+                data_root: args.data_root.clone(),
+                dir_prefix: "registry-bench-".into(),
+                keep_data: args.keep_data,
+                // The nodes log as this benchmark's RUST_LOG says, if it is set.
+                log_filter: std::env::var("RUST_LOG").ok(),
+                // A node under a profiler gets to write its output.
+                stop_grace: Some(Duration::from_secs(5)),
+                ready_limit: Duration::from_secs(args.startup_timeout_secs),
+                ..Default::default()
+            },
+        )
+        .await?;
         let mut http =
             reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).pool_idle_timeout(Duration::from_secs(30)).http1_only().no_proxy();
-        if let Some(s) = &secured {
+        let mut secure = None;
+        if let Some(s) = &procs.secured {
             let mut headers = reqwest::header::HeaderMap::new();
             headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", s.admin_token).parse()?);
             http = http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&s.ca)?)?).default_headers(headers);
-        }
-        let http = http.build()?;
-        let mut cluster = Cluster { nodes: Vec::new(), dir: dir.clone(), _tmp: tmp, http, secure: None };
-        let ports = free_ports(3)?;
-        let peers: Vec<String> = ports.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
-        let peers = peers.join(",");
-        let secret = e2e::write_cluster_secret(&dir);
-        let scheme = if secure { "https" } else { "http" };
-        for (i, port) in ports.iter().enumerate() {
-            let id = i as u64 + 1;
-            let data = dir.join(format!("node{id}"));
-            std::fs::create_dir_all(&data)?;
-            let log = dir.join(format!("node{id}.log"));
-            let out = std::fs::File::create(&log)?;
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-            let mut cmd = Command::new(bin);
-            cmd.arg("serve")
-                .args(["--id", &id.to_string()])
-                .args(["--listen", &addr.to_string()])
-                .arg("--data-dir")
-                .arg(&data)
-                .args(["--peers", &peers])
-                .args(match &secured {
-                    Some(s) => s.node_args("127.0.0.1"),
-                    None => vec!["--cluster-secret-file".into(), secret.display().to_string()],
-                })
-                .args(&args.node_args)
-                .stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out);
-            if std::env::var_os("RUST_LOG").is_none() {
-                cmd.env("RUST_LOG", "info,openraft=warn");
-            }
-            // Should this process die without running its destructors, the nodes die too.
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-            cluster.nodes.push(NodeProc { id, addr, url: format!("{scheme}://{addr}"), child, log, data });
-        }
-        if let Some(s) = &secured {
             // The load generator renews and registers with a token of its own, as an announcer
             // does: every request pays the token check and the lease-owner check.
-            let urls: Vec<&str> = cluster.nodes.iter().map(|n| n.url.as_str()).collect();
-            let admin = s.client(&urls, &s.admin_token);
-            let token = client::generate_token();
-            let scopes = ["announce:*".to_string()];
-            testkit::poll_until(Duration::from_secs(args.startup_timeout_secs), "the load generator's token to be minted", || async {
-                admin.create_token(&token, &scopes, "registry_bench").await.ok()
-            })
-            .await
-            .map_err(|e| anyhow!(e))?;
-            cluster.secure = Some(Arc::new(ConnSecurity::new(&s.ca, &token)?));
+            let token_file = s.mint(&procs.client(), "registry_bench", &["announce:*"]).await;
+            let token = std::fs::read_to_string(&token_file)?;
+            secure = Some(Arc::new(ConnSecurity::new(&s.ca, token.trim())?));
         }
-        Ok(cluster)
+        let nodes = procs.addrs.iter().zip(procs.urls()).zip(1..).map(|((a, url), id)| Ok(Node { id, addr: a.parse()?, url })).collect::<Result<_>>()?;
+        Ok(Cluster { procs, nodes, http: http.build()?, secure })
+    }
+
+    /// The nodes' data directories and logs.
+    fn dir(&self) -> &Path {
+        self.procs.dir.path()
     }
 
     /// Where the load generator's connections to node `addr` go, and how.
@@ -313,27 +244,7 @@ impl Cluster {
         Target { addr, secure: self.secure.clone() }
     }
 
-    fn check_alive(&mut self) -> Result<()> {
-        for n in &mut self.nodes {
-            if let Some(status) = n.child.try_wait()? {
-                bail!("node {} exited ({status}); its log is {}", n.id, n.log.display());
-            }
-        }
-        Ok(())
-    }
-
-    fn print_log_tails(&self, lines: usize) {
-        for n in &self.nodes {
-            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            eprintln!("--- last {lines} lines of node {} ({}) ---", n.id, n.log.display());
-            for l in &all[all.len().saturating_sub(lines)..] {
-                eprintln!("{l}");
-            }
-        }
-    }
-
-    fn node(&self, id: u64) -> &NodeProc {
+    fn node(&self, id: u64) -> &Node {
         self.nodes.iter().find(|n| n.id == id).expect("known node id")
     }
 
@@ -345,17 +256,17 @@ impl Cluster {
         Ok(serde_json::from_slice(&body)?)
     }
 
-    async fn cluster_info(&self, n: &NodeProc) -> Result<Value> {
+    async fn cluster_info(&self, n: &Node) -> Result<Value> {
         self.get_json(&format!("{}/v1/cluster", n.url)).await
     }
 
-    /// Waits until every node names the same leader and that node says it is leader, and a
-    /// write goes through.
-    async fn wait_leader(&mut self, limit: Duration) -> Result<u64> {
-        let deadline = Instant::now() + limit;
-        let mut last = String::from("no answer yet");
-        loop {
-            self.check_alive()?;
+    /// Waits until every node names the same leader and that node says it is leader.
+    async fn wait_leader(&self, limit: Duration) -> Result<u64> {
+        let last = Mutex::new(String::from("no answer yet"));
+        let agreed = until(limit, "the nodes to agree on a leader", || async {
+            if let Err(e) = self.procs.check_running() {
+                return Some(Err(e));
+            }
             let mut leaders = Vec::new();
             let mut leader_role = None;
             for n in &self.nodes {
@@ -367,23 +278,25 @@ impl Cluster {
                         }
                     }
                     Err(e) => {
-                        last = format!("node {}: {e:#}", n.id);
+                        *last.lock().unwrap() = format!("node {}: {e:#}", n.id);
                         leaders.push(None);
                     }
                 }
             }
             if let (Some(Some(l)), Some(r)) = (leaders.first(), leader_role) {
                 if leaders.iter().all(|x| *x == Some(*l)) && *l == r {
-                    return Ok(r);
+                    return Some(Ok(r));
                 }
             }
             if leaders.iter().any(Option::is_some) {
-                last = format!("leaders as seen by nodes 1..3: {leaders:?}");
+                *last.lock().unwrap() = format!("leaders as seen by nodes 1..3: {leaders:?}");
             }
-            if Instant::now() >= deadline {
-                bail!("no leader agreed on within {limit:?}: {last}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        })
+        .await;
+        match agreed {
+            Ok(leader) => leader,
+            Err(_) => bail!("no leader agreed on within {limit:?}: {}", last.lock().unwrap()),
         }
     }
 
@@ -398,64 +311,54 @@ impl Cluster {
         bail!("no node names a leader")
     }
 
-    async fn metrics_text(&self, n: &NodeProc) -> Result<String> {
-        let resp = self.http.get(format!("{}/metrics", n.url)).timeout(Duration::from_secs(5)).send().await?;
-        ensure!(resp.status().is_success(), "GET /metrics on node {}: {}", n.id, resp.status());
-        Ok(resp.text().await?)
+    async fn metrics(&self, n: &Node) -> Result<Samples> {
+        metrics::scrape(&self.http, &format!("{}/metrics", n.url)).await.with_context(|| format!("reading the metrics of node {}", n.id))
     }
 
     /// A metric's value on every node (sum over label sets), in node order.
     async fn metric_all(&self, name: &str) -> Result<Vec<f64>> {
         let mut out = Vec::new();
         for n in &self.nodes {
-            let text = self.metrics_text(n).await.with_context(|| format!("reading {name} from node {}", n.id))?;
-            out.push(metric(&text, name).with_context(|| format!("node {} has no metric {name}", n.id))?);
+            let samples = self.metrics(n).await.with_context(|| format!("reading {name} from node {}", n.id))?;
+            out.push(metrics::sum(&samples, name).with_context(|| format!("node {} has no metric {name}", n.id))?);
         }
         Ok(out)
+    }
+
+    /// `registry_keepalives_total` on node `n` (0 if it has none yet).
+    async fn keepalives(&self, n: &Node) -> Result<f64> {
+        Ok(metrics::sum(&self.metrics(n).await?, "registry_keepalives_total").unwrap_or(0.0))
     }
 
     async fn expiries(&self) -> Result<u64> {
         Ok(self.metric_all("registry_lease_expiries_total").await?.iter().sum::<f64>() as u64)
     }
 
+    fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.procs.nodes.iter().map(|p| p.pid().unwrap_or(0))
+    }
+
     fn rss(&self) -> Vec<Mem> {
-        self.nodes.iter().map(|n| Mem::of(n.child.id())).collect()
+        self.pids().map(Mem::of).collect()
     }
 
     fn cpu_ticks(&self) -> Vec<u64> {
-        self.nodes.iter().map(|n| cpu_ticks(&format!("/proc/{}/stat", n.child.id())).unwrap_or(0)).collect()
+        self.pids().map(|pid| cpu_ticks(&format!("/proc/{pid}/stat")).unwrap_or(0)).collect()
     }
 
-    /// Waits until every node has applied at least `index`.
+    /// Waits until every node has applied at least `index`; returns how long that took.
     async fn wait_applied(&self, index: u64, limit: Duration) -> Result<Duration> {
         let start = Instant::now();
-        loop {
-            let mut all = true;
+        until(limit, &format!("every node to apply index {index}"), || async {
             for n in &self.nodes {
-                let applied = self.cluster_info(n).await.ok().and_then(|v| v["applied_index"].as_u64()).unwrap_or(0);
-                all &= applied >= index;
+                if self.cluster_info(n).await.ok().and_then(|v| v["applied_index"].as_u64()).unwrap_or(0) < index {
+                    return None;
+                }
             }
-            if all {
-                return Ok(start.elapsed());
-            }
-            ensure!(start.elapsed() < limit, "nodes did not apply index {index} within {limit:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Some(start.elapsed())
+        })
+        .await
     }
-}
-
-/// Sum of the samples of `name` (any labels) in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else { continue };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
-        let value = rest.rsplit(' ').find(|t| !t.is_empty())?.parse::<f64>().ok()?;
-        *found.get_or_insert(0.0) += value;
-    }
-    found
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -721,7 +624,7 @@ impl Summary {
         }
         samples.sort_unstable();
         let n = samples.len();
-        let pick = |q: f64| samples[((q * n as f64).ceil() as usize).clamp(1, n) - 1] as f64 / 1e6;
+        let pick = |q: f64| percentile(samples, q).unwrap_or(0) as f64 / 1e6;
         Summary {
             count: n,
             p50: pick(0.50),
@@ -924,10 +827,11 @@ async fn grant_leases(leader: &Target, set: &Arc<LeaseSet>, n: usize, ttl_ms: u6
 // ---------------------------------------------------------------------------------------------
 // The phases.
 
-async fn phases(args: &Args, cluster: &mut Cluster) -> Result<Report> {
+async fn phases(args: &Args, registry_bin: &Path, cluster: &Cluster) -> Result<Report> {
     let started = Instant::now();
     let leader_id = cluster.wait_leader(Duration::from_secs(args.startup_timeout_secs)).await?;
-    let elected_in = started.elapsed();
+    // From the nodes' start, not this phase's: starting the cluster waited for a leader too.
+    let elected_in = cluster.procs.started.elapsed();
     let leader_addr = cluster.node(leader_id).addr;
     let leader = cluster.target(leader_addr);
     // A first write and revoke, so the leader's log is warm and it has heard from a quorum.
@@ -944,7 +848,7 @@ async fn phases(args: &Args, cluster: &mut Cluster) -> Result<Report> {
             "ttl_ms": args.ttl_ms, "duration_secs": args.duration_secs, "concurrency": args.concurrency,
             "latency_samples": args.latency_samples, "latency_writers": args.latency_writers,
             "mem_instances": args.mem_instances, "mem_ttl_ms": args.mem_ttl_ms, "node_args": args.node_args,
-            "registry_bin": args.registry_bin,
+            "registry_bin": registry_bin,
             "tls_and_tokens": cluster.secure.is_some(),
         },
         "leader_elected_ms": elected_in.as_millis() as u64,
@@ -953,7 +857,7 @@ async fn phases(args: &Args, cluster: &mut Cluster) -> Result<Report> {
     let kind = if cluster.secure.is_some() { "TLS and ACL tokens on" } else { "plain HTTP, cluster secret" };
     let _ = writeln!(text, "\n=== registry benchmark: 3 nodes on 127.0.0.1, fsync on, {kind}, {} cores ===", js["config"]["cores"]);
     let _ = writeln!(text, "leader: node {leader_id} ({leader_addr}), elected {} ms after start", elected_in.as_millis());
-    let _ = writeln!(text, "data: {}", cluster.dir.display());
+    let _ = writeln!(text, "data: {}", cluster.dir().display());
 
     // 1. Keepalive throughput.
     let mut ka_results = Vec::new();
@@ -1001,7 +905,7 @@ struct PhaseOut {
 
 /// The keepalive phase with `n` leases again, on `cluster` (TLS and tokens on), appended to the
 /// plain run's `report` with the ratio of the two rates.
-async fn secure_comparison(args: &Args, cluster: &mut Cluster, n: usize, report: &mut Report) -> Result<()> {
+async fn secure_comparison(args: &Args, cluster: &Cluster, n: usize, report: &mut Report) -> Result<()> {
     let leader_id = cluster.wait_leader(Duration::from_secs(args.startup_timeout_secs)).await?;
     let leader = cluster.target(cluster.node(leader_id).addr);
     eprintln!("[bench] keepalive phase with TLS and tokens: {n} leases, TTL {} ms, {} connections, {} s", args.ttl_ms, args.concurrency, args.duration_secs);
@@ -1033,7 +937,8 @@ async fn secure_comparison(args: &Args, cluster: &mut Cluster, n: usize, report:
 async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: &Target, n: usize) -> Result<PhaseOut> {
     let limit = Duration::from_secs(args.setup_timeout_secs);
     let expired_before = cluster.expiries().await?;
-    let ka_before_leader = metric(&cluster.metrics_text(leader_node(cluster, leader.addr)).await?, "registry_keepalives_total").unwrap_or(0.0);
+    let leader_node = cluster.nodes.iter().find(|n| n.addr == leader.addr).expect("leader is one of the nodes");
+    let ka_before_leader = cluster.keepalives(leader_node).await?;
     let set = Arc::new(LeaseSet::with_capacity(n));
     let window = Duration::from_secs_f64(args.duration_secs);
     let warmup = Duration::from_secs_f64(args.warmup_secs);
@@ -1054,12 +959,12 @@ async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: &Target, n: usi
     let ok0 = renewer.stats.ok.load(Ordering::Relaxed);
     let t0 = Instant::now();
     renewer.recording.store(true, Ordering::Relaxed);
-    let ka0 = metric(&cluster.metrics_text(leader_node(cluster, leader.addr)).await?, "registry_keepalives_total").unwrap_or(0.0);
+    let ka0 = cluster.keepalives(leader_node).await?;
     let t0_server = Instant::now();
     tokio::time::sleep(window).await;
     let ok1 = renewer.stats.ok.load(Ordering::Relaxed);
     let elapsed = t0.elapsed();
-    let ka1 = metric(&cluster.metrics_text(leader_node(cluster, leader.addr)).await?, "registry_keepalives_total").unwrap_or(0.0);
+    let ka1 = cluster.keepalives(leader_node).await?;
     let server_elapsed = t0_server.elapsed();
     renewer.recording.store(false, Ordering::Relaxed);
     let (cpu_nodes, cpu_me) = cpu.close(cluster);
@@ -1067,7 +972,7 @@ async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: &Target, n: usi
     let mut samples = renewer.stop().await;
     let stopped = Instant::now();
     let expired_after = cluster.expiries().await?;
-    let ka_after_leader = metric(&cluster.metrics_text(leader_node(cluster, leader.addr)).await?, "registry_keepalives_total").unwrap_or(0.0);
+    let ka_after_leader = cluster.keepalives(leader_node).await?;
     let expired_while_renewed = expired_after.saturating_sub(expired_before);
 
     let rate = (ok1 - ok0) as f64 / elapsed.as_secs_f64();
@@ -1084,15 +989,18 @@ async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: &Target, n: usi
     // The leases are no longer renewed: wait for all of them to expire, so the next phase
     // starts clean (and to see that expiry works).
     let want = expired_before + granted as u64;
-    let expiry_deadline = stopped + Duration::from_millis(args.ttl_ms) + Duration::from_secs(30);
-    let mut all_expired_after = None;
-    while Instant::now() < expiry_deadline {
-        if cluster.expiries().await? >= want {
-            all_expired_after = Some(stopped.elapsed());
-            break;
+    let expiry_limit = (stopped + Duration::from_millis(args.ttl_ms) + Duration::from_secs(30)).saturating_duration_since(Instant::now());
+    let expired = until(expiry_limit, "every lease to expire", || async {
+        match cluster.expiries().await {
+            Ok(n) => (n >= want).then(|| Ok(stopped.elapsed())),
+            Err(e) => Some(Err(e)),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    let all_expired_after = match expired {
+        Ok(after) => Some(after?),
+        Err(_) => None,
+    };
 
     let ideal_period_ms = if rate > 0.0 { n as f64 / rate * 1000.0 } else { f64::INFINITY };
     let mut t = String::new();
@@ -1158,10 +1066,6 @@ async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: &Target, n: usi
 
 fn js_cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-fn leader_node(cluster: &Cluster, addr: SocketAddr) -> &NodeProc {
-    cluster.nodes.iter().find(|n| n.addr == addr).expect("leader is one of the nodes")
 }
 
 fn rss_line(m: &[Mem]) -> String {
@@ -1428,7 +1332,7 @@ async fn memory_phase(args: &Args, cluster: &Cluster, leader: &Target, idle: Vec
     let expired = cluster.expiries().await?.saturating_sub(expired_before);
     let renew_404 = renewer.stats.not_found.load(Ordering::Relaxed);
     renewer.stop().await;
-    let disk: Vec<u64> = cluster.nodes.iter().map(|n| dir_size(&n.data, 0)).collect();
+    let disk: Vec<u64> = (0..cluster.nodes.len()).map(|i| dir_size(&cluster.procs.data_dir(i), 0)).collect();
 
     let mut t = String::new();
     let _ = writeln!(t, "\n--- memory: {n} instances, each under its own lease (TTL {} ms, renewed every ~TTL/4) ---", args.mem_ttl_ms);

@@ -35,11 +35,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::Parser;
-use e2e::haproxy::Haproxy;
-use e2e::{binary, free_port, Proc, RegistryCluster};
+use e2e::bench::write_json;
+use e2e::haproxy::{managed_servers, Haproxy};
+use e2e::lease::Renewer;
+use e2e::metrics::{self, Samples};
+use e2e::process::try_binary;
+use e2e::{free_port, until, Proc, RegistryCluster};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use syncer::model::AdminState;
 
 const BACKEND: &str = "web-servers";
 const SERVICE: &str = "web-servers";
@@ -110,58 +114,6 @@ fn main() -> ExitCode {
 // ---------------------------------------------------------------------------------------------
 // HAProxy observation.
 
-/// One command on the admin socket (non-interactive: HAProxy answers and closes), with a deadline.
-async fn cli(path: &Path, cmd: &str) -> Result<String> {
-    let run = async {
-        let mut s = tokio::net::UnixStream::connect(path).await?;
-        s.write_all(format!("{cmd}\n").as_bytes()).await?;
-        s.shutdown().await?;
-        let mut out = Vec::new();
-        (&mut s).take(64 << 20).read_to_end(&mut out).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&out).into_owned())
-    };
-    match tokio::time::timeout(Duration::from_secs(5), run).await {
-        Ok(r) => r.with_context(|| format!("{}: {cmd}", path.display())),
-        Err(_) => bail!("{}: {cmd}: no answer within 5 s", path.display()),
-    }
-}
-
-/// Managed servers in the backend: (listed, in admin state ready, their ports).
-struct Managed {
-    listed: usize,
-    ready: usize,
-    ports: Vec<u16>,
-}
-
-fn parse_managed(text: &str) -> Result<Managed> {
-    let mut lines = text.lines();
-    ensure!(lines.next().map(str::trim) == Some("1"), "unexpected show servers state answer: {}", text.trim());
-    let header = lines.next().and_then(|h| h.strip_prefix("# ")).ok_or_else(|| anyhow!("no header in show servers state"))?;
-    let cols: Vec<&str> = header.split_whitespace().collect();
-    let col = |n: &str| cols.iter().position(|c| *c == n).ok_or_else(|| anyhow!("no column {n} in show servers state"));
-    let (name_c, admin_c, port_c) = (col("srv_name")?, col("srv_admin_state")?, col("srv_port")?);
-    let mut m = Managed { listed: 0, ready: 0, ports: Vec::new() };
-    for l in lines {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() <= name_c.max(admin_c).max(port_c) || !f[name_c].starts_with("sd-") {
-            continue;
-        }
-        m.listed += 1;
-        // Ready: none of the maint (0x01 0x02 0x20) or drain (0x08 0x10) bits.
-        if f[admin_c].parse::<u32>().is_ok_and(|b| b & (0x01 | 0x02 | 0x20 | 0x08 | 0x10) == 0) {
-            m.ready += 1;
-        }
-        if let Ok(p) = f[port_c].parse() {
-            m.ports.push(p);
-        }
-    }
-    Ok(m)
-}
-
-async fn managed(sock: &Path) -> Result<Managed> {
-    parse_managed(&cli(sock, &format!("show servers state {BACKEND}")).await?)
-}
-
 /// What the poller saw during one phase.
 #[derive(Debug, Default, Clone)]
 struct Seen {
@@ -180,25 +132,26 @@ struct Seen {
 
 /// Polls every `every` until the backend lists `target` managed servers (and, if `want_ready`,
 /// all ready), `stop` is set, or `limit` passes.
-async fn poll_until(sock: PathBuf, target: usize, want_ready: bool, every: Duration, limit: Duration, stop: Arc<AtomicBool>) -> Seen {
+async fn poll_backend(sock: PathBuf, target: usize, want_ready: bool, every: Duration, limit: Duration, stop: Arc<AtomicBool>) -> Seen {
     let start = Instant::now();
     let mut seen = Seen::default();
     let mut initial: Option<usize> = None;
     while start.elapsed() < limit && !stop.load(Ordering::Relaxed) {
         let asked = Instant::now();
-        match managed(&sock).await {
-            Ok(m) => {
+        match managed_servers(&sock, BACKEND).await {
+            Ok(servers) => {
                 let at = Instant::now();
+                let listed = servers.len();
                 seen.polls += 1;
                 seen.slowest_poll = seen.slowest_poll.max(at - asked);
-                seen.last_listed = m.listed;
-                let init = *initial.get_or_insert(m.listed);
-                if seen.first_change.is_none() && m.listed != init {
+                seen.last_listed = listed;
+                let init = *initial.get_or_insert(listed);
+                if seen.first_change.is_none() && listed != init {
                     seen.first_change = Some(at);
                 }
-                if m.listed == target {
+                if listed == target {
                     seen.reached.get_or_insert(at);
-                    if m.ready == target {
+                    if servers.iter().all(|s| s.state == AdminState::Ready) {
                         seen.all_ready.get_or_insert(at);
                     }
                     if !want_ready || seen.all_ready.is_some() {
@@ -216,17 +169,7 @@ async fn poll_until(sock: PathBuf, target: usize, want_ready: bool, every: Durat
 // ---------------------------------------------------------------------------------------------
 // The syncer's metrics and log.
 
-async fn scrape(http: &reqwest::Client, admin: &str) -> Result<BTreeMap<String, f64>> {
-    let text = http.get(format!("http://{admin}/metrics")).timeout(Duration::from_secs(5)).send().await?.error_for_status()?.text().await?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse::<f64>().ok()?)))
-        .collect())
-}
-
-fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, prefix: &str) -> BTreeMap<String, f64> {
+fn delta(before: &Samples, after: &Samples, prefix: &str) -> Samples {
     after
         .iter()
         .filter(|(k, _)| k.starts_with(prefix))
@@ -235,7 +178,7 @@ fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, prefix: 
         .collect()
 }
 
-fn ops_by_kind(m: &BTreeMap<String, f64>) -> BTreeMap<String, u64> {
+fn ops_by_kind(m: &Samples) -> BTreeMap<String, u64> {
     m.iter()
         .filter_map(|(k, v)| {
             let kind = k.strip_prefix("syncer_ops_total{kind=\"")?.strip_suffix("\"}")?;
@@ -244,8 +187,9 @@ fn ops_by_kind(m: &BTreeMap<String, f64>) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn metric(m: &BTreeMap<String, f64>, name: &str) -> f64 {
-    m.iter().filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{"))).map(|(_, v)| *v).sum()
+/// `name` summed over its label sets, 0 when the syncer has none.
+fn metric(m: &Samples, name: &str) -> f64 {
+    metrics::sum(m, name).unwrap_or(0.0)
 }
 
 /// Seconds since the Unix epoch of an RFC 3339 UTC timestamp (`2025-01-02T03:04:05.678901Z`),
@@ -312,43 +256,6 @@ fn applied_between(log: &Path, from: f64, to: f64) -> Applied {
 // ---------------------------------------------------------------------------------------------
 // Registry traffic.
 
-/// Renews the leases in `set` every `every` until stopped (bounded by `limit`).
-struct Renewer {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-    failures: Arc<AtomicU64>,
-}
-
-impl Renewer {
-    fn start(client: Arc<client::Client>, leases: Vec<u64>, every: Duration, limit: Duration) -> Renewer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failures = Arc::new(AtomicU64::new(0));
-        let (s, f) = (stop.clone(), failures.clone());
-        let task = tokio::spawn(async move {
-            let end = Instant::now() + limit;
-            let mut next = Instant::now() + every;
-            while !s.load(Ordering::Relaxed) && Instant::now() < end {
-                if Instant::now() >= next {
-                    for l in &leases {
-                        if client.keepalive(*l).await.is_err() {
-                            f.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    next = Instant::now() + every;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-        Renewer { stop, task, failures }
-    }
-
-    async fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        self.failures.load(Ordering::Relaxed)
-    }
-}
-
 /// When a batch of requests started and ended.
 struct Burst {
     first_sent: Instant,
@@ -390,6 +297,11 @@ where
         last_ack = last_ack.max(r?);
     }
     Ok(Burst { first_sent, last_ack, retries: retries.into_inner() })
+}
+
+/// Keepalives that did not renew, whatever the reason.
+fn failures(r: e2e::lease::Renewals) -> u64 {
+    r.not_found + r.failed
 }
 
 fn instance_name(port: u16) -> String {
@@ -442,7 +354,8 @@ struct Env<'a> {
     client: Arc<client::Client>,
     http: reqwest::Client,
     sock: PathBuf,
-    admin: String,
+    /// The syncer's `/metrics`.
+    metrics_url: String,
     syncer_log: PathBuf,
 }
 
@@ -453,11 +366,11 @@ impl Env<'_> {
         A: FnOnce() -> AF,
         AF: std::future::Future<Output = Result<Burst>>,
     {
-        let before = scrape(&self.http, &self.admin).await?;
+        let before = metrics::scrape(&self.http, &self.metrics_url).await?;
         let wall_start = unix_now();
         let limit = Duration::from_secs(self.args.phase_timeout_secs);
         let stop = Arc::new(AtomicBool::new(false));
-        let poller = tokio::spawn(poll_until(self.sock.clone(), target, direction == "add", Duration::from_millis(self.args.poll_ms), limit, stop.clone()));
+        let poller = tokio::spawn(poll_backend(self.sock.clone(), target, direction == "add", Duration::from_millis(self.args.poll_ms), limit, stop.clone()));
         let burst = action().await;
         let burst = match burst {
             Ok(b) => b,
@@ -470,7 +383,7 @@ impl Env<'_> {
         let seen = poller.await?;
         // Let the syncer finish the pass (and log it) before reading its counters.
         tokio::time::sleep(Duration::from_millis(self.args.settle_ms)).await;
-        let after = scrape(&self.http, &self.admin).await?;
+        let after = metrics::scrape(&self.http, &self.metrics_url).await?;
         let wall_first_sent = wall_start; // within a few microseconds of `burst.first_sent`
         let log = applied_between(&self.syncer_log, wall_start, unix_now());
         let d = delta(&before, &after, "syncer_");
@@ -505,15 +418,14 @@ async fn round(env: &Env<'_>, mode: &str, round_no: usize, base_port: u16) -> Re
     let n = a.instances;
     let deadline = Instant::now() + Duration::from_secs(a.phase_timeout_secs * 3);
     // Start clean.
-    let m = managed(&env.sock).await?;
-    ensure!(m.listed == 0, "round {mode}/{round_no}: the backend still has {} managed servers", m.listed);
+    let listed = managed_servers(&env.sock, BACKEND).await?.len();
+    ensure!(listed == 0, "round {mode}/{round_no}: the backend still has {listed} managed servers");
 
     let mut leases = Vec::new();
     for _ in 0..a.leases.max(1) {
         leases.push(env.client.grant(Duration::from_millis(a.lease_ttl_ms)).await.context("granting a lease")?.lease_id);
     }
-    let renewer =
-        Renewer::start(env.client.clone(), leases.clone(), Duration::from_millis(a.lease_ttl_ms / 3), Duration::from_secs(a.phase_timeout_secs * 3 + 60));
+    let renewer = Renewer::start(env.client.clone(), leases.clone(), Duration::from_millis(a.lease_ttl_ms / 3));
     let ports: Vec<u16> = (0..n).map(|i| base_port + i as u16).collect();
 
     let add = env
@@ -545,8 +457,7 @@ async fn round(env: &Env<'_>, mode: &str, round_no: usize, base_port: u16) -> Re
         }
     };
     // The right servers, not just the right number.
-    let m = managed(&env.sock).await?;
-    let mut got = m.ports.clone();
+    let mut got: Vec<u16> = managed_servers(&env.sock, BACKEND).await?.iter().map(|s| s.port).collect();
     got.sort_unstable();
     if add.from_first_ms.is_some() && got != ports {
         renewer.stop().await;
@@ -558,7 +469,7 @@ async fn round(env: &Env<'_>, mode: &str, round_no: usize, base_port: u16) -> Re
     let mut renewer = Some(renewer);
     let mut renew_failures = 0;
     if mode == "revoke" {
-        renew_failures += renewer.take().expect("running").stop().await;
+        renew_failures += failures(renewer.take().expect("running").stop().await);
     }
     let remove = env
         .phase(mode, round_no, "remove", 0, || {
@@ -591,7 +502,7 @@ async fn round(env: &Env<'_>, mode: &str, round_no: usize, base_port: u16) -> Re
         })
         .await;
     if let Some(r) = renewer {
-        renew_failures += r.stop().await;
+        renew_failures += failures(r.stop().await);
     }
     if mode != "revoke" {
         for l in &leases {
@@ -624,9 +535,7 @@ async fn run(args: &Args) -> Result<()> {
     let bins: Vec<(&str, PathBuf)> = ["registry", "syncer"]
         .into_iter()
         .map(|n| {
-            std::panic::catch_unwind(|| binary(n))
-                .map(|p| (n, p))
-                .map_err(|_| anyhow!("{n} binary missing: run `cargo build --release -p registry -p syncer` (or set E2E_BIN_DIR)"))
+            try_binary(n).map(|p| (n, p)).map_err(|_| anyhow!("{n} binary missing: run `cargo build --release -p registry -p syncer` (or set E2E_BIN_DIR)"))
         })
         .collect::<Result<_>>()?;
     let syncer_bin = bins[1].1.clone();
@@ -638,16 +547,13 @@ async fn run(args: &Args) -> Result<()> {
     let cluster = RegistryCluster::start(3).await;
     eprintln!("starting HAProxy with backend {BACKEND}...");
     let haproxy = Haproxy::start(&[BACKEND]).await;
-    let version =
-        cli(&haproxy.socket_path(), "show info").await?.lines().find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string())).unwrap_or_default();
+    let version = haproxy.show("show info").await.lines().find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string())).unwrap_or_default();
     let reloads_before = haproxy.reloads().await;
     let loads_before = haproxy.loads();
 
     let syncer_dir = tempfile::Builder::new().prefix("syncer-bench-").tempdir()?;
     let admin = format!("127.0.0.1:{}", free_port());
     let mut sargs: Vec<String> = vec![
-        format!("RUST_LOG={}", args.syncer_log),
-        syncer_bin.display().to_string(),
         format!("--registry={}", cluster.urls().join(",")),
         format!("--haproxy-socket={}", haproxy.socket_path().display()),
         format!("--backend={BACKEND}"),
@@ -658,33 +564,34 @@ async fn run(args: &Args) -> Result<()> {
         "--id=syncer-bench".into(),
         "--log-format=json".into(),
     ];
+    // The cluster is secured (RegistryCluster's default): the syncer reads with a token of its
+    // own and reports its progress under `_syncers`, as on a balancer.
+    sargs.extend(cluster.access_args("syncer", &["read", "announce:_syncers"]).await);
     sargs.extend(args.syncer_args.iter().cloned());
-    let shown_args = sargs[2..].join(" ");
-    // Through env(1), so the syncer gets its own RUST_LOG (Proc sets the harness's); env execs
-    // the syncer, so Proc's pid is the syncer's and killing it on drop kills the syncer.
-    let mut syncer = Proc::spawn("syncer", Path::new("/usr/bin/env"), &sargs, syncer_dir.path());
+    let shown_args = sargs.join(" ");
+    let mut syncer = Proc::new("syncer", &syncer_bin, &sargs, syncer_dir.path()).env("RUST_LOG", &args.syncer_log);
+    syncer.start();
     let syncer_log = syncer.log.clone();
 
     let http = reqwest::Client::builder().no_proxy().build()?;
+    let metrics_url = format!("http://{admin}/metrics");
     // Ready: the admin endpoint answers, the source is up and a pass has run.
-    let ready_deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if !syncer.is_running() {
-            bail!("the syncer exited at start:\n{}", syncer.log_text());
+    let ready = until(Duration::from_secs(30), "the syncer to be ready", || async {
+        if syncer.has_exited() {
+            return Some(Err(anyhow!("the syncer exited at start:\n{}", syncer.log_text())));
         }
-        if let Ok(m) = scrape(&http, &admin).await {
-            if metric(&m, "syncer_source_up") == 1.0 && metric(&m, "syncer_passes_total") >= 1.0 {
-                break;
-            }
-        }
-        ensure!(Instant::now() < ready_deadline, "the syncer did not become ready within 30 s; log:\n{}", syncer.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let m = metrics::scrape(&http, &metrics_url).await.ok()?;
+        (metric(&m, "syncer_source_up") == 1.0 && metric(&m, "syncer_passes_total") >= 1.0).then_some(Ok(()))
+    })
+    .await;
+    match ready {
+        Ok(ready) => ready?,
+        Err(_) => bail!("the syncer did not become ready within 30 s; log:\n{}", syncer.log_text()),
     }
-    let metrics_start = scrape(&http, &admin).await?;
+    let metrics_start = metrics::scrape(&http, &metrics_url).await?;
     eprintln!("ready after {:.1} s; running {} round(s) x {:?} with {} instances...", t0.elapsed().as_secs_f64(), args.rounds, args.modes, args.instances);
 
-    let env =
-        Env { args, client: Arc::new(cluster.client()), http: http.clone(), sock: haproxy.socket_path(), admin: admin.clone(), syncer_log: syncer_log.clone() };
+    let env = Env { args, client: Arc::new(cluster.client()), http: http.clone(), sock: haproxy.socket_path(), metrics_url: metrics_url.clone(), syncer_log };
     let mut phases: Vec<Phase> = Vec::new();
     let mut renew_failures = 0;
     let mut k = 0u32;
@@ -716,13 +623,13 @@ async fn run(args: &Args) -> Result<()> {
                     break 'outer;
                 }
             }
-            if !syncer.is_running() {
+            if syncer.has_exited() {
                 failure = Some(anyhow!("the syncer exited during the run"));
                 break 'outer;
             }
         }
     }
-    let metrics_end = scrape(&http, &admin).await.unwrap_or_default();
+    let metrics_end = metrics::scrape(&http, &metrics_url).await.unwrap_or_default();
     let reloads_after = haproxy.reloads().await;
     let loads_after = haproxy.loads();
     let total = delta(&metrics_start, &metrics_end, "syncer_");
@@ -745,10 +652,7 @@ async fn run(args: &Args) -> Result<()> {
     let (text, json) = report(args, &ctx, &phases);
     println!("{text}");
     if let Some(path) = &args.json_out {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(&json)?).with_context(|| format!("writing {}", path.display()))?;
+        write_json(path, &json)?;
         println!("JSON results written to {}", path.display());
     }
     if args.keep_logs {
@@ -756,8 +660,10 @@ async fn run(args: &Args) -> Result<()> {
         println!("syncer log kept: {}", kept.join("syncer.log").display());
         drop(syncer);
         drop(haproxy);
-        drop(cluster.nodes);
-        println!("registry logs and data kept under {}", cluster.dir.keep().display());
+        let mut cluster = cluster;
+        let kept = cluster.keep_data();
+        drop(cluster);
+        println!("registry logs and data kept under {}", kept.display());
     }
     match failure {
         Some(e) => Err(e),
@@ -953,12 +859,5 @@ mod tests {
         assert_eq!(parse_ts("1970-01-01T00:00:00Z"), Some(0.0));
         let t = parse_ts("2024-03-01T12:00:01.5Z").unwrap();
         assert!((t - 1709294401.5).abs() < 1e-6, "{t}");
-    }
-
-    #[test]
-    fn managed_servers_are_counted() {
-        let text = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 web-servers 1 sd-127.0.0.1:20000 127.0.0.1 0 0 100 100 1 7 2 0 6 0 0 0 - 20000 - 0 0 - - 0\n3 web-servers 2 sd-127.0.0.1:20001 127.0.0.1 0 1 100 100 1 7 2 0 6 0 0 0 - 20001 - 0 0 - - 0\n3 web-servers 3 static 127.0.0.1 2 0 100 100 1 1 0 1 0 0 0 0 - 80 - 0 0 - - 0\n\n";
-        let m = parse_managed(text).unwrap();
-        assert_eq!((m.listed, m.ready, m.ports), (2, 1, vec![20000, 20001]));
     }
 }

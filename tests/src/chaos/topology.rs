@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::haproxy::Haproxy;
+use crate::process::free_port_on;
 use crate::secure::Secured;
 use crate::{binary, free_port, wait_for, Proc};
 
@@ -39,11 +40,6 @@ pub struct Topology {
     pub hosts: Vec<Host>,
     pub haproxy: Haproxy,
     pub syncer: Proc,
-}
-
-/// A free port on a given loopback address.
-fn free_port_on(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
 
 impl Topology {
