@@ -316,6 +316,44 @@ async fn zookeeper_znodes_from_another_client_reach_haproxy() {
     assert_eq!(haproxy.reloads().await, 0);
 }
 
+/// `--zookeeper-auth-file` on the syncer: where the znodes are readable by one digest identity
+/// only, a syncer with that identity brings them to HAProxy and one without it brings nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syncer_reads_znodes_only_its_digest_identity_may_read() {
+    use zookeeper_client as zk;
+    let zoo = e2e::zookeeper::Zookeeper::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let identity = "lb:s3cret-pass";
+    let auth_file = dir.path().join("zk-auth");
+    std::fs::write(&auth_file, format!("{identity}\n")).unwrap();
+    // The writer: the same identity, and nothing for anyone else (`auth` = the session's own
+    // identities; no world READ).
+    let connector = zk::Client::connector().with_session_timeout(Duration::from_secs(4)).with_auth("digest", identity.as_bytes());
+    let writer = connector.connect(&zoo.addr()).await.unwrap();
+    static ONLY_US: [zk::Acl; 1] = [zk::Acl::new_const(zk::Permission::ALL, "auth", "")];
+    writer.create("/web-servers", b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::new(&ONLY_US))).await.unwrap();
+    let port = free_port();
+    let _web = Proc::spawn("zk-auth-web", &binary("demo_web"), &["--listen".into(), format!("127.0.0.1:{port}"), "--name".into(), "zka".into()], dir.path());
+    writer.create(&format!("/web-servers/127.0.0.1:{port}"), b"", &zk::CreateMode::Ephemeral.with_acls(zk::Acls::new(&ONLY_US))).await.unwrap();
+    let stranger = zoo.connect(Duration::from_secs(4)).await.unwrap();
+    assert!(matches!(stranger.list_children("/web-servers").await, Err(zk::Error::NoAuth)), "the znodes are readable without the identity");
+
+    let zk_flag = format!("--zookeeper={}", zoo.addr());
+    let with = Haproxy::start(&["web-servers"]).await;
+    let auth_flag = format!("--zookeeper-auth-file={}", auth_file.display());
+    let _lb = syncer(dir.path(), "lb-auth", &[zk_flag.as_str(), auth_flag.as_str()], &with, &dir.path().join("s1"));
+    wait_for(Duration::from_secs(10), "the server in HAProxy", || async { (managed_ports(&with).await == BTreeSet::from([port])).then_some(()) }).await;
+
+    let without = Haproxy::start(&["web-servers"]).await;
+    let no_auth = syncer(dir.path(), "lb-noauth", &[zk_flag.as_str()], &without, &dir.path().join("s2"));
+    wait_for(Duration::from_secs(10), "the unauthenticated syncer to say it may not read", || async {
+        let log = no_auth.log_text();
+        (log.contains("NoAuth") || log.to_lowercase().contains("not authorized") || log.contains("no auth")).then_some(())
+    })
+    .await;
+    assert!(managed_ports(&without).await.is_empty(), "a syncer without the identity read the znodes");
+}
+
 #[test]
 fn a_bad_syncer_config_names_every_field_and_exits_2() {
     let out = std::process::Command::new(binary("syncer")).args(["--backend", "web servers", "--max-remove-fraction", "3"]).output().unwrap();
