@@ -149,8 +149,9 @@ fn services_in_dir(p: &mut Problems, dir: &std::path::Path) -> Vec<(String, File
             return vec![];
         }
     };
-    let mut files: Vec<PathBuf> =
-        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.extension().is_some_and(|x| x == "toml") && f.is_file()).collect();
+    // Every `*.toml` entry, whatever it is: a dangling symlink or a directory there is an
+    // operator's mistake, reported by the read below rather than skipped in silence.
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.extension().is_some_and(|x| x == "toml")).collect();
     files.sort();
     let mut out = Vec::new();
     for f in files {
@@ -288,7 +289,9 @@ impl Config {
                 None => "(none: announced while the announcer runs)".to_string(),
                 Some(c) => {
                     let what = match &c.check {
-                        Check::Http { url, expect, .. } => format!("http {url}{}", expect.as_ref().map(|e| format!(" expect {e:?}")).unwrap_or_default()),
+                        Check::Http { url, expect, .. } => {
+                            format!("http {}{}", without_password(url), expect.as_ref().map(|e| format!(" expect {e:?}")).unwrap_or_default())
+                        }
                         Check::Tcp { addr } => format!("tcp {addr}"),
                         Check::Exec { command } => format!("exec {command:?}"),
                     };
@@ -595,9 +598,27 @@ impl RunArgs {
     }
 }
 
+/// A check URL as `config check` prints it: a password in it (`http://user:pass@host/`) is
+/// shown as `***`, since the output goes to terminals and tickets.
+fn without_password(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_check_hides_a_password_in_a_check_url() {
+        assert_eq!(without_password("http://probe:s3cret@127.0.0.1:8080/health"), "http://probe:***@127.0.0.1:8080/health");
+        assert_eq!(without_password("https://127.0.0.1:8443/health"), "https://127.0.0.1:8443/health");
+    }
 
     fn args() -> RunArgs {
         RunArgs {
@@ -732,6 +753,13 @@ check = { tcp = "127.0.0.1:9090", exec = "true" }
         assert!(e.iter().any(|x| x.starts_with("config-dir:") && x.contains("50-bad.toml") && x.contains("port")), "{e:?}");
         assert!(e.iter().any(|x| x.contains("60-bad.toml") && x.contains("services[0].name")), "{e:?}");
         assert!(e.iter().any(|x| x.starts_with("ttl:")), "{e:?}");
+
+        // A dangling symlink is named, not skipped.
+        std::fs::remove_file(confd.join("50-bad.toml")).unwrap();
+        std::fs::remove_file(confd.join("60-bad.toml")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone.toml"), confd.join("70-link.toml")).unwrap();
+        let e = RunArgs { config_dir: Some(confd.clone()), registry: vec!["http://127.0.0.1:7401".into()], ..Default::default() }.resolve().unwrap_err();
+        assert!(e.iter().any(|x| x.starts_with("config-dir:") && x.contains("70-link.toml")), "{e:?}");
     }
 
     #[test]

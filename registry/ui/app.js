@@ -57,7 +57,9 @@ document.getElementById("token-form").addEventListener("submit", (ev) => {
 // Everything the page shows, read once.
 async function refresh() {
   try {
-    const [cluster, list, removals] = await Promise.all([api("/v1/cluster"), api("/v1/services"), api("/v1/removals")]);
+    // Removals need no leader: this node's replica will do. Instances are read through the
+    // leader, which alone knows how long each lease has left.
+    const [cluster, list, removals] = await Promise.all([api("/v1/cluster"), api("/v1/services"), api("/v1/removals?stale=true")]);
     const services = new Map();
     await Promise.all(list.services.map(async (s) => services.set(s.service, await api("/v1/services/" + encodeURIComponent(s.service)))));
     view = { cluster, services, removals: removals.removals, readAt: performance.now() };
@@ -70,21 +72,28 @@ async function refresh() {
   }
 }
 
+// One read at a time: a slow cluster gets no pile of overlapping reads from an open tab.
+let reading = null;
+function refreshOnce() {
+  if (!reading) reading = refresh().finally(() => { reading = null; });
+  return reading;
+}
+
 // Wakes on every change: a blocking query that returns when a service changes after `index`.
 async function follow() {
-  let index = await refresh();
+  let index = await refreshOnce();
   for (;;) {
     const live = document.getElementById("live");
     try {
       if (index === null) throw new Error("not read yet");
       const list = await api(`/v1/services?index=${index}&wait=30s`);
       live.classList.add("on");
-      if (list.index !== index) index = (await refresh()) ?? list.index;
+      if (list.index !== index) index = (await refreshOnce()) ?? list.index;
     } catch (e) {
       live.classList.remove("on");
       showError(e);
       await new Promise((r) => setTimeout(r, 1000));
-      index = await refresh();
+      index = await refreshOnce();
     }
   }
 }
@@ -190,6 +199,16 @@ function animate(now) {
   requestAnimationFrame(animate);
 }
 
+// The lease figures again every second, while the tab is seen: a hidden tab reads only when
+// something changes (`follow`), and catches up as soon as it is shown.
+async function tick() {
+  for (;;) {
+    if (!document.hidden) await refreshOnce();
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshOnce(); });
+
 requestAnimationFrame(animate);
-setInterval(refresh, 1000);
+tick();
 follow();

@@ -32,6 +32,38 @@ pub fn render(prefix: &str, register: impl FnOnce(&mut Registry)) -> String {
     out
 }
 
+/// What `doc` (Markdown: prose, tables, PromQL in code blocks) says about the metrics under
+/// `prefix`: how many metric names it mentions, and those that `rendered` (a `render` body) does
+/// not declare. Each binary's tests call it with its docs, so an alert in docs/monitoring.md
+/// cannot name a metric that was renamed away. A name is `prefix_` and identifier characters,
+/// not inside a longer word or a path, and not a file (`registry_processes.rs`).
+pub fn undeclared_in_docs(rendered: &str, doc: &str, prefix: &str) -> (usize, Vec<String>) {
+    let declared: std::collections::BTreeSet<&str> = rendered.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    let ident = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    let head = format!("{prefix}_");
+    let (mut mentioned, mut missing) = (std::collections::BTreeSet::new(), Vec::new());
+    for (at, _) in doc.match_indices(&head) {
+        let before = doc[..at].chars().next_back();
+        if before.is_some_and(|c| ident(c) || c.is_ascii_uppercase() || matches!(c, '/' | '.' | '-')) {
+            continue;
+        }
+        let len = doc[at..].find(|c: char| !ident(c)).unwrap_or(doc.len() - at);
+        let (name, after) = (&doc[at..at + len], &doc[at + len..]);
+        if after.starts_with(".rs") || after.starts_with("::") || name.len() == head.len() {
+            continue;
+        }
+        if !mentioned.insert(name) {
+            continue;
+        }
+        // A sample's name is its family's plus a suffix the format adds.
+        let family = ["_total", "_bucket", "_count", "_sum", "_created"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        if !declared.contains(family) && !declared.contains(name) {
+            missing.push(name.to_string());
+        }
+    }
+    (mentioned.len(), missing)
+}
+
 /// A latency histogram in seconds: 16 buckets doubling from 0.5 ms to about 16 s, wide enough
 /// for a loopback request and a write behind a stalled disk alike.
 pub fn latency() -> Histogram {
@@ -79,6 +111,17 @@ fn gauge(v: f64) -> Gauge<f64, std::sync::atomic::AtomicU64> {
     let g = Gauge::default();
     g.set(v);
     g
+}
+
+#[cfg(test)]
+mod doc_tests {
+    #[test]
+    fn names_in_the_docs_are_checked_against_the_declared_families() {
+        let rendered = super::render("demo", |r| r.register("hits", "Hits", super::Counter::<u64>::default()));
+        let doc = "Alert on `demo_hits_total`, `demo_hits_total{x=\"y\"}` and rate(demo_hits_total[5m]); `demo_gone_total` was \
+                   renamed; tests/demo_file.rs, demo_proc.rs and the_demo_x are not names.";
+        assert_eq!(super::undeclared_in_docs(&rendered, doc, "demo"), (2, vec!["demo_gone_total".to_string()]));
+    }
 }
 
 #[cfg(test)]

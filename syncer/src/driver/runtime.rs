@@ -129,6 +129,12 @@ impl RuntimeApi {
         };
         match tokio::time::timeout(self.timeout, run).await {
             Ok(Ok(text)) => Ok(text),
+            // The packages put the syncer user in the haproxy group only if haproxy was there
+            // first: say what to run rather than just "permission denied".
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied && matches!(self.endpoint, Endpoint::Unix(_)) => Err(DriverError::Unreachable(format!(
+                "{}: {cmd}: {e}: the syncer's user may not open the socket; if it belongs to the haproxy group, run `usermod -a -G haproxy syncer` and restart the syncer",
+                self.endpoint
+            ))),
             Ok(Err(e)) => Err(DriverError::Unreachable(format!("{}: {cmd}: {e}", self.endpoint))),
             Err(_) => Err(DriverError::Unreachable(format!("{}: {cmd}: no answer within {:?}", self.endpoint, self.timeout))),
         }
