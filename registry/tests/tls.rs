@@ -10,6 +10,7 @@ use common::Cluster;
 use openraft::raft::AppendEntriesRequest;
 use openraft::Vote;
 use registry::types::TypeConfig;
+use testkit::wait_for as wait_until;
 
 fn https_client(ca: &Path, identity: Option<(&Path, &Path)>) -> reqwest::Client {
     let mut b =
@@ -57,6 +58,49 @@ async fn a_tls_cluster_serves_clients_over_https_and_refuses_plain_http_and_unkn
     assert!(foreign.is_err(), "a certificate from another CA was accepted: {foreign:?}");
     let metrics = https_client(&certs.join("ca.pem"), None).get(format!("https://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(counter(&metrics, r#"registry_tls_handshake_failures_total{reason="handshake_failed"}"#) >= 2, "{metrics}");
+}
+
+/// Peers verify each other against the cluster CA in both directions: a member whose node
+/// certificate comes from another CA (same host, same membership) is refused by the others when
+/// it calls them, and refuses their certificates when they call it. The other two keep the
+/// quorum and serve; it never learns a leader and applies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_holding_another_cas_certificate_is_kept_out() {
+    let ours = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    registry::tls::init::init(ours.path(), &["127.0.0.1".to_string()]).unwrap();
+    registry::tls::init::init(theirs.path(), &["127.0.0.1".to_string()]).unwrap();
+    let (a, b) = (common::node_tls_files(ours.path()), common::node_tls_files(theirs.path()));
+    let c = Cluster::start_tls_by(3, move |id| if id == 3 { b.clone() } else { a.clone() }, &[1, 2]).await;
+    let leader = c.wait_leader(Some(&[1, 2])).await;
+    let term = c.nodes[&leader].node.raft_metrics().current_term;
+    let good = |id: u64| c.nodes[&id].url.clone();
+    let client = client::Client::builder(&[good(1), good(2)])
+        .unwrap()
+        .tls(&client::TlsFiles { ca: Some(ours.path().join("ca.pem")), cert: None, key: None })
+        .unwrap()
+        .build()
+        .unwrap();
+    client.put_instance("web", "a", &common::spec(80, None)).await.unwrap();
+    let failures = |id: u64, ca: &Path| {
+        let (url, http) = (c.nodes[&id].url.clone(), https_client(ca, None));
+        async move {
+            let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+            Some(counter(&text, r#"registry_tls_handshake_failures_total{reason="handshake_failed"}"#))
+        }
+    };
+    // Both directions refused: node 3 turns away the leader's appends, and the others turn away
+    // node 3's own requests once it tries to campaign.
+    wait_until(Duration::from_secs(15), "handshake failures on node 3 and on a right node", || async {
+        let on_3 = failures(3, &theirs.path().join("ca.pem")).await?;
+        let on_ours = failures(1, &ours.path().join("ca.pem")).await? + failures(2, &ours.path().join("ca.pem")).await?;
+        (on_3 > 0 && on_ours > 0).then_some(())
+    })
+    .await;
+    let m3 = c.nodes[&3].node.raft_metrics();
+    assert_eq!((m3.current_leader, m3.last_applied), (None, None), "node 3 followed a cluster whose CA it does not trust");
+    assert_eq!(c.wait_leader(Some(&[1, 2])).await, leader, "node 3 disturbed the leader");
+    assert_eq!(c.nodes[&leader].node.raft_metrics().current_term, term, "node 3 forced an election");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,8 +74,28 @@ impl Cluster {
         Self::start_in(dir, n, tls, Some(certs)).await
     }
 
+    /// `start_tls`, but each node's certificate, key and CA are `files(id)`'s: for a node that
+    /// holds another CA's certificate. Returns once the nodes in `electing` agree on a leader.
+    pub async fn start_tls_by(n: u64, files: impl Fn(u64) -> registry::tls::TlsFiles, electing: &[u64]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = move |cfg: &mut NodeConfig| {
+            cfg.tls = Some(registry::tls::Tls::load(files(cfg.id)).unwrap());
+            cfg.peer_auth = PeerAuth::NodeCertificate;
+        };
+        let c = Self::spawn_all(dir, n, tls, None).await;
+        c.wait_leader(Some(electing)).await;
+        c
+    }
+
     /// `n` nodes on port-0 listeners in `dir`, each configured by `configure`.
     async fn start_in(dir: tempfile::TempDir, n: u64, configure: impl Fn(&mut NodeConfig), tls_dir: Option<std::path::PathBuf>) -> Cluster {
+        let c = Self::spawn_all(dir, n, configure, tls_dir).await;
+        c.wait_leader(None).await;
+        c
+    }
+
+    /// `start_in` without waiting for a leader.
+    async fn spawn_all(dir: tempfile::TempDir, n: u64, configure: impl Fn(&mut NodeConfig), tls_dir: Option<std::path::PathBuf>) -> Cluster {
         // `RUST_LOG=info cargo nextest run ...` shows the nodes' logs when a test fails.
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
@@ -92,9 +112,7 @@ impl Cluster {
             configure(&mut cfg);
             nodes.insert(id, Self::spawn(l, cfg, faults.clone()).await);
         }
-        let c = Cluster { nodes, faults, _dir: dir, tls_dir };
-        c.wait_leader(None).await;
-        c
+        Cluster { nodes, faults, _dir: dir, tls_dir }
     }
 
     /// Starts a node; one left `Insecure` gets the harness's cluster secret, so every test
