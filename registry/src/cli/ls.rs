@@ -129,7 +129,8 @@ pub async fn watch(client: &Client, q: &Query, output: Output, mut out: impl std
             Output::Json => serde_json::json!({ "revision": revision, "instances": instances }).to_string() + "\n",
             Output::Table => {
                 let now = utc(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64);
-                let mut head = format!("revision {revision}, {} instances, {now}", instances.len());
+                let n = instances.len();
+                let mut head = format!("revision {revision}, {n} instance{}, {now}", if n == 1 { "" } else { "s" });
                 if let Some(p) = problem.take() {
                     head += &format!("  (watch interrupted, resumed: {p})");
                 }
@@ -146,9 +147,15 @@ pub async fn watch(client: &Client, q: &Query, output: Output, mut out: impl std
             return Ok(());
         }
         let w = watcher.get_or_insert_with(|| Watcher::new(client.clone(), q.service.clone(), revision));
-        // Wait for a change (or, on a terminal, the next tick), then let a burst settle.
+        // Wait for a change (or, on a terminal, the next tick), then let a burst settle. One
+        // deadline for the whole wait: the progress lines the stream sends every second must
+        // not push the tick back.
+        let tick = tty.then(|| tokio::time::Instant::now() + TICK);
         loop {
-            let next = tokio::time::timeout(if tty { TICK } else { Duration::MAX }, w.next()).await;
+            let next = match tick {
+                Some(at) => tokio::time::timeout_at(at, w.next()).await,
+                None => Ok(w.next().await),
+            };
             match next {
                 Err(_) => break,
                 Ok(Ok(Update::Changes { events, .. })) => {
