@@ -64,6 +64,25 @@ pub fn undeclared_in_docs(rendered: &str, doc: &str, prefix: &str) -> (usize, Ve
     (mentioned.len(), missing)
 }
 
+/// `undeclared_in_docs` over several docs (`(name, text)`): `Err` naming each doc that names
+/// a metric the binary does not serve, or that names none of its metrics at all (a check
+/// that no longer reads anything).
+pub fn check_docs(rendered: &str, prefix: &str, docs: &[(&str, &str)]) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for (file, text) in docs {
+        match undeclared_in_docs(rendered, text, prefix) {
+            (0, _) => problems.push(format!("{file} names no {prefix}_ metric")),
+            (_, missing) if !missing.is_empty() => problems.push(format!("{file} names metrics {prefix} does not serve: {missing:?}")),
+            _ => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
 /// A latency histogram in seconds: 16 buckets doubling from 0.5 ms to about 16 s, wide enough
 /// for a loopback request and a write behind a stalled disk alike.
 pub fn latency() -> Histogram {

@@ -76,6 +76,25 @@ fn syncer<S: AsRef<str>>(dir: &Path, name: &str, source: &[S], haproxy: &Haproxy
     Proc::spawn(name, &binary("syncer"), &args, dir)
 }
 
+/// A secured 3-node registry, HAProxy with a `web-servers` backend, and syncer `lb-1` keeping
+/// it, with a token that reads and reports (`_syncers`).
+struct Balanced {
+    cluster: RegistryCluster,
+    dir: tempfile::TempDir,
+    haproxy: Haproxy,
+    syncer: Proc,
+}
+
+async fn balanced() -> Balanced {
+    let cluster = RegistryCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let haproxy = Haproxy::start(&["web-servers"]).await;
+    let mut reg = vec![format!("--registry={}", cluster.urls().join(","))];
+    reg.extend(cluster.access_args("lb-1", &["read", "announce:_syncers"]).await);
+    let syncer = syncer(dir.path(), "lb-1", &reg, &haproxy, &dir.path().join("syncer-state"));
+    Balanced { cluster, dir, haproxy, syncer }
+}
+
 async fn managed_ports(h: &Haproxy) -> BTreeSet<u16> {
     h.managed_ports("web-servers").await
 }
@@ -464,13 +483,8 @@ fn a_backend_haproxy_does_not_declare_is_named_at_startup() {
 /// after its 30 s drain time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_announcer_drain_ends_once_the_syncer_has_applied_it() {
-    let cluster = RegistryCluster::start(3).await;
+    let Balanced { cluster, dir, haproxy, syncer: _sync } = balanced().await;
     let urls = cluster.urls();
-    let dir = tempfile::tempdir().unwrap();
-    let haproxy = Haproxy::start(&["web-servers"]).await;
-    let mut reg = vec![format!("--registry={}", urls.join(","))];
-    reg.extend(cluster.access_args("lb-1", &["read", "announce:_syncers"]).await);
-    let _sync = syncer(dir.path(), "lb-1", &reg, &haproxy, &dir.path().join("syncer-state"));
     let client = cluster.client();
 
     let port = free_port();
@@ -525,13 +539,7 @@ async fn an_announcer_drain_ends_once_the_syncer_has_applied_it() {
 /// HAProxy no longer has the server, or, with the syncer paused, names it as late and exits 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deregister_wait_returns_once_haproxy_has_applied_the_removal() {
-    let cluster = RegistryCluster::start(3).await;
-    let urls = cluster.urls();
-    let dir = tempfile::tempdir().unwrap();
-    let haproxy = Haproxy::start(&["web-servers"]).await;
-    let mut reg = vec![format!("--registry={}", urls.join(","))];
-    reg.extend(cluster.access_args("lb-1", &["read", "announce:_syncers"]).await);
-    let sync = syncer(dir.path(), "lb-1", &reg, &haproxy, &dir.path().join("syncer-state"));
+    let Balanced { cluster, dir: _dir, haproxy, syncer: sync } = balanced().await;
     let client = cluster.client();
     // Five, so that two removals stay under the breaker's default (half a backend per window).
     let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
