@@ -310,7 +310,7 @@ pub async fn run<P: Publisher>(
                         let late: Vec<String> = late.iter().map(ToString::to_string).collect();
                         tracing::warn!(drain = ?config.drain, ?late, "the drain time is up before these balancers applied the drain; deregistering anyway");
                     }
-                    Some(DrainProgress::Unknown { .. }) => tracing::info!(drain = ?config.drain, "drain time over"),
+                    Some(DrainProgress::Unknown { .. } | DrainProgress::Unfollowed { .. }) => tracing::info!(drain = ?config.drain, "drain time over"),
                     _ if config.drain.is_zero() => {}
                     _ => tracing::warn!(drain = ?config.drain, "the drain time is up before the drain could be published or the balancers read; deregistering anyway"),
                 }
@@ -329,6 +329,10 @@ pub async fn run<P: Publisher>(
                             return finish(&mut publisher, &shared).await;
                         }
                         DrainProgress::Unknown { why } => tracing::info!(%why, drain = ?config.drain, "cannot tell when the balancers have drained; waiting the drain time"),
+                        // Something else may balance them: the fixed time is all there is.
+                        DrainProgress::Unfollowed { services } => {
+                            tracing::info!(?services, drain = ?config.drain, "no balancer reports following these services; waiting the drain time")
+                        }
                         DrainProgress::Waiting { late } => {
                             let late: Vec<String> = late.iter().map(ToString::to_string).collect();
                             tracing::info!(?late, "waiting for balancers to apply the drain");

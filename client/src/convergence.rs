@@ -24,7 +24,12 @@ const POLL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Convergence {
-    /// It cannot be told (why): no balancer reports on the service, or the reports cannot be read.
+    /// No live balancer reports following these services (when first read): nothing balances
+    /// them through a syncer, or none reports.
+    Unfollowed { services: Vec<String> },
+    /// It cannot be told (why): the reports cannot be read, or a balancer that had not applied
+    /// the change stopped reporting (its syncer stopped or lost its lease; its HAProxy keeps
+    /// the set it had, fail-static, so it may still route to what was removed).
     Unknown { why: String },
     /// These balancers have not applied the change yet.
     Waiting { late: Vec<Late> },
@@ -53,8 +58,7 @@ impl std::fmt::Display for Late {
 }
 
 /// The verdict for the reports in `reports` (the instances of `_syncers`, each a live syncer:
-/// a report goes with its syncer's lease). A service no report follows makes it `Unknown`:
-/// something else may balance it.
+/// a report goes with its syncer's lease). A service no report follows makes it `Unfollowed`.
 pub fn judge(reports: &[Instance], targets: &Targets) -> Convergence {
     let mut followed = BTreeSet::new();
     let mut applied = Vec::new();
@@ -72,8 +76,7 @@ pub fn judge(reports: &[Instance], targets: &Targets) -> Convergence {
     }
     let unfollowed: Vec<&String> = targets.keys().filter(|s| !followed.contains(*s)).collect();
     if !unfollowed.is_empty() {
-        let names: Vec<&str> = unfollowed.iter().map(|s| s.as_str()).collect();
-        return Convergence::Unknown { why: format!("no balancer reports following {}", names.join(", ")) };
+        return Convergence::Unfollowed { services: unfollowed.into_iter().cloned().collect() };
     }
     if late.is_empty() {
         Convergence::Applied { balancers: applied }
@@ -92,6 +95,9 @@ pub async fn follow(client: Client, targets: Targets, progress: mpsc::Sender<Con
     }
     let mut index: Option<u64> = None;
     let mut last: Option<Convergence> = None;
+    // Backends that were late at the last read: one missing from a later read stopped
+    // reporting before it applied the change.
+    let mut late: Vec<Late> = Vec::new();
     loop {
         let read = match index {
             None => client.service(SYNCER_SERVICE, false).await,
@@ -122,7 +128,16 @@ pub async fn follow(client: Client, targets: Targets, progress: mpsc::Sender<Con
                 continue;
             }
         };
-        let verdict = judge(&reports, &targets);
+        let verdict = match vanished(&reports, &late) {
+            Some(gone) => Convergence::Unknown {
+                why: format!("{gone} stopped reporting before it applied the change (its syncer stopped or lost its lease; its HAProxy keeps the set it had)"),
+            },
+            None => judge(&reports, &targets),
+        };
+        late = match &verdict {
+            Convergence::Waiting { late } => late.clone(),
+            _ => Vec::new(),
+        };
         let done = !matches!(verdict, Convergence::Waiting { .. });
         if last.as_ref() != Some(&verdict) {
             if progress.send(verdict.clone()).await.is_err() {
@@ -137,6 +152,13 @@ pub async fn follow(client: Client, targets: Targets, progress: mpsc::Sender<Con
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// The first of `late` (`syncer/backend`) that no longer reports in `reports`.
+fn vanished(reports: &[Instance], late: &[Late]) -> Option<String> {
+    late.iter()
+        .find(|l| !reports.iter().any(|r| r.instance == l.syncer && SyncerReport::from_meta(&r.meta).backends.contains_key(&l.backend)))
+        .map(|l| format!("{}/{}", l.syncer, l.backend))
 }
 
 #[cfg(test)]
@@ -184,11 +206,23 @@ mod tests {
     }
 
     #[test]
-    fn a_service_no_balancer_follows_is_unknown() {
+    fn a_service_no_balancer_follows_is_unfollowed() {
         let t = targets(&[("web", 10), ("api", 11)]);
         let reports = [report("lb1", &[("be_web", "web", Some(10))])];
-        assert!(matches!(judge(&reports, &t), Convergence::Unknown { why } if why.contains("api")));
-        assert!(matches!(judge(&[], &targets(&[("web", 1)])), Convergence::Unknown { .. }));
+        assert_eq!(judge(&reports, &t), Convergence::Unfollowed { services: vec!["api".into()] });
+        assert_eq!(judge(&[], &targets(&[("web", 1)])), Convergence::Unfollowed { services: vec!["web".into()] });
         assert_eq!(judge(&[], &Targets::new()), Convergence::Applied { balancers: vec![] }, "no change, nothing to wait for");
+    }
+
+    #[test]
+    fn a_late_balancer_whose_report_is_gone_is_named() {
+        let t = targets(&[("web", 10)]);
+        let before = [report("lb1", &[("be_web", "web", Some(10))]), report("lb2", &[("be_web", "web", Some(9))])];
+        let Convergence::Waiting { late } = judge(&before, &t) else { panic!("not waiting") };
+        // lb2's lease ended: judge alone would call the rest applied.
+        let after = [report("lb1", &[("be_web", "web", Some(10))])];
+        assert!(matches!(judge(&after, &t), Convergence::Applied { .. }));
+        assert_eq!(vanished(&after, &late).as_deref(), Some("lb2/be_web"));
+        assert_eq!(vanished(&before, &late), None);
     }
 }

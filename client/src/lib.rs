@@ -119,8 +119,19 @@ pub fn cause(e: &reqwest::Error) -> String {
     }
 }
 
-/// `(node, cause)` pairs as one line, nodes with the same cause named together, in the order
-/// they were tried: "http://a, http://b: connection refused (...); http://c: 503 ...".
+/// An answer that is not our JSON error (an HTML page from a proxy in front, say) as one short
+/// line: whitespace collapsed, cut at 200 characters.
+fn one_line(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body).split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
+/// `(node, cause)` pairs as one line, nodes with the same cause named together, each cause
+/// where its first node was tried: "http://a, http://c: connection refused (...); http://b:
+/// 503 ...".
 fn by_cause(failures: &[(String, String)]) -> String {
     let mut groups: Vec<(Vec<&str>, &str)> = Vec::new();
     for (node, why) in failures {
@@ -462,11 +473,7 @@ impl Client {
             }
             let err = match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => Error::Api { node: base.clone(), status: status.as_u16(), body },
-                Err(_) => Error::Api {
-                    node: base.clone(),
-                    status: status.as_u16(),
-                    body: ErrorBody { code: ErrorCode::Unknown, message: String::from_utf8_lossy(&bytes).into_owned() },
-                },
+                Err(_) => Error::Api { node: base.clone(), status: status.as_u16(), body: ErrorBody { code: ErrorCode::Unknown, message: one_line(&bytes) } },
             };
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 // "no_leader" is answered before anything runs; any other 503 (a timed-out
@@ -564,8 +571,7 @@ impl Client {
         if !status.is_success() {
             // An answer that is not the state (401, 403, ...) is that answer, not a garbled one.
             let bytes = resp.bytes().await.unwrap_or_default();
-            let body = serde_json::from_slice::<ErrorBody>(&bytes)
-                .unwrap_or_else(|_| ErrorBody { code: ErrorCode::Unknown, message: String::from_utf8_lossy(&bytes).into_owned() });
+            let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| ErrorBody { code: ErrorCode::Unknown, message: one_line(&bytes) });
             return Err(Error::Api { node: base, status: status.as_u16(), body });
         }
         resp.json().await.map_err(|e| Error::Decode { url: base, reason: e.to_string() })
@@ -696,6 +702,13 @@ mod tests {
         let both = format!("http://127.0.0.1:{}, http://127.0.0.1:{}: connection refused", ports[0], ports[1]);
         assert!(e.contains(&both) && e.matches("connection refused").count() == 1 && !e.contains('\n'), "{e}");
         assert!(!e.contains("error sending request"), "{e}");
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_becomes_one_short_line() {
+        assert_eq!(one_line(b"<html>\n  <body>502 Bad Gateway</body>\n</html>\n"), "<html> <body>502 Bad Gateway</body> </html>");
+        let long = one_line("x ".repeat(500).as_bytes());
+        assert!(long.len() <= 203 && long.ends_with("...") && !long.contains('\n'), "{long}");
     }
 
     #[test]

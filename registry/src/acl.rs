@@ -337,6 +337,42 @@ mod tests {
         for ((m, t), want) in &expected {
             assert_eq!(&need(m, t, &params("web"), false), want, "{m} {t}");
         }
+        // docs/security.md's table lists the same routes, each with what it needs.
+        let doc = include_str!("../../docs/security.md");
+        let table = doc.split("**Every route and what it needs.**").nth(1).expect("the route table in docs/security.md");
+        let mut documented = std::collections::BTreeSet::new();
+        for row in table.lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')).skip(2) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (routes, needs) = (cells[1], cells[2]);
+            let mut method = "";
+            for span in routes.split('`').skip(1).step_by(2) {
+                let (m, path) = match span.split_once(' ') {
+                    Some((m, p)) => (m, p),
+                    // `/raft/vote` after `POST /raft/append`: the same method.
+                    None => (method, span),
+                };
+                // Other code in the cell (`?index=`) is not a route.
+                if !path.starts_with('/') {
+                    continue;
+                }
+                method = m;
+                documented.insert((method, path));
+                if let Some(want) = expected.get(&(method, path)) {
+                    let says = match want {
+                        Need::Open => "nothing",
+                        Need::Read => "`read`",
+                        Need::ReadOrPeer => "`read`, or the peer proof",
+                        Need::Grant => "any `announce:` scope",
+                        Need::LeaseOwner => "an `announce:` scope, and the token that granted",
+                        Need::Service(_) => "`announce:GLOB`",
+                        Need::Admin => "`admin`",
+                        Need::AdminOrPeer => "`admin`, or the peer proof",
+                    };
+                    assert!(needs.starts_with(says), "docs/security.md: {method} {path} needs {needs:?}, the code says {want:?}");
+                }
+            }
+        }
+        assert_eq!(documented, served, "docs/security.md's route table and http::router list different routes");
         // Peer RPC takes no token at all: `http::peer` admits only members (tested there).
         assert!(served.iter().filter(|(_, p)| p.starts_with("/raft/")).all(|(m, _)| *m == "POST"));
     }

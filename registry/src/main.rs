@@ -55,8 +55,9 @@ enum Command {
         all: bool,
         /// Keep running and redraw the list whenever it changes (driven by the watch stream,
         /// not by polling; on a terminal the lease timings also count down every second).
-        /// With --output json, one document per change, a line each.
-        #[arg(long, conflicts_with = "removed")]
+        /// With --output json, one document per change, a line each. Reads through the leader
+        /// (not with --stale, whose replica could be older than the change it was woken by).
+        #[arg(long, conflicts_with_all = ["removed", "stale"])]
         watch: bool,
         /// Read from the answering node's replica instead of the leader (no lease timings).
         #[arg(long)]
@@ -85,8 +86,10 @@ enum Command {
     /// Remove one instance; with --wait, until the balancers have applied it.
     ///
     /// With --wait, block until every live balancer that follows the
-    /// service has applied the removal (their reports in `_syncers`), and name the ones still
-    /// late when --timeout passes (exit 1). Note that a running announcer re-registers an
+    /// service has applied the removal (their reports in `_syncers`: HAProxy drained the server
+    /// and deleted it), and name the ones still late when --timeout passes. Exit 0 when applied
+    /// (or no balancer follows the service), 3 when removed but not confirmed, 1 when the
+    /// removal itself failed. Note that a running announcer re-registers an
     /// instance it still announces: put it in maintenance or stop it instead.
     Deregister {
         #[command(flatten)]
@@ -98,8 +101,10 @@ enum Command {
         /// Wait until the balancers have applied the removal.
         #[arg(long)]
         wait: bool,
-        /// How long --wait waits, e.g. `30s`, `2m`.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s", requires = "wait")]
+        /// How long --wait waits, e.g. `90s`, `2m`. Above the syncers' --drain-timeout (30 s by
+        /// default): a server with long-lived connections is deleted only once they end or
+        /// that timeout passes.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s", requires = "wait")]
         timeout: std::time::Duration,
     },
     /// Check that every node given with --registry is ready.
@@ -350,7 +355,9 @@ async fn main() -> ExitCode {
             }
             let q = cli::Query { service, state, all, stale };
             if watch {
-                return match cli::ls::watch(&c, &q, args.output, std::io::stdout()).await {
+                use std::io::IsTerminal as _;
+                let terminal = std::io::stdout().is_terminal();
+                return match cli::ls::watch(&c, &q, args.output, terminal, std::io::stdout()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("registry: {e}");
@@ -378,7 +385,7 @@ async fn main() -> ExitCode {
                     if o.confirmed {
                         ExitCode::SUCCESS
                     } else {
-                        ExitCode::FAILURE
+                        ExitCode::from(cli::deregister::NOT_CONFIRMED)
                     }
                 }
                 Err(e) => {

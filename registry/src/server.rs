@@ -159,8 +159,8 @@ fn reload(node: &Node) {
     }
 }
 
-/// `--insecure`: said at startup and every minute, so it is not lost in old logs.
-/// How often a node started with `--insecure` says so again (and once at startup).
+/// How often a node started with `--insecure` says so again (and once at startup), so it is
+/// not lost in old logs.
 const INSECURE_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs `f` now and then once per `period`, for as long as the task lives.

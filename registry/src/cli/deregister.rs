@@ -12,13 +12,17 @@ use tokio::sync::mpsc;
 
 use super::Output;
 
-/// How `deregister` ended.
+/// How `deregister` ended (the removal itself succeeded; a failed one is an `Err`).
 pub struct Outcome {
     pub text: String,
     /// Whether `--wait` saw every balancer apply it (or no wait was asked, or no balancer
-    /// follows the service). `false` exits 1.
+    /// follows the service). `false` exits `NOT_CONFIRMED`, not 1: the instance is gone, and a
+    /// script that deregistered again would only get a 404.
     pub confirmed: bool,
 }
+
+/// The exit code of a removal that `--wait` could not confirm in time.
+pub const NOT_CONFIRMED: u8 = 3;
 
 pub async fn deregister(client: &Client, service: &str, instance: &str, wait: Option<Duration>, output: Output) -> Result<Outcome, client::Error> {
     let written = client.delete_instance(service, instance).await?;
@@ -31,12 +35,8 @@ pub async fn deregister(client: &Client, service: &str, instance: &str, wait: Op
         return Ok(Outcome { text, confirmed: true });
     };
     let verdict = wait_applied(client, service, revision, limit).await;
-    let confirmed = match &verdict {
-        Convergence::Applied { .. } => true,
-        // No live balancer reports on the service: there is nothing to wait for.
-        Convergence::Unknown { why } => why.starts_with("no balancer reports following"),
-        Convergence::Waiting { .. } => false,
-    };
+    // No live balancer reporting on the service at all: there is nothing to wait for.
+    let confirmed = matches!(verdict, Convergence::Applied { .. } | Convergence::Unfollowed { .. });
     let text = match output {
         Output::Json => {
             serde_json::json!({ "service": service, "instance": instance, "revision": revision, "balancers": verdict, "confirmed": confirmed }).to_string()
@@ -46,8 +46,8 @@ pub async fn deregister(client: &Client, service: &str, instance: &str, wait: Op
             let mut t = format!("{service}/{instance} deregistered at revision {revision}\n");
             match &verdict {
                 Convergence::Applied { balancers } => t += &format!("applied by every balancer that follows {service}: {}\n", balancers.join(", ")),
-                Convergence::Unknown { why } if confirmed => t += &format!("{why}: nothing to wait for\n"),
-                Convergence::Unknown { why } => t += &format!("could not tell whether the balancers applied it: {why}\n"),
+                Convergence::Unfollowed { .. } => t += &format!("no balancer reports following {service}: nothing to wait for\n"),
+                Convergence::Unknown { why } => t += &format!("not confirmed: {why}\n"),
                 Convergence::Waiting { late } => {
                     t += &format!("not applied within {} by:\n", humantime::format_duration(limit));
                     for l in late {

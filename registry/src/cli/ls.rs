@@ -1,7 +1,6 @@
 //! `registry ls`: the instances, once or (`--watch`) redrawn whenever the watch stream says
 //! something changed; and `registry ls --removed`.
 
-use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use client::{Client, Update, Watcher};
@@ -106,13 +105,17 @@ pub async fn ls(client: &Client, q: &Query, output: Output) -> Result<String, cl
 const SETTLE: Duration = Duration::from_millis(100);
 /// On a terminal, the lease timings are redrawn this often even when nothing changes.
 const TICK: Duration = Duration::from_secs(1);
+/// After a failed read or a broken stream, before trying again (the client has tried every
+/// node by then).
+const RETRY: Duration = Duration::from_millis(500);
 
 /// `registry ls --watch`: draws the list, then again after every change the watch stream
 /// reports (and, on a terminal, every second, so the TTL column counts down). On a terminal
 /// each draw replaces the last; piped, each is a block after a blank line (JSON: one document
-/// per line). Runs until interrupted; returns only on an error it cannot retry.
-pub async fn watch(client: &Client, q: &Query, output: Output, mut out: impl std::io::Write) -> Result<(), client::Error> {
-    let tty = std::io::stdout().is_terminal() && output == Output::Table;
+/// per line). `terminal`: whether `out` is one. Runs until interrupted; returns only on an
+/// error it cannot retry.
+pub async fn watch(client: &Client, q: &Query, output: Output, terminal: bool, mut out: impl std::io::Write) -> Result<(), client::Error> {
+    let tty = terminal && output == Output::Table;
     let mut watcher: Option<Watcher> = None;
     let mut problem: Option<String> = None;
     loop {
@@ -120,7 +123,7 @@ pub async fn watch(client: &Client, q: &Query, output: Output, mut out: impl std
             Ok(v) => v,
             Err(e) if e.is_retriable() => {
                 problem = Some(e.to_string());
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(RETRY).await;
                 continue;
             }
             Err(e) => return Err(e),
@@ -151,17 +154,18 @@ pub async fn watch(client: &Client, q: &Query, output: Output, mut out: impl std
         // deadline for the whole wait: the progress lines the stream sends every second must
         // not push the tick back.
         let tick = tty.then(|| tokio::time::Instant::now() + TICK);
+        let mut settled: Option<tokio::time::Instant> = None;
         loop {
-            let next = match tick {
+            let next = match settled.or(tick) {
                 Some(at) => tokio::time::timeout_at(at, w.next()).await,
                 None => Ok(w.next().await),
             };
             match next {
+                // The tick, or the end of a burst.
                 Err(_) => break,
                 Ok(Ok(Update::Changes { events, .. })) => {
-                    if events.iter().any(|e| shown(q, e)) {
-                        let _ = tokio::time::timeout(SETTLE, drain(w)).await;
-                        break;
+                    if settled.is_none() && events.iter().any(|e| shown(q, e)) {
+                        settled = Some(tokio::time::Instant::now() + SETTLE);
                     }
                 }
                 Ok(Ok(Update::Progress { .. })) => {}
@@ -171,17 +175,12 @@ pub async fn watch(client: &Client, q: &Query, output: Output, mut out: impl std
                 }
                 Ok(Err(e)) => {
                     problem = Some(e.to_string());
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(RETRY).await;
                     break;
                 }
             }
         }
     }
-}
-
-/// Reads and drops updates until the stream is quiet (the caller bounds how long).
-async fn drain(w: &mut Watcher) {
-    while w.next().await.is_ok() {}
 }
 
 /// Whether a change can alter what `q` lists.

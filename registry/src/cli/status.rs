@@ -41,7 +41,8 @@ async fn read_balancers(client: &Client) -> Result<Vec<BalancerStatus>, client::
         for (backend, b) in proto::SyncerReport::from_meta(&r.meta).backends {
             let service = &b.service;
             if !index_of.contains_key(service) {
-                let idx = client.service(service, false).await.map(|s| s.index).unwrap_or(0);
+                // A failed read is an error, not index 0 (which would show every backend in sync).
+                let idx = client.service(service, false).await?.index;
                 index_of.insert(service.clone(), idx);
             }
             let service_index = index_of[service];

@@ -30,12 +30,16 @@ async fn list(client: &Client, services: &[String]) -> Result<(Snapshot, u64, BT
         let answer = client.service(s, false).await?;
         since = since.min(answer.revision);
         indexes.insert(s.clone(), answer.index);
-        snap.revision = snap.revision.max(answer.revision);
         snap.services.insert(s.clone(), answer.instances.iter().map(|i| (i.instance.clone(), endpoint(i))).collect());
     }
     // Watch from the oldest list: events the later lists already contain are applied again,
-    // which is harmless (puts and deletes are idempotent).
-    Ok((snap, if since == u64::MAX { 0 } else { since }, indexes))
+    // which is harmless (puts and deletes are idempotent). The snapshot is only known complete
+    // up to that oldest list too: a change between two reads (a removal from a service read
+    // first, say) is in no list, so claiming a later revision would report it applied
+    // (`registry deregister --wait`, the announcer's drain) before the watch brings it.
+    let since = if since == u64::MAX { 0 } else { since };
+    snap.revision = since;
+    Ok((snap, since, indexes))
 }
 
 /// How often the source re-lists even though the watch looks healthy.

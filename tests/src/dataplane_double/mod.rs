@@ -125,13 +125,21 @@ type Shared = (Arc<Mutex<State>>, Arc<Spec>);
 struct TlsAccept {
     ready: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, SocketAddr)>,
     local: SocketAddr,
+    /// The accept loop; it goes (and the port with it) when the double's server does.
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsAccept {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
 }
 
 impl TlsAccept {
     fn new(tcp: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> TlsAccept {
         let local = tcp.local_addr().unwrap();
         let (tx, ready) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
+        let accepting = tokio::spawn(async move {
             while let Ok((conn, peer)) = tcp.accept().await {
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
@@ -141,7 +149,7 @@ impl TlsAccept {
                 });
             }
         });
-        TlsAccept { ready, local }
+        TlsAccept { ready, local, accepting }
     }
 }
 
