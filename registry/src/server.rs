@@ -184,10 +184,23 @@ mod tests {
         let task = tokio::spawn(super::every(super::INSECURE_WARNING_EVERY, move || {
             counted.fetch_add(1, Ordering::SeqCst);
         }));
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        assert_eq!(n.load(Ordering::SeqCst), 1, "not at startup");
-        tokio::time::sleep(std::time::Duration::from_secs(3 * 60)).await;
-        assert_eq!(n.load(Ordering::SeqCst), 4, "not once a minute");
+        // The clock stands still: the task runs only when it is let (a yield) or the clock is
+        // moved (`advance`), so each count is read once the task has caught up with it.
+        let reached = |want: usize| {
+            let n = n.clone();
+            async move {
+                for _ in 0..1000 {
+                    if n.load(Ordering::SeqCst) >= want {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                n.load(Ordering::SeqCst)
+            }
+        };
+        assert_eq!(reached(1).await, 1, "not at startup");
+        tokio::time::advance(3 * super::INSECURE_WARNING_EVERY).await;
+        assert_eq!(reached(4).await, 4, "not once a minute");
         task.abort();
     }
 }
