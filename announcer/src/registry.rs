@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use client::Client;
-use proto::{InstanceSpec, InstanceState, LeaseId, Revision};
+use proto::{InstanceState, LeaseId, Revision};
 use tokio::time::Instant;
 
 use crate::publish::{Desired, DrainFollower, DrainProgress, Key, PublishError, Publisher};
@@ -19,11 +19,14 @@ pub struct RegistryPublisher {
     published: Desired,
     /// The revision each entry of `published` was written at.
     written: std::collections::BTreeMap<Key, Revision>,
+    /// The registry has no `POST /v1/register` (a node older than this announcer, during a
+    /// rolling upgrade): grant, then put, as before.
+    two_calls: bool,
 }
 
 impl RegistryPublisher {
     pub fn new(client: Client, ttl: Duration) -> RegistryPublisher {
-        RegistryPublisher { client, ttl, lease: None, renewed_at: Instant::now(), published: Desired::new(), written: Default::default() }
+        RegistryPublisher { client, ttl, lease: None, renewed_at: Instant::now(), published: Desired::new(), written: Default::default(), two_calls: false }
     }
 
     pub fn lease(&self) -> Option<LeaseId> {
@@ -75,12 +78,59 @@ impl RegistryPublisher {
         }
     }
 
+    /// Starts a new lease for a non-empty `desired`: one write that grants the lease and puts (the
+    /// first `MAX_REGISTER_INSTANCES` of) the instances under it, so the registry never holds
+    /// this host's lease without its instances; `sync` puts any others after.
+    async fn register(&mut self, desired: &Desired) -> Result<LeaseId, PublishError> {
+        self.published.clear();
+        self.written.clear();
+        let first: Vec<_> = desired.iter().take(proto::validate::MAX_REGISTER_INSTANCES).collect();
+        if !self.two_calls {
+            let instances = first.iter().map(|(key, a)| as_registered(key, a)).collect();
+            match self.client.register(self.ttl, instances).await {
+                Ok(g) => {
+                    self.lease = Some(g.lease_id);
+                    self.renewed_at = Instant::now();
+                    for (key, a) in first {
+                        tracing::info!(service = %key.0, instance = %key.1, state = %a.state, lease = g.lease_id, revision = g.revision, "registered");
+                        self.published.insert(key.clone(), a.clone());
+                        self.written.insert(key.clone(), g.revision);
+                    }
+                    return Ok(g.lease_id);
+                }
+                Err(client::Error::Api { status: 404, body, .. }) if body.code == proto::ErrorCode::NotFound => {
+                    tracing::info!("the registry has no POST /v1/register (an older node); granting a lease and putting instances one by one");
+                    self.two_calls = true;
+                }
+                Err(e) => return Err(self.map(e)),
+            }
+        }
+        let g = self.client.grant(self.ttl).await.map_err(|e| self.map(e))?;
+        tracing::info!(lease = g.lease_id, ttl_ms = g.ttl_ms, "granted a lease");
+        self.lease = Some(g.lease_id);
+        self.renewed_at = Instant::now();
+        Ok(g.lease_id)
+    }
+
     fn map(&mut self, e: client::Error) -> PublishError {
         match &e {
             client::Error::Api { status: 404, body, .. } if body.code == proto::ErrorCode::LeaseNotFound => self.lost(format!("lease gone: {}", body.message)),
             e if e.is_retriable() => PublishError::Unavailable(e.to_string()),
             _ => PublishError::Rejected(e.to_string()),
         }
+    }
+}
+
+/// An announcement as the registry takes it (`POST /v1/register`, or a PUT body via `spec`).
+fn as_registered(key: &Key, a: &crate::publish::Announcement) -> proto::RegisterInstance {
+    proto::RegisterInstance {
+        service: key.0.clone(),
+        instance: key.1.clone(),
+        address: a.address.clone(),
+        port: a.port as u64,
+        weight: a.weight,
+        state: a.state,
+        meta: a.meta.clone(),
     }
 }
 
@@ -92,22 +142,16 @@ impl Publisher for RegistryPublisher {
     async fn sync(&mut self, desired: &Desired) -> Result<(), PublishError> {
         let lease = match self.lease {
             Some(l) => l,
-            None => {
-                let g = self.client.grant(self.ttl).await.map_err(|e| self.map(e))?;
-                tracing::info!(lease = g.lease_id, ttl_ms = g.ttl_ms, "granted a lease");
-                self.published.clear();
-                self.written.clear();
-                self.lease = Some(g.lease_id);
-                self.renewed_at = Instant::now();
-                g.lease_id
-            }
+            // Nothing to announce yet (a check still failing): no lease until there is, so the
+            // first registration is one write.
+            None if desired.is_empty() => return Ok(()),
+            None => self.register(desired).await?,
         };
         for (key, a) in desired {
             if self.published.get(key) == Some(a) {
                 continue;
             }
-            let spec =
-                InstanceSpec { address: a.address.clone(), port: a.port as u64, lease_id: Some(lease), weight: a.weight, state: a.state, meta: a.meta.clone() };
+            let spec = as_registered(key, a).spec(Some(lease));
             let client = self.client.clone();
             let w = self.renewing(lease, client.put_instance(&key.0, &key.1, &spec)).await.map_err(|e| self.map(e))?;
             tracing::info!(service = %key.0, instance = %key.1, state = %a.state, revision = w.revision, "registered");

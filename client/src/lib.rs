@@ -504,6 +504,11 @@ impl Client {
         self.write(Method::POST, "/v1/leases", Some(&LeaseGrantRequest { ttl_ms: ttl.as_millis() as u64 })).await
     }
 
+    /// Grants a lease and puts `instances` under it in one durable write (`POST /v1/register`).
+    pub async fn register(&self, ttl: Duration, instances: Vec<proto::RegisterInstance>) -> Result<LeaseGrant, Error> {
+        self.write(Method::POST, "/v1/register", Some(&proto::RegisterRequest { ttl_ms: ttl.as_millis() as u64, instances })).await
+    }
+
     pub async fn keepalive(&self, lease: LeaseId) -> Result<KeepaliveResponse, Error> {
         // Short: a paused or cut-off node must not eat the lease's TTL; the next node is tried.
         self.call(Method::POST, &format!("/v1/leases/{lease}/keepalive"), None::<&()>, Some(Duration::from_secs(1))).await

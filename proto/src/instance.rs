@@ -112,6 +112,12 @@ impl Registration {
     pub fn meta(&self) -> &BTreeMap<String, String> {
         &self.meta
     }
+    /// The same registration under `lease_id`: a lease is not validated, only named (the
+    /// store checks it exists).
+    pub fn under_lease(mut self, lease_id: LeaseId) -> Registration {
+        self.lease_id = Some(lease_id);
+        self
+    }
 }
 
 /// An instance as stored and returned by the registry.

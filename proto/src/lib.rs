@@ -21,7 +21,7 @@ pub use error::{ErrorBody, ErrorCode};
 pub use instance::{
     Instance, InstanceSpec, InstanceState, LeaseInfo, Registration, ServiceInstances, ServiceList, ServiceSummary, WriteResult, MAINT_REASON_META,
 };
-pub use lease::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest};
+pub use lease::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest, RegisterInstance, RegisterRequest};
 pub use removal::{Removal, RemovalCause, RemovalList};
 pub use report::{BackendReport, SyncerReport};
 pub use snapshot::{SnapshotCounts, SnapshotDocument, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};

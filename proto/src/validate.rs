@@ -2,12 +2,14 @@
 
 use std::net::IpAddr;
 
-use crate::{InstanceSpec, Registration};
+use crate::{InstanceSpec, RegisterRequest, Registration};
 
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_WEIGHT: u32 = 256;
 pub const MAX_META_ENTRIES: usize = 64;
 pub const MAX_META_LEN: usize = 1024;
+/// Instances one `POST /v1/register` may put under its lease: a host's services, not a fleet.
+pub const MAX_REGISTER_INSTANCES: usize = 64;
 
 /// Service names: `[A-Za-z0-9._-]{1,128}`.
 pub fn service_name(value: &str) -> Result<(), String> {
@@ -98,6 +100,41 @@ pub fn instance_spec(spec: &InstanceSpec) -> Result<Registration, Vec<String>> {
     }
 }
 
+/// A named registration, as `register` returns it: `(service, instance, registration)`.
+pub type Named = (String, String, Registration);
+
+/// Checks a `POST /v1/register` body (all but the TTL range, which is the cluster's setting);
+/// returns every problem, each prefixed with the instance it is about, or the registrations
+/// to replicate, without a lease (the entry that grants it names it).
+pub fn register(req: &RegisterRequest) -> Result<Vec<Named>, Vec<String>> {
+    let mut errors = Vec::new();
+    if req.instances.is_empty() {
+        errors.push("instances is empty: give at least one".to_string());
+    }
+    if req.instances.len() > MAX_REGISTER_INSTANCES {
+        errors.push(format!("{} instances, the limit is {MAX_REGISTER_INSTANCES} per registration", req.instances.len()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, inst) in req.instances.iter().enumerate() {
+        let at = |e: String| format!("instances[{i}]: {e}");
+        let names: Vec<String> = [service_name(&inst.service), instance_name(&inst.instance)].into_iter().filter_map(Result::err).collect();
+        errors.extend(names.into_iter().map(at));
+        if !seen.insert((inst.service.as_str(), inst.instance.as_str())) {
+            errors.push(at(format!("instance {:?} of {:?} is listed twice", inst.instance, inst.service)));
+        }
+        match instance_spec(&inst.spec(None)) {
+            Ok(r) => out.push((inst.service.clone(), inst.instance.clone(), r)),
+            Err(e) => errors.extend(e.into_iter().map(at)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +165,35 @@ mod tests {
     fn spec_reports_every_error() {
         let spec = InstanceSpec { address: "no way".into(), port: 70000, lease_id: None, weight: 1000, state: Default::default(), meta: Default::default() };
         assert_eq!(instance_spec(&spec).unwrap_err().len(), 3);
+    }
+
+    fn inst(service: &str, instance: &str, port: u64) -> crate::RegisterInstance {
+        crate::RegisterInstance {
+            service: service.into(),
+            instance: instance.into(),
+            address: "10.0.0.5".into(),
+            port,
+            weight: 100,
+            state: Default::default(),
+            meta: Default::default(),
+        }
+    }
+
+    #[test]
+    fn register_names_each_bad_instance_and_refuses_duplicates() {
+        let ok = RegisterRequest { ttl_ms: 10_000, instances: vec![inst("web", "a", 80), inst("api", "a", 81)] };
+        let named = register(&ok).unwrap();
+        assert_eq!(named.len(), 2);
+        assert!(named.iter().all(|(_, _, r)| r.lease_id().is_none()), "the lease is named by the entry, not the body");
+
+        let bad = RegisterRequest { ttl_ms: 10_000, instances: vec![inst("web", "a", 80), inst("web", "a", 80), inst("bad name", "b", 0)] };
+        let errors = register(&bad).unwrap_err();
+        assert!(errors.iter().any(|e| e.starts_with("instances[1]") && e.contains("twice")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("instances[2]") && e.contains("service name")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("instances[2]") && e.contains("port 0")), "{errors:?}");
+
+        assert!(register(&RegisterRequest { ttl_ms: 10_000, instances: vec![] }).is_err());
+        let many = RegisterRequest { ttl_ms: 10_000, instances: (0..=MAX_REGISTER_INSTANCES as u64).map(|i| inst("web", &format!("i{i}"), 80)).collect() };
+        assert!(register(&many).unwrap_err()[0].contains("limit"));
     }
 }

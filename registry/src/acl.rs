@@ -184,6 +184,8 @@ pub fn need(method: &str, template: &str, params: &BTreeMap<String, String>, met
         ("GET", "/v1/cluster") => Need::ReadOrPeer,
         ("GET", "/metrics" | "/v1/services" | "/v1/services/{service}" | "/v1/removals" | "/v1/watch") => Need::Read,
         ("POST", "/v1/leases") => Need::Grant,
+        // Each instance's service is checked against the token's scopes by `Node::register`.
+        ("POST", "/v1/register") => Need::Grant,
         ("POST", "/v1/leases/{id}/keepalive") | ("DELETE", "/v1/leases/{id}") => Need::LeaseOwner,
         ("PUT" | "DELETE", "/v1/services/{service}/instances/{instance}") => match params.get("service") {
             Some(s) => Need::Service(s.clone()),
@@ -306,6 +308,7 @@ mod tests {
             (("GET", "/v1/watch"), Need::Read),
             (("GET", "/v1/cluster"), Need::ReadOrPeer),
             (("POST", "/v1/leases"), Need::Grant),
+            (("POST", "/v1/register"), Need::Grant),
             (("POST", "/v1/leases/{id}/keepalive"), Need::LeaseOwner),
             (("DELETE", "/v1/leases/{id}"), Need::LeaseOwner),
             (("PUT", "/v1/services/{service}/instances/{instance}"), Need::Service("web".into())),

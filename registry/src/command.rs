@@ -22,6 +22,16 @@ pub enum Cmd {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<TokenId>,
     },
+    /// Grant a lease (as `GrantLease`) and put these instances under it, in one entry: a
+    /// registration is one durable write, and all of it applies or none (`POST /v1/register`).
+    Register {
+        ttl_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<TokenId>,
+        instances: Vec<Named>,
+    },
     /// Revoke a lease on a client's request, removing every instance attached to it.
     RevokeLease { lease_id: LeaseId },
     /// Expire leases whose deadline passed on the leader of `term`. Applies only if `term` is the
@@ -50,6 +60,15 @@ pub enum Cmd {
     CreateToken { hash: TokenHash, scopes: Vec<Scope>, description: String },
     /// Revoke a token: from the moment a node applies this, it refuses it.
     RevokeToken { id: TokenId },
+}
+
+/// An instance of a `Register`: the lease it goes under is the entry's own index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Named {
+    pub service: String,
+    pub instance: String,
+    #[serde(rename = "spec")]
+    pub registration: Registration,
 }
 
 /// One log entry's payload: a command and, when the client sent one, the idempotency key that
@@ -88,6 +107,7 @@ impl Proposal {
     pub fn fingerprint(&self) -> u64 {
         let cmd = match &self.cmd {
             Cmd::GrantLease { ttl_ms, token, .. } => Cmd::GrantLease { ttl_ms: *ttl_ms, owner: None, token: *token },
+            Cmd::Register { ttl_ms, token, instances, .. } => Cmd::Register { ttl_ms: *ttl_ms, owner: None, token: *token, instances: instances.clone() },
             other => other.clone(),
         };
         let bytes = serde_json::to_vec(&cmd).expect("commands serialize");

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use proto::{Instance, LeaseId, Registration, Removal, RemovalCause, Revision, WatchEvent};
 
-use crate::acl::{Acl, Token};
+use crate::acl::{Acl, Token, TokenId};
 use crate::command::{Cmd, Proposal, RequestId, Resp};
 
 /// A lease as replicated: its TTL and what hangs off it. Deadlines are not here: they live on
@@ -123,10 +123,15 @@ impl Store {
         let mut events = Vec::new();
         let resp = match cmd {
             Cmd::GrantLease { ttl_ms, owner, token } => {
-                if let Some(o) = owner {
-                    *self.leases_by_owner.entry(o.clone()).or_default() += 1;
+                self.grant(index, *ttl_ms, owner, *token);
+                Resp::Granted { lease_id: index, ttl_ms: *ttl_ms, revision: index }
+            }
+            Cmd::Register { ttl_ms, owner, token, instances } => {
+                self.grant(index, *ttl_ms, owner, *token);
+                for n in instances {
+                    // Cannot fail: the lease exists, granted just above.
+                    self.put(&n.service, &n.instance, &n.registration.clone().under_lease(index), at_ms, &mut events);
                 }
-                self.leases.insert(index, Lease { id: index, ttl_ms: *ttl_ms, instances: BTreeSet::new(), owner: owner.clone(), token: *token });
                 Resp::Granted { lease_id: index, ttl_ms: *ttl_ms, revision: index }
             }
             Cmd::RevokeLease { lease_id } => match self.remove_lease(*lease_id, RemovalCause::Revoked { lease_id: *lease_id }, at_ms, &mut events) {
@@ -192,6 +197,13 @@ impl Store {
         debug_assert!(index > self.revision || self.revision == 0, "apply out of order: {index} after {}", self.revision);
         self.revision = index;
         self.term = self.term.max(term);
+    }
+
+    fn grant(&mut self, index: u64, ttl_ms: u64, owner: &Option<String>, token: Option<TokenId>) {
+        if let Some(o) = owner {
+            *self.leases_by_owner.entry(o.clone()).or_default() += 1;
+        }
+        self.leases.insert(index, Lease { id: index, ttl_ms, instances: BTreeSet::new(), owner: owner.clone(), token });
     }
 
     fn put(&mut self, service: &str, name: &str, spec: &Registration, at_ms: Option<u64>, events: &mut Vec<WatchEvent>) -> Resp {
@@ -388,6 +400,23 @@ mod tests {
         let (r, _) = apply(&mut s, 7, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None });
         assert_eq!(r, Resp::Granted { lease_id: 7, ttl_ms: 3000, revision: 7 });
         assert!(s.leases.contains_key(&7));
+    }
+
+    #[test]
+    fn a_registration_grants_and_puts_in_one_entry() {
+        let mut s = Store::default();
+        let named = |service: &str, instance: &str| crate::command::Named { service: service.into(), instance: instance.into(), registration: spec(None) };
+        let cmd = Cmd::Register { ttl_ms: 3000, owner: Some("10.0.0.1".into()), token: Some(4), instances: vec![named("web", "a"), named("api", "b")] };
+        let (r, events) = apply(&mut s, 9, 1, cmd);
+        assert_eq!(r, Resp::Granted { lease_id: 9, ttl_ms: 3000, revision: 9 });
+        assert_eq!(events.len(), 2, "one put event per instance, both at the entry's revision");
+        let lease = s.lease(9).unwrap();
+        assert_eq!((lease.instances.len(), lease.token, s.leases_of("10.0.0.1")), (2, Some(4), 1));
+        assert_eq!(s.instance("web", "a").unwrap().lease_id, Some(9));
+        assert_eq!(s.instance("api", "b").unwrap().mod_revision, 9);
+        // The lease owns them: its revoke removes both.
+        apply(&mut s, 10, 1, Cmd::RevokeLease { lease_id: 9 });
+        assert_eq!(s.instance_count(), 0);
     }
 
     #[test]

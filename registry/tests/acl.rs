@@ -105,6 +105,49 @@ async fn scopes_allow_what_they_name_and_leases_belong_to_their_token() {
     assert!(!serde_json::to_string(&listed).unwrap().contains(&web_t), "a listing never shows a secret");
 }
 
+/// `POST /v1/register` names its services in the body: each must be in the token's scope, and
+/// an instance on another token's lease is not taken over; a refused registration writes
+/// nothing, not even its allowed part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_needs_every_service_in_scope_and_takes_over_nothing() {
+    let (c, all, admin) = acl_cluster().await;
+    let (web_t, other_t) = ("w".repeat(40), "o".repeat(40));
+    let web_id = make_token(&admin, &web_t, &["announce:web-*"]).await;
+    make_token(&admin, &other_t, &["announce:*"]).await;
+    wait_until(Duration::from_secs(5), "the tokens on every node", || async {
+        c.nodes.values().all(|n| n.node.read_store(|s| s.acl().tokens.len() == 3)).then_some(())
+    })
+    .await;
+    let inst = |service: &str, name: &str| proto::RegisterInstance {
+        service: service.into(),
+        instance: name.into(),
+        address: "10.0.0.9".into(),
+        port: 80,
+        weight: 100,
+        state: Default::default(),
+        meta: Default::default(),
+    };
+    let (web, other) = (as_token(&c, &all, &web_t), as_token(&c, &all, &other_t));
+    let ttl = Duration::from_secs(30);
+
+    let e = web.register(ttl, vec![inst("web-servers", "a"), inst("api-servers", "b")]).await.unwrap_err();
+    assert_eq!(status(&e), 403, "api-servers is outside web-*: {e}");
+    let held = other.register(ttl, vec![inst("web-servers", "held")]).await.unwrap();
+    let e = web.register(ttl, vec![inst("web-servers", "held")]).await.unwrap_err();
+    assert_eq!(status(&e), 403, "another token's instance: {e}");
+    let mine = web.register(ttl, vec![inst("web-servers", "a")]).await.unwrap();
+    assert_eq!(status(&other.keepalive(mine.lease_id).await.unwrap_err()), 403, "the lease is the registering token's");
+
+    let leader = c.wait_leader(None).await;
+    c.nodes[&leader].node.read_store(|s| {
+        assert_eq!(s.leases().len(), 2, "only the two allowed registrations granted leases");
+        assert_eq!(s.lease(mine.lease_id).unwrap().token, Some(web_id));
+        assert_eq!(s.instance("web-servers", "a").unwrap().lease_id, Some(mine.lease_id));
+        assert_eq!(s.instance("web-servers", "held").unwrap().lease_id, Some(held.lease_id));
+        assert!(s.instance("api-servers", "b").is_none());
+    });
+}
+
 /// `--metrics-open`: Prometheus scrapes without a token; every other route still needs one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_open_lets_a_scraper_in_and_nothing_else() {
@@ -220,6 +263,7 @@ async fn random_and_malformed_requests_change_nothing_without_a_valid_token() {
     let ids = ["1", "0", "-1", "18446744073709551616", "abc", "", "9999999"];
     let templates = [
         "/v1/leases",
+        "/v1/register",
         "/v1/leases/{id}/keepalive",
         "/v1/leases/{id}",
         "/v1/services",
@@ -254,6 +298,7 @@ async fn random_and_malformed_requests_change_nothing_without_a_valid_token() {
         b"{".to_vec(),
         b"null".to_vec(),
         br#"{"ttl_ms": 5000}"#.to_vec(),
+        br#"{"ttl_ms":5000,"instances":[{"service":"web-servers","instance":"z","address":"10.0.0.9","port":80}]}"#.to_vec(),
         br#"{"address":"10.0.0.9","port":80,"weight":1}"#.to_vec(),
         br#"{"token":"zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz","scopes":["admin"]}"#.to_vec(),
         br#"{"id":9,"addr":"127.0.0.1:1"}"#.to_vec(),

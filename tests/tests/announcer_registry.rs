@@ -269,6 +269,13 @@ async fn a_lost_lease_is_granted_again_and_a_second_signal_exits_at_once() {
     wait_state(&client, &id, Some(InstanceState::Up), Duration::from_secs(5), "re-registration under a new lease").await;
     let again = client.service("web-servers", false).await.unwrap().instances[0].lease_id.unwrap();
     assert_ne!(again, lease);
+    // Both registrations were single calls (`POST /v1/register`: the lease and the instance in
+    // one entry), not a grant followed by a put.
+    let log = a.log_text();
+    assert!(!log.contains("granted a lease"), "the announcer fell back to grant + put:\n{log}");
+    for l in [lease, again] {
+        assert!(log.contains(&format!("lease={l}")) && log.contains("registered"), "no registration under lease {l} in:\n{log}");
+    }
 
     let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("announcer_published_instances 1"), "{metrics}");

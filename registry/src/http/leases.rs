@@ -1,10 +1,10 @@
-//! `/v1/leases`: grant, keepalive, revoke.
+//! `/v1/leases`: grant, keepalive, revoke; and `/v1/register`, a grant with its instances.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
-use proto::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest, WriteResult};
+use proto::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest, RegisterRequest, WriteResult};
 
 use super::extract::{parse_id, ClientAddr, JsonBody, RequestIdHeader};
 use crate::acl::Caller;
@@ -36,4 +36,14 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<WriteResult>, ApiError> {
     node.revoke(rid, parse_id("lease", &id)?, caller).await.map(Json)
+}
+
+pub async fn register(
+    State(node): State<Arc<Node>>,
+    RequestIdHeader(rid): RequestIdHeader,
+    ClientAddr(owner): ClientAddr,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<RegisterRequest>,
+) -> Result<Json<LeaseGrant>, ApiError> {
+    node.register(rid, req, owner, caller).await.map(Json)
 }

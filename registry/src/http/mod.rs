@@ -43,7 +43,8 @@ pub fn router(node: Arc<Node>) -> Router {
     let leases = Router::new()
         .route("/v1/leases", post(leases::grant))
         .route("/v1/leases/{id}/keepalive", post(leases::keepalive))
-        .route("/v1/leases/{id}", delete(leases::revoke));
+        .route("/v1/leases/{id}", delete(leases::revoke))
+        .route("/v1/register", post(leases::register));
     let services = Router::new()
         .route("/v1/services", get(services::list))
         .route("/v1/removals", get(services::removals))

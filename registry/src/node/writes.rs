@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::Node;
 use crate::acl::Caller;
-use crate::command::{Cmd, Proposal, RequestId, Resp};
+use crate::command::{Cmd, Named, Proposal, RequestId, Resp};
 use crate::error::ApiError;
 
 fn written(resp: Resp) -> Result<WriteResult, ApiError> {
@@ -36,6 +36,20 @@ fn may_change(s: &crate::store::Store, caller: &Caller, service: &str, instance:
             Err(ApiError::Forbidden(format!("instance {instance:?} of {service:?} hangs off lease {id}, granted with another token")))
         }
         _ => Ok(()),
+    }
+}
+
+/// Whether `caller`'s token may announce `service` (the check the door makes for a PUT, made
+/// here for each service of a registration, whose services are in its body).
+fn may_announce(s: &crate::store::Store, caller: &Caller, service: &str) -> Result<(), ApiError> {
+    if caller.admin {
+        return Ok(());
+    }
+    let need = crate::acl::Need::Service(service.to_string());
+    match caller.hash.as_ref().and_then(|h| s.acl().by_hash(h)) {
+        Some(t) if t.allows(&need) => Ok(()),
+        Some(t) => Err(ApiError::Forbidden(format!("token {} does not allow this: it needs announce: matching {service:?}", t.id))),
+        None => Err(ApiError::Unauthenticated("unknown or revoked token".into())),
     }
 }
 
@@ -82,19 +96,64 @@ impl Node {
     /// Grants a lease. `owner` is the client's address; one owner holds at most
     /// `limits.max_leases_per_client` live leases.
     pub async fn grant(&self, request_id: Option<RequestId>, ttl_ms: u64, owner: Option<String>, caller: Caller) -> Result<LeaseGrant, ApiError> {
+        self.check_ttl(ttl_ms)?;
+        let check = |s: &crate::store::Store| self.check_owner(s, &owner);
+        let cmd = Cmd::GrantLease { ttl_ms, owner: owner.clone(), token: caller.token };
+        let resp = self.write(request_id, cmd, check).await?;
+        self.granted(resp)
+    }
+
+    /// Grants a lease and puts `req.instances` under it, in one log entry: all of it applies or
+    /// none. Each instance's service must be one the caller may announce, and an instance
+    /// that hangs off another token's lease is not taken over.
+    pub async fn register(
+        &self,
+        request_id: Option<RequestId>,
+        req: proto::RegisterRequest,
+        owner: Option<String>,
+        caller: Caller,
+    ) -> Result<LeaseGrant, ApiError> {
+        self.check_ttl(req.ttl_ms)?;
+        let named = proto::validate::register(&req).map_err(|errors| ApiError::InvalidArgument(errors.join("; ")))?;
+        let check = |s: &crate::store::Store| {
+            for (service, instance, _) in &named {
+                may_announce(s, &caller, service)?;
+                may_change(s, &caller, service, instance)?;
+            }
+            self.check_owner(s, &owner)
+        };
+        let instances = named.iter().map(|(service, instance, registration)| Named {
+            service: service.clone(),
+            instance: instance.clone(),
+            registration: registration.clone(),
+        });
+        let cmd = Cmd::Register { ttl_ms: req.ttl_ms, owner: owner.clone(), token: caller.token, instances: instances.collect() };
+        let resp = self.write(request_id, cmd, check).await?;
+        self.granted(resp)
+    }
+
+    fn check_ttl(&self, ttl_ms: u64) -> Result<(), ApiError> {
         let (min, max) = (self.config.min_ttl.as_millis() as u64, self.config.max_ttl.as_millis() as u64);
         if ttl_ms < min || ttl_ms > max {
             return Err(ApiError::InvalidArgument(format!("ttl_ms {ttl_ms} is outside the allowed range {min}..={max}")));
         }
+        Ok(())
+    }
+
+    /// One owner (client address) holds at most `limits.max_leases_per_client` live leases.
+    fn check_owner(&self, s: &crate::store::Store, owner: &Option<String>) -> Result<(), ApiError> {
         let limit = self.config.limits.max_leases_per_client;
-        let check = |s: &crate::store::Store| match &owner {
+        match owner {
             Some(o) if s.leases_of(o) >= limit => {
                 Err(ApiError::TooMany(format!("client {o} already holds {limit} live leases (--max-leases-per-client); revoke or let some expire")))
             }
             _ => Ok(()),
-        };
-        let cmd = Cmd::GrantLease { ttl_ms, owner: owner.clone(), token: caller.token };
-        match self.write(request_id, cmd, check).await? {
+        }
+    }
+
+    /// The answer to a grant or a registration, once its entry applied.
+    fn granted(&self, resp: Resp) -> Result<LeaseGrant, ApiError> {
+        match resp {
             Resp::Granted { lease_id, ttl_ms, revision } => {
                 // The answer may replay a grant applied long ago, whose first answer was lost
                 // (a write that timed out on a stalled leader, say): the client learns of the
