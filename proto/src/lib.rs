@@ -29,8 +29,10 @@ pub use token::{TokenCreateRequest, TokenCreated, TokenInfo, TokenList};
 pub use watch::WatchEvent;
 pub use znode::{ZkDigest, ZnodeData};
 
-/// A lease identifier. It is the Raft log index of the entry that granted the lease, so it is
-/// unique across the cluster's life and the same on every node.
+/// A lease identifier: the Raft log index of the entry that granted the lease or, when one entry
+/// granted several (concurrent grants committed together), the next id past those already
+/// given. Unique across the cluster's life, the same on every node, and at least the grant's
+/// revision.
 pub type LeaseId = u64;
 
 /// A revision is the Raft log index of the entry that made a change.

@@ -60,6 +60,17 @@ pub enum Cmd {
     CreateToken { hash: TokenHash, scopes: Vec<Scope>, description: String },
     /// Revoke a token: from the moment a node applies this, it refuses it.
     RevokeToken { id: TokenId },
+    /// Client writes committed together (`node::batch`): each applies as it would alone, in
+    /// order, with its own idempotency key and answer, all at this entry's revision.
+    Batch { proposals: Vec<Proposal> },
+}
+
+impl Cmd {
+    /// Whether this command may share an entry with others: it takes no id from the entry's
+    /// index (a lease's id is allocated past those already given, a token's is the index).
+    pub fn batchable(&self) -> bool {
+        matches!(self, Cmd::GrantLease { .. } | Cmd::Register { .. } | Cmd::RevokeLease { .. } | Cmd::PutInstance { .. } | Cmd::DeleteInstance { .. })
+    }
 }
 
 /// An instance of a `Register`: the lease it goes under is the entry's own index.
@@ -141,6 +152,8 @@ pub enum Resp {
     AclOff,
     /// Revoking the last `admin` token would leave nobody able to manage tokens.
     LastAdmin { id: TokenId },
+    /// The answers to a `Batch`, one per write, in order.
+    Batch { resps: Vec<Resp> },
 }
 
 impl Default for Resp {

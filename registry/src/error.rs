@@ -4,7 +4,7 @@ use proto::LeaseId;
 
 use crate::types::NodeId;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     InvalidArgument(String),

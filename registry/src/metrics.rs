@@ -34,6 +34,8 @@ pub struct Metrics {
     /// Leadership hand-offs on a graceful stop, by result (done, failed).
     pub leader_transfers: Family<ResultLabels, Counter>,
     pub forwarded: Counter,
+    /// Client writes that shared a log entry with others (`node::batch`).
+    pub batched_writes: Counter,
     pub watch_clients: Gauge,
     pub applied_entries: Counter<u64, AtomicU64>,
     pub applied_index: Gauge<i64, AtomicI64>,
@@ -61,6 +63,7 @@ impl Default for Metrics {
             leader_changes: Counter::default(),
             leader_transfers: Family::default(),
             forwarded: Counter::default(),
+            batched_writes: Counter::default(),
             watch_clients: Gauge::default(),
             applied_entries: Counter::default(),
             applied_index: Gauge::default(),
@@ -93,6 +96,7 @@ impl Metrics {
             r.register("leader_changes", "Changes of the known leader seen by this node", self.leader_changes.clone());
             r.register("leader_transfers", "Leadership hand-offs started by this node on a graceful stop, by result", self.leader_transfers.clone());
             r.register("forwarded_requests", "Requests this node forwarded to the leader", self.forwarded.clone());
+            r.register("batched_writes", "Client writes committed in a log entry shared with other writes (group commit)", self.batched_writes.clone());
             r.register("watch_clients", "Open watch streams on this node", self.watch_clients.clone());
             r.register("applied_entries", "Log entries applied (commits) since start", self.applied_entries.clone());
             r.register("applied_index", "Index of the last applied log entry", self.applied_index.clone());

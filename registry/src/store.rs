@@ -57,6 +57,11 @@ pub struct Store {
     /// Tokens and whether ACLs are on (`acl`).
     #[serde(default)]
     acl: Acl,
+    /// The lowest lease id not yet handed out. A lease's id is its granting entry's index, or,
+    /// when one entry grants several (`Cmd::Batch`), the next one past those: never one given
+    /// before, even to a lease long gone.
+    #[serde(default)]
+    next_lease: LeaseId,
 }
 
 /// How many removals the store remembers for `GET /v1/removals`.
@@ -109,6 +114,18 @@ impl Store {
     /// nothing and answers what the first one did.
     pub fn apply(&mut self, index: u64, term: u64, proposal: &Proposal) -> (Resp, Vec<WatchEvent>) {
         self.advance(index, term);
+        let Cmd::Batch { proposals } = &proposal.cmd else { return self.apply_one(index, term, proposal) };
+        let mut resps = Vec::with_capacity(proposals.len());
+        let mut events = Vec::new();
+        for p in proposals {
+            let (resp, mut more) = self.apply_one(index, term, p);
+            resps.push(resp);
+            events.append(&mut more);
+        }
+        (Resp::Batch { resps }, events)
+    }
+
+    fn apply_one(&mut self, index: u64, term: u64, proposal: &Proposal) -> (Resp, Vec<WatchEvent>) {
         if let Some(done) = self.requests.replay(proposal) {
             return (done, Vec::new());
         }
@@ -123,17 +140,19 @@ impl Store {
         let mut events = Vec::new();
         let resp = match cmd {
             Cmd::GrantLease { ttl_ms, owner, token } => {
-                self.grant(index, *ttl_ms, owner, *token);
-                Resp::Granted { lease_id: index, ttl_ms: *ttl_ms, revision: index }
+                let lease_id = self.grant(index, *ttl_ms, owner, *token);
+                Resp::Granted { lease_id, ttl_ms: *ttl_ms, revision: index }
             }
             Cmd::Register { ttl_ms, owner, token, instances } => {
-                self.grant(index, *ttl_ms, owner, *token);
+                let lease_id = self.grant(index, *ttl_ms, owner, *token);
                 for n in instances {
                     // Cannot fail: the lease exists, granted just above.
-                    self.put(&n.service, &n.instance, &n.registration.clone().under_lease(index), at_ms, &mut events);
+                    self.put(&n.service, &n.instance, &n.registration.clone().under_lease(lease_id), at_ms, &mut events);
                 }
-                Resp::Granted { lease_id: index, ttl_ms: *ttl_ms, revision: index }
+                Resp::Granted { lease_id, ttl_ms: *ttl_ms, revision: index }
             }
+            // Never proposed inside another batch (`node::batch` makes only the outer one).
+            Cmd::Batch { .. } => Resp::Batch { resps: Vec::new() },
             Cmd::RevokeLease { lease_id } => match self.remove_lease(*lease_id, RemovalCause::Revoked { lease_id: *lease_id }, at_ms, &mut events) {
                 true => Resp::Ok { revision: index },
                 false => Resp::LeaseNotFound { lease_id: *lease_id },
@@ -199,11 +218,15 @@ impl Store {
         self.term = self.term.max(term);
     }
 
-    fn grant(&mut self, index: u64, ttl_ms: u64, owner: &Option<String>, token: Option<TokenId>) {
+    /// Grants a lease in the entry at `index`; returns its id.
+    fn grant(&mut self, index: u64, ttl_ms: u64, owner: &Option<String>, token: Option<TokenId>) -> LeaseId {
+        let id = index.max(self.next_lease);
+        self.next_lease = id + 1;
         if let Some(o) = owner {
             *self.leases_by_owner.entry(o.clone()).or_default() += 1;
         }
-        self.leases.insert(index, Lease { id: index, ttl_ms, instances: BTreeSet::new(), owner: owner.clone(), token });
+        self.leases.insert(id, Lease { id, ttl_ms, instances: BTreeSet::new(), owner: owner.clone(), token });
+        id
     }
 
     fn put(&mut self, service: &str, name: &str, spec: &Registration, at_ms: Option<u64>, events: &mut Vec<WatchEvent>) -> Resp {
@@ -337,6 +360,7 @@ impl Store {
         // Every revision, lease id and token id the old cluster may have handed out after the
         // backup is below the new cluster's first: none is handed out twice.
         self.revision += bump;
+        self.next_lease += bump;
         self.cluster_id = None;
         self.started.clear();
         self.requests = Requests::default();
@@ -400,6 +424,44 @@ mod tests {
         let (r, _) = apply(&mut s, 7, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None });
         assert_eq!(r, Resp::Granted { lease_id: 7, ttl_ms: 3000, revision: 7 });
         assert!(s.leases.contains_key(&7));
+    }
+
+    #[test]
+    fn a_batch_applies_each_write_as_alone_and_never_reuses_a_lease_id() {
+        let mut s = Store::default();
+        let grant = |key: &str| Proposal::new(Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None }, Some(key.into()));
+        let put = Proposal::new(put("web", "a", Some(11)), None);
+        let bad = Proposal::new(put_cmd_under(999), None);
+        let batch = Cmd::Batch { proposals: vec![grant("k1"), grant("k2"), put, bad, grant("k1")] };
+        let (r, events) = apply(&mut s, 10, 1, batch);
+        let Resp::Batch { resps } = r else { panic!("{r:?}") };
+        assert_eq!(resps[0], Resp::Granted { lease_id: 10, ttl_ms: 3000, revision: 10 });
+        assert_eq!(resps[1], Resp::Granted { lease_id: 11, ttl_ms: 3000, revision: 10 }, "the second grant of the entry gets the next id");
+        assert_eq!(resps[2], Resp::Ok { revision: 10 }, "a later write of the batch sees the earlier ones");
+        assert_eq!(resps[3], Resp::LeaseNotFound { lease_id: 999 }, "one failed write fails alone");
+        assert_eq!(resps[4], resps[0], "a retry in the same batch replays");
+        assert_eq!(events.len(), 1);
+        assert_eq!(s.leases().len(), 2);
+        // The next entry's index (11) is an id already given: it gets the one after.
+        apply(&mut s, 11, 1, Cmd::RevokeLease { lease_id: 11 });
+        let (r, _) = apply(&mut s, 12, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None });
+        assert_eq!(r, Resp::Granted { lease_id: 12, ttl_ms: 3000, revision: 12 });
+        let (r, _) = apply(&mut s, 13, 1, Cmd::Batch { proposals: vec![grant("k3"), grant("k4")] });
+        let Resp::Batch { resps } = r else { panic!("{r:?}") };
+        assert_eq!(
+            (&resps[0], &resps[1]),
+            (&Resp::Granted { lease_id: 13, ttl_ms: 3000, revision: 13 }, &Resp::Granted { lease_id: 14, ttl_ms: 3000, revision: 13 })
+        );
+        let (r, _) = apply(&mut s, 14, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None });
+        assert_eq!(r, Resp::Granted { lease_id: 15, ttl_ms: 3000, revision: 14 }, "id 14 went to the batch");
+        // The counter survives a snapshot.
+        let mut back: Store = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        let (r, _) = apply(&mut back, 15, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: None });
+        assert_eq!(r, Resp::Granted { lease_id: 16, ttl_ms: 3000, revision: 15 });
+    }
+
+    fn put_cmd_under(lease: u64) -> Cmd {
+        put("web", "b", Some(lease))
     }
 
     #[test]

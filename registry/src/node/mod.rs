@@ -6,6 +6,7 @@
 //! the node is dropped: `leadership::follow` and `confirm_leader`, `expiry::run`,
 //! `election::run` and `membership::record_started`.
 
+mod batch;
 mod election;
 mod expiry;
 mod handover;
@@ -227,6 +228,8 @@ pub struct Node {
     /// Held for writing while leadership is handed off (`transfer`); every proposal holds it
     /// for reading, so the log stops growing during a hand-off.
     transfer_gate: tokio::sync::RwLock<()>,
+    /// Client writes waiting to share a log entry (`batch`).
+    batches: batch::Queue,
     /// Set while a hand-off runs; renewals and writes wait for it to end.
     transferring: watch::Sender<bool>,
     stop: watch::Sender<bool>,
@@ -324,6 +327,7 @@ impl Node {
                     .map_err(|e| StartError::Storage(format!("audit log {}: {e}", p.display())))?,
             ),
         };
+        let (batches, batch_queue) = batch::queue();
         let node = Arc::new(Node {
             id: config.id,
             leadership: Leadership::new(config.id, config.heartbeat, config.election_timeout),
@@ -346,6 +350,7 @@ impl Node {
             blocking: Default::default(),
             writes: Default::default(),
             transfer_gate: tokio::sync::RwLock::new(()),
+            batches,
             transferring: watch::channel(false).0,
             stop: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
@@ -358,6 +363,7 @@ impl Node {
             tokio::spawn(leadership::pulse(Arc::downgrade(&node), node.stop.subscribe())),
             tokio::spawn(election::run(Arc::downgrade(&node), node.stop.subscribe())),
             tokio::spawn(handover::share(Arc::downgrade(&node), node.stop.subscribe())),
+            tokio::spawn(batch::run(Arc::downgrade(&node), batch_queue, node.stop.subscribe())),
         ];
         if joining {
             node.joining.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -641,7 +647,9 @@ impl Node {
     /// Proposes a command and waits for it to be applied on this node (the leader).
     async fn propose(&self, mut proposal: Proposal) -> Result<Resp, ApiError> {
         // The wall clock goes into the entry (for the removals record), so `apply` reads none.
-        proposal.at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64);
+        if proposal.at_ms.is_none() {
+            proposal.at_ms = now_ms();
+        }
         // Held until the answer: a hand-off waits for proposals in flight, and new ones wait
         // for it (then find this node a follower, and are relayed).
         let _gate = self.transfer_gate.read().await;
@@ -749,6 +757,11 @@ pub const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
 /// far behind never catches up. 16 bounds the count; `network::APPEND_BYTES` cuts an append of
 /// large entries further, to what arrives in time.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
+
+/// The wall clock for an entry's `at_ms` (ms since the Unix epoch).
+fn now_ms() -> Option<u64> {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)
+}
 
 /// A weak handle for background tasks: they must not keep a dropped node alive.
 type NodeRef = Weak<Node>;

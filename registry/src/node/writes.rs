@@ -90,7 +90,11 @@ impl Node {
             }
             pre_check(&d.store)?;
         }
-        self.propose(proposal).await
+        if proposal.cmd.batchable() {
+            self.propose_batched(proposal).await
+        } else {
+            self.propose(proposal).await
+        }
     }
 
     /// Grants a lease. `owner` is the client's address; one owner holds at most
