@@ -50,8 +50,12 @@ impl Node {
         let bytes = serde_json::to_vec(&proposal).map(|b| b.len()).unwrap_or(MAX_BYTES);
         let (reply, answer) = oneshot::channel();
         self.batches.send(Queued { proposal, bytes, reply }).map_err(|_| ApiError::Unavailable("this node is stopping".into()))?;
-        // The queue wait is bounded by the batches ahead, each bounded by the write timeout.
-        answer.await.unwrap_or_else(|_| Err(ApiError::Unavailable("this node is stopping".into())))
+        // The same budget as a write alone: a forwarding node waits no longer than that.
+        match tokio::time::timeout(self.config.write_timeout, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ApiError::Unavailable("this node is stopping".into())),
+            Err(_) => Err(ApiError::Unavailable("timed out waiting for the write to commit; it may still apply".into())),
+        }
     }
 
     async fn commit_batch(&self, mut batch: Vec<Queued>) {
