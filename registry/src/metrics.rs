@@ -36,6 +36,8 @@ pub struct Metrics {
     pub forwarded: Counter,
     /// Client writes that shared a log entry with others (`node::batch`).
     pub batched_writes: Counter,
+    /// Relayed keepalive batches this node sent to the leader (`http::relay`).
+    pub relayed_batches: Counter,
     pub watch_clients: Gauge,
     pub applied_entries: Counter<u64, AtomicU64>,
     pub applied_index: Gauge<i64, AtomicI64>,
@@ -64,6 +66,7 @@ impl Default for Metrics {
             leader_transfers: Family::default(),
             forwarded: Counter::default(),
             batched_writes: Counter::default(),
+            relayed_batches: Counter::default(),
             watch_clients: Gauge::default(),
             applied_entries: Counter::default(),
             applied_index: Gauge::default(),
@@ -96,6 +99,11 @@ impl Metrics {
             r.register("leader_changes", "Changes of the known leader seen by this node", self.leader_changes.clone());
             r.register("leader_transfers", "Leadership hand-offs started by this node on a graceful stop, by result", self.leader_transfers.clone());
             r.register("forwarded_requests", "Requests this node forwarded to the leader", self.forwarded.clone());
+            r.register(
+                "relayed_keepalive_batches",
+                "Requests that carried keepalives relayed to the leader, each holding every keepalive that arrived while the previous one was out",
+                self.relayed_batches.clone(),
+            );
             r.register("batched_writes", "Client writes committed in a log entry shared with other writes (group commit)", self.batched_writes.clone());
             r.register("watch_clients", "Open watch streams on this node", self.watch_clients.clone());
             r.register("applied_entries", "Log entries applied (commits) since start", self.applied_entries.clone());

@@ -85,6 +85,12 @@ async fn scopes_allow_what_they_name_and_leases_belong_to_their_token() {
     assert_eq!(status(&api.put_instance("api-servers", "x", &spec(83, Some(lease))).await.unwrap_err()), 403);
     web.keepalive(lease).await.unwrap();
     admin.keepalive(lease).await.unwrap();
+    // Relayed by a follower (in a batch), a keepalive is checked on the leader with its own
+    // token: one token's refusal is that keepalive's alone.
+    let (api_via, web_via) = (as_token(&c, &[follower], &api_t), as_token(&c, &[follower], &web_t));
+    let (refused, renewed) = tokio::join!(api_via.keepalive(lease), web_via.keepalive(lease));
+    assert_eq!(status(&refused.unwrap_err()), 403);
+    renewed.unwrap();
 
     // A revoked token is refused on every node within a second.
     admin.revoke_token(read_id).await.unwrap();
@@ -285,6 +291,7 @@ async fn random_and_malformed_requests_change_nothing_without_a_valid_token() {
         "/raft/renewals",
         "/raft/timeout_now",
         "/raft/snapshot",
+        "/raft/keepalives",
         "/healthz",
         "/readyz",
         "/ui",

@@ -484,3 +484,53 @@ async fn concurrent_writes_share_entries_and_each_gets_its_own_answer() {
         });
     }
 }
+
+/// Keepalives a follower gets are relayed to the leader in batches (`http::relay`), and each is
+/// answered on its own: an unknown or revoked lease is a 404 for that keepalive alone, and the
+/// others renew on the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_relayed_in_batches_are_answered_each_alone() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader(None).await;
+    let follower = c.others(&[leader])[0];
+    let direct = c.client_for(&[leader]);
+    let mut leases = Vec::new();
+    for _ in 0..100 {
+        leases.push(direct.grant(Duration::from_secs(60)).await.unwrap().lease_id);
+    }
+    let revoked = direct.grant(Duration::from_secs(60)).await.unwrap().lease_id;
+    direct.revoke(revoked).await.unwrap();
+    let unknown = 987_654_321;
+    // Until the follower has applied the revoke it would answer 404 itself, without relaying.
+    let via_follower = c.client_for(&[follower]);
+    let renewed_before = c.nodes[&leader].node.metrics().keepalives.get();
+    let (forwarded_before, batches_before) = (c.nodes[&follower].node.metrics().forwarded.get(), c.nodes[&follower].node.metrics().relayed_batches.get());
+
+    let mut ids = leases.clone();
+    ids.insert(50, unknown);
+    ids.push(revoked);
+    let calls: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (client, id) = (via_follower.clone(), *id);
+            tokio::spawn(async move { (id, client.keepalive(id).await) })
+        })
+        .collect();
+    for call in calls {
+        let (id, answer) = call.await.unwrap();
+        match answer {
+            Ok(k) if id != unknown && id != revoked => assert_eq!((k.lease_id, k.ttl_ms), (id, 60_000)),
+            Err(client::Error::Api { status: 404, body, .. }) if id == unknown || id == revoked => {
+                assert_eq!(body.code, proto::ErrorCode::LeaseNotFound, "lease {id}")
+            }
+            other => panic!("lease {id}: {other:?}"),
+        }
+    }
+    let follower_metrics = c.nodes[&follower].node.metrics();
+    let relayed = follower_metrics.forwarded.get() - forwarded_before;
+    let batches = follower_metrics.relayed_batches.get() - batches_before;
+    // The revoked lease may be answered by the follower itself, once it has applied the revoke.
+    assert!(relayed >= 101, "only {relayed} keepalives were relayed");
+    assert!(batches >= 1 && batches < relayed, "{relayed} keepalives took {batches} relayed requests: none shared one");
+    assert_eq!(c.nodes[&leader].node.metrics().keepalives.get() - renewed_before, 100, "the leader renewed each known lease once");
+}

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::Cluster;
-use proto::{RegisterInstance, RegisterRequest};
+use proto::RegisterInstance;
 
 fn inst(service: &str, instance: &str, port: u64) -> RegisterInstance {
     RegisterInstance {

@@ -50,11 +50,24 @@ pub async fn layer(State(node): State<Arc<Node>>, matched: MatchedPath, params: 
 /// The caller, or why not: the reason label, the answer, and the token's id when the token is
 /// known but lacks the scope.
 fn check(node: &Node, need: &Need, headers: &HeaderMap, peer: bool) -> Result<Caller, (&'static str, ApiError, Option<TokenId>)> {
+    check_token(node, need, bearer(headers), peer)
+}
+
+/// What a keepalive relayed by a follower (`relay`) gets: the check its own request would have
+/// had here, with the client's token; a refusal is counted as at the door.
+pub fn relayed_caller(node: &Node, token: Option<&str>) -> Result<Caller, ApiError> {
+    check_token(node, &Need::LeaseOwner, token, false).map_err(|(reason, e, _)| {
+        node.metrics().auth_denied.get_or_create(&ReasonLabels { reason }).inc();
+        e
+    })
+}
+
+fn check_token(node: &Node, need: &Need, token: Option<&str>, peer: bool) -> Result<Caller, (&'static str, ApiError, Option<TokenId>)> {
     let view = node.acl_view();
     if view == AclView::Off || *need == Need::Open || (peer && matches!(need, Need::AdminOrPeer | Need::ReadOrPeer)) {
         return Ok(Caller::UNRESTRICTED);
     }
-    let Some(token) = bearer(headers) else {
+    let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
         return Err((
             "missing_token",
             ApiError::Unauthenticated("this cluster needs a token: send `Authorization: Bearer TOKEN` (--token-file or REGISTRY_TOKEN)".into()),
@@ -82,7 +95,7 @@ fn check(node: &Node, need: &Need, headers: &HeaderMap, peer: bool) -> Result<Ca
     Ok(Caller { token: Some(token.id), admin: token.is_admin(), hash: Some(hash) })
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())

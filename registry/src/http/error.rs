@@ -8,20 +8,25 @@ use proto::ErrorBody;
 use super::forward::ForwardTo;
 use crate::error::ApiError;
 
+/// The HTTP status of an error.
+pub fn status_of(e: &ApiError) -> StatusCode {
+    match e {
+        ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ApiError::LeaseNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        ApiError::NotLeader(_) | ApiError::NoLeader | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+        ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ApiError::Conflict(_) => StatusCode::CONFLICT,
+        ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::LeaseNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::NotLeader(_) | ApiError::NoLeader | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = status_of(&self);
         let forward = match &self {
             ApiError::NotLeader(Some((id, addr))) => Some(ForwardTo { id: *id, addr: addr.clone() }),
             _ => None,

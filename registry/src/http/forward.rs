@@ -39,7 +39,7 @@ pub struct ForwardTo {
 /// Headers relayed to the leader besides the body.
 const RELAYED: [&str; 5] = ["content-type", "authorization", proto::IDEMPOTENCY_KEY_HEADER, super::extract::CLIENT_ADDR_HEADER, PEER_ORIGIN_HEADER];
 
-pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+pub async fn layer(State((node, relay)): State<(Arc<Node>, super::relay::Relay)>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, API_BODY_LIMIT).await {
         Ok(b) => b,
@@ -58,7 +58,17 @@ pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> R
         // Nothing ran here: `no_leader` tells the client it may safely send it again.
         return ApiError::NoLeader.into_response();
     }
+    if let Some(lease_id) = keepalive_of(&method, &uri) {
+        let token = super::acl::bearer(&headers).map(str::to_string);
+        return relay.keepalive(&node, to, lease_id, token).await;
+    }
     send(&node, &to, method, &uri, &headers, bytes).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The lease of a keepalive (`POST /v1/leases/{id}/keepalive`): those are relayed in batches.
+fn keepalive_of(method: &Method, uri: &Uri) -> Option<u64> {
+    let id = uri.path().strip_prefix("/v1/leases/")?.strip_suffix("/keepalive")?;
+    (*method == Method::POST).then(|| id.parse().ok()).flatten()
 }
 
 /// How long the leader may take. It must cover the leader's own budget, or the client is told

@@ -16,6 +16,7 @@ mod leases;
 mod ops;
 mod peer;
 mod raft_rpc;
+mod relay;
 mod services;
 mod tokens;
 mod ui;
@@ -64,7 +65,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let forwarded = leases
         .merge(services)
         .merge(cluster)
-        .layer(middleware::from_fn_with_state(node.clone(), forward::layer))
+        .layer(middleware::from_fn_with_state((node.clone(), relay::Relay::default()), forward::layer))
         .route_layer(acl.clone())
         // Outside the token check, so refusals are logged too.
         .route_layer(middleware::from_fn_with_state(node.clone(), audit::layer))
@@ -87,6 +88,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/raft/renewals", post(raft_rpc::renewals))
         .route("/raft/timeout_now", post(raft_rpc::timeout_now))
         .route("/raft/snapshot", post(raft_rpc::snapshot))
+        .route("/raft/keepalives", post(raft_rpc::keepalives))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
     api.merge(raft)
         .layer(middleware::from_fn_with_state(node.clone(), leader_hint))

@@ -72,3 +72,20 @@ pub async fn snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json
     }
     Ok(Json(serde_json::to_value(resp).expect("serializable")))
 }
+
+/// Keepalives a follower relays in one request (`relay`): each is renewed as if its client had
+/// sent it here, and answered on its own.
+pub async fn keepalives(State(node): State<Arc<Node>>, Json(batch): Json<super::relay::KeepaliveBatch>) -> Json<super::relay::KeepaliveOutcomes> {
+    let renew = batch.items.into_iter().map(|item| {
+        let node = node.clone();
+        async move {
+            let caller = super::acl::relayed_caller(&node, item.token.as_deref());
+            let r = match caller {
+                Ok(caller) => node.keepalive(item.lease_id, caller).await,
+                Err(e) => Err(e),
+            };
+            super::relay::Outcome::of(r)
+        }
+    });
+    Json(super::relay::KeepaliveOutcomes { outcomes: futures::future::join_all(renew).await })
+}
