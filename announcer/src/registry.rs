@@ -19,14 +19,11 @@ pub struct RegistryPublisher {
     published: Desired,
     /// The revision each entry of `published` was written at.
     written: std::collections::BTreeMap<Key, Revision>,
-    /// The registry has no `POST /v1/register` (a node older than this announcer, during a
-    /// rolling upgrade): grant, then put, as before.
-    two_calls: bool,
 }
 
 impl RegistryPublisher {
     pub fn new(client: Client, ttl: Duration) -> RegistryPublisher {
-        RegistryPublisher { client, ttl, lease: None, renewed_at: Instant::now(), published: Desired::new(), written: Default::default(), two_calls: false }
+        RegistryPublisher { client, ttl, lease: None, renewed_at: Instant::now(), published: Desired::new(), written: Default::default() }
     }
 
     pub fn lease(&self) -> Option<LeaseId> {
@@ -85,7 +82,9 @@ impl RegistryPublisher {
         self.published.clear();
         self.written.clear();
         let first: Vec<_> = desired.iter().take(proto::validate::MAX_REGISTER_INSTANCES).collect();
-        if !self.two_calls {
+        // Tried for every new lease: a registry older than this announcer (a rolling upgrade)
+        // has no `POST /v1/register`, and is asked again once it may have been upgraded.
+        {
             let instances = first.iter().map(|(key, a)| as_registered(key, a)).collect();
             match self.client.register(self.ttl, instances).await {
                 Ok(g) => {
@@ -100,7 +99,6 @@ impl RegistryPublisher {
                 }
                 Err(client::Error::Api { status: 404, body, .. }) if body.code == proto::ErrorCode::NotFound => {
                     tracing::info!("the registry has no POST /v1/register (an older node); granting a lease and putting instances one by one");
-                    self.two_calls = true;
                 }
                 Err(e) => return Err(self.map(e)),
             }

@@ -31,6 +31,11 @@ pub enum Cmd {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<TokenId>,
         instances: Vec<Named>,
+        /// An admin (or ACLs off): may take over an instance that hangs off another token's
+        /// lease. Without it, such an instance refuses the whole registration when it applies,
+        /// whatever the check before proposing saw.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        takeover: bool,
     },
     /// Revoke a lease on a client's request, removing every instance attached to it.
     RevokeLease { lease_id: LeaseId },
@@ -118,7 +123,9 @@ impl Proposal {
     pub fn fingerprint(&self) -> u64 {
         let cmd = match &self.cmd {
             Cmd::GrantLease { ttl_ms, token, .. } => Cmd::GrantLease { ttl_ms: *ttl_ms, owner: None, token: *token },
-            Cmd::Register { ttl_ms, token, instances, .. } => Cmd::Register { ttl_ms: *ttl_ms, owner: None, token: *token, instances: instances.clone() },
+            Cmd::Register { ttl_ms, token, instances, takeover, .. } => {
+                Cmd::Register { ttl_ms: *ttl_ms, owner: None, token: *token, instances: instances.clone(), takeover: *takeover }
+            }
             other => other.clone(),
         };
         let bytes = serde_json::to_vec(&cmd).expect("commands serialize");
@@ -152,6 +159,8 @@ pub enum Resp {
     AclOff,
     /// Revoking the last `admin` token would leave nobody able to manage tokens.
     LastAdmin { id: TokenId },
+    /// A registration named an instance hanging off another token's lease; nothing applied.
+    InstanceTaken { service: String, instance: String, lease_id: LeaseId },
     /// The answers to a `Batch`, one per write, in order.
     Batch { resps: Vec<Resp> },
 }

@@ -18,7 +18,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
-use crate::command::Resp;
+use crate::command::{Cmd, Proposal, Resp};
 use crate::faults::Faults;
 use crate::storage::frame;
 use crate::store::Store;
@@ -34,6 +34,8 @@ pub struct Shared {
     hub: WatchHub,
     /// Entries applied since this process started.
     applied_entries: AtomicU64,
+    /// Client writes applied since this process started: an entry of a batch counts each.
+    applied_writes: AtomicU64,
     /// The snapshot on disk, as (meta, bytes). Its lock is held while the file is replaced, so
     /// a build and an install never write at once and the newer one always stays.
     snapshot: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
@@ -71,6 +73,7 @@ impl StateMachine {
             data: RwLock::new(Applied::default()),
             hub: WatchHub::with_limits(history, history_bytes),
             applied_entries: AtomicU64::new(0),
+            applied_writes: AtomicU64::new(0),
             snapshot: Mutex::new(None),
             snapshot_path,
             snapshot_seq: AtomicU64::new(0),
@@ -123,6 +126,10 @@ impl Shared {
     }
 
     /// Entries applied since this process started.
+    pub fn applied_writes(&self) -> u64 {
+        self.applied_writes.load(Ordering::Relaxed)
+    }
+
     pub fn applied_entries(&self) -> u64 {
         self.applied_entries.load(Ordering::Relaxed)
     }
@@ -210,6 +217,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             self.shared.hub.publish(index, events);
             self.shared.applied_entries.fetch_add(1, Ordering::Relaxed);
+            let writes = match &entry.payload {
+                EntryPayload::Normal(Proposal { cmd: Cmd::Batch { proposals }, .. }) => proposals.len() as u64,
+                _ => 1,
+            };
+            self.shared.applied_writes.fetch_add(writes, Ordering::Relaxed);
             out.push(resp);
         }
         Ok(out)

@@ -431,6 +431,11 @@ async fn the_audit_log_names_who_wrote_what_and_the_answer() {
     let follower = c.others(&[leader])[0];
     let web_t = "w".repeat(40);
     let web_id = make_token(&admin, &web_t, &["announce:web-*"]).await;
+    // A follower checks the token at its door: it must have applied its creation.
+    wait_until(Duration::from_secs(5), "the token on every node", || async {
+        c.nodes.values().all(|n| n.node.read_store(|s| s.acl().tokens.len() == 2)).then_some(())
+    })
+    .await;
     // Sent to a follower: relayed to the leader, logged once, on the follower.
     let web = as_token(&c, &[follower], &web_t);
     let lease = web.grant(Duration::from_secs(30)).await.unwrap().lease_id;

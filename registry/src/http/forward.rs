@@ -60,7 +60,9 @@ pub async fn layer(State((node, relay)): State<(Arc<Node>, super::relay::Relay)>
     }
     if let Some(lease_id) = keepalive_of(&method, &uri) {
         let token = super::acl::bearer(&headers).map(str::to_string);
-        return relay.keepalive(&node, to, lease_id, token).await;
+        if let Some(resp) = relay.keepalive(&node, to.clone(), lease_id, token).await {
+            return resp;
+        }
     }
     send(&node, &to, method, &uri, &headers, bytes).await.unwrap_or_else(IntoResponse::into_response)
 }

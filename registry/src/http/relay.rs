@@ -3,13 +3,14 @@
 //! A follower that gets a keepalive relays it, like any write, to the leader. One relayed
 //! request per keepalive cost the leader four times what a direct keepalive does (a TLS
 //! request from this node, its parsing, its audit, a response), so a fleet whose announcers
-//! reach followers loaded the leader most. Here a follower keeps one request to the leader in
+//! reach followers loaded the leader most. Here a follower keeps one request per leader in
 //! flight, `POST /raft/keepalives`, carrying every keepalive that arrived while the previous one
 //! was out (up to `MAX_ITEMS`); the leader renews each lease as if the keepalive had come
 //! straight to it, with the client's own token, and answers each one on its own: a lease that
 //! is gone is a 404 for that keepalive alone.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -27,13 +28,14 @@ use crate::node::Node;
 const MAX_ITEMS: usize = 4096;
 
 /// `POST /raft/keepalives`: keepalives a follower relays, each with its client's token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// No `Debug`: the items hold bearer tokens.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeepaliveBatch {
     pub items: Vec<RelayedKeepalive>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayedKeepalive {
     pub lease_id: LeaseId,
@@ -88,100 +90,141 @@ impl Outcome {
 struct Pending {
     item: RelayedKeepalive,
     to: ForwardTo,
-    reply: oneshot::Sender<Outcome>,
+    /// `None`: the leader has no `/raft/keepalives` (an older version, during a rolling
+    /// upgrade); the keepalive is forwarded on its own instead.
+    reply: oneshot::Sender<Option<Outcome>>,
 }
 
-/// The follower's side: a queue and the task that drains it, started on first use.
+/// The follower's side: a queue and the task that drains it, started on first use (and again
+/// should it ever have ended).
 #[derive(Clone, Default)]
 pub struct Relay {
-    queue: Arc<OnceLock<mpsc::UnboundedSender<Pending>>>,
+    queue: Arc<Mutex<Option<mpsc::UnboundedSender<Pending>>>>,
 }
 
 impl Relay {
     /// Relays one keepalive of a client holding `token` to the leader `to`, with whatever
-    /// others are waiting, and answers it with its own outcome.
-    pub async fn keepalive(&self, node: &Arc<Node>, to: ForwardTo, lease_id: LeaseId, token: Option<String>) -> Response {
+    /// others are waiting, and answers it with its own outcome; `None` when the leader takes
+    /// no batches, and the keepalive must be forwarded on its own.
+    pub async fn keepalive(&self, node: &Arc<Node>, to: ForwardTo, lease_id: LeaseId, token: Option<String>) -> Option<Response> {
         let leader = to.id;
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run(Arc::downgrade(node), rx));
-            tx
-        });
         let (reply, outcome) = oneshot::channel();
-        let unavailable = || ApiError::Unavailable("this node is stopping".into()).into_response();
-        if queue.send(Pending { item: RelayedKeepalive { lease_id, token }, to, reply }).is_err() {
+        let pending = Pending { item: RelayedKeepalive { lease_id, token }, to, reply };
+        let sent = {
+            let mut q = self.queue.lock().unwrap();
+            let tx = q.get_or_insert_with(|| spawn(node));
+            match tx.send(pending) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::SendError(p)) => {
+                    let tx = q.insert(spawn(node));
+                    tx.send(p).map_err(|_| ())
+                }
+            }
+        };
+        let unavailable = || Some(ApiError::Unavailable("this node is stopping".into()).into_response());
+        if sent.is_err() {
             return unavailable();
         }
         match outcome.await {
-            Ok(o) => o.into_response(leader),
+            Ok(o) => o.map(|o| o.into_response(leader)),
             Err(_) => unavailable(),
         }
     }
 }
 
-/// One batch at a time: while it is out, the next fills up.
+fn spawn(node: &Arc<Node>) -> mpsc::UnboundedSender<Pending> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(Arc::downgrade(node), rx));
+    tx
+}
+
+/// One batch in flight per leader: while it is out, the next fills up. A batch to a leader
+/// that no longer answers holds up only the keepalives meant for it; once this node learns of
+/// the new leader, keepalives for that one go at once.
 async fn run(node: std::sync::Weak<Node>, mut queue: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_ITEMS {
-            match queue.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
+    let mut waiting: HashMap<u64, Vec<Pending>> = HashMap::new();
+    let mut busy: HashSet<u64> = HashSet::new();
+    let (done_tx, mut done) = mpsc::unbounded_channel::<u64>();
+    loop {
+        tokio::select! {
+            p = queue.recv() => match p {
+                Some(p) => waiting.entry(p.to.id).or_default().push(p),
+                None => return,
+            },
+            Some(leader) = done.recv() => { busy.remove(&leader); }
         }
-        let Some(node) = node.upgrade() else { return };
-        // Leadership may have moved while they waited: each goes to the leader it was meant for.
-        while !batch.is_empty() {
-            let leader = batch[0].to.id;
-            let (this, rest): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| p.to.id == leader);
-            batch = rest;
-            send(&node, this).await;
+        while let Ok(p) = queue.try_recv() {
+            waiting.entry(p.to.id).or_default().push(p);
+        }
+        let Some(n) = node.upgrade() else { return };
+        let ready: Vec<u64> = waiting.keys().copied().filter(|l| !busy.contains(l)).collect();
+        for leader in ready {
+            let mut batch = waiting.remove(&leader).unwrap_or_default();
+            // A keepalive whose client gave up is not sent: it would renew a lease nobody holds.
+            batch.retain(|p| !p.reply.is_closed());
+            if batch.len() > MAX_ITEMS {
+                waiting.insert(leader, batch.split_off(MAX_ITEMS));
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            busy.insert(leader);
+            let (n, done_tx) = (n.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                send(&n, batch).await;
+                let _ = done_tx.send(leader);
+            });
         }
     }
 }
 
 async fn send(node: &Node, batch: Vec<Pending>) {
     let to = batch[0].to.clone();
-    let (items, replies): (Vec<RelayedKeepalive>, Vec<oneshot::Sender<Outcome>>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
+    let (items, replies): (Vec<RelayedKeepalive>, Vec<oneshot::Sender<Option<Outcome>>>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     node.metrics().forwarded.inc_by(items.len() as u64);
     node.metrics().relayed_batches.inc();
     let started = Instant::now();
     let answer = call(node, &to, KeepaliveBatch { items }).await;
     node.metrics().forward_seconds.observe(started.elapsed().as_secs_f64());
     match answer {
-        Ok(a) if a.outcomes.len() == replies.len() => {
+        Ok(Some(a)) if a.outcomes.len() == replies.len() => {
             for (reply, o) in replies.into_iter().zip(a.outcomes) {
-                let _ = reply.send(o);
+                let _ = reply.send(Some(o));
             }
         }
-        Ok(a) => {
+        Ok(Some(a)) => {
             let e = ApiError::Unavailable(format!("leader {} answered {} keepalives for {}", to.id, a.outcomes.len(), replies.len()));
-            replies.into_iter().for_each(|r| drop(r.send(Outcome::failed(e.clone()))));
+            replies.into_iter().for_each(|r| drop(r.send(Some(Outcome::failed(e.clone())))));
         }
-        Err(e) => replies.into_iter().for_each(|r| drop(r.send(Outcome::failed(e.clone())))),
+        Ok(None) => replies.into_iter().for_each(|r| drop(r.send(None))),
+        Err(e) => replies.into_iter().for_each(|r| drop(r.send(Some(Outcome::failed(e.clone()))))),
     }
 }
 
-/// How long the leader may take: it waits up to `READY_WAIT` to be a ready leader, then renews
-/// in memory.
-const BUDGET: Duration = Duration::from_secs(2);
+/// How long a relayed batch may take: less than a client gives a keepalive (1 s), so a leader
+/// that stopped answering costs the client one try, and it moves on to another node.
+const BUDGET: Duration = Duration::from_millis(800);
 
-async fn call(node: &Node, to: &ForwardTo, batch: KeepaliveBatch) -> Result<KeepaliveOutcomes, ApiError> {
+/// The leader's outcomes, or `None` if it has no such route (an older version).
+async fn call(node: &Node, to: &ForwardTo, batch: KeepaliveBatch) -> Result<Option<KeepaliveOutcomes>, ApiError> {
     let leader = to.id;
     node.faults().check(node.id(), leader).map_err(|e| ApiError::Unavailable(format!("leader {leader} unreachable: {e}")))?;
     let url = format!("{}/raft/keepalives", node.peers().base(&to.addr));
     let resp = node
         .http()
         .post(url)
-        .timeout(crate::node::READY_WAIT + BUDGET)
+        .timeout(BUDGET)
         .json(&batch)
         .send()
         .await
         .map_err(|e| ApiError::Unavailable(format!("relaying keepalives to leader {leader} at {} failed: {e}", to.addr)))?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         return Err(ApiError::Unavailable(format!("leader {leader} refused relayed keepalives: {status} {}", body.chars().take(200).collect::<String>())));
     }
-    resp.json().await.map_err(|e| ApiError::Unavailable(format!("reading leader {leader}'s answer to relayed keepalives: {e}")))
+    resp.json().await.map(Some).map_err(|e| ApiError::Unavailable(format!("reading leader {leader}'s answer to relayed keepalives: {e}")))
 }

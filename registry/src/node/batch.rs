@@ -30,6 +30,9 @@ const MAX_BYTES: usize = crate::network::APPEND_BYTES / 2;
 
 pub(super) struct Queued {
     proposal: Proposal,
+    /// The term this node led in when it checked the write: a write that waited across a
+    /// change of leadership was checked against a state that may have moved on.
+    term: u64,
     bytes: usize,
     reply: oneshot::Sender<Result<Resp, ApiError>>,
 }
@@ -42,14 +45,14 @@ pub(super) fn queue() -> (Queue, mpsc::UnboundedReceiver<Queued>) {
 
 impl Node {
     /// Proposes a batchable write through the queue; the answer is its own.
-    pub(super) async fn propose_batched(&self, mut proposal: Proposal) -> Result<Resp, ApiError> {
+    pub(super) async fn propose_batched(&self, mut proposal: Proposal, term: u64) -> Result<Resp, ApiError> {
         debug_assert!(proposal.cmd.batchable());
         proposal.at_ms = super::now_ms();
         // The size decides how many share an entry; an encoding failure is caught when the
         // entry is encoded.
         let bytes = serde_json::to_vec(&proposal).map(|b| b.len()).unwrap_or(MAX_BYTES);
         let (reply, answer) = oneshot::channel();
-        self.batches.send(Queued { proposal, bytes, reply }).map_err(|_| ApiError::Unavailable("this node is stopping".into()))?;
+        self.batches.send(Queued { proposal, term, bytes, reply }).map_err(|_| ApiError::Unavailable("this node is stopping".into()))?;
         // The same budget as a write alone: a forwarding node waits no longer than that.
         match tokio::time::timeout(self.config.write_timeout, answer).await {
             Ok(Ok(r)) => r,
@@ -58,7 +61,19 @@ impl Node {
         }
     }
 
-    async fn commit_batch(&self, mut batch: Vec<Queued>) {
+    async fn commit_batch(&self, batch: Vec<Queued>) {
+        let now = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader == Some(self.id)).then_some(m.current_term)
+        };
+        let (mut batch, moved): (Vec<Queued>, Vec<Queued>) = batch.into_iter().partition(|q| Some(q.term) == now);
+        for q in moved {
+            let _ = q.reply.send(Err(ApiError::Unavailable("leadership changed while the write waited; retry".into())));
+        }
+        if batch.is_empty() {
+            return;
+        }
         if batch.len() == 1 {
             let q = batch.pop().expect("one");
             let _ = q.reply.send(self.propose(q.proposal).await);
@@ -103,10 +118,17 @@ pub(super) async fn run(node: NodeRef, mut queue: mpsc::UnboundedReceiver<Queued
                 _ = stop.changed() => return,
             },
         };
+        if first.reply.is_closed() {
+            continue;
+        }
         let mut bytes = first.bytes;
         let mut batch = vec![first];
         while batch.len() < MAX_WRITES {
             match queue.try_recv() {
+                // Its caller gave up (timed out, or the client went away): a retry of it may
+                // be on its way, and nobody waits for this one. Never proposed, so dropping it
+                // is safe.
+                Ok(q) if q.reply.is_closed() => {}
                 Ok(q) if bytes + q.bytes > MAX_BYTES => {
                     held = Some(q);
                     break;
@@ -123,5 +145,25 @@ pub(super) async fn run(node: NodeRef, mut queue: mpsc::UnboundedReceiver<Queued
             n.commit_batch(batch).await;
             drop(slot);
         });
+    }
+}
+
+/// openraft snapshots after `--snapshot-every` entries; an entry of a batch holds up to
+/// `MAX_WRITES` writes, so the log behind a snapshot could hold that many times more than the
+/// setting says (in memory, and replayed on a restart). This also snapshots after
+/// `--snapshot-every` writes, counted as applied on this node.
+pub(super) async fn snapshot_by_writes(node: NodeRef, mut stop: watch::Receiver<bool>) {
+    let mut last = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+        let Some(n) = node.upgrade() else { return };
+        let writes = n.shared.applied_writes();
+        if writes.saturating_sub(last) >= n.config.snapshot_every {
+            last = writes;
+            let _ = n.raft.trigger().snapshot().await;
+        }
     }
 }

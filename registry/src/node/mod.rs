@@ -364,6 +364,7 @@ impl Node {
             tokio::spawn(election::run(Arc::downgrade(&node), node.stop.subscribe())),
             tokio::spawn(handover::share(Arc::downgrade(&node), node.stop.subscribe())),
             tokio::spawn(batch::run(Arc::downgrade(&node), batch_queue, node.stop.subscribe())),
+            tokio::spawn(batch::snapshot_by_writes(Arc::downgrade(&node), node.stop.subscribe())),
         ];
         if joining {
             node.joining.store(true, std::sync::atomic::Ordering::SeqCst);

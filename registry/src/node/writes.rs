@@ -81,7 +81,7 @@ impl Node {
         cmd: Cmd,
         pre_check: impl FnOnce(&crate::store::Store) -> Result<(), ApiError>,
     ) -> Result<Resp, ApiError> {
-        self.ready().await?;
+        let term = self.ready().await?;
         let proposal = Proposal::new(cmd, request_id);
         {
             let d = self.shared.read();
@@ -91,7 +91,7 @@ impl Node {
             pre_check(&d.store)?;
         }
         if proposal.cmd.batchable() {
-            self.propose_batched(proposal).await
+            self.propose_batched(proposal, term).await
         } else {
             self.propose(proposal).await
         }
@@ -131,7 +131,7 @@ impl Node {
             instance: instance.clone(),
             registration: registration.clone(),
         });
-        let cmd = Cmd::Register { ttl_ms: req.ttl_ms, owner: owner.clone(), token: caller.token, instances: instances.collect() };
+        let cmd = Cmd::Register { ttl_ms: req.ttl_ms, owner: owner.clone(), token: caller.token, instances: instances.collect(), takeover: caller.admin };
         let resp = self.write(request_id, cmd, check).await?;
         self.granted(resp)
     }
@@ -176,6 +176,9 @@ impl Node {
                 Ok(LeaseGrant { lease_id, ttl_ms, revision })
             }
             Resp::KeyReused { request_id } => Err(key_reused(request_id)),
+            Resp::InstanceTaken { service, instance, lease_id } => {
+                Err(ApiError::Forbidden(format!("instance {instance:?} of {service:?} hangs off lease {lease_id}, granted with another token")))
+            }
             other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
         }
     }
