@@ -5,6 +5,8 @@ pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod dataplane_double;
+pub mod etcd;
+pub mod failover;
 pub mod haproxy;
 pub mod http1;
 pub mod lease;
