@@ -1,9 +1,11 @@
 //! What the benchmark binaries share besides the harness itself: how they run, how they write
-//! their JSON, and one definition of a percentile.
+//! their JSON, one definition of a percentile, latency summaries and resident memory.
 
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
+
+use serde_json::{json, Value};
 
 use anyhow::Context as _;
 
@@ -63,6 +65,78 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> 
 pub fn percentile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
     let n = sorted.len();
     (n > 0).then(|| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
+}
+
+/// Resident memory of a process, from `/proc/PID/status` (zero when it cannot be read).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mem {
+    /// VmRSS, KiB.
+    pub rss_kb: u64,
+    /// VmHWM (peak RSS), KiB.
+    pub hwm_kb: u64,
+}
+
+impl Mem {
+    pub fn of(pid: u32) -> Mem {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field =
+            |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Mem { rss_kb: field("VmRSS:"), hwm_kb: field("VmHWM:") }
+    }
+    pub fn json(&self) -> Value {
+        json!({"rss_kb": self.rss_kb, "peak_rss_kb": self.hwm_kb})
+    }
+}
+
+/// Percentiles (in milliseconds) of samples taken in nanoseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Summary {
+    pub fn of(samples: &mut [u64]) -> Summary {
+        if samples.is_empty() {
+            return Summary::default();
+        }
+        samples.sort_unstable();
+        let n = samples.len();
+        let pick = |q: f64| percentile(samples, q).unwrap_or(0) as f64 / 1e6;
+        Summary {
+            count: n,
+            p50: pick(0.50),
+            p90: pick(0.90),
+            p99: pick(0.99),
+            max: samples[n - 1] as f64 / 1e6,
+            mean: samples.iter().sum::<u64>() as f64 / n as f64 / 1e6,
+        }
+    }
+    pub fn json(&self) -> Value {
+        json!({"count": self.count, "p50_ms": r3(self.p50), "p90_ms": r3(self.p90), "p99_ms": r3(self.p99), "max_ms": r3(self.max), "mean_ms": r3(self.mean)})
+    }
+    pub fn line(&self) -> String {
+        format!("p50 {:>8.3} ms  p90 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms  (n={})", self.p50, self.p90, self.p99, self.max, self.count)
+    }
+}
+
+/// Rounded to 3 decimals (for JSON).
+pub fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Rounded to 1 decimal (for JSON).
+pub fn r1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// A duration in nanoseconds, saturating.
+pub fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
 }
 
 #[cfg(test)]

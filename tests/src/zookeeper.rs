@@ -1,6 +1,8 @@
 //! A real standalone ZooKeeper 3.8 (the Debian `zookeeper` package) for one test: its own data
 //! directory, `zoo.cfg` and free loopback port, started as a plain `java` process (see
 //! scripts/lib/zookeeper.sh for why not `zkServer.sh`), and a small client for looking at it.
+//! `Ensemble`: a replicated ZooKeeper of several servers with the package's defaults, for the
+//! side-by-side benchmark.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -21,10 +23,11 @@ pub use zk::Stat;
 pub const TICK: Duration = Duration::from_millis(200);
 
 /// The Java classpath, computed once per test process by the same shell function scripts/demo
-/// uses, so there is one definition of it (scripts/lib/zookeeper.sh, `zookeeper_classpath`).
-fn classpath() -> &'static str {
-    static CP: OnceLock<String> = OnceLock::new();
-    CP.get_or_init(|| {
+/// uses, so there is one definition of it (scripts/lib/zookeeper.sh, `zookeeper_classpath`); or
+/// why there is none.
+fn classpath() -> Result<&'static str, String> {
+    static CP: OnceLock<Result<String, String>> = OnceLock::new();
+    let cp = CP.get_or_init(|| {
         let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib/zookeeper.sh");
         let out = Command::new("bash")
             .arg("-c")
@@ -32,15 +35,34 @@ fn classpath() -> &'static str {
             .arg("bash")
             .arg(&lib)
             .output()
-            .unwrap_or_else(|e| panic!("running bash for {}: {e}", lib.display()));
+            .map_err(|e| format!("running bash for {}: {e}", lib.display()))?;
         let cp = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            out.status.success() && !cp.is_empty(),
-            "no ZooKeeper classpath ({}): install it with scripts/test or `apt-get install zookeeper`",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        cp
-    })
+        match out.status.success() && !cp.is_empty() {
+            true => Ok(cp),
+            false => Err(format!(
+                "no ZooKeeper classpath ({}): install it with scripts/test or `apt-get install zookeeper`",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        }
+    });
+    cp.as_deref().map_err(Clone::clone)
+}
+
+/// The `java` arguments that run a server with `cfg`, logging to the console (the `Proc`'s log):
+/// `jvm` first, then the classpath and `QuorumPeerMain`.
+fn java_args(jvm: &[&str], cfg: &Path, log_dir: &Path) -> Result<Vec<String>, String> {
+    let mut args: Vec<String> = jvm.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        // /etc/zookeeper/conf/log4j.properties (on the classpath) leaves the root logger to
+        // this property.
+        "-Dzookeeper.root.logger=INFO,CONSOLE".into(),
+        format!("-Dzookeeper.log.dir={}", log_dir.display()),
+        "-cp".into(),
+        classpath()?.to_string(),
+        "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
+        cfg.display().to_string(),
+    ]);
+    Ok(args)
 }
 
 /// One standalone ZooKeeper server process, killed when dropped.
@@ -62,19 +84,9 @@ impl Zookeeper {
         std::fs::create_dir_all(&data).unwrap();
         let cfg = dir.path().join("zoo.cfg");
         std::fs::write(&cfg, zoo_cfg(&data, port)).unwrap();
-        let args: Vec<String> = vec![
-            // Several servers may run side by side under nextest: keep each JVM small.
-            "-Xmx256m".into(),
-            "-XX:+UseSerialGC".into(),
-            // /etc/zookeeper/conf/log4j.properties (on the classpath) leaves the root logger to
-            // this property; the console goes to the Proc's log, printed when a test fails.
-            "-Dzookeeper.root.logger=INFO,CONSOLE".into(),
-            format!("-Dzookeeper.log.dir={}", dir.path().display()),
-            "-cp".into(),
-            classpath().to_string(),
-            "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
-            cfg.display().to_string(),
-        ];
+        // Several servers may run side by side under nextest: keep each JVM small. The log is
+        // printed when a test fails.
+        let args = java_args(&["-Xmx256m", "-XX:+UseSerialGC"], &cfg, dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let proc = Proc::spawn("zookeeper", Path::new("java"), &args, dir.path());
         let z = Zookeeper { proc, port, dir, client: Mutex::new(None) };
         z.wait_serving().await;
@@ -221,6 +233,143 @@ impl Zookeeper {
     /// Polls until `path` does not exist (a successful read says so; errors count as "not yet").
     pub async fn wait_gone(&self, limit: Duration, path: &str) {
         wait_for(limit, &format!("znode {path} to disappear"), || async { matches!(self.get(path).await, Ok(None)).then_some(()) }).await
+    }
+}
+
+/// A replicated ZooKeeper: `n` servers forming one quorum, each with the Debian package's
+/// settings (`/etc/zookeeper/conf/zoo.cfg`: tickTime 2000, initLimit 10, syncLimit 5, and no JVM
+/// flags, as its `zkServer.sh` starts it) and otherwise ZooKeeper's defaults (fsync on every
+/// transaction log write, `forceSync=yes`); only ports and directories are set. Server `i`
+/// (0-based) is `nodes[i]` with `myid` i+1. Killed when dropped, its directory removed.
+pub struct Ensemble {
+    pub nodes: Vec<Proc>,
+    client_ports: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+impl Ensemble {
+    /// Starts `n` servers with data under `data_root` (default: the system temp dir) and waits
+    /// up to `limit` until every one serves as leader or follower.
+    pub async fn start(n: usize, data_root: Option<&Path>, limit: Duration) -> anyhow::Result<Ensemble> {
+        use anyhow::Context as _;
+        let root = data_root.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let dir = tempfile::Builder::new().prefix("zookeeper-").tempdir_in(&root).with_context(|| format!("a directory in {}", root.display()))?;
+        let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let servers: String = (0..n).map(|i| format!("server.{}=127.0.0.1:{}:{}\n", i + 1, free_port(), free_port())).collect();
+        let mut nodes = Vec::new();
+        for (i, port) in client_ports.iter().enumerate() {
+            let node_dir = dir.path().join(format!("zk{}", i + 1));
+            let data = node_dir.join("data");
+            std::fs::create_dir_all(&data)?;
+            std::fs::write(data.join("myid"), format!("{}\n", i + 1))?;
+            let cfg = node_dir.join("zoo.cfg");
+            let text = format!(
+                "\
+# The Debian package's zoo.cfg, with this server's own directory and ports.
+tickTime=2000
+initLimit=10
+syncLimit=5
+dataDir={data}
+clientPort={port}
+clientPortAddress=127.0.0.1
+# The AdminServer stays on (the default), on a free port instead of 8080.
+admin.serverPort={admin}
+{servers}",
+                data = data.display(),
+                admin = free_port(),
+            );
+            std::fs::write(&cfg, text)?;
+            let args = java_args(&[], &cfg, &node_dir).map_err(anyhow::Error::msg)?;
+            nodes.push(Proc::spawn(&format!("zookeeper-{}", i + 1), Path::new("java"), &args, &node_dir));
+        }
+        let e = Ensemble { nodes, client_ports, dir };
+        crate::until(limit, "every ZooKeeper server to serve as leader or follower", || async {
+            if let Some(n) = e.nodes.iter().find(|n| n.has_exited()) {
+                return Some(Err(anyhow::anyhow!("{} exited; the end of its log ({}):\n{}", n.name, n.log.display(), n.log_tail(10))));
+            }
+            e.settled().await.then_some(Ok(()))
+        })
+        .await??;
+        Ok(e)
+    }
+
+    /// `127.0.0.1:PORT` of server `i`.
+    pub fn addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.client_ports[i])
+    }
+
+    /// Every server, as a client's connect string.
+    pub fn connect_string(&self) -> String {
+        (0..self.nodes.len()).map(|i| self.addr(i)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The servers' directories (configuration, data, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Leaves the directory behind when dropped; returns where it is.
+    pub fn keep_data(&mut self) -> PathBuf {
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
+    }
+
+    /// A fresh session through `connect` (one server, or several comma-separated), closed when
+    /// the client and its clones are dropped.
+    pub async fn connect(&self, connect: &str, session_timeout: Duration) -> Result<zk::Client, zk::Error> {
+        let connecting = zk::Client::connector().with_session_timeout(session_timeout).connect(connect);
+        match tokio::time::timeout(session_timeout + Duration::from_secs(2), connecting).await {
+            Ok(r) => r,
+            Err(_) => Err(zk::Error::Timeout),
+        }
+    }
+
+    /// The answer of `srvr` (the one four-letter word the default whitelist allows) from server
+    /// `i`, or None when it does not answer.
+    pub async fn srvr(&self, i: usize) -> Option<String> {
+        let addr = self.addr(i);
+        tokio::task::spawn_blocking(move || four_letter(&addr, "srvr")).await.ok().flatten()
+    }
+
+    /// `leader` or `follower` once server `i` serves (`srvr`'s `Mode:`), else None.
+    pub async fn mode(&self, i: usize) -> Option<String> {
+        let text = self.srvr(i).await?;
+        text.lines().find_map(|l| l.strip_prefix("Mode:")).map(|m| m.trim().to_string())
+    }
+
+    /// Index of the first server that says it leads.
+    pub async fn leader(&self) -> Option<usize> {
+        for i in 0..self.nodes.len() {
+            if self.mode(i).await.as_deref() == Some("leader") {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Every server serves, exactly one as leader (a restarted follower serves only once it
+    /// has synced with the leader).
+    pub async fn settled(&self) -> bool {
+        let mut leaders = 0;
+        for i in 0..self.nodes.len() {
+            match self.mode(i).await.as_deref() {
+                Some("leader") => leaders += 1,
+                Some("follower") => {}
+                _ => return false,
+            }
+        }
+        leaders == 1
+    }
+
+    /// `srvr`'s `Zookeeper version:` line from the first server that answers.
+    pub async fn version(&self) -> Option<String> {
+        for i in 0..self.nodes.len() {
+            if let Some(v) = self.srvr(i).await.and_then(|t| t.lines().find_map(|l| l.strip_prefix("Zookeeper version:").map(|v| v.trim().to_string()))) {
+                return Some(v);
+            }
+        }
+        None
     }
 }
 

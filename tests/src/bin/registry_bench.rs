@@ -23,19 +23,18 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::Parser;
-use e2e::bench::{percentile, write_json};
+use e2e::bench::{nanos, r1, r3, write_json, Mem, Summary};
+use e2e::http1::{write_retry, Conn, ConnSecurity, Target};
+use e2e::load::{grant_leases, watcher, KeepaliveLoad, LeaseSet, Pending};
 use e2e::metrics::{self, Samples};
 use e2e::{until, ClusterOptions, RegistryCluster};
-use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -113,16 +112,10 @@ enum Security {
 /// The share of the plain keepalive rate a cluster with TLS and tokens must keep.
 const SECURE_TARGET: f64 = 0.70;
 
-/// Monotonic origin for the nanosecond timestamps kept in atomics.
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-fn epoch_ns(t: Instant) -> u64 {
-    t.saturating_duration_since(*EPOCH.get_or_init(Instant::now)).as_nanos() as u64
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    EPOCH.get_or_init(Instant::now);
+    // The origin of the renewal timestamps (`load::epoch_ns`), before any lease is granted.
+    e2e::load::epoch_ns(Instant::now());
     e2e::run_bench("registry_bench", run(&args))
 }
 
@@ -361,24 +354,6 @@ impl Cluster {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Mem {
-    rss_kb: u64,
-    hwm_kb: u64,
-}
-
-impl Mem {
-    fn of(pid: u32) -> Mem {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field =
-            |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Mem { rss_kb: field("VmRSS:"), hwm_kb: field("VmHWM:") }
-    }
-    fn json(&self) -> Value {
-        json!({"rss_kb": self.rss_kb, "peak_rss_kb": self.hwm_kb})
-    }
-}
-
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(stat_path: &str) -> Option<u64> {
     let text = std::fs::read_to_string(stat_path).ok()?;
@@ -414,414 +389,6 @@ impl CpuWindow {
         let nodes = c.cpu_ticks().iter().zip(&self.nodes).map(|(b, a)| pct(*a, *b)).collect();
         (nodes, pct(self.me, cpu_ticks("/proc/self/stat").unwrap_or(0)))
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 keep-alive client: one connection, one request at a time. Cheaper than a
-// general client, which matters because the load generator shares the machine's cores.
-
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_HEADER_LINES: usize = 64;
-const MAX_LINE: u64 = 16 * 1024;
-const MAX_BODY: usize = 64 * 1024 * 1024;
-
-/// A node the load generator talks to, and the TLS and token it uses (none on a plain cluster).
-#[derive(Clone)]
-struct Target {
-    addr: SocketAddr,
-    secure: Option<Arc<ConnSecurity>>,
-}
-
-/// TLS that trusts the cluster CA alone, and the `Authorization` header line to send.
-struct ConnSecurity {
-    tls: tokio_rustls::TlsConnector,
-    auth: String,
-}
-
-impl ConnSecurity {
-    fn new(ca: &Path, token: &str) -> Result<ConnSecurity> {
-        let config = e2e::secure::Secured::rustls_config(ca).map_err(|e| anyhow!(e))?;
-        Ok(ConnSecurity { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), auth: format!("Authorization: Bearer {token}\r\n") })
-    }
-}
-
-/// A TCP or TLS stream.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
-struct Conn {
-    target: Target,
-    host: String,
-    io: Option<BufReader<Box<dyn Io>>>,
-    req: Vec<u8>,
-}
-
-struct RawResp {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl RawResp {
-    fn json(&self) -> Result<Value> {
-        serde_json::from_slice(&self.body).with_context(|| format!("bad JSON answer: {}", String::from_utf8_lossy(&self.body)))
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-impl Conn {
-    fn new(target: &Target) -> Conn {
-        Conn { target: target.clone(), host: target.addr.to_string(), io: None, req: Vec::with_capacity(512) }
-    }
-
-    async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Result<RawResp> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                self.io = None;
-                Err(e)
-            }
-            Err(_) => {
-                self.io = None;
-                bail!("{method} {path}: no answer within {REQUEST_TIMEOUT:?}")
-            }
-        }
-    }
-
-    async fn exchange(&mut self, method: &str, path: &str, body: &[u8]) -> Result<RawResp> {
-        if self.io.is_none() {
-            let addr = self.target.addr;
-            let s = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-            s.set_nodelay(true)?;
-            let io: Box<dyn Io> = match &self.target.secure {
-                Some(sec) => Box::new(sec.tls.connect(rustls::pki_types::ServerName::IpAddress(addr.ip().into()), s).await.context("TLS handshake")?),
-                None => Box::new(s),
-            };
-            self.io = Some(BufReader::with_capacity(16 * 1024, io));
-        }
-        self.req.clear();
-        let auth = self.target.secure.as_ref().map(|s| s.auth.as_str()).unwrap_or("");
-        let _ = write!(
-            StrBuf(&mut self.req),
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.host,
-            body.len()
-        );
-        self.req.extend_from_slice(body);
-        let io = self.io.as_mut().expect("connected");
-        io.get_mut().write_all(&self.req).await?;
-        io.get_mut().flush().await?;
-
-        let mut line = Vec::with_capacity(128);
-        read_line(io, &mut line).await?;
-        let status_line = String::from_utf8_lossy(&line);
-        let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
-        let (mut length, mut chunked, mut close) = (None, false, false);
-        for i in 0.. {
-            ensure!(i < MAX_HEADER_LINES, "too many header lines");
-            read_line(io, &mut line).await?;
-            let l = String::from_utf8_lossy(&line);
-            let l = l.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-                match k.as_str() {
-                    "content-length" => length = Some(v.parse::<usize>()?),
-                    "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
-                    "connection" => close = v.eq_ignore_ascii_case("close"),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            for _ in 0..1_000_000 {
-                read_line(io, &mut line).await?;
-                let size_str = String::from_utf8_lossy(&line);
-                let size = usize::from_str_radix(size_str.trim().split(';').next().unwrap_or(""), 16)?;
-                if size == 0 {
-                    read_line(io, &mut line).await?; // the empty line after the last chunk
-                    break;
-                }
-                ensure!(body.len() + size <= MAX_BODY, "answer too large");
-                let start = body.len();
-                body.resize(start + size, 0);
-                io.read_exact(&mut body[start..]).await?;
-                read_line(io, &mut line).await?;
-            }
-        } else if let Some(n) = length {
-            ensure!(n <= MAX_BODY, "answer too large");
-            body.resize(n, 0);
-            io.read_exact(&mut body).await?;
-        } else {
-            close = true;
-            io.take(MAX_BODY as u64).read_to_end(&mut body).await?;
-        }
-        if close {
-            self.io = None;
-        }
-        Ok(RawResp { status, body })
-    }
-}
-
-async fn read_line(io: &mut BufReader<Box<dyn Io>>, line: &mut Vec<u8>) -> Result<()> {
-    line.clear();
-    let n = (&mut *io).take(MAX_LINE).read_until(b'\n', line).await?;
-    ensure!(n > 0, "connection closed by the server");
-    ensure!(line.ends_with(b"\n"), "line too long or cut short");
-    Ok(())
-}
-
-/// `fmt::Write` into a byte buffer.
-struct StrBuf<'a>(&'a mut Vec<u8>);
-impl std::fmt::Write for StrBuf<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
-/// Sends a write until it is answered with success, retrying retriable failures (5xx, I/O)
-/// until `deadline`. A 4xx answer is final.
-async fn write_retry(conn: &mut Conn, method: &str, path: &str, body: &[u8], deadline: Instant) -> Result<Value> {
-    let mut last = String::new();
-    for attempt in 0u32.. {
-        if Instant::now() >= deadline {
-            bail!("{method} {path}: gave up after {attempt} attempts: {last}");
-        }
-        match conn.request(method, path, body).await {
-            Ok(r) if (200..300).contains(&r.status) => return r.json(),
-            Ok(r) if r.status < 500 => bail!("{method} {path}: {}: {}", r.status, r.text()),
-            Ok(r) => last = format!("{}: {}", r.status, r.text()),
-            Err(e) => last = format!("{e:#}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10)) + 10)).await;
-    }
-    unreachable!()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Statistics.
-
-/// Percentiles (in milliseconds) of samples taken in nanoseconds.
-#[derive(Debug, Clone, Copy, Default)]
-struct Summary {
-    count: usize,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-    mean: f64,
-}
-
-impl Summary {
-    fn of(samples: &mut [u64]) -> Summary {
-        if samples.is_empty() {
-            return Summary::default();
-        }
-        samples.sort_unstable();
-        let n = samples.len();
-        let pick = |q: f64| percentile(samples, q).unwrap_or(0) as f64 / 1e6;
-        Summary {
-            count: n,
-            p50: pick(0.50),
-            p90: pick(0.90),
-            p99: pick(0.99),
-            max: samples[n - 1] as f64 / 1e6,
-            mean: samples.iter().sum::<u64>() as f64 / n as f64 / 1e6,
-        }
-    }
-    fn json(&self) -> Value {
-        json!({"count": self.count, "p50_ms": r3(self.p50), "p90_ms": r3(self.p90), "p99_ms": r3(self.p99), "max_ms": r3(self.max), "mean_ms": r3(self.mean)})
-    }
-    fn line(&self) -> String {
-        format!("p50 {:>8.3} ms  p90 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms  (n={})", self.p50, self.p90, self.p99, self.max, self.count)
-    }
-}
-
-fn r3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-fn r1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn nanos(d: Duration) -> u64 {
-    d.as_nanos().min(u64::MAX as u128) as u64
-}
-
-// ---------------------------------------------------------------------------------------------
-// Lease renewal: a pool of connections renewing a (possibly growing) set of leases round-robin,
-// flat out or paced.
-
-struct LeaseSet {
-    ids: RwLock<Vec<u64>>,
-    /// Per lease (same index as `ids`): when it was last granted or renewed, in `epoch_ns`.
-    last_ns: Vec<AtomicU64>,
-    next: AtomicUsize,
-}
-
-impl LeaseSet {
-    fn with_capacity(n: usize) -> LeaseSet {
-        LeaseSet { ids: RwLock::new(Vec::with_capacity(n)), last_ns: (0..n).map(|_| AtomicU64::new(0)).collect(), next: AtomicUsize::new(0) }
-    }
-    fn push(&self, id: u64) {
-        let mut ids = self.ids.write().unwrap();
-        if ids.len() < self.last_ns.len() {
-            self.last_ns[ids.len()].store(epoch_ns(Instant::now()), Ordering::Relaxed);
-            ids.push(id);
-        }
-    }
-    fn len(&self) -> usize {
-        self.ids.read().unwrap().len()
-    }
-    /// The next lease in round-robin order: (index, id).
-    fn take(&self) -> Option<(usize, u64)> {
-        let ids = self.ids.read().unwrap();
-        if ids.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % ids.len();
-        Some((i, ids[i]))
-    }
-}
-
-#[derive(Default)]
-struct RenewStats {
-    ok: AtomicU64,
-    not_found: AtomicU64,
-    other_status: AtomicU64,
-    io_errors: AtomicU64,
-    /// Largest time between two renewals (or grant and first renewal) of one lease.
-    max_gap_ns: AtomicU64,
-    /// The same, for renewals inside the measurement window.
-    max_gap_window_ns: AtomicU64,
-}
-
-struct Renewer {
-    stats: Arc<RenewStats>,
-    stop: Arc<AtomicBool>,
-    recording: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<Vec<u64>>>,
-}
-
-/// Latency samples kept per worker at most (bounds memory on long runs).
-const MAX_SAMPLES_PER_WORKER: usize = 2_000_000;
-
-impl Renewer {
-    /// `rate`: total keepalives per second across the pool, or `None` for as fast as possible.
-    /// `hard_limit` bounds the workers' life whatever happens.
-    fn start(leader: Target, set: Arc<LeaseSet>, conns: usize, rate: Option<f64>, hard_limit: Duration) -> Renewer {
-        let stats = Arc::new(RenewStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let recording = Arc::new(AtomicBool::new(false));
-        let until = Instant::now() + hard_limit;
-        let tasks = (0..conns)
-            .map(|_| {
-                let (set, stats, stop, recording, leader) = (set.clone(), stats.clone(), stop.clone(), recording.clone(), leader.clone());
-                // Paced: every 100 ms, this worker renews its share of rate/10.
-                let per_tick = rate.map(|r| ((r / 10.0 / conns as f64).ceil() as usize).max(1));
-                tokio::spawn(async move {
-                    let mut conn = Conn::new(&leader);
-                    let mut samples = Vec::new();
-                    let mut path = String::with_capacity(64);
-                    let mut tick = tokio::time::interval(Duration::from_millis(100));
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    'outer: while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                        let batch = match per_tick {
-                            Some(n) => {
-                                tick.tick().await;
-                                n
-                            }
-                            None => 64,
-                        };
-                        for _ in 0..batch {
-                            if stop.load(Ordering::Relaxed) {
-                                break 'outer;
-                            }
-                            let Some((i, id)) = set.take() else {
-                                tokio::time::sleep(Duration::from_millis(2)).await;
-                                continue 'outer;
-                            };
-                            path.clear();
-                            let _ = write!(path, "/v1/leases/{id}/keepalive");
-                            let t0 = Instant::now();
-                            match conn.request("POST", &path, b"").await {
-                                Ok(r) if r.status == 200 => {
-                                    let now = Instant::now();
-                                    let now_ns = epoch_ns(now);
-                                    let prev = set.last_ns[i].swap(now_ns, Ordering::Relaxed);
-                                    let gap = now_ns.saturating_sub(prev);
-                                    stats.max_gap_ns.fetch_max(gap, Ordering::Relaxed);
-                                    stats.ok.fetch_add(1, Ordering::Relaxed);
-                                    if recording.load(Ordering::Relaxed) {
-                                        stats.max_gap_window_ns.fetch_max(gap, Ordering::Relaxed);
-                                        if samples.len() < MAX_SAMPLES_PER_WORKER {
-                                            samples.push(nanos(now - t0));
-                                        }
-                                    }
-                                }
-                                Ok(r) if r.status == 404 => {
-                                    stats.not_found.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Ok(_) => {
-                                    stats.other_status.fetch_add(1, Ordering::Relaxed);
-                                    tokio::time::sleep(Duration::from_millis(10)).await;
-                                }
-                                Err(_) => {
-                                    stats.io_errors.fetch_add(1, Ordering::Relaxed);
-                                    tokio::time::sleep(Duration::from_millis(10)).await;
-                                }
-                            }
-                        }
-                    }
-                    samples
-                })
-            })
-            .collect();
-        Renewer { stats, stop, recording, tasks }
-    }
-
-    async fn stop(self) -> Vec<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for t in self.tasks {
-            if let Ok(Ok(s)) = tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), t).await {
-                all.extend(s);
-            }
-        }
-        all
-    }
-}
-
-/// Grants `n` leases with `conc` requests in flight, pushing each into `set` as it comes.
-/// Returns the elapsed time.
-async fn grant_leases(leader: &Target, set: &Arc<LeaseSet>, n: usize, ttl_ms: u64, conc: usize, limit: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    let deadline = start + limit;
-    let todo = Arc::new(AtomicUsize::new(0));
-    let body = Arc::new(serde_json::to_vec(&json!({ "ttl_ms": ttl_ms }))?);
-    let tasks: Vec<JoinHandle<Result<()>>> = (0..conc.min(n).max(1))
-        .map(|_| {
-            let (todo, set, body, leader) = (todo.clone(), set.clone(), body.clone(), leader.clone());
-            tokio::spawn(async move {
-                let mut conn = Conn::new(&leader);
-                while todo.fetch_add(1, Ordering::Relaxed) < n {
-                    let v = write_retry(&mut conn, "POST", "/v1/leases", &body, deadline).await?;
-                    set.push(v["lease_id"].as_u64().ok_or_else(|| anyhow!("grant answer without lease_id: {v}"))?);
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await??;
-    }
-    Ok(start.elapsed())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -944,7 +511,7 @@ async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: &Target, n: usi
     let warmup = Duration::from_secs_f64(args.warmup_secs);
     // Renewal starts with the first grant, so early leases never go unrenewed while the rest
     // are granted.
-    let renewer = Renewer::start(leader.clone(), set.clone(), args.concurrency, None, limit + window + warmup + Duration::from_secs(30));
+    let renewer = KeepaliveLoad::start(leader.clone(), set.clone(), args.concurrency, None, limit + window + warmup + Duration::from_secs(30));
     let grant_time = grant_leases(leader, &set, n, args.ttl_ms, args.setup_concurrency, limit).await;
     let grant_time = match grant_time {
         Ok(t) => t,
@@ -1076,39 +643,6 @@ fn rss_line(m: &[Mem]) -> String {
         .join(", ")
 }
 
-/// Writers waiting for their event, by instance name.
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<(Instant, u64)>>>>;
-
-/// Streams `/v1/watch` from `url`, timestamps each `put` event as its bytes arrive and hands it
-/// to the waiting writer.
-async fn watcher(http: reqwest::Client, url: String, pending: Pending, connected: oneshot::Sender<()>, events: Arc<AtomicU64>) -> Result<()> {
-    let resp = http.get(&url).send().await.with_context(|| format!("GET {url}"))?;
-    ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
-    let _ = connected.send(());
-    let mut stream = resp.bytes_stream();
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let seen = Instant::now();
-        buf.extend_from_slice(&chunk?);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let ev: proto::WatchEvent = serde_json::from_slice(&line).with_context(|| format!("bad watch line {}", String::from_utf8_lossy(&line)))?;
-            match ev {
-                proto::WatchEvent::Put { revision, instance } => {
-                    events.fetch_add(1, Ordering::Relaxed);
-                    if let Some(tx) = pending.lock().unwrap().remove(&instance.instance) {
-                        let _ = tx.send((seen, revision));
-                    }
-                }
-                proto::WatchEvent::Compacted { .. } => bail!("watch answered compacted"),
-                _ => {}
-            }
-        }
-        ensure!(buf.len() <= 16 * 1024 * 1024, "watch line too long");
-    }
-    bail!("watch stream ended")
-}
-
 #[derive(Default)]
 struct LatencySamples {
     put_ack: Vec<u64>,
@@ -1192,7 +726,7 @@ async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result
     let since = grant["revision"].as_u64().unwrap_or(lease);
     let set = Arc::new(LeaseSet::with_capacity(1));
     set.push(lease);
-    let renewer = Renewer::start(leader.clone(), set, 1, Some(1.0), limit * 3);
+    let renewer = KeepaliveLoad::start(leader.clone(), set, 1, Some(1.0), limit * 3);
 
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let events = Arc::new(AtomicU64::new(0));
@@ -1273,7 +807,7 @@ async fn memory_phase(args: &Args, cluster: &Cluster, leader: &Target, idle: Vec
     // Each lease renewed about every TTL/4, the way an announcer would (TTL/3), spread over
     // two connections.
     let rate = n as f64 / (args.mem_ttl_ms as f64 / 1000.0 / 4.0);
-    let renewer = Renewer::start(leader.clone(), set.clone(), 2, Some(rate), limit * 3);
+    let renewer = KeepaliveLoad::start(leader.clone(), set.clone(), 2, Some(rate), limit * 3);
     let res = async {
         let grant_time = grant_leases(leader, &set, n, args.mem_ttl_ms, args.setup_concurrency, limit).await?;
         let ids = set.ids.read().unwrap().clone();
