@@ -9,7 +9,7 @@
 //! straight to it, with the client's own token, and answers each one on its own: a lease that
 //! is gone is a 404 for that keepalive alone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,9 @@ use crate::node::Node;
 
 /// Keepalives per relayed request.
 const MAX_ITEMS: usize = 4096;
+/// Relayed requests in flight per leader: two keep the pipe full, one filling while the other
+/// is out.
+const IN_FLIGHT: usize = 2;
 
 /// `POST /raft/keepalives`: keepalives a follower relays, each with its client's token.
 /// No `Debug`: the items hold bearer tokens.
@@ -138,12 +141,12 @@ fn spawn(node: &Arc<Node>) -> mpsc::UnboundedSender<Pending> {
     tx
 }
 
-/// One batch in flight per leader: while it is out, the next fills up. A batch to a leader
+/// `IN_FLIGHT` batches per leader: while they are out, the next fills up. A batch to a leader
 /// that no longer answers holds up only the keepalives meant for it; once this node learns of
 /// the new leader, keepalives for that one go at once.
 async fn run(node: std::sync::Weak<Node>, mut queue: mpsc::UnboundedReceiver<Pending>) {
     let mut waiting: HashMap<u64, Vec<Pending>> = HashMap::new();
-    let mut busy: HashSet<u64> = HashSet::new();
+    let mut busy: HashMap<u64, usize> = HashMap::new();
     let (done_tx, mut done) = mpsc::unbounded_channel::<u64>();
     loop {
         tokio::select! {
@@ -151,13 +154,17 @@ async fn run(node: std::sync::Weak<Node>, mut queue: mpsc::UnboundedReceiver<Pen
                 Some(p) => waiting.entry(p.to.id).or_default().push(p),
                 None => return,
             },
-            Some(leader) = done.recv() => { busy.remove(&leader); }
+            Some(leader) = done.recv() => {
+                if let Some(n) = busy.get_mut(&leader) {
+                    *n = n.saturating_sub(1);
+                }
+            }
         }
         while let Ok(p) = queue.try_recv() {
             waiting.entry(p.to.id).or_default().push(p);
         }
         let Some(n) = node.upgrade() else { return };
-        let ready: Vec<u64> = waiting.keys().copied().filter(|l| !busy.contains(l)).collect();
+        let ready: Vec<u64> = waiting.keys().copied().filter(|l| busy.get(l).copied().unwrap_or(0) < IN_FLIGHT).collect();
         for leader in ready {
             let mut batch = waiting.remove(&leader).unwrap_or_default();
             // A keepalive whose client gave up is not sent: it would renew a lease nobody holds.
@@ -168,7 +175,7 @@ async fn run(node: std::sync::Weak<Node>, mut queue: mpsc::UnboundedReceiver<Pen
             if batch.is_empty() {
                 continue;
             }
-            busy.insert(leader);
+            *busy.entry(leader).or_default() += 1;
             let (n, done_tx) = (n.clone(), done_tx.clone());
             tokio::spawn(async move {
                 send(&n, batch).await;
