@@ -1,11 +1,14 @@
 //! What the benchmark binaries share besides the harness itself: how they run, how they write
-//! their JSON, and one definition of a percentile.
+//! their JSON, one definition of a percentile and of a latency summary, and a monotonic clock
+//! that fits in an atomic.
 
 use std::future::Future;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use serde_json::{json, Value};
 
 /// Runs a benchmark's body on a fresh runtime until it finishes or the process gets SIGINT or
 /// SIGTERM; dropping the body on a signal drops its processes, which stops them, and should the
@@ -16,6 +19,7 @@ where
     F: Future<Output = anyhow::Result<()>>,
 {
     crate::process::die_with_parent();
+    epoch_ns(Instant::now());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -63,6 +67,65 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> 
 pub fn percentile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
     let n = sorted.len();
     (n > 0).then(|| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
+}
+
+/// Percentiles (in milliseconds) of samples taken in nanoseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Summary {
+    /// Sorts `samples` (nanoseconds) and summarizes them; all zero when there are none.
+    pub fn of(samples: &mut [u64]) -> Summary {
+        if samples.is_empty() {
+            return Summary::default();
+        }
+        samples.sort_unstable();
+        let n = samples.len();
+        let pick = |q: f64| percentile(samples, q).unwrap_or(0) as f64 / 1e6;
+        Summary {
+            count: n,
+            p50: pick(0.50),
+            p90: pick(0.90),
+            p99: pick(0.99),
+            max: samples[n - 1] as f64 / 1e6,
+            mean: samples.iter().sum::<u64>() as f64 / n as f64 / 1e6,
+        }
+    }
+    pub fn json(&self) -> Value {
+        json!({"count": self.count, "p50_ms": r3(self.p50), "p90_ms": r3(self.p90), "p99_ms": r3(self.p99), "max_ms": r3(self.max), "mean_ms": r3(self.mean)})
+    }
+    pub fn line(&self) -> String {
+        format!("p50 {:>8.3} ms  p90 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms  (n={})", self.p50, self.p90, self.p99, self.max, self.count)
+    }
+}
+
+/// Rounded to 3 decimals, for JSON.
+pub fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Rounded to 1 decimal, for JSON.
+pub fn r1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+pub fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// Monotonic origin of `epoch_ns`, set by its first call (`run_bench` makes that the start).
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// `t` as nanoseconds since the benchmark started: a timestamp that fits in an `AtomicU64`.
+pub fn epoch_ns(t: Instant) -> u64 {
+    nanos(t.saturating_duration_since(*EPOCH.get_or_init(Instant::now)))
 }
 
 #[cfg(test)]

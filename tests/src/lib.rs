@@ -2,13 +2,16 @@
 //! waits on conditions with deadlines, and prints every process's log when a test fails.
 
 pub mod bench;
+pub mod bench_cluster;
 pub mod chaos;
 pub mod cluster;
 pub mod dataplane_double;
 pub mod haproxy;
+pub mod http1;
 pub mod lease;
 pub mod metrics;
 pub mod process;
+pub mod procstat;
 pub mod secure;
 pub mod tcp_proxy;
 pub mod zookeeper;

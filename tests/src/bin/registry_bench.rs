@@ -20,22 +20,22 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::Parser;
-use e2e::bench::{percentile, write_json};
-use e2e::metrics::{self, Samples};
-use e2e::{until, ClusterOptions, RegistryCluster};
+use e2e::bench::{nanos, r1, r3, write_json, Summary};
+use e2e::bench_cluster::BenchCluster as Cluster;
+use e2e::http1::{write_retry, Conn, Target};
+use e2e::lease::{grant_leases, LeaseSet, RenewPool as Renewer};
+use e2e::procstat::{self, rss_line, CpuWindow, Mem};
+use e2e::{until, ClusterOptions};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -113,16 +113,8 @@ enum Security {
 /// The share of the plain keepalive rate a cluster with TLS and tokens must keep.
 const SECURE_TARGET: f64 = 0.70;
 
-/// Monotonic origin for the nanosecond timestamps kept in atomics.
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-fn epoch_ns(t: Instant) -> u64 {
-    t.saturating_duration_since(*EPOCH.get_or_init(Instant::now)).as_nanos() as u64
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    EPOCH.get_or_init(Instant::now);
     e2e::run_bench("registry_bench", run(&args))
 }
 
@@ -135,7 +127,7 @@ async fn run(args: &Args) -> Result<()> {
     let registry_bin = args.registry_bin.clone().unwrap_or_else(|| e2e::process::bin_dir("release").join("registry"));
     let bin = std::fs::canonicalize(&registry_bin)
         .with_context(|| format!("registry binary {} not found (build it with `cargo build --release -p registry`)", registry_bin.display()))?;
-    let mut cluster = Cluster::start(&bin, args, args.security == Security::Secure).await?;
+    let mut cluster = start_cluster(&bin, args, args.security == Security::Secure).await?;
     let result = phases(args, &registry_bin, &cluster).await;
     if let Err(e) = &result {
         eprintln!("registry_bench: failed: {e:#}");
@@ -150,7 +142,7 @@ async fn run(args: &Args) -> Result<()> {
             if args.keep_data {
                 println!("plain cluster's data directories and node logs kept in {}", kept.display());
             }
-            cluster = Cluster::start(&bin, args, true).await?;
+            cluster = start_cluster(&bin, args, true).await?;
             let result = secure_comparison(args, &cluster, n, &mut report).await;
             if let Err(e) = &result {
                 eprintln!("registry_bench: failed: {e:#}");
@@ -175,653 +167,24 @@ struct Report {
     json: Value,
 }
 
-// ---------------------------------------------------------------------------------------------
-// The cluster: three `registry serve` processes (`e2e::RegistryCluster`: SIGTERM, then SIGKILL
-// when dropped), and how the benchmark reaches them.
-
-/// A node as the benchmark names it: by its `--id`.
-struct Node {
-    id: u64,
-    addr: SocketAddr,
-    url: String,
-}
-
-struct Cluster {
-    procs: RegistryCluster,
-    nodes: Vec<Node>,
-    /// Admin requests (cluster state, metrics, watches): with the admin token when secured.
-    http: reqwest::Client,
-    /// TLS and the load generator's token (`announce:*`), when secured.
-    secure: Option<Arc<ConnSecurity>>,
-}
-
-impl Cluster {
-    /// `secure`: TLS with node certificates and ACLs on, as `registry tls init` and
-    /// `--acl-bootstrap-token-file` make them; otherwise plain HTTP with the cluster secret.
-    async fn start(bin: &Path, args: &Args, secure: bool) -> Result<Cluster> {
-        let procs = RegistryCluster::launch(
-            3,
-            ClusterOptions {
-                secure,
-                node_args: args.node_args.clone(),
-                bin: Some(bin.to_path_buf()),
-                data_root: args.data_root.clone(),
-                dir_prefix: "registry-bench-".into(),
-                keep_data: args.keep_data,
-                // The nodes log as this benchmark's RUST_LOG says, if it is set.
-                log_filter: std::env::var("RUST_LOG").ok(),
-                // A node under a profiler gets to write its output.
-                stop_grace: Some(Duration::from_secs(5)),
-                ready_limit: Duration::from_secs(args.startup_timeout_secs),
-                ..Default::default()
-            },
-        )
-        .await?;
-        let mut http =
-            reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).pool_idle_timeout(Duration::from_secs(30)).http1_only().no_proxy();
-        let mut secure = None;
-        if let Some(s) = &procs.secured {
-            let mut headers = reqwest::header::HeaderMap::new();
-            headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", s.admin_token).parse()?);
-            http = http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&s.ca)?)?).default_headers(headers);
-            // The load generator renews and registers with a token of its own, as an announcer
-            // does: every request pays the token check and the lease-owner check.
-            let token_file = s.mint(&procs.client(), "registry_bench", &["announce:*"]).await;
-            let token = std::fs::read_to_string(&token_file)?;
-            secure = Some(Arc::new(ConnSecurity::new(&s.ca, token.trim())?));
-        }
-        let nodes = procs.addrs.iter().zip(procs.urls()).zip(1..).map(|((a, url), id)| Ok(Node { id, addr: a.parse()?, url })).collect::<Result<_>>()?;
-        Ok(Cluster { procs, nodes, http: http.build()?, secure })
-    }
-
-    /// The nodes' data directories and logs.
-    fn dir(&self) -> &Path {
-        self.procs.dir.path()
-    }
-
-    /// Where the load generator's connections to node `addr` go, and how.
-    fn target(&self, addr: SocketAddr) -> Target {
-        Target { addr, secure: self.secure.clone() }
-    }
-
-    fn node(&self, id: u64) -> &Node {
-        self.nodes.iter().find(|n| n.id == id).expect("known node id")
-    }
-
-    async fn get_json(&self, url: &str) -> Result<Value> {
-        let resp = self.http.get(url).timeout(Duration::from_secs(5)).send().await?;
-        let status = resp.status();
-        let body = resp.bytes().await?;
-        ensure!(status.is_success(), "GET {url}: {status}: {}", String::from_utf8_lossy(&body));
-        Ok(serde_json::from_slice(&body)?)
-    }
-
-    async fn cluster_info(&self, n: &Node) -> Result<Value> {
-        self.get_json(&format!("{}/v1/cluster", n.url)).await
-    }
-
-    /// Waits until every node names the same leader and that node says it is leader.
-    async fn wait_leader(&self, limit: Duration) -> Result<u64> {
-        let last = Mutex::new(String::from("no answer yet"));
-        let agreed = until(limit, "the nodes to agree on a leader", || async {
-            if let Err(e) = self.procs.check_running() {
-                return Some(Err(e));
-            }
-            let mut leaders = Vec::new();
-            let mut leader_role = None;
-            for n in &self.nodes {
-                match self.cluster_info(n).await {
-                    Ok(v) => {
-                        leaders.push(v["leader"].as_u64());
-                        if v["role"] == "leader" {
-                            leader_role = Some(n.id);
-                        }
-                    }
-                    Err(e) => {
-                        *last.lock().unwrap() = format!("node {}: {e:#}", n.id);
-                        leaders.push(None);
-                    }
-                }
-            }
-            if let (Some(Some(l)), Some(r)) = (leaders.first(), leader_role) {
-                if leaders.iter().all(|x| *x == Some(*l)) && *l == r {
-                    return Some(Ok(r));
-                }
-            }
-            if leaders.iter().any(Option::is_some) {
-                *last.lock().unwrap() = format!("leaders as seen by nodes 1..3: {leaders:?}");
-            }
-            None
-        })
-        .await;
-        match agreed {
-            Ok(leader) => leader,
-            Err(_) => bail!("no leader agreed on within {limit:?}: {}", last.lock().unwrap()),
-        }
-    }
-
-    async fn current_leader(&self) -> Result<u64> {
-        for n in &self.nodes {
-            if let Ok(v) = self.cluster_info(n).await {
-                if let Some(l) = v["leader"].as_u64() {
-                    return Ok(l);
-                }
-            }
-        }
-        bail!("no node names a leader")
-    }
-
-    async fn metrics(&self, n: &Node) -> Result<Samples> {
-        metrics::scrape(&self.http, &format!("{}/metrics", n.url)).await.with_context(|| format!("reading the metrics of node {}", n.id))
-    }
-
-    /// A metric's value on every node (sum over label sets), in node order.
-    async fn metric_all(&self, name: &str) -> Result<Vec<f64>> {
-        let mut out = Vec::new();
-        for n in &self.nodes {
-            let samples = self.metrics(n).await.with_context(|| format!("reading {name} from node {}", n.id))?;
-            out.push(metrics::sum(&samples, name).with_context(|| format!("node {} has no metric {name}", n.id))?);
-        }
-        Ok(out)
-    }
-
-    /// `registry_keepalives_total` on node `n` (0 if it has none yet).
-    async fn keepalives(&self, n: &Node) -> Result<f64> {
-        Ok(metrics::sum(&self.metrics(n).await?, "registry_keepalives_total").unwrap_or(0.0))
-    }
-
-    async fn expiries(&self) -> Result<u64> {
-        Ok(self.metric_all("registry_lease_expiries_total").await?.iter().sum::<f64>() as u64)
-    }
-
-    fn pids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.procs.nodes.iter().map(|p| p.pid().unwrap_or(0))
-    }
-
-    fn rss(&self) -> Vec<Mem> {
-        self.pids().map(Mem::of).collect()
-    }
-
-    fn cpu_ticks(&self) -> Vec<u64> {
-        self.pids().map(|pid| cpu_ticks(&format!("/proc/{pid}/stat")).unwrap_or(0)).collect()
-    }
-
-    /// Waits until every node has applied at least `index`; returns how long that took.
-    async fn wait_applied(&self, index: u64, limit: Duration) -> Result<Duration> {
-        let start = Instant::now();
-        until(limit, &format!("every node to apply index {index}"), || async {
-            for n in &self.nodes {
-                if self.cluster_info(n).await.ok().and_then(|v| v["applied_index"].as_u64()).unwrap_or(0) < index {
-                    return None;
-                }
-            }
-            Some(start.elapsed())
-        })
-        .await
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Mem {
-    rss_kb: u64,
-    hwm_kb: u64,
-}
-
-impl Mem {
-    fn of(pid: u32) -> Mem {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field =
-            |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Mem { rss_kb: field("VmRSS:"), hwm_kb: field("VmHWM:") }
-    }
-    fn json(&self) -> Value {
-        json!({"rss_kb": self.rss_kb, "peak_rss_kb": self.hwm_kb})
-    }
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(stat_path: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(stat_path).ok()?;
-    let after = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
-/// CPU use of the three nodes and of this benchmark over a window, in % of one core.
-struct CpuWindow {
-    start: Instant,
-    nodes: Vec<u64>,
-    me: u64,
-}
-
-impl CpuWindow {
-    fn open(c: &Cluster) -> CpuWindow {
-        CpuWindow { start: Instant::now(), nodes: c.cpu_ticks(), me: cpu_ticks("/proc/self/stat").unwrap_or(0) }
-    }
-    fn close(&self, c: &Cluster) -> (Vec<f64>, f64) {
-        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
-        let hz = clock_ticks_per_sec();
-        let pct = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / hz / secs * 100.0;
-        let nodes = c.cpu_ticks().iter().zip(&self.nodes).map(|(b, a)| pct(*a, *b)).collect();
-        (nodes, pct(self.me, cpu_ticks("/proc/self/stat").unwrap_or(0)))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 keep-alive client: one connection, one request at a time. Cheaper than a
-// general client, which matters because the load generator shares the machine's cores.
-
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_HEADER_LINES: usize = 64;
-const MAX_LINE: u64 = 16 * 1024;
-const MAX_BODY: usize = 64 * 1024 * 1024;
-
-/// A node the load generator talks to, and the TLS and token it uses (none on a plain cluster).
-#[derive(Clone)]
-struct Target {
-    addr: SocketAddr,
-    secure: Option<Arc<ConnSecurity>>,
-}
-
-/// TLS that trusts the cluster CA alone, and the `Authorization` header line to send.
-struct ConnSecurity {
-    tls: tokio_rustls::TlsConnector,
-    auth: String,
-}
-
-impl ConnSecurity {
-    fn new(ca: &Path, token: &str) -> Result<ConnSecurity> {
-        let config = e2e::secure::Secured::rustls_config(ca).map_err(|e| anyhow!(e))?;
-        Ok(ConnSecurity { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), auth: format!("Authorization: Bearer {token}\r\n") })
-    }
-}
-
-/// A TCP or TLS stream.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
-struct Conn {
-    target: Target,
-    host: String,
-    io: Option<BufReader<Box<dyn Io>>>,
-    req: Vec<u8>,
-}
-
-struct RawResp {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl RawResp {
-    fn json(&self) -> Result<Value> {
-        serde_json::from_slice(&self.body).with_context(|| format!("bad JSON answer: {}", String::from_utf8_lossy(&self.body)))
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-impl Conn {
-    fn new(target: &Target) -> Conn {
-        Conn { target: target.clone(), host: target.addr.to_string(), io: None, req: Vec::with_capacity(512) }
-    }
-
-    async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Result<RawResp> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                self.io = None;
-                Err(e)
-            }
-            Err(_) => {
-                self.io = None;
-                bail!("{method} {path}: no answer within {REQUEST_TIMEOUT:?}")
-            }
-        }
-    }
-
-    async fn exchange(&mut self, method: &str, path: &str, body: &[u8]) -> Result<RawResp> {
-        if self.io.is_none() {
-            let addr = self.target.addr;
-            let s = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-            s.set_nodelay(true)?;
-            let io: Box<dyn Io> = match &self.target.secure {
-                Some(sec) => Box::new(sec.tls.connect(rustls::pki_types::ServerName::IpAddress(addr.ip().into()), s).await.context("TLS handshake")?),
-                None => Box::new(s),
-            };
-            self.io = Some(BufReader::with_capacity(16 * 1024, io));
-        }
-        self.req.clear();
-        let auth = self.target.secure.as_ref().map(|s| s.auth.as_str()).unwrap_or("");
-        let _ = write!(
-            StrBuf(&mut self.req),
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.host,
-            body.len()
-        );
-        self.req.extend_from_slice(body);
-        let io = self.io.as_mut().expect("connected");
-        io.get_mut().write_all(&self.req).await?;
-        io.get_mut().flush().await?;
-
-        let mut line = Vec::with_capacity(128);
-        read_line(io, &mut line).await?;
-        let status_line = String::from_utf8_lossy(&line);
-        let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
-        let (mut length, mut chunked, mut close) = (None, false, false);
-        for i in 0.. {
-            ensure!(i < MAX_HEADER_LINES, "too many header lines");
-            read_line(io, &mut line).await?;
-            let l = String::from_utf8_lossy(&line);
-            let l = l.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-                match k.as_str() {
-                    "content-length" => length = Some(v.parse::<usize>()?),
-                    "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
-                    "connection" => close = v.eq_ignore_ascii_case("close"),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            for _ in 0..1_000_000 {
-                read_line(io, &mut line).await?;
-                let size_str = String::from_utf8_lossy(&line);
-                let size = usize::from_str_radix(size_str.trim().split(';').next().unwrap_or(""), 16)?;
-                if size == 0 {
-                    read_line(io, &mut line).await?; // the empty line after the last chunk
-                    break;
-                }
-                ensure!(body.len() + size <= MAX_BODY, "answer too large");
-                let start = body.len();
-                body.resize(start + size, 0);
-                io.read_exact(&mut body[start..]).await?;
-                read_line(io, &mut line).await?;
-            }
-        } else if let Some(n) = length {
-            ensure!(n <= MAX_BODY, "answer too large");
-            body.resize(n, 0);
-            io.read_exact(&mut body).await?;
-        } else {
-            close = true;
-            io.take(MAX_BODY as u64).read_to_end(&mut body).await?;
-        }
-        if close {
-            self.io = None;
-        }
-        Ok(RawResp { status, body })
-    }
-}
-
-async fn read_line(io: &mut BufReader<Box<dyn Io>>, line: &mut Vec<u8>) -> Result<()> {
-    line.clear();
-    let n = (&mut *io).take(MAX_LINE).read_until(b'\n', line).await?;
-    ensure!(n > 0, "connection closed by the server");
-    ensure!(line.ends_with(b"\n"), "line too long or cut short");
-    Ok(())
-}
-
-/// `fmt::Write` into a byte buffer.
-struct StrBuf<'a>(&'a mut Vec<u8>);
-impl std::fmt::Write for StrBuf<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
-/// Sends a write until it is answered with success, retrying retriable failures (5xx, I/O)
-/// until `deadline`. A 4xx answer is final.
-async fn write_retry(conn: &mut Conn, method: &str, path: &str, body: &[u8], deadline: Instant) -> Result<Value> {
-    let mut last = String::new();
-    for attempt in 0u32.. {
-        if Instant::now() >= deadline {
-            bail!("{method} {path}: gave up after {attempt} attempts: {last}");
-        }
-        match conn.request(method, path, body).await {
-            Ok(r) if (200..300).contains(&r.status) => return r.json(),
-            Ok(r) if r.status < 500 => bail!("{method} {path}: {}: {}", r.status, r.text()),
-            Ok(r) => last = format!("{}: {}", r.status, r.text()),
-            Err(e) => last = format!("{e:#}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10)) + 10)).await;
-    }
-    unreachable!()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Statistics.
-
-/// Percentiles (in milliseconds) of samples taken in nanoseconds.
-#[derive(Debug, Clone, Copy, Default)]
-struct Summary {
-    count: usize,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-    mean: f64,
-}
-
-impl Summary {
-    fn of(samples: &mut [u64]) -> Summary {
-        if samples.is_empty() {
-            return Summary::default();
-        }
-        samples.sort_unstable();
-        let n = samples.len();
-        let pick = |q: f64| percentile(samples, q).unwrap_or(0) as f64 / 1e6;
-        Summary {
-            count: n,
-            p50: pick(0.50),
-            p90: pick(0.90),
-            p99: pick(0.99),
-            max: samples[n - 1] as f64 / 1e6,
-            mean: samples.iter().sum::<u64>() as f64 / n as f64 / 1e6,
-        }
-    }
-    fn json(&self) -> Value {
-        json!({"count": self.count, "p50_ms": r3(self.p50), "p90_ms": r3(self.p90), "p99_ms": r3(self.p99), "max_ms": r3(self.max), "mean_ms": r3(self.mean)})
-    }
-    fn line(&self) -> String {
-        format!("p50 {:>8.3} ms  p90 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms  (n={})", self.p50, self.p90, self.p99, self.max, self.count)
-    }
-}
-
-fn r3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-fn r1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn nanos(d: Duration) -> u64 {
-    d.as_nanos().min(u64::MAX as u128) as u64
-}
-
-// ---------------------------------------------------------------------------------------------
-// Lease renewal: a pool of connections renewing a (possibly growing) set of leases round-robin,
-// flat out or paced.
-
-struct LeaseSet {
-    ids: RwLock<Vec<u64>>,
-    /// Per lease (same index as `ids`): when it was last granted or renewed, in `epoch_ns`.
-    last_ns: Vec<AtomicU64>,
-    next: AtomicUsize,
-}
-
-impl LeaseSet {
-    fn with_capacity(n: usize) -> LeaseSet {
-        LeaseSet { ids: RwLock::new(Vec::with_capacity(n)), last_ns: (0..n).map(|_| AtomicU64::new(0)).collect(), next: AtomicUsize::new(0) }
-    }
-    fn push(&self, id: u64) {
-        let mut ids = self.ids.write().unwrap();
-        if ids.len() < self.last_ns.len() {
-            self.last_ns[ids.len()].store(epoch_ns(Instant::now()), Ordering::Relaxed);
-            ids.push(id);
-        }
-    }
-    fn len(&self) -> usize {
-        self.ids.read().unwrap().len()
-    }
-    /// The next lease in round-robin order: (index, id).
-    fn take(&self) -> Option<(usize, u64)> {
-        let ids = self.ids.read().unwrap();
-        if ids.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % ids.len();
-        Some((i, ids[i]))
-    }
-}
-
-#[derive(Default)]
-struct RenewStats {
-    ok: AtomicU64,
-    not_found: AtomicU64,
-    other_status: AtomicU64,
-    io_errors: AtomicU64,
-    /// Largest time between two renewals (or grant and first renewal) of one lease.
-    max_gap_ns: AtomicU64,
-    /// The same, for renewals inside the measurement window.
-    max_gap_window_ns: AtomicU64,
-}
-
-struct Renewer {
-    stats: Arc<RenewStats>,
-    stop: Arc<AtomicBool>,
-    recording: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<Vec<u64>>>,
-}
-
-/// Latency samples kept per worker at most (bounds memory on long runs).
-const MAX_SAMPLES_PER_WORKER: usize = 2_000_000;
-
-impl Renewer {
-    /// `rate`: total keepalives per second across the pool, or `None` for as fast as possible.
-    /// `hard_limit` bounds the workers' life whatever happens.
-    fn start(leader: Target, set: Arc<LeaseSet>, conns: usize, rate: Option<f64>, hard_limit: Duration) -> Renewer {
-        let stats = Arc::new(RenewStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let recording = Arc::new(AtomicBool::new(false));
-        let until = Instant::now() + hard_limit;
-        let tasks = (0..conns)
-            .map(|_| {
-                let (set, stats, stop, recording, leader) = (set.clone(), stats.clone(), stop.clone(), recording.clone(), leader.clone());
-                // Paced: every 100 ms, this worker renews its share of rate/10.
-                let per_tick = rate.map(|r| ((r / 10.0 / conns as f64).ceil() as usize).max(1));
-                tokio::spawn(async move {
-                    let mut conn = Conn::new(&leader);
-                    let mut samples = Vec::new();
-                    let mut path = String::with_capacity(64);
-                    let mut tick = tokio::time::interval(Duration::from_millis(100));
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    'outer: while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                        let batch = match per_tick {
-                            Some(n) => {
-                                tick.tick().await;
-                                n
-                            }
-                            None => 64,
-                        };
-                        for _ in 0..batch {
-                            if stop.load(Ordering::Relaxed) {
-                                break 'outer;
-                            }
-                            let Some((i, id)) = set.take() else {
-                                tokio::time::sleep(Duration::from_millis(2)).await;
-                                continue 'outer;
-                            };
-                            path.clear();
-                            let _ = write!(path, "/v1/leases/{id}/keepalive");
-                            let t0 = Instant::now();
-                            match conn.request("POST", &path, b"").await {
-                                Ok(r) if r.status == 200 => {
-                                    let now = Instant::now();
-                                    let now_ns = epoch_ns(now);
-                                    let prev = set.last_ns[i].swap(now_ns, Ordering::Relaxed);
-                                    let gap = now_ns.saturating_sub(prev);
-                                    stats.max_gap_ns.fetch_max(gap, Ordering::Relaxed);
-                                    stats.ok.fetch_add(1, Ordering::Relaxed);
-                                    if recording.load(Ordering::Relaxed) {
-                                        stats.max_gap_window_ns.fetch_max(gap, Ordering::Relaxed);
-                                        if samples.len() < MAX_SAMPLES_PER_WORKER {
-                                            samples.push(nanos(now - t0));
-                                        }
-                                    }
-                                }
-                                Ok(r) if r.status == 404 => {
-                                    stats.not_found.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Ok(_) => {
-                                    stats.other_status.fetch_add(1, Ordering::Relaxed);
-                                    tokio::time::sleep(Duration::from_millis(10)).await;
-                                }
-                                Err(_) => {
-                                    stats.io_errors.fetch_add(1, Ordering::Relaxed);
-                                    tokio::time::sleep(Duration::from_millis(10)).await;
-                                }
-                            }
-                        }
-                    }
-                    samples
-                })
-            })
-            .collect();
-        Renewer { stats, stop, recording, tasks }
-    }
-
-    async fn stop(self) -> Vec<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for t in self.tasks {
-            if let Ok(Ok(s)) = tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), t).await {
-                all.extend(s);
-            }
-        }
-        all
-    }
-}
-
-/// Grants `n` leases with `conc` requests in flight, pushing each into `set` as it comes.
-/// Returns the elapsed time.
-async fn grant_leases(leader: &Target, set: &Arc<LeaseSet>, n: usize, ttl_ms: u64, conc: usize, limit: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    let deadline = start + limit;
-    let todo = Arc::new(AtomicUsize::new(0));
-    let body = Arc::new(serde_json::to_vec(&json!({ "ttl_ms": ttl_ms }))?);
-    let tasks: Vec<JoinHandle<Result<()>>> = (0..conc.min(n).max(1))
-        .map(|_| {
-            let (todo, set, body, leader) = (todo.clone(), set.clone(), body.clone(), leader.clone());
-            tokio::spawn(async move {
-                let mut conn = Conn::new(&leader);
-                while todo.fetch_add(1, Ordering::Relaxed) < n {
-                    let v = write_retry(&mut conn, "POST", "/v1/leases", &body, deadline).await?;
-                    set.push(v["lease_id"].as_u64().ok_or_else(|| anyhow!("grant answer without lease_id: {v}"))?);
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await??;
-    }
-    Ok(start.elapsed())
+/// Three `registry serve` processes (SIGTERM, then SIGKILL, when dropped). `secure`: TLS with
+/// node certificates and ACLs on; otherwise plain HTTP with the cluster secret.
+async fn start_cluster(bin: &Path, args: &Args, secure: bool) -> Result<Cluster> {
+    let opts = ClusterOptions {
+        secure,
+        node_args: args.node_args.clone(),
+        bin: Some(bin.to_path_buf()),
+        data_root: args.data_root.clone(),
+        dir_prefix: "registry-bench-".into(),
+        keep_data: args.keep_data,
+        // The nodes log as this benchmark's RUST_LOG says, if it is set.
+        log_filter: std::env::var("RUST_LOG").ok(),
+        // A node under a profiler gets to write its output.
+        stop_grace: Some(Duration::from_secs(5)),
+        ready_limit: Duration::from_secs(args.startup_timeout_secs),
+        ..Default::default()
+    };
+    Cluster::start(3, opts, "registry_bench").await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -836,9 +199,9 @@ async fn phases(args: &Args, registry_bin: &Path, cluster: &Cluster) -> Result<R
     let leader = cluster.target(leader_addr);
     // A first write and revoke, so the leader's log is warm and it has heard from a quorum.
     let mut probe = Conn::new(&leader);
-    let v = write_retry(&mut probe, "POST", "/v1/leases", br#"{"ttl_ms":10000}"#, Instant::now() + Duration::from_secs(10)).await?;
+    let v = write_retry(&mut probe, "POST", "/v1/leases", br#"{"ttl_ms":10000}"#, None, Instant::now() + Duration::from_secs(10)).await?;
     let probe_lease = v["lease_id"].as_u64().ok_or_else(|| anyhow!("grant answer without lease_id: {v}"))?;
-    write_retry(&mut probe, "DELETE", &format!("/v1/leases/{probe_lease}"), b"", Instant::now() + Duration::from_secs(10)).await?;
+    write_retry(&mut probe, "DELETE", &format!("/v1/leases/{probe_lease}"), b"", None, Instant::now() + Duration::from_secs(10)).await?;
     let mem_idle = cluster.rss();
 
     let mut text = String::new();
@@ -955,7 +318,7 @@ async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: &Target, n: usi
     };
     tokio::time::sleep(warmup).await;
 
-    let cpu = CpuWindow::open(cluster);
+    let cpu = CpuWindow::open(&cluster.pids());
     let ok0 = renewer.stats.ok.load(Ordering::Relaxed);
     let t0 = Instant::now();
     renewer.recording.store(true, Ordering::Relaxed);
@@ -967,7 +330,7 @@ async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: &Target, n: usi
     let ka1 = cluster.keepalives(leader_node).await?;
     let server_elapsed = t0_server.elapsed();
     renewer.recording.store(false, Ordering::Relaxed);
-    let (cpu_nodes, cpu_me) = cpu.close(cluster);
+    let (cpu_nodes, cpu_me) = cpu.close();
     let stats = renewer.stats.clone();
     let mut samples = renewer.stop().await;
     let stopped = Instant::now();
@@ -1026,7 +389,7 @@ async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: &Target, n: usi
         "CPU during the window (% of one core): nodes {:?}, load generator {:.0}%  (machine total = {}%)",
         cpu_nodes.iter().map(|c| c.round()).collect::<Vec<_>>(),
         cpu_me,
-        100 * js_cores()
+        100 * procstat::cores()
     );
     let _ = writeln!(t, "RSS after the window: {}", rss_line(&rss));
     match all_expired_after {
@@ -1062,18 +425,6 @@ async fn keepalive_phase(args: &Args, cluster: &Cluster, leader: &Target, n: usi
         "all_expired_secs_after_stop": all_expired_after.map(|d| r3(d.as_secs_f64())),
     });
     Ok(PhaseOut { text: t, json })
-}
-
-fn js_cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-fn rss_line(m: &[Mem]) -> String {
-    m.iter()
-        .enumerate()
-        .map(|(i, m)| format!("node{} {:.1} MiB (peak {:.1})", i + 1, m.rss_kb as f64 / 1024.0, m.hwm_kb as f64 / 1024.0))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Writers waiting for their event, by instance name.
@@ -1186,12 +537,12 @@ async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result
     let service = "bench-latency";
     let mut conn = Conn::new(&leader);
     let grant =
-        write_retry(&mut conn, "POST", "/v1/leases", &serde_json::to_vec(&json!({"ttl_ms": args.mem_ttl_ms}))?, Instant::now() + Duration::from_secs(10))
+        write_retry(&mut conn, "POST", "/v1/leases", &serde_json::to_vec(&json!({"ttl_ms": args.mem_ttl_ms}))?, None, Instant::now() + Duration::from_secs(10))
             .await?;
     let lease = grant["lease_id"].as_u64().ok_or_else(|| anyhow!("grant without lease_id"))?;
     let since = grant["revision"].as_u64().unwrap_or(lease);
     let set = Arc::new(LeaseSet::with_capacity(1));
-    set.push(lease);
+    let _ = set.push(lease);
     let renewer = Renewer::start(leader.clone(), set, 1, Some(1.0), limit * 3);
 
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
@@ -1226,7 +577,7 @@ async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result
     renewer.stop().await;
     let (mut seq, mut conc, conc_elapsed) = res?;
     // Clean up: revoking the lease removes every instance of this phase in one entry.
-    let _ = write_retry(&mut conn, "DELETE", &format!("/v1/leases/{lease}"), b"", Instant::now() + Duration::from_secs(10)).await;
+    let _ = write_retry(&mut conn, "DELETE", &format!("/v1/leases/{lease}"), b"", None, Instant::now() + Duration::from_secs(10)).await;
 
     let mut t = String::new();
     let mut j = json!({"watcher_node": follower.id, "leader": leader_id, "events_seen": events.load(Ordering::Relaxed)});
@@ -1296,7 +647,7 @@ async fn memory_phase(args: &Args, cluster: &Cluster, leader: &Target, idle: Vec
                             "address": format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
                             "port": 8080, "lease_id": ids[i], "meta": {"zone": format!("z{}", i % 3)}
                         }))?;
-                        let v = write_retry(&mut conn, "PUT", &format!("/v1/services/bench-mem-{}/instances/inst-{i}", i % 10), &body, deadline).await?;
+                        let v = write_retry(&mut conn, "PUT", &format!("/v1/services/bench-mem-{}/instances/inst-{i}", i % 10), &body, None, deadline).await?;
                         last_rev.fetch_max(v["revision"].as_u64().unwrap_or(0), Ordering::Relaxed);
                     }
                 })
@@ -1332,7 +683,7 @@ async fn memory_phase(args: &Args, cluster: &Cluster, leader: &Target, idle: Vec
     let expired = cluster.expiries().await?.saturating_sub(expired_before);
     let renew_404 = renewer.stats.not_found.load(Ordering::Relaxed);
     renewer.stop().await;
-    let disk: Vec<u64> = (0..cluster.nodes.len()).map(|i| dir_size(&cluster.procs.data_dir(i), 0)).collect();
+    let disk = cluster.data_sizes();
 
     let mut t = String::new();
     let _ = writeln!(t, "\n--- memory: {n} instances, each under its own lease (TTL {} ms, renewed every ~TTL/4) ---", args.mem_ttl_ms);
@@ -1369,19 +720,4 @@ async fn memory_phase(args: &Args, cluster: &Cluster, leader: &Target, idle: Vec
         "data_dir_bytes": disk,
     });
     Ok((t, j))
-}
-
-/// Total size of the files under `dir` (bounded depth).
-fn dir_size(dir: &Path, depth: usize) -> u64 {
-    if depth > 8 {
-        return 0;
-    }
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    rd.flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path(), depth + 1),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
