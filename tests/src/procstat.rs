@@ -52,6 +52,13 @@ pub fn smaps_rollup(pid: u32) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Bytes a process has caused to be written to storage (`write_bytes` in `/proc/PID/io`);
+/// 0 if it cannot be read.
+pub fn write_bytes(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
 /// utime + stime of a process (`/proc/PID/stat`, or `/proc/self/stat`), in clock ticks.
 pub fn cpu_ticks(stat_path: &str) -> Option<u64> {
     let text = std::fs::read_to_string(stat_path).ok()?;
@@ -75,12 +82,23 @@ pub fn clock_ticks_per_sec() -> f64 {
     }
 }
 
+/// Busy (all but idle and iowait) and total CPU ticks of the whole machine, from `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = text.lines().find(|l| l.starts_with("cpu ")) else { return (0, 0) };
+    let f: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
 /// CPU use of some processes and of this one over a window, in % of one core.
 pub struct CpuWindow {
     start: Instant,
     pids: Vec<u32>,
     ticks: Vec<u64>,
     me: u64,
+    machine: (u64, u64),
 }
 
 impl CpuWindow {
@@ -90,7 +108,19 @@ impl CpuWindow {
             pids: pids.to_vec(),
             ticks: pids.iter().map(|p| pid_ticks(*p)).collect(),
             me: cpu_ticks("/proc/self/stat").unwrap_or(0),
+            machine: machine_ticks(),
         }
+    }
+
+    /// The whole machine's busy CPU since `open`, in % of one core: beside `close`, what
+    /// other processes (other users of a shared machine) took meanwhile.
+    pub fn machine(&self) -> f64 {
+        let (busy, total) = machine_ticks();
+        let (b, t) = (busy.saturating_sub(self.machine.0), total.saturating_sub(self.machine.1));
+        if t == 0 {
+            return 0.0;
+        }
+        b as f64 / t as f64 * 100.0 * cores() as f64
     }
 
     /// Per process (in the order given to `open`), then this process.
