@@ -522,7 +522,7 @@ impl Bench {
             })
         };
         let mut first = Some(first);
-        let tasks: Vec<JoinHandle<Result<(Vec<u64>, Vec<u64>)>>> = (0..conc)
+        let tasks: Vec<JoinHandle<Result<Latencies>>> = (0..conc)
             .map(|w| {
                 let range = (w * per)..((w + 1) * per).min(n);
                 let mut conn = match (w, first.take()) {
@@ -624,6 +624,23 @@ impl Bench {
         out!(self, "{} latency: {}", if single { "POST /v1/register" } else { "PUT instance latency:   " }, ps.line());
         out!(self, "on the leader, proposing an entry to its answer (committed by {} of {} and applied) took {propose_ms:.1} ms on average (registry_write_duration_seconds)", self.args.nodes / 2 + 1, self.args.nodes);
         out!(self, "CPU while loading (% of one core): {}", used.line(self.leader_id));
+        // CPU time per entry does not depend on how busy the machine was: what the load would
+        // cost on cores of its own.
+        let per_entry = |pct: f64| pct / 100.0 * load_time.as_secs_f64() / entries as f64 * 1000.0;
+        let li = self.leader_index();
+        let all_nodes: f64 = used.nodes.iter().map(|c| per_entry(*c)).sum();
+        let followers = (all_nodes - per_entry(used.nodes[li])) / (self.args.nodes.max(2) - 1) as f64;
+        let ceiling = procstat::cores() as f64 * 1000.0 / (all_nodes + per_entry(used.me)).max(1e-9);
+        out!(
+            self,
+            "CPU time per Raft entry: leader {:.3} ms, each follower {:.3} ms, all {} nodes {:.3} ms, load generator {:.3} ms; all of it on {} idle cores would allow at most ~{ceiling:.0} entries/s",
+            per_entry(used.nodes[li]),
+            followers,
+            self.args.nodes,
+            all_nodes,
+            per_entry(used.me),
+            procstat::cores()
+        );
         out!(self, "written to disk while loading: {}", mib_list(&written));
         out!(
             self,
@@ -643,6 +660,8 @@ impl Bench {
                 "instances_per_sec_by_tenth": tenth_rates.iter().map(|r| r1(*r)).collect::<Vec<_>>(),
                 "grant_latency": gs.json(), "put_latency": ps.json(),
                 "cpu": used.json(), "write_bytes_nodes": written, "leader_propose_mean_ms": r3(propose_ms),
+                "cpu_ms_per_entry": {"leader": r3(per_entry(used.nodes[li])), "follower_mean": r3(followers), "all_nodes": r3(all_nodes), "load_generator": r3(per_entry(used.me))},
+                "cpu_bound_entries_per_sec": r1(ceiling),
                 "leader_snapshots": snaps.iter().map(|s| json!({"index": s.index, "build_ms": s.ms})).collect::<Vec<_>>(),
             }),
         );
@@ -1061,9 +1080,7 @@ impl Bench {
         let deadline = t0 + self.args.step_timeout;
         let mut ready = None;
         loop {
-            if let Err(e) = self.cluster.procs.check_running() {
-                return Err(e);
-            }
+            self.cluster.procs.check_running()?;
             if ready.is_none() {
                 let r = self.cluster.http.get(format!("{url}/readyz")).timeout(Duration::from_secs(1)).send().await;
                 if r.is_ok_and(|r| r.status() == 200) {
@@ -1206,7 +1223,7 @@ impl Bench {
         for t in &watchers {
             t.abort();
         }
-        let (connect_time, mut last, mut all, per_watcher_p99, per_node, cpu, wrong, missing) = res?;
+        let WatchOutcome { connect_time, mut last, mut all, per_watcher_p99, per_node_p99_ms: per_node, cpu, wrong, missing } = res?;
         let last_s = Summary::of(&mut last);
         let all_s = Summary::of(&mut all);
         let mut p99s = per_watcher_p99;
@@ -1256,10 +1273,8 @@ impl Bench {
         Ok(())
     }
 
-    /// The registrations of the watch phase, once every watcher is connected: (connect time,
-    /// ack -> last watcher per registration, ack -> each watcher, each watcher's p99, the last
-    /// watcher's p99 per node, CPU, wrong revisions, registrations not seen everywhere).
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    /// The registrations of the watch phase, once every watcher is connected.
+    #[allow(clippy::too_many_arguments)]
     async fn watch_samples(
         &self,
         service: &str,
@@ -1269,7 +1284,7 @@ impl Bench {
         connected: &AtomicUsize,
         broken: &AtomicUsize,
         t_connect: Instant,
-    ) -> Result<(Duration, Vec<u64>, Vec<u64>, Vec<u64>, Vec<f64>, CpuUse, u64, u64)> {
+    ) -> Result<WatchOutcome> {
         let limit = self.args.step_timeout.min(Duration::from_secs(300));
         e2e::until(limit, "every watcher to connect", || async {
             if broken.load(Ordering::Relaxed) > 0 {
@@ -1335,7 +1350,7 @@ impl Bench {
         let per_watcher_p99: Vec<u64> = per_watcher.iter_mut().map(p99).collect();
         let per_node: Vec<f64> = per_node_last.iter_mut().map(|v| p99(v) as f64 / 1e6).collect();
         let wrong = table.wrong.load(Ordering::Relaxed);
-        Ok((connect_time, last, all, per_watcher_p99, per_node, cpu, wrong, missing))
+        Ok(WatchOutcome { connect_time, last, all, per_watcher_p99, per_node_p99_ms: per_node, cpu, wrong, missing })
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1370,6 +1385,28 @@ impl Bench {
         );
         Ok(())
     }
+}
+
+/// A load worker's request latencies (ns): grants, then registrations.
+type Latencies = (Vec<u64>, Vec<u64>);
+
+/// What the registrations of the watch phase met.
+struct WatchOutcome {
+    /// Until every watcher was connected.
+    connect_time: Duration,
+    /// Per registration: its acknowledgement until the last watcher saw it (ns).
+    last: Vec<u64>,
+    /// Per registration and watcher: acknowledgement until that watcher saw it (ns).
+    all: Vec<u64>,
+    /// Each watcher's p99 over the registrations (ns).
+    per_watcher_p99: Vec<u64>,
+    /// Per node: the p99 of the last of its watchers (ms).
+    per_node_p99_ms: Vec<f64>,
+    cpu: CpuUse,
+    /// Events whose revision differed from the one the leader answered.
+    wrong: u64,
+    /// Registrations some watcher had not seen within 5 s.
+    missing: u64,
 }
 
 /// One snapshot a node built, as its log tells.
