@@ -3,11 +3,11 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::time::Duration;
-
-use serde_json::{json, Value};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use serde_json::{json, Value};
 
 /// Runs a benchmark's body on a fresh runtime until it finishes or the process gets SIGINT or
 /// SIGTERM; dropping the body on a signal drops its processes, which stops them, and should the
@@ -18,6 +18,7 @@ where
     F: Future<Output = anyhow::Result<()>>,
 {
     crate::process::die_with_parent();
+    epoch_ns(Instant::now());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -137,6 +138,14 @@ pub fn r1(x: f64) -> f64 {
 /// A duration in nanoseconds, saturating.
 pub fn nanos(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// Monotonic origin of `epoch_ns`, set by its first call (`run_bench` makes that the start).
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// `t` as nanoseconds since the benchmark started: a timestamp that fits in an `AtomicU64`.
+pub fn epoch_ns(t: Instant) -> u64 {
+    nanos(t.saturating_duration_since(*EPOCH.get_or_init(Instant::now)))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! waits on conditions with deadlines, and prints every process's log when a test fails.
 
 pub mod bench;
+pub mod bench_cluster;
 pub mod chaos;
 pub mod cluster;
 pub mod dataplane_double;
@@ -13,6 +14,7 @@ pub mod lease;
 pub mod load;
 pub mod metrics;
 pub mod process;
+pub mod procstat;
 pub mod secure;
 pub mod tcp_proxy;
 pub mod zookeeper;

@@ -187,7 +187,7 @@ pub async fn grant_leases(leader: &Target, set: &Arc<LeaseSet>, n: usize, ttl_ms
             tokio::spawn(async move {
                 let mut conn = Conn::new(&leader);
                 while todo.fetch_add(1, Ordering::Relaxed) < n {
-                    let v = write_retry(&mut conn, "POST", "/v1/leases", &body, deadline).await?;
+                    let v = write_retry(&mut conn, "POST", "/v1/leases", &body, None, deadline).await?;
                     set.push(v["lease_id"].as_u64().ok_or_else(|| anyhow!("grant answer without lease_id: {v}"))?);
                 }
                 Ok(())

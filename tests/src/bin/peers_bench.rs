@@ -604,13 +604,13 @@ async fn ours_phases(args: &Args, cluster: &mut RegistryCluster, col: &mut Colum
         sec = Some(Arc::new(ConnSecurity::new(&s.ca, std::fs::read_to_string(&token_file)?.trim())?));
     }
     let admin_http = admin_http.build()?;
-    let targets: Vec<Target> = cluster.addrs.iter().map(|a| Ok(Target { addr: a.parse()?, secure: sec.clone() })).collect::<Result<_>>()?;
+    let targets: Vec<Target> = cluster.addrs.iter().map(|a| Ok(Target { addr: a.parse()?, secure: sec.clone(), source: None })).collect::<Result<_>>()?;
     let urls = cluster.urls();
     // A first write, so the leader's log is warm.
     let mut probe = Conn::new(&targets[leader]);
-    let v = write_retry(&mut probe, "POST", "/v1/leases", br#"{"ttl_ms":10000}"#, Instant::now() + Duration::from_secs(10)).await?;
+    let v = write_retry(&mut probe, "POST", "/v1/leases", br#"{"ttl_ms":10000}"#, None, Instant::now() + Duration::from_secs(10)).await?;
     let id = v["lease_id"].as_u64().ok_or_else(|| anyhow!("grant answer without lease_id: {v}"))?;
-    write_retry(&mut probe, "DELETE", &format!("/v1/leases/{id}"), b"", Instant::now() + Duration::from_secs(10)).await?;
+    write_retry(&mut probe, "DELETE", &format!("/v1/leases/{id}"), b"", None, Instant::now() + Duration::from_secs(10)).await?;
     let expiries = |http: reqwest::Client, urls: Vec<String>| async move {
         let mut sum = 0.0;
         for u in urls {
@@ -682,7 +682,7 @@ async fn ours_phases(args: &Args, cluster: &mut RegistryCluster, col: &mut Colum
         eprintln!("[peers] {}: {} writes to node {} (leader), each until node {}'s watch shows it", col.name, args.visible_samples, leader + 1, follower + 1);
         let mut conn = Conn::new(&targets[leader]);
         let deadline = Instant::now() + args.setup_limit;
-        let v = write_retry(&mut conn, "POST", "/v1/leases", format!(r#"{{"ttl_ms":{VISIBLE_TTL_MS}}}"#).as_bytes(), deadline).await?;
+        let v = write_retry(&mut conn, "POST", "/v1/leases", format!(r#"{{"ttl_ms":{VISIBLE_TTL_MS}}}"#).as_bytes(), None, deadline).await?;
         let lease = v["lease_id"].as_u64().ok_or_else(|| anyhow!("grant answer without lease_id: {v}"))?;
         let since = v["revision"].as_u64().unwrap_or(lease);
         let mut vis = Visible::default();
@@ -711,7 +711,7 @@ async fn ours_phases(args: &Args, cluster: &mut RegistryCluster, col: &mut Colum
         watch.abort();
         res?;
         vis.report(col);
-        let _ = write_retry(&mut conn, "DELETE", &format!("/v1/leases/{lease}"), b"", Instant::now() + Duration::from_secs(10)).await;
+        let _ = write_retry(&mut conn, "DELETE", &format!("/v1/leases/{lease}"), b"", None, Instant::now() + Duration::from_secs(10)).await;
     }
 
     // 4. Memory.
@@ -858,7 +858,7 @@ async fn ours_revoke(leader: &Target, leases: Vec<i64>, args: &Args) -> Result<(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(id) = leases.get(i) else { return Ok(()) };
-                    match write_retry(&mut conn, "DELETE", &format!("/v1/leases/{id}"), b"", deadline).await {
+                    match write_retry(&mut conn, "DELETE", &format!("/v1/leases/{id}"), b"", None, deadline).await {
                         Ok(_) => {}
                         // Gone already (expired, or never attached): nothing to clean up.
                         Err(e) if format!("{e:#}").contains(": 404:") => {}

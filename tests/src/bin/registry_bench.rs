@@ -234,7 +234,7 @@ impl Cluster {
 
     /// Where the load generator's connections to node `addr` go, and how.
     fn target(&self, addr: SocketAddr) -> Target {
-        Target { addr, secure: self.secure.clone() }
+        Target { addr, secure: self.secure.clone(), source: None }
     }
 
     fn node(&self, id: u64) -> &Node {
@@ -403,9 +403,9 @@ async fn phases(args: &Args, registry_bin: &Path, cluster: &Cluster) -> Result<R
     let leader = cluster.target(leader_addr);
     // A first write and revoke, so the leader's log is warm and it has heard from a quorum.
     let mut probe = Conn::new(&leader);
-    let v = write_retry(&mut probe, "POST", "/v1/leases", br#"{"ttl_ms":10000}"#, Instant::now() + Duration::from_secs(10)).await?;
+    let v = write_retry(&mut probe, "POST", "/v1/leases", br#"{"ttl_ms":10000}"#, None, Instant::now() + Duration::from_secs(10)).await?;
     let probe_lease = v["lease_id"].as_u64().ok_or_else(|| anyhow!("grant answer without lease_id: {v}"))?;
-    write_retry(&mut probe, "DELETE", &format!("/v1/leases/{probe_lease}"), b"", Instant::now() + Duration::from_secs(10)).await?;
+    write_retry(&mut probe, "DELETE", &format!("/v1/leases/{probe_lease}"), b"", None, Instant::now() + Duration::from_secs(10)).await?;
     let mem_idle = cluster.rss();
 
     let mut text = String::new();
@@ -720,7 +720,7 @@ async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result
     let service = "bench-latency";
     let mut conn = Conn::new(&leader);
     let grant =
-        write_retry(&mut conn, "POST", "/v1/leases", &serde_json::to_vec(&json!({"ttl_ms": args.mem_ttl_ms}))?, Instant::now() + Duration::from_secs(10))
+        write_retry(&mut conn, "POST", "/v1/leases", &serde_json::to_vec(&json!({"ttl_ms": args.mem_ttl_ms}))?, None, Instant::now() + Duration::from_secs(10))
             .await?;
     let lease = grant["lease_id"].as_u64().ok_or_else(|| anyhow!("grant without lease_id"))?;
     let since = grant["revision"].as_u64().unwrap_or(lease);
@@ -760,7 +760,7 @@ async fn latency_phase(args: &Args, cluster: &Cluster, leader_id: u64) -> Result
     renewer.stop().await;
     let (mut seq, mut conc, conc_elapsed) = res?;
     // Clean up: revoking the lease removes every instance of this phase in one entry.
-    let _ = write_retry(&mut conn, "DELETE", &format!("/v1/leases/{lease}"), b"", Instant::now() + Duration::from_secs(10)).await;
+    let _ = write_retry(&mut conn, "DELETE", &format!("/v1/leases/{lease}"), b"", None, Instant::now() + Duration::from_secs(10)).await;
 
     let mut t = String::new();
     let mut j = json!({"watcher_node": follower.id, "leader": leader_id, "events_seen": events.load(Ordering::Relaxed)});
@@ -830,7 +830,7 @@ async fn memory_phase(args: &Args, cluster: &Cluster, leader: &Target, idle: Vec
                             "address": format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
                             "port": 8080, "lease_id": ids[i], "meta": {"zone": format!("z{}", i % 3)}
                         }))?;
-                        let v = write_retry(&mut conn, "PUT", &format!("/v1/services/bench-mem-{}/instances/inst-{i}", i % 10), &body, deadline).await?;
+                        let v = write_retry(&mut conn, "PUT", &format!("/v1/services/bench-mem-{}/instances/inst-{i}", i % 10), &body, None, deadline).await?;
                         last_rev.fetch_max(v["revision"].as_u64().unwrap_or(0), Ordering::Relaxed);
                     }
                 })
