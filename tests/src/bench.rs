@@ -1,5 +1,6 @@
 //! What the benchmark binaries share besides the harness itself: how they run, how they write
-//! their JSON, one definition of a percentile, latency summaries and resident memory.
+//! their JSON, one definition of a percentile and of a latency summary, and a
+//! monotonic clock that fits in an atomic (resident memory is `procstat`'s).
 
 use std::future::Future;
 use std::path::Path;
@@ -66,27 +67,6 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> 
 pub fn percentile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
     let n = sorted.len();
     (n > 0).then(|| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
-}
-
-/// Resident memory of a process, from `/proc/PID/status` (zero when it cannot be read).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Mem {
-    /// VmRSS, KiB.
-    pub rss_kb: u64,
-    /// VmHWM (peak RSS), KiB.
-    pub hwm_kb: u64,
-}
-
-impl Mem {
-    pub fn of(pid: u32) -> Mem {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field =
-            |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Mem { rss_kb: field("VmRSS:"), hwm_kb: field("VmHWM:") }
-    }
-    pub fn json(&self) -> Value {
-        json!({"rss_kb": self.rss_kb, "peak_rss_kb": self.hwm_kb})
-    }
 }
 
 /// Percentiles (in milliseconds) of samples taken in nanoseconds.

@@ -39,11 +39,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::Parser;
-use e2e::bench::{nanos, percentile, r1, r3, write_json, Mem, Summary};
+use e2e::bench::{nanos, percentile, r1, r3, write_json, Summary};
 use e2e::etcd::EtcdCluster;
 use e2e::failover::{self, Plan};
 use e2e::http1::{write_retry, Conn, ConnSecurity, Target};
 use e2e::load::{grant_leases, watcher, KeepaliveLoad, LeaseSet, Pending, RenewStats};
+use e2e::procstat::Mem;
 use e2e::zookeeper::Ensemble;
 use e2e::{until, ClusterOptions, RegistryCluster};
 use serde_json::{json, Value};
