@@ -175,7 +175,7 @@ mod tests {
             port: 1,
             weight: 0,
             state: proto::InstanceState::Up,
-            meta: r.to_meta(),
+            meta: r.to_meta().into(),
             lease_id: Some(1),
             create_revision: 1,
             mod_revision: 1,

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{LeaseId, Revision};
+use crate::{LeaseId, Meta, Revision};
 
 /// What a balancer should do with an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -90,7 +90,7 @@ pub struct Registration {
     #[serde(default)]
     pub(crate) state: InstanceState,
     #[serde(default)]
-    pub(crate) meta: BTreeMap<String, String>,
+    pub(crate) meta: Meta,
 }
 
 impl Registration {
@@ -109,7 +109,7 @@ impl Registration {
     pub fn state(&self) -> InstanceState {
         self.state
     }
-    pub fn meta(&self) -> &BTreeMap<String, String> {
+    pub fn meta(&self) -> &Meta {
         &self.meta
     }
     /// The same registration under `lease_id`: a lease is not validated, only named (the
@@ -130,7 +130,7 @@ pub struct Instance {
     pub weight: u32,
     pub state: InstanceState,
     #[serde(default)]
-    pub meta: BTreeMap<String, String>,
+    pub meta: Meta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_id: Option<LeaseId>,
     /// Revision of the entry that first created the instance.

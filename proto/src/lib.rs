@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod error;
 pub mod instance;
 pub mod lease;
+pub mod meta;
 pub mod removal;
 pub mod report;
 pub mod snapshot;
@@ -22,6 +23,7 @@ pub use instance::{
     Instance, InstanceSpec, InstanceState, LeaseInfo, Registration, ServiceInstances, ServiceList, ServiceSummary, WriteResult, MAINT_REASON_META,
 };
 pub use lease::{KeepaliveResponse, LeaseGrant, LeaseGrantRequest, RegisterInstance, RegisterRequest};
+pub use meta::Meta;
 pub use removal::{Removal, RemovalCause, RemovalList};
 pub use report::{BackendReport, SyncerReport};
 pub use snapshot::{SnapshotCounts, SnapshotDocument, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};

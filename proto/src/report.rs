@@ -38,7 +38,7 @@ impl SyncerReport {
 
     /// Reads a report back from instance meta; other keys are ignored, and an unreadable
     /// revision counts as none.
-    pub fn from_meta(meta: &BTreeMap<String, String>) -> SyncerReport {
+    pub fn from_meta(meta: &crate::Meta) -> SyncerReport {
         let backends = meta
             .iter()
             .filter_map(|(k, service)| {
@@ -64,6 +64,6 @@ mod tests {
         assert_eq!(meta.get("map.web").map(String::as_str), Some("web-servers"));
         assert_eq!(meta.get("rev.web").map(String::as_str), Some("42"));
         assert!(!meta.contains_key("rev.api"));
-        assert_eq!(SyncerReport::from_meta(&meta), r);
+        assert_eq!(SyncerReport::from_meta(&meta.clone().into()), r);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::{InstanceSpec, RegisterRequest, Registration};
+use crate::{InstanceSpec, Meta, RegisterRequest, Registration};
 
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_WEIGHT: u32 = 256;
@@ -93,7 +93,7 @@ pub fn instance_spec(spec: &InstanceSpec) -> Result<Registration, Vec<String>> {
             lease_id: spec.lease_id,
             weight: spec.weight,
             state: spec.state,
-            meta: spec.meta.clone(),
+            meta: Meta::from(&spec.meta),
         })
     } else {
         Err(errors)

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Instance, RemovalCause, Revision};
@@ -9,8 +11,9 @@ use crate::{Instance, RemovalCause, Revision};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WatchEvent {
-    /// An instance was created or changed.
-    Put { revision: Revision, instance: Instance },
+    /// An instance was created or changed. Shared: the registry's store and its watch history
+    /// hold the same instance, and the JSON is the instance's own.
+    Put { revision: Revision, instance: Arc<Instance> },
     /// An instance was removed, and why (absent from registries that predate causes).
     Delete {
         revision: Revision,

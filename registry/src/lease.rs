@@ -12,7 +12,7 @@
 //!
 //! Architecture Invariant: this module is pure; callers pass `now` (tokio's monotonic clock).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use proto::{LeaseId, LeaseInfo};
@@ -116,7 +116,7 @@ impl LeaseKeeper {
 
     /// Starts the clocks of a new leadership from the renewals this node was told of
     /// (`inherited`).
-    pub fn start_term<'a>(&mut self, term: u64, leases: impl IntoIterator<Item = &'a Lease>, known: &Renewals, now: Instant, settle: Duration) {
+    pub fn start_term<'a>(&mut self, term: u64, leases: impl IntoIterator<Item = &'a std::sync::Arc<Lease>>, known: &Renewals, now: Instant, settle: Duration) {
         self.stop();
         self.term = Some(term);
         for l in leases {
@@ -188,11 +188,11 @@ impl LeaseKeeper {
 
     /// Starts clocks for leases the store has and the keeper lacks, and forgets leases that are
     /// gone. A backstop: grants, revokes and expiries on this leader update the keeper directly.
-    pub fn sync(&mut self, leases: &BTreeMap<LeaseId, Lease>, now: Instant) {
+    pub fn sync(&mut self, leases: &crate::store::Leases, now: Instant) {
         if self.term.is_none() {
             return;
         }
-        let gone: Vec<LeaseId> = self.clocks.keys().filter(|id| !leases.contains_key(id)).copied().collect();
+        let gone: Vec<LeaseId> = self.clocks.keys().filter(|id| !leases.contains_key(*id)).copied().collect();
         for id in gone {
             self.forget(id);
         }
@@ -234,12 +234,11 @@ impl LeaseKeeper {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
 
     use super::*;
 
-    fn leases(specs: &[(LeaseId, u64)]) -> BTreeMap<LeaseId, Lease> {
-        specs.iter().map(|&(id, ttl_ms)| (id, Lease { id, ttl_ms, instances: BTreeSet::new(), owner: None, token: None })).collect()
+    fn leases(specs: &[(LeaseId, u64)]) -> crate::store::Leases {
+        specs.iter().map(|&(id, ttl_ms)| (id, std::sync::Arc::new(Lease { id, ttl_ms, instances: Vec::new(), owner: None, token: None }))).collect()
     }
 
     #[tokio::test(start_paused = true)]

@@ -36,9 +36,11 @@ pub struct Shared {
     applied_entries: AtomicU64,
     /// Client writes applied since this process started: an entry of a batch counts each.
     applied_writes: AtomicU64,
-    /// The snapshot on disk, as (meta, bytes). Its lock is held while the file is replaced, so
-    /// a build and an install never write at once and the newer one always stays.
-    snapshot: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
+    /// The meta of the snapshot on disk. Its lock is held while the file is replaced, so a
+    /// build and an install never write at once and the newer one always stays. The snapshot's
+    /// bytes are not kept in memory (about 45 MiB at 100k instances): a follower that needs
+    /// them is rare, and they are read from the file then.
+    snapshot: Mutex<Option<SnapshotMeta>>,
     snapshot_path: PathBuf,
     snapshot_seq: AtomicU64,
 }
@@ -52,9 +54,17 @@ pub struct Applied {
 }
 
 #[derive(Serialize, Deserialize)]
-struct SnapshotFile {
+struct SnapshotFile<D> {
     meta: SnapshotMeta,
-    data: Applied,
+    data: D,
+}
+
+/// The snapshot file with its store left encoded: what a follower is sent is that JSON as is.
+type RawSnapshotFile<'a> = SnapshotFile<&'a serde_json::value::RawValue>;
+
+/// Writes `file` as the payload of a staged replacement of `path`, encoding as it goes.
+fn stage_snapshot(path: &Path, file: &SnapshotFile<&Applied>) -> Result<frame::Staged, frame::FileError> {
+    frame::stage_atomic_with(path, |w| serde_json::to_writer(w, file).map_err(std::io::Error::other))
 }
 
 #[derive(Clone)]
@@ -80,12 +90,12 @@ impl StateMachine {
         };
         frame::remove_stale_temps(&shared.snapshot_path);
         if let Some(bytes) = frame::read_framed(&shared.snapshot_path)? {
-            let file: SnapshotFile =
+            let file: SnapshotFile<Applied> =
                 serde_json::from_slice(&bytes).map_err(|e| frame::FileError::corrupt(&shared.snapshot_path, 0, format!("snapshot does not decode: {e}")))?;
+            drop(bytes);
             let revision = file.data.store.revision();
-            let data = serde_json::to_vec(&file.data).expect("store serializes");
             *shared.data.write().unwrap() = file.data;
-            *shared.snapshot.lock().unwrap() = Some((file.meta, data));
+            *shared.snapshot.lock().unwrap() = Some(file.meta);
             shared.hub.reset(revision);
         }
         Ok(StateMachine { shared: Arc::new(shared), faults: None })
@@ -94,8 +104,7 @@ impl StateMachine {
     /// Writes `applied` as the snapshot a new node under `dir` starts from (`backup::restore`).
     pub fn seed(dir: &Path, meta: &SnapshotMeta, applied: &Applied) -> Result<(), frame::FileError> {
         frame::create_dir_durable(dir)?;
-        let file = SnapshotFile { meta: meta.clone(), data: applied.clone() };
-        frame::write_atomic(&dir.join("snapshot"), &serde_json::to_vec(&file).expect("store serializes"))
+        stage_snapshot(&dir.join("snapshot"), &SnapshotFile { meta: meta.clone(), data: applied })?.commit()
     }
 
     /// Lets `faults` delay this node's apply.
@@ -135,23 +144,37 @@ impl Shared {
     }
 
     /// Writes `data` as the snapshot file unless the one there is newer, and makes it the
-    /// current snapshot. Returns the current snapshot, which is the newer of the two. Blocking.
-    fn save_snapshot(&self, meta: &SnapshotMeta, data: &Applied) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+    /// current snapshot. Returns the current snapshot's meta, the newer of the two. Blocking.
+    fn save_snapshot(&self, meta: &SnapshotMeta, data: &Applied) -> Result<SnapshotMeta, StorageError> {
         // The slow part (encoding, writing, fsync) outside the lock; only the compare and the
         // rename under it, so readers of the current snapshot wait for a rename at most.
         let err = |e: &dyn std::error::Error| StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e.to_string()));
-        let file = SnapshotFile { meta: meta.clone(), data: data.clone() };
-        let bytes = serde_json::to_vec(&file).map_err(|e| err(&e))?;
-        let data_bytes = serde_json::to_vec(data).expect("store serializes");
-        let staged = frame::stage_atomic(&self.snapshot_path, &bytes).map_err(|e| err(&e))?;
+        let staged = stage_snapshot(&self.snapshot_path, &SnapshotFile { meta: meta.clone(), data }).map_err(|e| err(&e))?;
         let mut current = self.snapshot.lock().unwrap();
-        if let Some((m, bytes)) = current.as_ref().filter(|(m, _)| !supersedes(meta.last_log_id, m.last_log_id)) {
+        if let Some(m) = current.as_ref().filter(|m| !supersedes(meta.last_log_id, m.last_log_id)) {
             tracing::info!(kept = ?m.last_log_id, dropped = ?meta.last_log_id, "a newer snapshot is already in place; keeping it");
-            return Ok((m.clone(), bytes.clone()));
+            return Ok(m.clone());
         }
         staged.commit().map_err(|e| err(&e))?;
-        *current = Some((meta.clone(), data_bytes.clone()));
-        Ok((meta.clone(), data_bytes))
+        *current = Some(meta.clone());
+        Ok(meta.clone())
+    }
+
+    /// The current snapshot as a follower is sent it, read from its file: the meta and the
+    /// store's JSON, copied out of the file without decoding the store. Blocking.
+    fn read_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        // Under the lock, so no replacement renames a newer file in between the read and the
+        // meta it is checked against.
+        let current = self.snapshot.lock().unwrap();
+        let Some(expected) = current.as_ref() else { return Ok(None) };
+        let err =
+            |e: &dyn std::error::Error| StorageError::from(StorageIOError::read_snapshot(Some(expected.signature()), openraft::AnyError::error(e.to_string())));
+        let bytes = frame::read_framed(&self.snapshot_path).map_err(|e| err(&e))?.ok_or_else(|| err(&std::io::Error::other("the snapshot file is gone")))?;
+        let file: RawSnapshotFile = serde_json::from_slice(&bytes).map_err(|e| err(&e))?;
+        if file.meta.last_log_id != expected.last_log_id {
+            return Err(err(&std::io::Error::other(format!("the snapshot file is at {:?}, not {:?}", file.meta.last_log_id, expected.last_log_id))));
+        }
+        Ok(Some((file.meta, file.data.get().as_bytes().to_vec())))
     }
 }
 
@@ -160,6 +183,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         // Serializing and fsyncing a large store must not stall the async workers.
         tokio::task::spawn_blocking(move || {
+            // A clone of the store is O(1) (its maps are persistent), so the read lock, which
+            // `apply` and every reader wait behind, is held for microseconds, not for a copy.
             let data = shared.data.read().unwrap().clone();
             let seq = shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
             let meta = SnapshotMeta {
@@ -168,9 +193,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 snapshot_id: format!("{}-{seq}", data.last_applied.map(|l| l.index).unwrap_or(0)),
             };
             // An install may have put a newer snapshot in place meanwhile; then that one is
-            // the answer.
-            let (meta, bytes) = shared.save_snapshot(&meta, &data)?;
-            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+            // the answer. openraft keeps only the meta of a built snapshot (it asks
+            // `get_current_snapshot` when it sends one), so no bytes are returned.
+            let meta = shared.save_snapshot(&meta, &data)?;
+            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
         })
         .await
         .expect("snapshot task panicked")
@@ -245,7 +271,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta2 = meta.clone();
         // The file first, then memory: a crash in between restarts from the new snapshot.
         let (kept, data) =
-            tokio::task::spawn_blocking(move || shared.save_snapshot(&meta2, &data).map(|(kept, _)| (kept, data))).await.expect("snapshot task panicked")?;
+            tokio::task::spawn_blocking(move || shared.save_snapshot(&meta2, &data).map(|kept| (kept, data))).await.expect("snapshot task panicked")?;
         if kept.last_log_id == meta.last_log_id {
             let revision = data.store.revision();
             *self.shared.data.write().unwrap() = data;
@@ -256,7 +282,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(self.shared.snapshot.lock().unwrap().as_ref().map(|(meta, bytes)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(bytes.clone())) }))
+        let shared = self.shared.clone();
+        let current = tokio::task::spawn_blocking(move || shared.read_snapshot()).await.expect("snapshot task panicked")?;
+        Ok(current.map(|(meta, bytes)| Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) }))
     }
 }
 
@@ -292,7 +320,7 @@ mod tests {
             let sm = StateMachine::open(dir.path(), 10, 1 << 20).unwrap();
             let (old_meta, old_data) = at(100);
             let (new_meta, new_data) = at(500);
-            let (kept, _) = if older_last {
+            let kept = if older_last {
                 sm.shared.save_snapshot(&new_meta, &new_data).unwrap();
                 sm.shared.save_snapshot(&old_meta, &old_data).unwrap()
             } else {

@@ -4,13 +4,15 @@
 //! Two nodes that apply the same log hold the same `Store`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
+use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 
 use proto::{Instance, LeaseId, Registration, Removal, RemovalCause, Revision, WatchEvent};
 
 use crate::acl::{Acl, Token, TokenId};
-use crate::command::{Cmd, Proposal, RequestId, Resp};
+use crate::command::{Cmd, Proposal, Resp};
 
 /// A lease as replicated: its TTL and what hangs off it. Deadlines are not here: they live on
 /// the leader only (see `lease`).
@@ -18,8 +20,10 @@ use crate::command::{Cmd, Proposal, RequestId, Resp};
 pub struct Lease {
     pub id: LeaseId,
     pub ttl_ms: u64,
-    /// `(service, instance)` pairs attached to this lease.
-    pub instances: BTreeSet<(String, String)>,
+    /// `(service, instance)` pairs attached to this lease, sorted, without repeats. A vector
+    /// rather than a set: most leases hold one instance, and a set's first node is about ten
+    /// times its size.
+    pub instances: Vec<(String, String)>,
     /// The client that asked for it, if known (`GrantLease::owner`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
@@ -28,17 +32,47 @@ pub struct Lease {
     pub token: Option<crate::acl::TokenId>,
 }
 
+impl Lease {
+    fn attach(&mut self, service: &str, instance: &str) {
+        let key = (service.to_string(), instance.to_string());
+        if let Err(at) = self.instances.binary_search(&key) {
+            self.instances.reserve_exact(1);
+            self.instances.insert(at, key);
+        }
+    }
+
+    fn detach(&mut self, service: &str, instance: &str) {
+        if let Some(at) = self.instances.iter().position(|(s, i)| s == service && i == instance) {
+            self.instances.remove(at);
+        }
+    }
+}
+
+/// The instances of one service, by name. Each instance is shared with the watch history's
+/// events (`WatchEvent::Put`), so 100k instances are not held twice.
+pub type ServiceInstances = OrdMap<String, Arc<Instance>>;
+
+/// Every lease, by id. Shared like instances, so a snapshot's copy of a lease is copied only
+/// when the lease changes.
+pub type Leases = OrdMap<LeaseId, Arc<Lease>>;
+
+/// The replicated state.
+///
+/// The large collections are persistent maps (`imbl`): a clone shares every node with the
+/// original and costs O(1), so a snapshot build copies the store under the read lock in
+/// microseconds and encodes the copy while `apply` goes on; a later change copies only the
+/// nodes on its path. The JSON is the same as a `BTreeMap`'s.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Store {
     /// Index of the last applied entry; every change is stamped with the index of its entry.
     revision: Revision,
     /// Highest term seen in an applied entry.
     term: u64,
-    services: BTreeMap<String, BTreeMap<String, Instance>>,
+    services: OrdMap<String, ServiceInstances>,
     /// Revision of the last change per service, kept after the last instance is gone so that a
     /// blocking query on an emptied service still wakes up.
     service_index: BTreeMap<String, Revision>,
-    leases: BTreeMap<LeaseId, Lease>,
+    leases: Leases,
     /// Answers of the last writes that carried a request id, so a retry applies once.
     #[serde(default)]
     requests: Requests,
@@ -50,7 +84,7 @@ pub struct Store {
     started: BTreeSet<u64>,
     /// Live leases per owner, for the per-client limit.
     #[serde(default)]
-    leases_by_owner: BTreeMap<String, u64>,
+    leases_by_owner: OrdMap<String, u64>,
     /// The last `RECENT_REMOVALS` instance removals, with their causes, oldest first.
     #[serde(default)]
     removals: VecDeque<Removal>,
@@ -77,9 +111,9 @@ pub const REQUEST_WINDOW: usize = 131_072;
 /// forgotten first. Part of the replicated state, so every node answers a retry alike.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requests {
-    /// Key -> (fingerprint of the command, answer).
-    answers: BTreeMap<RequestId, (u64, Resp)>,
-    order: VecDeque<RequestId>,
+    /// Key -> (fingerprint of the command, answer). The key is shared with `order`.
+    answers: OrdMap<Arc<str>, (u64, Resp)>,
+    order: Vector<Arc<str>>,
 }
 
 impl Requests {
@@ -92,8 +126,9 @@ impl Requests {
     }
 
     fn record(&mut self, id: &str, fingerprint: u64, resp: &Resp) {
-        if self.answers.insert(id.to_string(), (fingerprint, resp.clone())).is_none() {
-            self.order.push_back(id.to_string());
+        let key: Arc<str> = Arc::from(id);
+        if self.answers.insert(key.clone(), (fingerprint, resp.clone())).is_none() {
+            self.order.push_back(key);
         }
         while self.order.len() > REQUEST_WINDOW {
             let old = self.order.pop_front().expect("len > window");
@@ -234,7 +269,7 @@ impl Store {
         if let Some(o) = owner {
             *self.leases_by_owner.entry(o.clone()).or_default() += 1;
         }
-        self.leases.insert(id, Lease { id, ttl_ms, instances: BTreeSet::new(), owner: owner.clone(), token });
+        self.leases.insert(id, Arc::new(Lease { id, ttl_ms, instances: Vec::new(), owner: owner.clone(), token }));
         id
     }
 
@@ -249,14 +284,14 @@ impl Store {
         if let Some(old_lease) = previous.as_ref().and_then(|p| p.lease_id) {
             if Some(old_lease) != spec.lease_id() {
                 if let Some(l) = self.leases.get_mut(&old_lease) {
-                    l.instances.remove(&(service.to_string(), name.to_string()));
+                    Arc::make_mut(l).detach(service, name);
                 }
             }
         }
         if let Some(id) = spec.lease_id() {
-            self.leases.get_mut(&id).expect("checked above").instances.insert((service.to_string(), name.to_string()));
+            Arc::make_mut(self.leases.get_mut(&id).expect("checked above")).attach(service, name);
         }
-        let instance = Instance {
+        let instance = Arc::new(Instance {
             service: service.to_string(),
             instance: name.to_string(),
             address: spec.address().to_string(),
@@ -268,7 +303,7 @@ impl Store {
             create_revision: previous.as_ref().map(|p| p.create_revision).unwrap_or(rev),
             mod_revision: rev,
             lease: None,
-        };
+        });
         if let Some(old) = previous.as_ref().filter(|p| (p.address.as_str(), p.port) != (spec.address(), spec.port())) {
             let cause = RemovalCause::Replaced { address: spec.address().to_string(), port: spec.port() };
             self.record_removal(old, cause, at_ms);
@@ -301,7 +336,7 @@ impl Store {
             self.services.remove(service);
         }
         if let Some(l) = removed.lease_id.and_then(|id| self.leases.get_mut(&id)) {
-            l.instances.remove(&(service.to_string(), name.to_string()));
+            Arc::make_mut(l).detach(service, name);
         }
         self.service_index.insert(service.to_string(), self.revision);
         self.record_removal(&removed, cause.clone(), at_ms);
@@ -336,20 +371,20 @@ impl Store {
     }
 
     /// Every instance, by service then name.
-    pub fn services(&self) -> &BTreeMap<String, BTreeMap<String, Instance>> {
+    pub fn services(&self) -> &OrdMap<String, ServiceInstances> {
         &self.services
     }
 
     pub fn instance(&self, service: &str, name: &str) -> Option<&Instance> {
-        self.services.get(service)?.get(name)
+        self.services.get(service)?.get(name).map(|i| &**i)
     }
 
-    pub fn leases(&self) -> &BTreeMap<LeaseId, Lease> {
+    pub fn leases(&self) -> &Leases {
         &self.leases
     }
 
     pub fn lease(&self, id: LeaseId) -> Option<&Lease> {
-        self.leases.get(&id)
+        self.leases.get(&id).map(|l| &**l)
     }
 
     /// The idempotency window of recent request ids.
@@ -383,7 +418,7 @@ impl Store {
     }
 
     pub fn instances(&self, service: &str) -> Vec<Instance> {
-        self.services.get(service).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.services.get(service).map(|m| m.values().map(|i| Instance::clone(i)).collect()).unwrap_or_default()
     }
 
     pub fn index_of(&self, service: &str) -> Revision {

@@ -185,7 +185,7 @@ mod tests {
                 mod_revision: rev,
                 lease: None,
             };
-            WatchEvent::Put { revision: rev, instance }
+            WatchEvent::Put { revision: rev, instance: instance.into() }
         };
         // Room for 1000 events by count, but only about 5 of 8 KB by size.
         let hub = WatchHub::with_limits(1000, 45_000);

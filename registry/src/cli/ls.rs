@@ -231,7 +231,8 @@ mod tests {
                 create_revision: 5,
                 mod_revision: 5,
                 lease: None,
-            },
+            }
+            .into(),
         };
         let every = Query::default();
         assert!(shown(&every, &put("web")));

@@ -174,6 +174,50 @@ fn stage(path: &Path, payload: &[u8], durable: bool) -> Result<Staged, FileError
     Ok(staged)
 }
 
+/// Like [`stage_atomic`], but the payload is written by `write` as it is produced, so a large
+/// one (a snapshot of 100k instances) is never held in memory whole. The header is written
+/// last, once the payload's length and checksum are known.
+pub fn stage_atomic_with(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<Staged, FileError> {
+    use std::io::{Seek, SeekFrom};
+    let tmp = tmp_path(path);
+    let staged = Staged { tmp: tmp.clone(), path: path.to_path_buf(), durable: true, done: false };
+    let file = File::create(&tmp).map_err(|e| FileError::io(&tmp, "create", e))?;
+    let mut out = io::BufWriter::with_capacity(1 << 16, file);
+    out.write_all(&[0; HEADER_LEN]).map_err(|e| FileError::io(&tmp, "write", e))?;
+    let mut payload = Checksummed { out, crc: crc32fast::Hasher::new(), len: 0 };
+    write(&mut payload).map_err(|e| FileError::io(&tmp, "write", e))?;
+    let Checksummed { out, crc, len } = payload;
+    let len = u32::try_from(len).map_err(|_| FileError::io(&tmp, "write", io::Error::other("frame payload exceeds 4 GiB")))?;
+    let mut file = out.into_inner().map_err(|e| FileError::io(&tmp, "write", e.into_error()))?;
+    let mut header = [0u8; HEADER_LEN];
+    header[..4].copy_from_slice(&MAGIC.to_le_bytes());
+    header[4..8].copy_from_slice(&len.to_le_bytes());
+    header[8..].copy_from_slice(&crc.finalize().to_le_bytes());
+    file.seek(SeekFrom::Start(0)).and_then(|_| file.write_all(&header)).map_err(|e| FileError::io(&tmp, "write", e))?;
+    // Without this the rename could reach the disk before the data, leaving an empty file.
+    file.sync_all().map_err(|e| FileError::io(&tmp, "fsync", e))?;
+    Ok(staged)
+}
+
+/// A writer that counts and checksums what passes through it.
+struct Checksummed<W> {
+    out: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 impl Staged {
     /// Renames the temp file into place (and makes the rename durable).
     pub fn commit(mut self) -> Result<(), FileError> {
@@ -279,6 +323,20 @@ pub fn open_for_write(path: &Path) -> Result<File, FileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streamed_frame_reads_back_like_a_whole_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (whole, streamed) = (dir.path().join("whole"), dir.path().join("streamed"));
+        let payload: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        write_atomic(&whole, &payload).unwrap();
+        stage_atomic_with(&streamed, |w| payload.chunks(7919).try_for_each(|c| w.write_all(c))).unwrap().commit().unwrap();
+        assert_eq!(fs::read(&streamed).unwrap(), fs::read(&whole).unwrap());
+        assert_eq!(read_framed(&streamed).unwrap(), Some(payload));
+        let failed = stage_atomic_with(&dir.path().join("failed"), |w| w.write_all(b"half").and(Err(io::Error::other("encoder failed"))));
+        assert!(failed.is_err());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "a failed stage leaves no temp file");
+    }
 
     #[test]
     fn frame_round_trip() {

@@ -129,7 +129,7 @@ fn differences(a: &Snapshot, b: &Snapshot) -> usize {
 fn update(services: &[String], event: WatchEvent) -> Option<Discovery> {
     match event {
         WatchEvent::Put { revision, instance } if services.contains(&instance.service) => {
-            Some(Discovery::Put { endpoint: endpoint(&instance), service: instance.service, id: instance.instance, revision })
+            Some(Discovery::Put { endpoint: endpoint(&instance), service: instance.service.clone(), id: instance.instance.clone(), revision })
         }
         WatchEvent::Delete { revision, service, instance, .. } if services.contains(&service) => Some(Discovery::Delete { service, id: instance, revision }),
         _ => None,
@@ -167,8 +167,8 @@ mod tests {
     fn events_update_only_watched_services() {
         let services = vec!["web".to_string()];
         let mut snap = Snapshot::default();
-        apply(&mut snap, &services, WatchEvent::Put { revision: 3, instance: instance("web", "a", 3) });
-        apply(&mut snap, &services, WatchEvent::Put { revision: 4, instance: instance("other", "b", 4) });
+        apply(&mut snap, &services, WatchEvent::Put { revision: 3, instance: instance("web", "a", 3).into() });
+        apply(&mut snap, &services, WatchEvent::Put { revision: 4, instance: instance("other", "b", 4).into() });
         assert_eq!(snap.services.len(), 1);
         assert_eq!(snap.revision, 3, "another service's change does not move the revision");
         apply(&mut snap, &services, WatchEvent::Delete { revision: 5, service: "web".into(), instance: "a".into(), cause: None });
@@ -183,15 +183,15 @@ mod tests {
         let services = vec!["web".to_string()];
         let mut a = Snapshot::default();
         for (n, r) in [("a", 1), ("b", 2), ("c", 3)] {
-            apply(&mut a, &services, WatchEvent::Put { revision: r, instance: instance("web", n, r) });
+            apply(&mut a, &services, WatchEvent::Put { revision: r, instance: instance("web", n, r).into() });
         }
         let mut b = a.clone();
         assert_eq!(differences(&a, &b), 0);
         apply(&mut b, &services, WatchEvent::Delete { revision: 4, service: "web".into(), instance: "a".into(), cause: None });
         let mut changed = instance("web", "b", 5);
         changed.port = 81;
-        apply(&mut b, &services, WatchEvent::Put { revision: 5, instance: changed });
-        apply(&mut b, &services, WatchEvent::Put { revision: 6, instance: instance("web", "d", 6) });
+        apply(&mut b, &services, WatchEvent::Put { revision: 5, instance: changed.into() });
+        apply(&mut b, &services, WatchEvent::Put { revision: 6, instance: instance("web", "d", 6).into() });
         assert_eq!(differences(&a, &b), 3);
     }
 }
