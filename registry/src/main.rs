@@ -8,6 +8,12 @@ use clap::{CommandFactory, Parser, Subcommand};
 use registry::cli::{self, Output};
 use registry::config::ServeArgs;
 
+/// jemalloc rather than glibc's malloc: a node's memory churns in bursts (a snapshot encodes
+/// the whole store, a follower's snapshot is read whole), and glibc kept those pages in its
+/// per-thread arenas, a third of a loaded node's RSS at 100k instances (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "registry", version = runtime::metrics::VERSION, about = "Raft-replicated registry of services, instances and leases")]
 struct Cli {
