@@ -50,9 +50,23 @@ pub enum Cmd {
         instance: String,
         #[serde(rename = "spec")]
         registration: Registration,
+        /// See `DeleteInstance::bound_to`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bound_to: Option<TokenId>,
     },
     /// Remove an instance.
-    DeleteInstance { service: String, instance: String },
+    DeleteInstance {
+        service: String,
+        instance: String,
+        /// The proposer's token, when it is bound to lease ownership (ACLs on, not an admin).
+        /// Applying checks again that the token is live and that the instance does not hang
+        /// off another token's lease: the check before proposing reads an older state, so two
+        /// writers could otherwise both pass it and the later one take the other's instance.
+        /// Absent from admins' writes and from entries of earlier versions, which applied
+        /// without the check and must apply alike when replayed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bound_to: Option<TokenId>,
+    },
     /// Name the cluster; proposed once, by its first leader. Later ones are no-ops.
     InitCluster { cluster_id: String },
     /// Record that these members have taken part (acknowledged the log), so one that comes
@@ -159,8 +173,11 @@ pub enum Resp {
     AclOff,
     /// Revoking the last `admin` token would leave nobody able to manage tokens.
     LastAdmin { id: TokenId },
-    /// A registration named an instance hanging off another token's lease; nothing applied.
+    /// A registration, put or delete named an instance hanging off another token's lease;
+    /// nothing applied.
     InstanceTaken { service: String, instance: String, lease_id: LeaseId },
+    /// The token a put or delete was bound to was revoked before it applied; nothing applied.
+    TokenRevoked { id: TokenId },
     /// The answers to a `Batch`, one per write, in order.
     Batch { resps: Vec<Resp> },
 }

@@ -175,6 +175,11 @@ impl Store {
 
     fn apply_cmd(&mut self, index: u64, term: u64, cmd: &Cmd, at_ms: Option<u64>) -> (Resp, Vec<WatchEvent>) {
         let mut events = Vec::new();
+        if let Cmd::PutInstance { service, instance, bound_to: Some(token), .. } | Cmd::DeleteInstance { service, instance, bound_to: Some(token) } = cmd {
+            if let Some(refused) = self.refuse_bound(*token, service, instance) {
+                return (refused, events);
+            }
+        }
         let resp = match cmd {
             Cmd::GrantLease { ttl_ms, owner, token } => {
                 let lease_id = self.grant(index, *ttl_ms, owner, *token);
@@ -211,8 +216,8 @@ impl Store {
                     Resp::Ok { revision: index }
                 }
             }
-            Cmd::PutInstance { service, instance, registration } => self.put(service, instance, registration, at_ms, &mut events),
-            Cmd::DeleteInstance { service, instance } => match self.remove_instance(service, instance, RemovalCause::Deregistered, at_ms, &mut events) {
+            Cmd::PutInstance { service, instance, registration, .. } => self.put(service, instance, registration, at_ms, &mut events),
+            Cmd::DeleteInstance { service, instance, .. } => match self.remove_instance(service, instance, RemovalCause::Deregistered, at_ms, &mut events) {
                 true => Resp::Ok { revision: index },
                 false => Resp::InstanceNotFound { service: service.clone(), instance: instance.clone() },
             },
@@ -253,6 +258,18 @@ impl Store {
             },
         };
         (resp, events)
+    }
+
+    /// Why a put or delete bound to `token` may not change `service/instance` now, if it may
+    /// not: the token was revoked, or the instance hangs off another token's lease. (The lease
+    /// a put names needs no second look: a lease's token never changes and its id is never
+    /// reused, so it is still the one checked, or gone.)
+    fn refuse_bound(&self, token: TokenId, service: &str, instance: &str) -> Option<Resp> {
+        if self.acl.by_id(token).is_none() {
+            return Some(Resp::TokenRevoked { id: token });
+        }
+        let held = self.instance(service, instance)?.lease_id?;
+        (self.lease(held)?.token != Some(token)).then(|| Resp::InstanceTaken { service: service.to_string(), instance: instance.to_string(), lease_id: held })
     }
 
     /// Records that an entry without data (blank, membership) was applied.
@@ -459,7 +476,7 @@ mod tests {
     }
 
     fn put(service: &str, instance: &str, lease: Option<u64>) -> Cmd {
-        Cmd::PutInstance { service: service.into(), instance: instance.into(), registration: spec(lease) }
+        Cmd::PutInstance { service: service.into(), instance: instance.into(), registration: spec(lease), bound_to: None }
     }
 
     #[test]
@@ -606,7 +623,7 @@ mod tests {
     #[test]
     fn delete_unknown_instance_is_not_found() {
         let mut s = Store::default();
-        let (r, _) = apply(&mut s, 1, 1, Cmd::DeleteInstance { service: "web".into(), instance: "x".into() });
+        let (r, _) = apply(&mut s, 1, 1, Cmd::DeleteInstance { service: "web".into(), instance: "x".into(), bound_to: None });
         assert!(matches!(r, Resp::InstanceNotFound { .. }));
     }
 
@@ -670,13 +687,14 @@ mod tests {
         assert_eq!(cause(&ev), Some(RemovalCause::Expired { lease_id: 1, term: 2 }));
         let (_, ev) = s.apply(7, 2, &at(Cmd::RevokeLease { lease_id: 2 }, 2000));
         assert_eq!(cause(&ev), Some(RemovalCause::Revoked { lease_id: 2 }));
-        let (_, ev) = s.apply(8, 2, &at(Cmd::DeleteInstance { service: "web".into(), instance: "c".into() }, 3000));
+        let (_, ev) = s.apply(8, 2, &at(Cmd::DeleteInstance { service: "web".into(), instance: "c".into(), bound_to: None }, 3000));
         assert_eq!(cause(&ev), Some(RemovalCause::Deregistered));
         // Re-registering "c" elsewhere replaces the old address; the same address does not.
         apply(&mut s, 9, 2, put("web", "c", None));
         let body =
             proto::InstanceSpec { address: "10.0.0.6".into(), port: 9090, lease_id: None, weight: 100, state: Default::default(), meta: Default::default() };
-        let moved = Cmd::PutInstance { service: "web".into(), instance: "c".into(), registration: proto::validate::instance_spec(&body).unwrap() };
+        let moved =
+            Cmd::PutInstance { service: "web".into(), instance: "c".into(), registration: proto::validate::instance_spec(&body).unwrap(), bound_to: None };
         let (_, ev) = s.apply(10, 2, &at(moved, 4000));
         assert!(matches!(ev.as_slice(), [WatchEvent::Put { .. }]), "a replacement is a put to watchers");
         apply(&mut s, 11, 2, put("web", "d", None));
@@ -699,7 +717,7 @@ mod tests {
             index += 1;
             apply(&mut s, index, 1, put("web", &format!("i{i}"), None));
             index += 1;
-            apply(&mut s, index, 1, Cmd::DeleteInstance { service: "web".into(), instance: format!("i{i}") });
+            apply(&mut s, index, 1, Cmd::DeleteInstance { service: "web".into(), instance: format!("i{i}"), bound_to: None });
         }
         assert_eq!(s.removals().len(), RECENT_REMOVALS);
         assert_eq!(s.removals().front().unwrap().instance, "i5", "the oldest go first");
@@ -741,10 +759,10 @@ mod request_tests {
     fn the_window_forgets_the_oldest_ids() {
         let mut s = Store::default();
         for i in 0..REQUEST_WINDOW as u64 + 10 {
-            s.apply(i + 1, 1, &Proposal::new(Cmd::DeleteInstance { service: "w".into(), instance: "x".into() }, Some(format!("c:{i}"))));
+            s.apply(i + 1, 1, &Proposal::new(Cmd::DeleteInstance { service: "w".into(), instance: "x".into(), bound_to: None }, Some(format!("c:{i}"))));
         }
         assert_eq!(s.requests.len(), REQUEST_WINDOW);
-        let key = |i: usize| Proposal::new(Cmd::DeleteInstance { service: "w".into(), instance: "x".into() }, Some(format!("c:{i}")));
+        let key = |i: usize| Proposal::new(Cmd::DeleteInstance { service: "w".into(), instance: "x".into(), bound_to: None }, Some(format!("c:{i}")));
         assert!(s.requests.replay(&key(0)).is_none());
         assert!(s.requests.replay(&key(REQUEST_WINDOW + 9)).is_some());
     }
@@ -800,5 +818,64 @@ mod request_tests {
         assert_eq!(r, Resp::TokenNotFound { id: 3 });
         let (r, _) = s.apply(8, 1, &Proposal::from(Cmd::RevokeToken { id: 1 }));
         assert_eq!(r, Resp::LastAdmin { id: 1 }, "the last admin token stays");
+    }
+
+    /// The check before proposing reads an older state than the one the write applies to: two
+    /// tokens could both pass it for one instance. Applying checks again, for writes bound to
+    /// a token; an admin's write and an entry of an earlier version (no `bound_to`) apply as
+    /// they always did.
+    #[test]
+    fn a_bound_put_or_delete_takes_no_other_tokens_instance_and_needs_a_live_token() {
+        use crate::acl::{Scope, TokenHash};
+        let apply = |s: &mut Store, index: u64, term: u64, cmd: Cmd| s.apply(index, term, &cmd.into());
+        let spec = |lease: Option<u64>| {
+            let body = proto::InstanceSpec {
+                address: "10.0.0.5".into(),
+                port: 8080,
+                lease_id: lease,
+                weight: 100,
+                state: Default::default(),
+                meta: Default::default(),
+            };
+            proto::validate::instance_spec(&body).unwrap()
+        };
+        let mut s = Store::default();
+        s.apply(1, 1, &Proposal::from(Cmd::AclBootstrap { hash: TokenHash::of(&"b".repeat(40)) }));
+        for (i, c) in [(2, 'x'), (3, 'y')] {
+            s.apply(
+                i,
+                1,
+                &Proposal::from(Cmd::CreateToken {
+                    hash: TokenHash::of(&c.to_string().repeat(40)),
+                    scopes: vec![Scope::Announce("*".into())],
+                    description: String::new(),
+                }),
+            );
+        }
+        let (x, y) = (Some(2), Some(3));
+        apply(&mut s, 4, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: x });
+        apply(&mut s, 5, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: y });
+        let bound_put = |lease: Option<u64>, token: Option<u64>| Cmd::PutInstance {
+            service: "web".into(),
+            instance: "a".into(),
+            registration: spec(lease),
+            bound_to: token,
+        };
+        let bound_delete = |token: Option<u64>| Cmd::DeleteInstance { service: "web".into(), instance: "a".into(), bound_to: token };
+        assert_eq!(apply(&mut s, 6, 1, bound_put(Some(4), x)).0, Resp::Ok { revision: 6 });
+        let taken = Resp::InstanceTaken { service: "web".into(), instance: "a".into(), lease_id: 4 };
+        assert_eq!(apply(&mut s, 7, 1, bound_put(Some(5), y)), (taken.clone(), vec![]), "y may not move x's instance onto its lease");
+        assert_eq!(apply(&mut s, 8, 1, bound_put(None, y)).0, taken, "nor make it lease-less");
+        assert_eq!(apply(&mut s, 9, 1, bound_delete(y)), (taken, vec![]), "nor delete it");
+        assert_eq!(s.instance("web", "a").unwrap().mod_revision, 6, "nothing applied");
+        assert_eq!(s.lease(4).unwrap().instances, [("web".to_string(), "a".to_string())]);
+        assert_eq!(apply(&mut s, 10, 1, bound_put(Some(4), x)).0, Resp::Ok { revision: 10 }, "x changes its own");
+        s.apply(11, 1, &Proposal::from(Cmd::RevokeToken { id: 2 }));
+        assert_eq!(apply(&mut s, 12, 1, bound_put(Some(4), x)).0, Resp::TokenRevoked { id: 2 }, "a token revoked before the write applied");
+        assert_eq!(apply(&mut s, 13, 1, bound_delete(x)).0, Resp::TokenRevoked { id: 2 });
+        assert_eq!(apply(&mut s, 14, 1, bound_put(Some(5), None)).0, Resp::Ok { revision: 14 }, "an admin's write (or an old entry) is not bound");
+        assert_eq!(s.lease(5).unwrap().instances.len(), 1);
+        assert!(s.lease(4).unwrap().instances.is_empty());
+        assert_eq!(apply(&mut s, 15, 1, bound_delete(y)).0, Resp::Ok { revision: 15 }, "y deletes what now hangs off its lease");
     }
 }

@@ -19,8 +19,20 @@ fn written(resp: Resp) -> Result<WriteResult, ApiError> {
         Resp::LeaseNotFound { lease_id } => Err(ApiError::LeaseNotFound(lease_id)),
         Resp::InstanceNotFound { service, instance } => Err(ApiError::NotFound(format!("instance {instance:?} of service {service:?}"))),
         Resp::KeyReused { request_id } => Err(key_reused(request_id)),
+        Resp::InstanceTaken { service, instance, lease_id } => Err(taken(&service, &instance, lease_id)),
+        Resp::TokenRevoked { .. } => Err(ApiError::Unauthenticated("unknown or revoked token".into())),
         other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
     }
+}
+
+fn taken(service: &str, instance: &str, lease_id: LeaseId) -> ApiError {
+    ApiError::Forbidden(format!("instance {instance:?} of {service:?} hangs off lease {lease_id}, granted with another token"))
+}
+
+/// The token a put or delete is checked against again when it applies (`Cmd::PutInstance`):
+/// a caller bound to lease ownership. An admin (or anyone while ACLs are off) is not.
+fn bound_to(caller: &Caller) -> Option<crate::acl::TokenId> {
+    caller.token.filter(|_| !caller.admin)
 }
 
 fn acl_off() -> ApiError {
@@ -32,9 +44,7 @@ fn acl_off() -> ApiError {
 fn may_change(s: &crate::store::Store, caller: &Caller, service: &str, instance: &str) -> Result<(), ApiError> {
     let owner = s.instance(service, instance).and_then(|i| i.lease_id).and_then(|id| s.lease(id).map(|l| (id, l.token)));
     match owner {
-        Some((id, token)) if !caller.may_use_lease(token) => {
-            Err(ApiError::Forbidden(format!("instance {instance:?} of {service:?} hangs off lease {id}, granted with another token")))
-        }
+        Some((id, token)) if !caller.may_use_lease(token) => Err(taken(service, instance, id)),
         _ => Ok(()),
     }
 }
@@ -176,9 +186,7 @@ impl Node {
                 Ok(LeaseGrant { lease_id, ttl_ms, revision })
             }
             Resp::KeyReused { request_id } => Err(key_reused(request_id)),
-            Resp::InstanceTaken { service, instance, lease_id } => {
-                Err(ApiError::Forbidden(format!("instance {instance:?} of {service:?} hangs off lease {lease_id}, granted with another token")))
-            }
+            Resp::InstanceTaken { service, instance, lease_id } => Err(taken(&service, &instance, lease_id)),
             other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
         }
     }
@@ -245,7 +253,7 @@ impl Node {
         let registration = proto::validate::instance_spec(&spec).map_err(|errors| ApiError::InvalidArgument(errors.join("; ")))?;
         let lease = registration.lease_id();
         let (svc, name) = (service.clone(), instance.clone());
-        let cmd = Cmd::PutInstance { service, instance, registration };
+        let cmd = Cmd::PutInstance { service, instance, registration, bound_to: bound_to(&caller) };
         written(
             self.write(request_id, cmd, |s| {
                 may_change(s, &caller, &svc, &name)?;
@@ -264,7 +272,7 @@ impl Node {
         check_names(&service, &instance)?;
         let not_found = ApiError::NotFound(format!("instance {instance:?} of service {service:?}"));
         let exists = |s: &crate::store::Store| s.instance(&service, &instance).is_some();
-        let cmd = Cmd::DeleteInstance { service: service.clone(), instance: instance.clone() };
+        let cmd = Cmd::DeleteInstance { service: service.clone(), instance: instance.clone(), bound_to: bound_to(&caller) };
         written(
             self.write(request_id, cmd, |s| {
                 if !exists(s) {
