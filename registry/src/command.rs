@@ -50,23 +50,18 @@ pub enum Cmd {
         instance: String,
         #[serde(rename = "spec")]
         registration: Registration,
-        /// See `DeleteInstance::bound_to`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        bound_to: Option<TokenId>,
     },
     /// Remove an instance.
-    DeleteInstance {
-        service: String,
-        instance: String,
-        /// The proposer's token, when it is bound to lease ownership (ACLs on, not an admin).
-        /// Applying checks again that the token is live and that the instance does not hang
-        /// off another token's lease: the check before proposing reads an older state, so two
-        /// writers could otherwise both pass it and the later one take the other's instance.
-        /// Absent from admins' writes and from entries of earlier versions, which applied
-        /// without the check and must apply alike when replayed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        bound_to: Option<TokenId>,
-    },
+    DeleteInstance { service: String, instance: String },
+    /// A put or delete by a token bound to lease ownership (ACLs on, not an admin). `write`
+    /// applies only if, when it applies, `token` is still live and the instance does not hang
+    /// off another token's lease: the check before proposing reads an older state, so two
+    /// writers could both pass it and the later one take the other's instance.
+    ///
+    /// A variant of its own rather than a field of the write: a node of an earlier version,
+    /// which would apply the write without the check and so hold another store, cannot read
+    /// it, and stops following instead (docs/operations.md, "Upgrading a cluster").
+    Bound { token: TokenId, write: Box<Cmd> },
     /// Name the cluster; proposed once, by its first leader. Later ones are no-ops.
     InitCluster { cluster_id: String },
     /// Record that these members have taken part (acknowledged the log), so one that comes
@@ -88,7 +83,10 @@ impl Cmd {
     /// Whether this command may share an entry with others: it takes no id from the entry's
     /// index (a lease's id is allocated past those already given, a token's is the index).
     pub fn batchable(&self) -> bool {
-        matches!(self, Cmd::GrantLease { .. } | Cmd::Register { .. } | Cmd::RevokeLease { .. } | Cmd::PutInstance { .. } | Cmd::DeleteInstance { .. })
+        match self {
+            Cmd::Bound { write, .. } => write.batchable(),
+            _ => matches!(self, Cmd::GrantLease { .. } | Cmd::Register { .. } | Cmd::RevokeLease { .. } | Cmd::PutInstance { .. } | Cmd::DeleteInstance { .. }),
+        }
     }
 }
 
@@ -133,9 +131,15 @@ impl Proposal {
     /// A stable 64-bit fingerprint of the command (FNV-1a over its JSON), the same on every
     /// node and every build, to tell a retry from another command under the same key.
     /// What the client sent decides; the owner (the address a node saw) does not, since a
-    /// retry through another node can come from another address.
+    /// retry through another node can come from another address, nor whether a put or delete
+    /// is `Bound` (who writes, not what): a retry that reaches a leader of another version, or
+    /// comes after ACLs were turned on, is still the same write.
     pub fn fingerprint(&self) -> u64 {
-        let cmd = match &self.cmd {
+        let unbound = match &self.cmd {
+            Cmd::Bound { write, .. } => write.as_ref(),
+            other => other,
+        };
+        let cmd = match unbound {
             Cmd::GrantLease { ttl_ms, token, .. } => Cmd::GrantLease { ttl_ms: *ttl_ms, owner: None, token: *token },
             Cmd::Register { ttl_ms, token, instances, takeover, .. } => {
                 Cmd::Register { ttl_ms: *ttl_ms, owner: None, token: *token, instances: instances.clone(), takeover: *takeover }
@@ -176,7 +180,7 @@ pub enum Resp {
     /// A registration, put or delete named an instance hanging off another token's lease;
     /// nothing applied.
     InstanceTaken { service: String, instance: String, lease_id: LeaseId },
-    /// The token a put or delete was bound to was revoked before it applied; nothing applied.
+    /// The token of a `Bound` write was revoked before it applied; nothing applied.
     TokenRevoked { id: TokenId },
     /// The answers to a `Batch`, one per write, in order.
     Batch { resps: Vec<Resp> },
@@ -201,6 +205,22 @@ mod tests {
         let Cmd::PutInstance { registration, .. } = &p.cmd else { panic!("decoded as {:?}", p.cmd) };
         assert_eq!((registration.address(), registration.port(), registration.weight()), ("10.0.0.5", 8080, 100));
         assert_eq!(serde_json::to_string(&p).unwrap(), old, "written exactly as earlier builds wrote it, so fingerprints match too");
+    }
+
+    /// A put retried under the same key may reach a leader that binds it to the caller's token
+    /// (or one that does not, during an upgrade): it is the same write, not a reused key.
+    #[test]
+    fn binding_a_write_to_a_token_keeps_its_fingerprint() {
+        let old = r#"{"cmd":"delete_instance","service":"web","instance":"a","request_id":"k1"}"#;
+        let plain: Proposal = serde_json::from_str(old).unwrap();
+        let bound = Proposal::new(Cmd::Bound { token: 7, write: Box::new(plain.cmd.clone()) }, Some("k1".into()));
+        assert_eq!(bound.fingerprint(), plain.fingerprint());
+        let json = serde_json::to_string(&bound).unwrap();
+        assert!(json.starts_with(r#"{"cmd":"bound","token":7,"write":{"cmd":"delete_instance""#), "{json}");
+        assert_eq!(serde_json::from_str::<Proposal>(&json).unwrap(), bound);
+        let other =
+            Proposal::new(Cmd::Bound { token: 7, write: Box::new(Cmd::DeleteInstance { service: "web".into(), instance: "b".into() }) }, Some("k1".into()));
+        assert_ne!(other.fingerprint(), plain.fingerprint());
     }
 
     #[test]

@@ -238,7 +238,7 @@ mod tests {
     use super::*;
 
     fn leases(specs: &[(LeaseId, u64)]) -> crate::store::Leases {
-        specs.iter().map(|&(id, ttl_ms)| (id, std::sync::Arc::new(Lease { id, ttl_ms, instances: Vec::new(), owner: None, token: None }))).collect()
+        specs.iter().map(|&(id, ttl_ms)| (id, std::sync::Arc::new(Lease { id, ttl_ms, instances: Default::default(), owner: None, token: None }))).collect()
     }
 
     #[tokio::test(start_paused = true)]

@@ -147,7 +147,7 @@ impl Shared {
     /// current snapshot. Returns the current snapshot's meta, the newer of the two. Blocking.
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &Applied) -> Result<SnapshotMeta, StorageError> {
         // The slow part (encoding, writing, fsync) outside the lock; only the compare and the
-        // rename under it, so readers of the current snapshot wait for a rename at most.
+        // rename under it (and `read_snapshot`, which must read one file throughout).
         let err = |e: &dyn std::error::Error| StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e.to_string()));
         let staged = stage_snapshot(&self.snapshot_path, &SnapshotFile { meta: meta.clone(), data }).map_err(|e| err(&e))?;
         let mut current = self.snapshot.lock().unwrap();
@@ -161,20 +161,60 @@ impl Shared {
     }
 
     /// The current snapshot as a follower is sent it, read from its file: the meta and the
-    /// store's JSON, copied out of the file without decoding the store. Blocking.
-    fn read_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+    /// store's JSON, cut out of the file's bytes in place without decoding the store.
+    /// Blocking: about 0.2 s at 100k instances, once per snapshot sent.
+    fn read_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String> {
         // Under the lock, so no replacement renames a newer file in between the read and the
-        // meta it is checked against.
+        // meta it is checked against (a build waits for the read to commit its file).
         let current = self.snapshot.lock().unwrap();
         let Some(expected) = current.as_ref() else { return Ok(None) };
-        let err =
-            |e: &dyn std::error::Error| StorageError::from(StorageIOError::read_snapshot(Some(expected.signature()), openraft::AnyError::error(e.to_string())));
-        let bytes = frame::read_framed(&self.snapshot_path).map_err(|e| err(&e))?.ok_or_else(|| err(&std::io::Error::other("the snapshot file is gone")))?;
-        let file: RawSnapshotFile = serde_json::from_slice(&bytes).map_err(|e| err(&e))?;
-        if file.meta.last_log_id != expected.last_log_id {
-            return Err(err(&std::io::Error::other(format!("the snapshot file is at {:?}, not {:?}", file.meta.last_log_id, expected.last_log_id))));
+        let path = self.snapshot_path.display();
+        let mut bytes = frame::read_framed(&self.snapshot_path).map_err(|e| e.to_string())?.ok_or_else(|| format!("{path}: the snapshot file is gone"))?;
+        let (meta, data) = {
+            let file: RawSnapshotFile = serde_json::from_slice(&bytes).map_err(|e| format!("{path}: snapshot does not decode: {e}"))?;
+            let raw = file.data.get();
+            let start = raw.as_ptr() as usize - bytes.as_ptr() as usize;
+            (file.meta, start..start + raw.len())
+        };
+        if meta.last_log_id != expected.last_log_id {
+            return Err(format!("{path}: the snapshot file is at {:?}, not {:?}", meta.last_log_id, expected.last_log_id));
         }
-        Ok(Some((file.meta, file.data.get().as_bytes().to_vec())))
+        bytes.truncate(data.end);
+        bytes.drain(..data.start);
+        Ok(Some((meta, bytes)))
+    }
+
+    /// Makes a snapshot of the store as it is now, unless a newer one is in place; returns the
+    /// current snapshot's meta. Blocking.
+    fn build(&self) -> Result<SnapshotMeta, StorageError> {
+        // A clone of the store is O(1) (its maps are persistent), so the read lock, which
+        // `apply` and every reader wait behind, is held for microseconds, not for a copy.
+        let data = self.data.read().unwrap().clone();
+        let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let meta = SnapshotMeta {
+            last_log_id: data.last_applied,
+            last_membership: data.membership.clone(),
+            snapshot_id: format!("{}-{seq}", data.last_applied.map(|l| l.index).unwrap_or(0)),
+        };
+        // An install may have put a newer snapshot in place meanwhile; then that one is the
+        // answer.
+        self.save_snapshot(&meta, &data)
+    }
+
+    /// The current snapshot, to send to a follower. openraft stops the node when this fails
+    /// (its state machine worker ends), so a snapshot file that is gone or damaged (a disk
+    /// error, an operator's mistake) is replaced by a new one built from the store, which
+    /// holds everything the old one did and more; only if that cannot be written or read
+    /// either is it an error. Blocking.
+    fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        match self.read_snapshot() {
+            Ok(current) => Ok(current),
+            Err(e) => {
+                tracing::error!(error = %e, "the snapshot file cannot be read; building a new one from the store");
+                let meta = self.build()?;
+                self.read_snapshot().map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::error(e)).into())
+            }
+        }
     }
 }
 
@@ -183,19 +223,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         // Serializing and fsyncing a large store must not stall the async workers.
         tokio::task::spawn_blocking(move || {
-            // A clone of the store is O(1) (its maps are persistent), so the read lock, which
-            // `apply` and every reader wait behind, is held for microseconds, not for a copy.
-            let data = shared.data.read().unwrap().clone();
-            let seq = shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-            let meta = SnapshotMeta {
-                last_log_id: data.last_applied,
-                last_membership: data.membership.clone(),
-                snapshot_id: format!("{}-{seq}", data.last_applied.map(|l| l.index).unwrap_or(0)),
-            };
-            // An install may have put a newer snapshot in place meanwhile; then that one is
-            // the answer. openraft keeps only the meta of a built snapshot (it asks
-            // `get_current_snapshot` when it sends one), so no bytes are returned.
-            let meta = shared.save_snapshot(&meta, &data)?;
+            // openraft keeps only the meta of a built snapshot (it asks `get_current_snapshot`
+            // when it sends one), so no bytes are returned.
+            let meta = shared.build()?;
             Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
         })
         .await
@@ -283,7 +313,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let shared = self.shared.clone();
-        let current = tokio::task::spawn_blocking(move || shared.read_snapshot()).await.expect("snapshot task panicked")?;
+        let current = tokio::task::spawn_blocking(move || shared.current_snapshot()).await.expect("snapshot task panicked")?;
         Ok(current.map(|(meta, bytes)| Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) }))
     }
 }
@@ -333,6 +363,33 @@ mod tests {
             let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
             assert_eq!(names, vec!["snapshot".to_string()], "no temp file is left");
         }
+    }
+
+    /// openraft stops a node whose `get_current_snapshot` fails, and the snapshot's bytes are
+    /// now read from the file: a file that is gone or damaged is rebuilt from the store.
+    #[test]
+    fn a_snapshot_file_gone_or_damaged_is_rebuilt_when_a_follower_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path(), 10, 1 << 20).unwrap();
+        *sm.shared.data.write().unwrap() = at(100).1;
+        assert_eq!(sm.shared.build().unwrap().last_log_id.map(|l| l.index), Some(100));
+        let sent = |sm: &StateMachine| {
+            let (meta, bytes) = sm.shared.current_snapshot().unwrap().expect("a snapshot");
+            let data: Applied = serde_json::from_slice(&bytes).expect("the store's JSON alone");
+            (meta.last_log_id.map(|l| l.index), data.store.revision(), data.store.lease(100).is_some())
+        };
+        assert_eq!(sent(&sm), (Some(100), 100, true));
+        let path = dir.path().join("snapshot");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(sent(&sm), (Some(100), 100, true), "rebuilt when gone");
+        assert!(path.exists());
+        let mut damaged = std::fs::read(&path).unwrap();
+        let mid = damaged.len() / 2;
+        damaged[mid] ^= 0x55;
+        std::fs::write(&path, damaged).unwrap();
+        assert!(sm.shared.read_snapshot().unwrap_err().contains("checksum"), "the damage is seen");
+        assert_eq!(sent(&sm), (Some(100), 100, true), "rebuilt when damaged");
+        assert_eq!(reopened_revision(dir.path()), 100);
     }
 
     #[test]

@@ -20,10 +20,8 @@ use crate::command::{Cmd, Proposal, Resp};
 pub struct Lease {
     pub id: LeaseId,
     pub ttl_ms: u64,
-    /// `(service, instance)` pairs attached to this lease, sorted, without repeats. A vector
-    /// rather than a set: most leases hold one instance, and a set's first node is about ten
-    /// times its size.
-    pub instances: Vec<(String, String)>,
+    /// `(service, instance)` pairs attached to this lease.
+    pub instances: Members,
     /// The client that asked for it, if known (`GrantLease::owner`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
@@ -34,23 +32,118 @@ pub struct Lease {
 
 impl Lease {
     fn attach(&mut self, service: &str, instance: &str) {
-        let key = (service.to_string(), instance.to_string());
-        if let Err(at) = self.instances.binary_search(&key) {
-            self.instances.reserve_exact(1);
-            self.instances.insert(at, key);
-        }
+        self.instances.insert((service.to_string(), instance.to_string()));
     }
 
     fn detach(&mut self, service: &str, instance: &str) {
-        if let Some(at) = self.instances.iter().position(|(s, i)| s == service && i == instance) {
-            self.instances.remove(at);
+        self.instances.remove(&(service.to_string(), instance.to_string()));
+    }
+}
+
+/// The `(service, instance)` pairs attached to a lease, in order, each once. On the wire (a
+/// snapshot) a JSON array of pairs, as the `BTreeSet` it replaced.
+///
+/// Most leases hold one instance, and a set's first node is about ten times that size, so up
+/// to `Members::FEW` are kept in a vector; past that, in a set, so that a lease with many
+/// instances still changes in O(log n).
+#[derive(Debug, Clone)]
+pub enum Members {
+    Few(Vec<(String, String)>),
+    Many(BTreeSet<(String, String)>),
+}
+
+impl Default for Members {
+    fn default() -> Members {
+        Members::Few(Vec::new())
+    }
+}
+
+impl Members {
+    pub const FEW: usize = 16;
+
+    fn insert(&mut self, key: (String, String)) {
+        match self {
+            Members::Few(v) => match v.binary_search(&key) {
+                Ok(_) => {}
+                Err(_) if v.len() >= Members::FEW => *self = Members::Many(std::mem::take(v).into_iter().chain([key]).collect()),
+                Err(at) => {
+                    v.reserve_exact(1);
+                    v.insert(at, key);
+                }
+            },
+            Members::Many(set) => {
+                set.insert(key);
+            }
         }
+    }
+
+    fn remove(&mut self, key: &(String, String)) {
+        match self {
+            Members::Few(v) => {
+                if let Ok(at) = v.binary_search(key) {
+                    v.remove(at);
+                }
+            }
+            Members::Many(set) => {
+                set.remove(key);
+            }
+        }
+    }
+
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &(String, String)> + '_> {
+        match self {
+            Members::Few(v) => Box::new(v.iter()),
+            Members::Many(set) => Box::new(set.iter()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Members::Few(v) => v.len(),
+            Members::Many(set) => set.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Equal when they hold the same pairs, whichever form: a node restored from a snapshot may
+/// hold in a vector what one that saw the lease shrink holds in a set.
+impl PartialEq for Members {
+    fn eq(&self, other: &Members) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Members {}
+
+impl FromIterator<(String, String)> for Members {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Members {
+        let set: BTreeSet<(String, String)> = iter.into_iter().collect();
+        match set.len() {
+            n if n > Members::FEW => Members::Many(set),
+            _ => Members::Few(set.into_iter().collect()),
+        }
+    }
+}
+
+impl Serialize for Members {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Members, D::Error> {
+        Vec::<(String, String)>::deserialize(d).map(Members::from_iter)
     }
 }
 
 /// The instances of one service, by name. Each instance is shared with the watch history's
 /// events (`WatchEvent::Put`), so 100k instances are not held twice.
-pub type ServiceInstances = OrdMap<String, Arc<Instance>>;
+pub type InstanceMap = OrdMap<String, Arc<Instance>>;
 
 /// Every lease, by id. Shared like instances, so a snapshot's copy of a lease is copied only
 /// when the lease changes.
@@ -68,7 +161,7 @@ pub struct Store {
     revision: Revision,
     /// Highest term seen in an applied entry.
     term: u64,
-    services: OrdMap<String, ServiceInstances>,
+    services: OrdMap<String, InstanceMap>,
     /// Revision of the last change per service, kept after the last instance is gone so that a
     /// blocking query on an emptied service still wakes up.
     service_index: BTreeMap<String, Revision>,
@@ -175,11 +268,6 @@ impl Store {
 
     fn apply_cmd(&mut self, index: u64, term: u64, cmd: &Cmd, at_ms: Option<u64>) -> (Resp, Vec<WatchEvent>) {
         let mut events = Vec::new();
-        if let Cmd::PutInstance { service, instance, bound_to: Some(token), .. } | Cmd::DeleteInstance { service, instance, bound_to: Some(token) } = cmd {
-            if let Some(refused) = self.refuse_bound(*token, service, instance) {
-                return (refused, events);
-            }
-        }
         let resp = match cmd {
             Cmd::GrantLease { ttl_ms, owner, token } => {
                 let lease_id = self.grant(index, *ttl_ms, owner, *token);
@@ -216,8 +304,16 @@ impl Store {
                     Resp::Ok { revision: index }
                 }
             }
-            Cmd::PutInstance { service, instance, registration, .. } => self.put(service, instance, registration, at_ms, &mut events),
-            Cmd::DeleteInstance { service, instance, .. } => match self.remove_instance(service, instance, RemovalCause::Deregistered, at_ms, &mut events) {
+            Cmd::Bound { token, write } => match write.as_ref() {
+                Cmd::PutInstance { service, instance, .. } | Cmd::DeleteInstance { service, instance } => match self.refuse_bound(*token, service, instance) {
+                    Some(refused) => refused,
+                    None => return self.apply_cmd(index, term, write, at_ms),
+                },
+                // Only puts and deletes are bound (`node::writes`); anything else applies as is.
+                _ => return self.apply_cmd(index, term, write, at_ms),
+            },
+            Cmd::PutInstance { service, instance, registration } => self.put(service, instance, registration, at_ms, &mut events),
+            Cmd::DeleteInstance { service, instance } => match self.remove_instance(service, instance, RemovalCause::Deregistered, at_ms, &mut events) {
                 true => Resp::Ok { revision: index },
                 false => Resp::InstanceNotFound { service: service.clone(), instance: instance.clone() },
             },
@@ -286,7 +382,7 @@ impl Store {
         if let Some(o) = owner {
             *self.leases_by_owner.entry(o.clone()).or_default() += 1;
         }
-        self.leases.insert(id, Arc::new(Lease { id, ttl_ms, instances: Vec::new(), owner: owner.clone(), token }));
+        self.leases.insert(id, Arc::new(Lease { id, ttl_ms, instances: Members::default(), owner: owner.clone(), token }));
         id
     }
 
@@ -371,7 +467,7 @@ impl Store {
                 }
             }
         }
-        for (service, instance) in &lease.instances {
+        for (service, instance) in lease.instances.iter() {
             self.remove_instance(service, instance, cause.clone(), at_ms, events);
         }
         true
@@ -388,7 +484,7 @@ impl Store {
     }
 
     /// Every instance, by service then name.
-    pub fn services(&self) -> &OrdMap<String, ServiceInstances> {
+    pub fn services(&self) -> &OrdMap<String, InstanceMap> {
         &self.services
     }
 
@@ -476,7 +572,35 @@ mod tests {
     }
 
     fn put(service: &str, instance: &str, lease: Option<u64>) -> Cmd {
-        Cmd::PutInstance { service: service.into(), instance: instance.into(), registration: spec(lease), bound_to: None }
+        Cmd::PutInstance { service: service.into(), instance: instance.into(), registration: spec(lease) }
+    }
+
+    /// A lease's members are a vector while few, a set past `Members::FEW`; either way the
+    /// same pairs, in order, with the JSON of the `BTreeSet` earlier versions wrote.
+    #[test]
+    fn lease_members_keep_the_sets_order_and_json_in_either_form() {
+        let pair = |k: usize| (format!("svc-{}", k % 3), format!("i{k:03}"));
+        let mut m = Members::default();
+        let mut set = BTreeSet::new();
+        for k in (0..40).rev().chain(0..5) {
+            m.insert(pair(k));
+            set.insert(pair(k));
+            assert_eq!(m.iter().cloned().collect::<BTreeSet<_>>(), set);
+            assert!(m.iter().zip(m.iter().skip(1)).all(|(a, b)| a < b), "in order, each once");
+            assert_eq!(serde_json::to_string(&m).unwrap(), serde_json::to_string(&set).unwrap());
+        }
+        assert!(matches!(m, Members::Many(_)));
+        for k in 0..38 {
+            m.remove(&pair(k));
+            set.remove(&pair(k));
+        }
+        m.remove(&pair(999));
+        let back: Members = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert!(matches!((&m, &back), (Members::Many(_), Members::Few(_))));
+        assert_eq!(back, m, "equal across forms");
+        assert_eq!((back.len(), back.iter().cloned().collect::<BTreeSet<_>>()), (2, set));
+        let unsorted: Members = serde_json::from_str(r#"[["b","1"],["a","2"],["b","1"]]"#).unwrap();
+        assert_eq!(serde_json::to_string(&unsorted).unwrap(), r#"[["a","2"],["b","1"]]"#);
     }
 
     #[test]
@@ -623,7 +747,7 @@ mod tests {
     #[test]
     fn delete_unknown_instance_is_not_found() {
         let mut s = Store::default();
-        let (r, _) = apply(&mut s, 1, 1, Cmd::DeleteInstance { service: "web".into(), instance: "x".into(), bound_to: None });
+        let (r, _) = apply(&mut s, 1, 1, Cmd::DeleteInstance { service: "web".into(), instance: "x".into() });
         assert!(matches!(r, Resp::InstanceNotFound { .. }));
     }
 
@@ -687,14 +811,13 @@ mod tests {
         assert_eq!(cause(&ev), Some(RemovalCause::Expired { lease_id: 1, term: 2 }));
         let (_, ev) = s.apply(7, 2, &at(Cmd::RevokeLease { lease_id: 2 }, 2000));
         assert_eq!(cause(&ev), Some(RemovalCause::Revoked { lease_id: 2 }));
-        let (_, ev) = s.apply(8, 2, &at(Cmd::DeleteInstance { service: "web".into(), instance: "c".into(), bound_to: None }, 3000));
+        let (_, ev) = s.apply(8, 2, &at(Cmd::DeleteInstance { service: "web".into(), instance: "c".into() }, 3000));
         assert_eq!(cause(&ev), Some(RemovalCause::Deregistered));
         // Re-registering "c" elsewhere replaces the old address; the same address does not.
         apply(&mut s, 9, 2, put("web", "c", None));
         let body =
             proto::InstanceSpec { address: "10.0.0.6".into(), port: 9090, lease_id: None, weight: 100, state: Default::default(), meta: Default::default() };
-        let moved =
-            Cmd::PutInstance { service: "web".into(), instance: "c".into(), registration: proto::validate::instance_spec(&body).unwrap(), bound_to: None };
+        let moved = Cmd::PutInstance { service: "web".into(), instance: "c".into(), registration: proto::validate::instance_spec(&body).unwrap() };
         let (_, ev) = s.apply(10, 2, &at(moved, 4000));
         assert!(matches!(ev.as_slice(), [WatchEvent::Put { .. }]), "a replacement is a put to watchers");
         apply(&mut s, 11, 2, put("web", "d", None));
@@ -717,7 +840,7 @@ mod tests {
             index += 1;
             apply(&mut s, index, 1, put("web", &format!("i{i}"), None));
             index += 1;
-            apply(&mut s, index, 1, Cmd::DeleteInstance { service: "web".into(), instance: format!("i{i}"), bound_to: None });
+            apply(&mut s, index, 1, Cmd::DeleteInstance { service: "web".into(), instance: format!("i{i}") });
         }
         assert_eq!(s.removals().len(), RECENT_REMOVALS);
         assert_eq!(s.removals().front().unwrap().instance, "i5", "the oldest go first");
@@ -759,10 +882,10 @@ mod request_tests {
     fn the_window_forgets_the_oldest_ids() {
         let mut s = Store::default();
         for i in 0..REQUEST_WINDOW as u64 + 10 {
-            s.apply(i + 1, 1, &Proposal::new(Cmd::DeleteInstance { service: "w".into(), instance: "x".into(), bound_to: None }, Some(format!("c:{i}"))));
+            s.apply(i + 1, 1, &Proposal::new(Cmd::DeleteInstance { service: "w".into(), instance: "x".into() }, Some(format!("c:{i}"))));
         }
         assert_eq!(s.requests.len(), REQUEST_WINDOW);
-        let key = |i: usize| Proposal::new(Cmd::DeleteInstance { service: "w".into(), instance: "x".into(), bound_to: None }, Some(format!("c:{i}")));
+        let key = |i: usize| Proposal::new(Cmd::DeleteInstance { service: "w".into(), instance: "x".into() }, Some(format!("c:{i}")));
         assert!(s.requests.replay(&key(0)).is_none());
         assert!(s.requests.replay(&key(REQUEST_WINDOW + 9)).is_some());
     }
@@ -822,7 +945,7 @@ mod request_tests {
 
     /// The check before proposing reads an older state than the one the write applies to: two
     /// tokens could both pass it for one instance. Applying checks again, for writes bound to
-    /// a token; an admin's write and an entry of an earlier version (no `bound_to`) apply as
+    /// a token (`Cmd::Bound`); an admin's write and an entry of an earlier version apply as
     /// they always did.
     #[test]
     fn a_bound_put_or_delete_takes_no_other_tokens_instance_and_needs_a_live_token() {
@@ -855,20 +978,20 @@ mod request_tests {
         let (x, y) = (Some(2), Some(3));
         apply(&mut s, 4, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: x });
         apply(&mut s, 5, 1, Cmd::GrantLease { ttl_ms: 3000, owner: None, token: y });
-        let bound_put = |lease: Option<u64>, token: Option<u64>| Cmd::PutInstance {
-            service: "web".into(),
-            instance: "a".into(),
-            registration: spec(lease),
-            bound_to: token,
+        let bound = |token: Option<u64>, write: Cmd| match token {
+            Some(token) => Cmd::Bound { token, write: Box::new(write) },
+            None => write,
         };
-        let bound_delete = |token: Option<u64>| Cmd::DeleteInstance { service: "web".into(), instance: "a".into(), bound_to: token };
+        let bound_put =
+            |lease: Option<u64>, token: Option<u64>| bound(token, Cmd::PutInstance { service: "web".into(), instance: "a".into(), registration: spec(lease) });
+        let bound_delete = |token: Option<u64>| bound(token, Cmd::DeleteInstance { service: "web".into(), instance: "a".into() });
         assert_eq!(apply(&mut s, 6, 1, bound_put(Some(4), x)).0, Resp::Ok { revision: 6 });
         let taken = Resp::InstanceTaken { service: "web".into(), instance: "a".into(), lease_id: 4 };
         assert_eq!(apply(&mut s, 7, 1, bound_put(Some(5), y)), (taken.clone(), vec![]), "y may not move x's instance onto its lease");
         assert_eq!(apply(&mut s, 8, 1, bound_put(None, y)).0, taken, "nor make it lease-less");
         assert_eq!(apply(&mut s, 9, 1, bound_delete(y)), (taken, vec![]), "nor delete it");
         assert_eq!(s.instance("web", "a").unwrap().mod_revision, 6, "nothing applied");
-        assert_eq!(s.lease(4).unwrap().instances, [("web".to_string(), "a".to_string())]);
+        assert_eq!(s.lease(4).unwrap().instances.iter().collect::<Vec<_>>(), [&("web".to_string(), "a".to_string())]);
         assert_eq!(apply(&mut s, 10, 1, bound_put(Some(4), x)).0, Resp::Ok { revision: 10 }, "x changes its own");
         s.apply(11, 1, &Proposal::from(Cmd::RevokeToken { id: 2 }));
         assert_eq!(apply(&mut s, 12, 1, bound_put(Some(4), x)).0, Resp::TokenRevoked { id: 2 }, "a token revoked before the write applied");

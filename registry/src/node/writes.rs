@@ -29,10 +29,13 @@ fn taken(service: &str, instance: &str, lease_id: LeaseId) -> ApiError {
     ApiError::Forbidden(format!("instance {instance:?} of {service:?} hangs off lease {lease_id}, granted with another token"))
 }
 
-/// The token a put or delete is checked against again when it applies (`Cmd::PutInstance`):
-/// a caller bound to lease ownership. An admin (or anyone while ACLs are off) is not.
-fn bound_to(caller: &Caller) -> Option<crate::acl::TokenId> {
-    caller.token.filter(|_| !caller.admin)
+/// A put or delete as `caller` proposes it: checked again when it applies (`Cmd::Bound`) if
+/// the caller is bound to lease ownership. An admin (or anyone while ACLs are off) is not.
+fn bound(caller: &Caller, write: Cmd) -> Cmd {
+    match caller.token.filter(|_| !caller.admin) {
+        Some(token) => Cmd::Bound { token, write: Box::new(write) },
+        None => write,
+    }
 }
 
 fn acl_off() -> ApiError {
@@ -253,7 +256,7 @@ impl Node {
         let registration = proto::validate::instance_spec(&spec).map_err(|errors| ApiError::InvalidArgument(errors.join("; ")))?;
         let lease = registration.lease_id();
         let (svc, name) = (service.clone(), instance.clone());
-        let cmd = Cmd::PutInstance { service, instance, registration, bound_to: bound_to(&caller) };
+        let cmd = bound(&caller, Cmd::PutInstance { service, instance, registration });
         written(
             self.write(request_id, cmd, |s| {
                 may_change(s, &caller, &svc, &name)?;
@@ -272,7 +275,7 @@ impl Node {
         check_names(&service, &instance)?;
         let not_found = ApiError::NotFound(format!("instance {instance:?} of service {service:?}"));
         let exists = |s: &crate::store::Store| s.instance(&service, &instance).is_some();
-        let cmd = Cmd::DeleteInstance { service: service.clone(), instance: instance.clone(), bound_to: bound_to(&caller) };
+        let cmd = bound(&caller, Cmd::DeleteInstance { service: service.clone(), instance: instance.clone() });
         written(
             self.write(request_id, cmd, |s| {
                 if !exists(s) {

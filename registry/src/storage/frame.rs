@@ -307,8 +307,14 @@ pub fn read_framed(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(FileError::io(path, "read", e)),
     };
-    match decode_frame(&data, 0) {
-        Ok(Some((payload, end))) if end == data.len() => Ok(Some(payload.to_vec())),
+    match decode_frame(&data, 0).map(|f| f.map(|(payload, end)| (payload.len(), end))) {
+        Ok(Some((len, end))) if end == data.len() => {
+            // In place: a snapshot file is tens of MiB, and a copy would double it.
+            let mut data = data;
+            data.truncate(HEADER_LEN + len);
+            data.drain(..HEADER_LEN);
+            Ok(Some(data))
+        }
         Ok(Some((_, end))) => Err(FileError::corrupt(path, end as u64, "unexpected bytes after the frame")),
         Ok(None) => Err(FileError::corrupt(path, 0, "file is empty")),
         Err(kind) => Err(FileError::corrupt(path, 0, kind.to_string())),
