@@ -960,7 +960,12 @@ impl Bench {
             })
             .collect();
         let t_write = Instant::now();
-        let seen = e2e::until(self.args.step_timeout, "the leader to start a snapshot", || async { (pushes(self) > pushes0).then_some(()) }).await;
+        // Stops waiting as soon as every writer has given up, so a refused write is reported
+        // now (by `w.await??` below), not after the step timeout.
+        let seen = e2e::until(self.args.step_timeout, "the leader to start a snapshot", || async {
+            (pushes(self) > pushes0 || writers.iter().all(|w| w.is_finished())).then_some(())
+        })
+        .await;
         stop.store(true, Ordering::Relaxed);
         let triggered_after = t_write.elapsed();
         let cpu = CpuWindow::open(&self.pids());
