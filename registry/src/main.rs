@@ -15,10 +15,13 @@ use registry::config::ServeArgs;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read before `main` (`_RJEM_MALLOC_CONF` in the environment overrides
-/// them). Freed pages go back to the system within a second, by its background threads, rather
-/// than after 10 s, and with `MADV_DONTNEED`, not `MADV_FREE` (which leaves them counted in
-/// RSS until the kernel is short of memory): a node frees in bursts (a snapshot of 40 MiB read
-/// or encoded whole), and an operator reads RSS as what the node holds.
+/// them). The one that differs from this build's defaults is `dirty_decay_ms`: freed pages go
+/// back to the system within about a second rather than ten, since a node frees in bursts (a
+/// snapshot of 40 MiB read or encoded whole) and an operator reads RSS as what the node holds.
+/// The other two restate the defaults: background threads purge (the crate's
+/// `background_threads` feature), and purged pages are released at once (`MADV_DONTNEED`,
+/// jemalloc 5.3's `muzzy_decay_ms:0`). The symbol is the prefixed build's name, which
+/// `tikv-jemallocator` uses unless `unprefixed_malloc_on_supported_platforms` is on.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
