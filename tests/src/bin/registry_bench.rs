@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,11 +29,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::Parser;
 use e2e::bench::{nanos, r1, r3, write_json, Summary};
-use e2e::http1::{write_retry, Conn, ConnSecurity, Target};
+use e2e::bench_cluster::BenchCluster as Cluster;
+use e2e::http1::{write_retry, Conn, Target};
 use e2e::load::{grant_leases, watcher, KeepaliveLoad, LeaseSet, Pending};
-use e2e::metrics::{self, Samples};
 use e2e::procstat::Mem;
-use e2e::{until, ClusterOptions, RegistryCluster};
+use e2e::{until, ClusterOptions};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -129,7 +128,7 @@ async fn run(args: &Args) -> Result<()> {
     let registry_bin = args.registry_bin.clone().unwrap_or_else(|| e2e::process::bin_dir("release").join("registry"));
     let bin = std::fs::canonicalize(&registry_bin)
         .with_context(|| format!("registry binary {} not found (build it with `cargo build --release -p registry`)", registry_bin.display()))?;
-    let mut cluster = Cluster::start(&bin, args, args.security == Security::Secure).await?;
+    let mut cluster = start_cluster(&bin, args, args.security == Security::Secure).await?;
     let result = phases(args, &registry_bin, &cluster).await;
     if let Err(e) = &result {
         eprintln!("registry_bench: failed: {e:#}");
@@ -144,7 +143,7 @@ async fn run(args: &Args) -> Result<()> {
             if args.keep_data {
                 println!("plain cluster's data directories and node logs kept in {}", kept.display());
             }
-            cluster = Cluster::start(&bin, args, true).await?;
+            cluster = start_cluster(&bin, args, true).await?;
             let result = secure_comparison(args, &cluster, n, &mut report).await;
             if let Err(e) = &result {
                 eprintln!("registry_bench: failed: {e:#}");
@@ -173,186 +172,29 @@ struct Report {
 // The cluster: three `registry serve` processes (`e2e::RegistryCluster`: SIGTERM, then SIGKILL
 // when dropped), and how the benchmark reaches them.
 
-/// A node as the benchmark names it: by its `--id`.
-struct Node {
-    id: u64,
-    addr: SocketAddr,
-    url: String,
+/// `secure`: TLS with node certificates and ACLs on, as `registry tls init` and
+/// `--acl-bootstrap-token-file` make them; otherwise plain HTTP with the cluster secret.
+async fn start_cluster(bin: &Path, args: &Args, secure: bool) -> Result<Cluster> {
+    let opts = ClusterOptions {
+        secure,
+        node_args: args.node_args.clone(),
+        bin: Some(bin.to_path_buf()),
+        data_root: args.data_root.clone(),
+        dir_prefix: "registry-bench-".into(),
+        keep_data: args.keep_data,
+        // The nodes log as this benchmark's RUST_LOG says, if it is set.
+        log_filter: std::env::var("RUST_LOG").ok(),
+        // A node under a profiler gets to write its output.
+        stop_grace: Some(Duration::from_secs(5)),
+        ready_limit: Duration::from_secs(args.startup_timeout_secs),
+        ..Default::default()
+    };
+    Cluster::start(3, opts, "registry_bench").await
 }
 
-struct Cluster {
-    procs: RegistryCluster,
-    nodes: Vec<Node>,
-    /// Admin requests (cluster state, metrics, watches): with the admin token when secured.
-    http: reqwest::Client,
-    /// TLS and the load generator's token (`announce:*`), when secured.
-    secure: Option<Arc<ConnSecurity>>,
-}
-
-impl Cluster {
-    /// `secure`: TLS with node certificates and ACLs on, as `registry tls init` and
-    /// `--acl-bootstrap-token-file` make them; otherwise plain HTTP with the cluster secret.
-    async fn start(bin: &Path, args: &Args, secure: bool) -> Result<Cluster> {
-        let procs = RegistryCluster::launch(
-            3,
-            ClusterOptions {
-                secure,
-                node_args: args.node_args.clone(),
-                bin: Some(bin.to_path_buf()),
-                data_root: args.data_root.clone(),
-                dir_prefix: "registry-bench-".into(),
-                keep_data: args.keep_data,
-                // The nodes log as this benchmark's RUST_LOG says, if it is set.
-                log_filter: std::env::var("RUST_LOG").ok(),
-                // A node under a profiler gets to write its output.
-                stop_grace: Some(Duration::from_secs(5)),
-                ready_limit: Duration::from_secs(args.startup_timeout_secs),
-                ..Default::default()
-            },
-        )
-        .await?;
-        let mut http =
-            reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).pool_idle_timeout(Duration::from_secs(30)).http1_only().no_proxy();
-        let mut secure = None;
-        if let Some(s) = &procs.secured {
-            let mut headers = reqwest::header::HeaderMap::new();
-            headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", s.admin_token).parse()?);
-            http = http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&s.ca)?)?).default_headers(headers);
-            // The load generator renews and registers with a token of its own, as an announcer
-            // does: every request pays the token check and the lease-owner check.
-            let token_file = s.mint(&procs.client(), "registry_bench", &["announce:*"]).await;
-            let token = std::fs::read_to_string(&token_file)?;
-            secure = Some(Arc::new(ConnSecurity::new(&s.ca, token.trim())?));
-        }
-        let nodes = procs.addrs.iter().zip(procs.urls()).zip(1..).map(|((a, url), id)| Ok(Node { id, addr: a.parse()?, url })).collect::<Result<_>>()?;
-        Ok(Cluster { procs, nodes, http: http.build()?, secure })
-    }
-
-    /// The nodes' data directories and logs.
-    fn dir(&self) -> &Path {
-        self.procs.dir.path()
-    }
-
-    /// Where the load generator's connections to node `addr` go, and how.
-    fn target(&self, addr: SocketAddr) -> Target {
-        Target { addr, secure: self.secure.clone(), source: None }
-    }
-
-    fn node(&self, id: u64) -> &Node {
-        self.nodes.iter().find(|n| n.id == id).expect("known node id")
-    }
-
-    async fn get_json(&self, url: &str) -> Result<Value> {
-        let resp = self.http.get(url).timeout(Duration::from_secs(5)).send().await?;
-        let status = resp.status();
-        let body = resp.bytes().await?;
-        ensure!(status.is_success(), "GET {url}: {status}: {}", String::from_utf8_lossy(&body));
-        Ok(serde_json::from_slice(&body)?)
-    }
-
-    async fn cluster_info(&self, n: &Node) -> Result<Value> {
-        self.get_json(&format!("{}/v1/cluster", n.url)).await
-    }
-
-    /// Waits until every node names the same leader and that node says it is leader.
-    async fn wait_leader(&self, limit: Duration) -> Result<u64> {
-        let last = Mutex::new(String::from("no answer yet"));
-        let agreed = until(limit, "the nodes to agree on a leader", || async {
-            if let Err(e) = self.procs.check_running() {
-                return Some(Err(e));
-            }
-            let mut leaders = Vec::new();
-            let mut leader_role = None;
-            for n in &self.nodes {
-                match self.cluster_info(n).await {
-                    Ok(v) => {
-                        leaders.push(v["leader"].as_u64());
-                        if v["role"] == "leader" {
-                            leader_role = Some(n.id);
-                        }
-                    }
-                    Err(e) => {
-                        *last.lock().unwrap() = format!("node {}: {e:#}", n.id);
-                        leaders.push(None);
-                    }
-                }
-            }
-            if let (Some(Some(l)), Some(r)) = (leaders.first(), leader_role) {
-                if leaders.iter().all(|x| *x == Some(*l)) && *l == r {
-                    return Some(Ok(r));
-                }
-            }
-            if leaders.iter().any(Option::is_some) {
-                *last.lock().unwrap() = format!("leaders as seen by nodes 1..3: {leaders:?}");
-            }
-            None
-        })
-        .await;
-        match agreed {
-            Ok(leader) => leader,
-            Err(_) => bail!("no leader agreed on within {limit:?}: {}", last.lock().unwrap()),
-        }
-    }
-
-    async fn current_leader(&self) -> Result<u64> {
-        for n in &self.nodes {
-            if let Ok(v) = self.cluster_info(n).await {
-                if let Some(l) = v["leader"].as_u64() {
-                    return Ok(l);
-                }
-            }
-        }
-        bail!("no node names a leader")
-    }
-
-    async fn metrics(&self, n: &Node) -> Result<Samples> {
-        metrics::scrape(&self.http, &format!("{}/metrics", n.url)).await.with_context(|| format!("reading the metrics of node {}", n.id))
-    }
-
-    /// A metric's value on every node (sum over label sets), in node order.
-    async fn metric_all(&self, name: &str) -> Result<Vec<f64>> {
-        let mut out = Vec::new();
-        for n in &self.nodes {
-            let samples = self.metrics(n).await.with_context(|| format!("reading {name} from node {}", n.id))?;
-            out.push(metrics::sum(&samples, name).with_context(|| format!("node {} has no metric {name}", n.id))?);
-        }
-        Ok(out)
-    }
-
-    /// `registry_keepalives_total` on node `n` (0 if it has none yet).
-    async fn keepalives(&self, n: &Node) -> Result<f64> {
-        Ok(metrics::sum(&self.metrics(n).await?, "registry_keepalives_total").unwrap_or(0.0))
-    }
-
-    async fn expiries(&self) -> Result<u64> {
-        Ok(self.metric_all("registry_lease_expiries_total").await?.iter().sum::<f64>() as u64)
-    }
-
-    fn pids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.procs.nodes.iter().map(|p| p.pid().unwrap_or(0))
-    }
-
-    fn rss(&self) -> Vec<Mem> {
-        self.pids().map(Mem::of).collect()
-    }
-
-    fn cpu_ticks(&self) -> Vec<u64> {
-        self.pids().map(|pid| cpu_ticks(&format!("/proc/{pid}/stat")).unwrap_or(0)).collect()
-    }
-
-    /// Waits until every node has applied at least `index`; returns how long that took.
-    async fn wait_applied(&self, index: u64, limit: Duration) -> Result<Duration> {
-        let start = Instant::now();
-        until(limit, &format!("every node to apply index {index}"), || async {
-            for n in &self.nodes {
-                if self.cluster_info(n).await.ok().and_then(|v| v["applied_index"].as_u64()).unwrap_or(0) < index {
-                    return None;
-                }
-            }
-            Some(start.elapsed())
-        })
-        .await
-    }
+/// CPU time of every node so far, in clock ticks, in node order.
+fn node_cpu_ticks(c: &Cluster) -> Vec<u64> {
+    c.pids().into_iter().map(|pid| cpu_ticks(&format!("/proc/{pid}/stat")).unwrap_or(0)).collect()
 }
 
 /// utime + stime of a process, in clock ticks.
@@ -381,13 +223,13 @@ struct CpuWindow {
 
 impl CpuWindow {
     fn open(c: &Cluster) -> CpuWindow {
-        CpuWindow { start: Instant::now(), nodes: c.cpu_ticks(), me: cpu_ticks("/proc/self/stat").unwrap_or(0) }
+        CpuWindow { start: Instant::now(), nodes: node_cpu_ticks(c), me: cpu_ticks("/proc/self/stat").unwrap_or(0) }
     }
     fn close(&self, c: &Cluster) -> (Vec<f64>, f64) {
         let secs = self.start.elapsed().as_secs_f64().max(1e-3);
         let hz = clock_ticks_per_sec();
         let pct = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / hz / secs * 100.0;
-        let nodes = c.cpu_ticks().iter().zip(&self.nodes).map(|(b, a)| pct(*a, *b)).collect();
+        let nodes = node_cpu_ticks(c).iter().zip(&self.nodes).map(|(b, a)| pct(*a, *b)).collect();
         (nodes, pct(self.me, cpu_ticks("/proc/self/stat").unwrap_or(0)))
     }
 }
