@@ -154,9 +154,13 @@ pub(super) async fn run(node: NodeRef, mut queue: mpsc::UnboundedReceiver<Queued
 /// `--snapshot-every` writes, counted as applied on this node.
 pub(super) async fn snapshot_by_writes(node: NodeRef, mut stop: watch::Receiver<bool>) {
     let mut last = 0u64;
+    // A count checked once a second: the threshold is thousands of writes, so a second late
+    // is nothing, and apply stays free of the check.
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
         let Some(n) = node.upgrade() else { return };

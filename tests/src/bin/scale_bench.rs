@@ -727,8 +727,17 @@ impl Bench {
     // 2. Memory.
 
     async fn memory(&mut self, idle: &[Mem]) -> Result<()> {
-        // Let background work (snapshots, the allocator) settle, still renewing.
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Let background work (snapshot builds, the allocator returning freed pages) settle,
+        // still renewing: until no node's RSS moved by more than 1 MiB over a second.
+        let prev = std::sync::Mutex::new(self.cluster.rss());
+        let _ = e2e::until(Duration::from_secs(30), "every node's RSS to settle", || async {
+            // The sampling interval of the comparison, not a wait for something.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.cluster.rss();
+            let before = std::mem::replace(&mut *prev.lock().unwrap(), now.clone());
+            now.iter().zip(&before).all(|(a, b)| a.rss_kb.abs_diff(b.rss_kb) <= 1024).then_some(())
+        })
+        .await;
         let mem = self.cluster.rss();
         let smaps: Vec<BTreeMap<String, u64>> = self.pids().into_iter().map(procstat::smaps_rollup).collect();
         let mut counts = Vec::new();
@@ -829,7 +838,10 @@ impl Bench {
         self.stop_paced().await;
         let leader = self.cluster.node(self.leader_id);
         let pool = RenewPool::start(self.leader.clone(), self.set.clone(), self.args.keepalive_conns, None, window + Duration::from_secs(60));
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Warm: every connection open and renewing before the window starts.
+        let warm = (self.args.keepalive_conns * 100) as u64;
+        e2e::until(Duration::from_secs(30), "the keepalive connections to warm up", || async { (pool.stats.ok.load(Ordering::Relaxed) >= warm).then_some(()) })
+            .await?;
         let ok0 = pool.stats.ok.load(Ordering::Relaxed);
         let ka0 = self.cluster.keepalives(leader).await?;
         let cpu = CpuWindow::open(&self.pids());
