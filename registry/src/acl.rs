@@ -26,19 +26,48 @@ pub type TokenId = u64;
 /// Shortest accepted token, in characters (`registry token create` makes 43).
 pub const MIN_TOKEN_LEN: usize = 32;
 
-/// SHA-256 of a token, hex. What the store keeps; the token itself is never stored.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct TokenHash(String);
+/// SHA-256 of a token: what the store keeps; the token itself is never stored. Its wire and
+/// JSON form is the digest in lowercase hex (64 characters), as it always was; in memory it is
+/// the 32 bytes, so the check on every request neither formats nor allocates.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenHash([u8; 32]);
 
 impl TokenHash {
     pub fn of(token: &str) -> TokenHash {
-        use std::fmt::Write as _;
-        // One allocation: this runs on every request once ACLs are on.
-        let mut hex = String::with_capacity(64);
-        for b in Sha256::digest(token.trim().as_bytes()) {
-            write!(hex, "{b:02x}").expect("writing to a String");
+        TokenHash(Sha256::digest(token.trim().as_bytes()).into())
+    }
+
+    /// The digest in lowercase hex. Byte order and hex order agree, so a map keyed by
+    /// `TokenHash` lists tokens in the order its JSON keys sort.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenHash({})", self.to_hex())
+    }
+}
+
+impl Serialize for TokenHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut buf).expect("64 bytes hold 32 in hex");
+        s.serialize_str(std::str::from_utf8(&buf).expect("hex is ASCII"))
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TokenHash, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        let mut bytes = [0u8; 32];
+        // Upper-case hex was never written; refusing it keeps one spelling per hash.
+        if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(serde::de::Error::custom(format!("a token hash is 64 lowercase hex digits, not {s:?}")));
         }
-        TokenHash(hex)
+        hex::decode_to_slice(s.as_bytes(), &mut bytes).map_err(|e| serde::de::Error::custom(format!("token hash {s:?}: {e}")))?;
+        Ok(TokenHash(bytes))
     }
 }
 
@@ -170,9 +199,10 @@ pub enum Need {
 }
 
 /// What `method` on the route `template` (axum's matched path, e.g.
-/// `/v1/services/{service}/instances/{instance}`) needs; `params` are its path parameters.
+/// `/v1/services/{service}/instances/{instance}`) needs; `service` is its `{service}` path
+/// parameter, if it has one.
 /// Default deny: a route not named here needs `admin`. `metrics_open` is `--metrics-open`.
-pub fn need(method: &str, template: &str, params: &BTreeMap<String, String>, metrics_open: bool) -> Need {
+pub fn need(method: &str, template: &str, service: Option<&str>, metrics_open: bool) -> Need {
     // HEAD is a GET without the body.
     let method = if method == "HEAD" { "GET" } else { method };
     match (method, template) {
@@ -187,8 +217,8 @@ pub fn need(method: &str, template: &str, params: &BTreeMap<String, String>, met
         // Each instance's service is checked against the token's scopes by `Node::register`.
         ("POST", "/v1/register") => Need::Grant,
         ("POST", "/v1/leases/{id}/keepalive") | ("DELETE", "/v1/leases/{id}") => Need::LeaseOwner,
-        ("PUT" | "DELETE", "/v1/services/{service}/instances/{instance}") => match params.get("service") {
-            Some(s) => Need::Service(s.clone()),
+        ("PUT" | "DELETE", "/v1/services/{service}/instances/{instance}") => match service {
+            Some(s) => Need::Service(s.to_string()),
             None => Need::Admin,
         },
         ("POST", "/v1/cluster/members") | ("DELETE", "/v1/cluster/members/{id}") => Need::AdminOrPeer,
@@ -242,10 +272,6 @@ impl Acl {
 mod tests {
     use super::*;
 
-    fn params(service: &str) -> BTreeMap<String, String> {
-        [("service".to_string(), service.to_string())].into()
-    }
-
     fn token(scopes: &[&str]) -> Token {
         Token { id: 1, scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(), description: String::new(), created_ms: None }
     }
@@ -262,33 +288,32 @@ mod tests {
 
     #[test]
     fn each_route_needs_its_scope_and_unknown_routes_need_admin() {
-        let none = BTreeMap::new();
-        let put = need("PUT", "/v1/services/{service}/instances/{instance}", &params("web-servers"), false);
+        let put = need("PUT", "/v1/services/{service}/instances/{instance}", Some("web-servers"), false);
         assert_eq!(put, Need::Service("web-servers".into()));
         let web = token(&["announce:web-*"]);
         assert!(web.allows(&put));
-        assert!(!web.allows(&need("DELETE", "/v1/services/{service}/instances/{instance}", &params("api-servers"), false)), "another service");
+        assert!(!web.allows(&need("DELETE", "/v1/services/{service}/instances/{instance}", Some("api-servers"), false)), "another service");
         assert!(!web.allows(&Need::Read), "announce does not read");
-        assert!(web.allows(&need("POST", "/v1/leases", &none, false)));
+        assert!(web.allows(&need("POST", "/v1/leases", None, false)));
         let read = token(&["read"]);
-        assert_eq!(need("GET", "/v1/cluster", &none, false), Need::ReadOrPeer);
+        assert_eq!(need("GET", "/v1/cluster", None, false), Need::ReadOrPeer);
         assert!(!token(&["announce:*"]).allows(&Need::ReadOrPeer));
         for (m, t) in [("GET", "/v1/services"), ("GET", "/v1/watch"), ("GET", "/v1/cluster"), ("GET", "/metrics")] {
-            assert!(read.allows(&need(m, t, &none, false)), "{m} {t}");
+            assert!(read.allows(&need(m, t, None, false)), "{m} {t}");
         }
         assert!(!read.allows(&put), "read cannot write");
-        assert!(!read.allows(&need("POST", "/v1/leases", &none, false)));
+        assert!(!read.allows(&need("POST", "/v1/leases", None, false)));
         for (m, t) in [("POST", "/v1/cluster/members"), ("DELETE", "/v1/cluster/members/{id}")] {
-            assert_eq!(need(m, t, &none, false), Need::AdminOrPeer, "{m} {t}");
-            assert!(token(&["admin"]).allows(&need(m, t, &none, false)));
-            assert!(!token(&["read", "announce:*"]).allows(&need(m, t, &none, false)));
+            assert_eq!(need(m, t, None, false), Need::AdminOrPeer, "{m} {t}");
+            assert!(token(&["admin"]).allows(&need(m, t, None, false)));
+            assert!(!token(&["read", "announce:*"]).allows(&need(m, t, None, false)));
         }
         for (m, t) in [("POST", "/v1/acl/tokens"), ("PATCH", "/v1/services"), ("GET", "/v1/new-route")] {
-            assert_eq!(need(m, t, &none, false), Need::Admin, "{m} {t}");
-            assert!(token(&["admin"]).allows(&need(m, t, &none, false)));
+            assert_eq!(need(m, t, None, false), Need::Admin, "{m} {t}");
+            assert!(token(&["admin"]).allows(&need(m, t, None, false)));
         }
-        assert_eq!(need("GET", "/healthz", &none, false), Need::Open);
-        assert_eq!(need("GET", "/metrics", &none, true), Need::Open);
+        assert_eq!(need("GET", "/healthz", None, false), Need::Open);
+        assert_eq!(need("GET", "/metrics", None, true), Need::Open);
     }
 
     /// Every route the router serves, with what it needs: the table docs/security.md gives. A
@@ -338,7 +363,7 @@ mod tests {
         let expected_routes: Vec<(&str, &str)> = expected.keys().copied().collect();
         assert_eq!(client, expected_routes, "a route was added or removed: place it in this table and in docs/security.md");
         for ((m, t), want) in &expected {
-            assert_eq!(&need(m, t, &params("web"), false), want, "{m} {t}");
+            assert_eq!(&need(m, t, Some("web"), false), want, "{m} {t}");
         }
         // docs/security.md's table lists the same routes, each with what it needs.
         let doc = include_str!("../../docs/security.md");
@@ -381,10 +406,38 @@ mod tests {
     }
 
     #[test]
+    fn a_token_hash_is_hex_on_the_wire_as_before() {
+        let t = "x".repeat(43);
+        let h = TokenHash::of(&t);
+        // What the `String` form held: the digest, each byte as two lowercase hex digits.
+        let old: String = Sha256::digest(t.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(serde_json::to_string(&h).unwrap(), format!("\"{old}\""));
+        assert_eq!(serde_json::from_str::<TokenHash>(&format!("\"{old}\"")).unwrap(), h);
+        // As map keys (the store's `Acl`), in the order the hex strings sort.
+        let acl = Acl {
+            enabled: true,
+            tokens: ["a", "b", "c", "d"]
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (TokenHash::of(&c.repeat(40)), Token { id: i as u64, scopes: vec![Scope::Read], description: String::new(), created_ms: None }))
+                .collect(),
+        };
+        let json = serde_json::to_value(&acl).unwrap();
+        let keys: Vec<&String> = json["tokens"].as_object().unwrap().keys().collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(serde_json::from_value::<Acl>(json).unwrap(), acl);
+        for bad in ["\"abc\"", &format!("\"{}\"", old.to_uppercase()), &format!("\"{}zz\"", &old[2..])] {
+            assert!(serde_json::from_str::<TokenHash>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn only_the_hash_is_kept_and_tokens_must_be_long() {
         let t = "x".repeat(43);
-        assert_eq!(TokenHash::of(&t).0.len(), 64);
-        assert_ne!(TokenHash::of(&t).0, t);
+        assert_eq!(TokenHash::of(&t).to_hex().len(), 64);
+        assert_ne!(TokenHash::of(&t).to_hex(), t);
         assert_eq!(TokenHash::of(&format!(" {t}\n")), TokenHash::of(&t), "whitespace from a file is not part of it");
         assert!(check_token("short").is_err());
         assert!(check_token(&"y".repeat(40)).is_ok());

@@ -22,7 +22,7 @@ use crate::store::Store;
 use crate::types::{LogId, NodeId, SnapshotMeta, StoredMembership};
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// The checksum of a document's `store`: over the JSON value as it is in the file (keys

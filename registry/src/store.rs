@@ -331,7 +331,7 @@ impl Store {
                     // Tokens made while the cluster was open are anyone's: none survives.
                     self.acl.tokens.clear();
                     let token = Token { id: index, scopes: vec![crate::acl::Scope::Admin], description: "bootstrap".into(), created_ms: at_ms };
-                    self.acl.tokens.insert(hash.clone(), token);
+                    self.acl.tokens.insert(*hash, token);
                 }
                 Resp::Ok { revision: index }
             }
@@ -339,11 +339,11 @@ impl Store {
             Cmd::CreateToken { hash, scopes, description } => match self.acl.tokens.get(hash) {
                 Some(t) => Resp::TokenExists { id: t.id },
                 None => {
-                    self.acl.tokens.insert(hash.clone(), Token { id: index, scopes: scopes.clone(), description: description.clone(), created_ms: at_ms });
+                    self.acl.tokens.insert(*hash, Token { id: index, scopes: scopes.clone(), description: description.clone(), created_ms: at_ms });
                     Resp::TokenCreated { id: index, revision: index }
                 }
             },
-            Cmd::RevokeToken { id } => match self.acl.by_id(*id).map(|(h, t)| (h.clone(), t.is_admin())) {
+            Cmd::RevokeToken { id } => match self.acl.by_id(*id).map(|(h, t)| (*h, t.is_admin())) {
                 // Nothing could make another: the bootstrap applies once.
                 Some((_, true)) if self.acl.tokens.values().filter(|t| t.is_admin()).count() == 1 => Resp::LastAdmin { id: *id },
                 Some((h, _)) => {
@@ -919,7 +919,7 @@ mod request_tests {
         let mut open = Store::default();
         assert_eq!(open.apply(1, 1, &Proposal::from(Cmd::CreateToken { hash: early, scopes: vec![Scope::Admin], description: String::new() })).0, Resp::AclOff);
         let boot = TokenHash::of(&"b".repeat(40));
-        s.apply(1, 1, &Proposal::from(Cmd::AclBootstrap { hash: boot.clone() }));
+        s.apply(1, 1, &Proposal::from(Cmd::AclBootstrap { hash: boot }));
         assert!(s.acl().enabled);
         assert!(s.acl().by_hash(&boot).unwrap().is_admin());
         // A second bootstrap (another node's flag, a restart) changes nothing.
@@ -927,9 +927,9 @@ mod request_tests {
         assert_eq!(s.acl().tokens.len(), 1);
         let web = TokenHash::of(&"w".repeat(40));
         let (r, _) =
-            s.apply(3, 1, &Proposal::from(Cmd::CreateToken { hash: web.clone(), scopes: vec![Scope::Announce("web-*".into())], description: "web".into() }));
+            s.apply(3, 1, &Proposal::from(Cmd::CreateToken { hash: web, scopes: vec![Scope::Announce("web-*".into())], description: "web".into() }));
         assert_eq!(r, Resp::TokenCreated { id: 3, revision: 3 });
-        let (r, _) = s.apply(4, 1, &Proposal::from(Cmd::CreateToken { hash: web.clone(), scopes: vec![Scope::Read], description: "again".into() }));
+        let (r, _) = s.apply(4, 1, &Proposal::from(Cmd::CreateToken { hash: web, scopes: vec![Scope::Read], description: "again".into() }));
         assert_eq!(r, Resp::TokenExists { id: 3 });
         assert!(!serde_json::to_string(&s).unwrap().contains(&"w".repeat(40)), "the token itself is never stored");
         s.apply(5, 1, &Proposal::from(Cmd::GrantLease { ttl_ms: 3000, owner: None, token: Some(3) }));

@@ -3,7 +3,6 @@
 //! needs (`acl::need`, the one table). The caller it proves goes to the handler as a `Caller`
 //! extension, for the lease-ownership checks `Node` makes. `/raft` is `peer`'s business.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
@@ -17,8 +16,8 @@ use crate::metrics::ReasonLabels;
 use crate::node::{AclView, Node};
 
 pub async fn layer(State(node): State<Arc<Node>>, matched: MatchedPath, params: RawPathParams, mut req: Request, next: Next) -> Response {
-    let params: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let need = crate::acl::need(req.method().as_str(), matched.as_str(), &params, node.config().metrics_open);
+    let service = params.iter().find_map(|(k, v)| (k == "service").then_some(v));
+    let need = crate::acl::need(req.method().as_str(), matched.as_str(), service, node.config().metrics_open);
     let peer = req.extensions().get::<super::peer::PeerProven>().is_some();
     match check(&node, &need, req.headers(), peer) {
         Ok(caller) => {

@@ -88,5 +88,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 
 /// The IP of the connection's peer, if the server recorded it.
 pub fn connection_ip(parts: &Parts) -> Option<String> {
-    parts.extensions.get::<axum::extract::ConnectInfo<crate::tls::listener::Conn>>().map(|c| c.0.addr.ip().to_string())
+    connection_addr(parts).map(|a| a.ip().to_string())
+}
+
+/// The address the request's connection comes from.
+pub fn connection_addr(parts: &Parts) -> Option<std::net::SocketAddr> {
+    parts.extensions.get::<axum::extract::ConnectInfo<crate::tls::listener::Conn>>().map(|c| c.0.addr)
 }

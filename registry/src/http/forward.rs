@@ -45,18 +45,31 @@ pub async fn layer(State((node, relay)): State<(Arc<Node>, super::relay::Relay)>
         Ok(b) => b,
         Err(_) => return ApiError::PayloadTooLarge { limit: API_BODY_LIMIT }.into_response(),
     };
-    let (method, uri, mut headers) = (parts.method.clone(), parts.uri.clone(), parts.headers.clone());
-    if parts.extensions.get::<super::peer::PeerProven>().is_some() {
-        headers.insert(PEER_ORIGIN_HEADER, axum::http::HeaderValue::from_static("1"));
-    }
-    if let Some(ip) = super::extract::connection_ip(&parts).and_then(|ip| ip.parse().ok()) {
-        headers.insert(super::extract::CLIENT_ADDR_HEADER, ip);
-    }
+    // Only what a relay would need is kept, and only cheap copies of it (a header value is
+    // reference-counted): most requests are answered here, so the relay's headers are built
+    // only once the handler has said where to.
+    let (method, uri) = (parts.method.clone(), parts.uri.clone());
+    let kept = RELAYED.map(|name| parts.headers.get(name).cloned());
+    let forwarded = parts.headers.contains_key(FORWARDED_HEADER);
+    let peer_origin = parts.extensions.get::<super::peer::PeerProven>().is_some();
+    let client = super::extract::connection_addr(&parts);
     let mut resp = next.run(Request::from_parts(parts, Body::from(bytes.clone()))).await;
     let Some(to) = resp.extensions_mut().remove::<ForwardTo>() else { return resp };
-    if headers.contains_key(FORWARDED_HEADER) {
+    if forwarded {
         // Nothing ran here: `no_leader` tells the client it may safely send it again.
         return ApiError::NoLeader.into_response();
+    }
+    let mut headers = HeaderMap::with_capacity(RELAYED.len());
+    for (name, value) in RELAYED.iter().zip(kept) {
+        if let Some(v) = value {
+            headers.insert(*name, v);
+        }
+    }
+    if peer_origin {
+        headers.insert(PEER_ORIGIN_HEADER, axum::http::HeaderValue::from_static("1"));
+    }
+    if let Some(ip) = client.and_then(|a| a.ip().to_string().parse().ok()) {
+        headers.insert(super::extract::CLIENT_ADDR_HEADER, ip);
     }
     if let Some(lease_id) = keepalive_of(&method, &uri) {
         let token = super::acl::bearer(&headers).map(str::to_string);

@@ -91,7 +91,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/raft/keepalives", post(raft_rpc::keepalives))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
     api.merge(raft)
-        .layer(middleware::from_fn_with_state(node.clone(), leader_hint))
+        .layer(middleware::from_fn_with_state((node.clone(), LastHint::default()), leader_hint))
         // Outermost: who is a peer is settled before anything else looks at the request.
         .layer(middleware::from_fn_with_state(node.clone(), peer::layer))
         .with_state(node)
@@ -99,12 +99,25 @@ pub fn router(node: Arc<Node>) -> Router {
 
 /// Names the leader on every answer so clients can go straight there next time, but only
 /// while this node's view of leadership is current (`Node::leader_hint`).
-async fn leader_hint(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+async fn leader_hint(State((node, last)): State<(Arc<Node>, LastHint)>, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
-    if let Some(addr) = node.leader_hint() {
-        if let Ok(v) = HeaderValue::from_str(&node.peers().base(&addr)) {
-            resp.headers_mut().insert(proto::LEADER_HEADER, v);
+    let hint = node.leader_hint(|addr| {
+        // The leader rarely changes: its header is built once per leader, not per answer.
+        let mut last = last.lock().unwrap();
+        match last.as_ref() {
+            Some((a, v)) if a == addr => Some(v.clone()),
+            _ => {
+                let v = HeaderValue::from_str(&node.peers().base(addr)).ok()?;
+                *last = Some((addr.to_string(), v.clone()));
+                Some(v)
+            }
         }
+    });
+    if let Some(v) = hint.flatten() {
+        resp.headers_mut().insert(proto::LEADER_HEADER, v);
     }
     resp
 }
+
+/// The last leader named, and its header value.
+type LastHint = Arc<std::sync::Mutex<Option<(String, HeaderValue)>>>;

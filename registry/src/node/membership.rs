@@ -172,7 +172,7 @@ impl Node {
         // `--acl-bootstrap-token-file`: ACLs on, with that token as the first admin. Until this
         // applies, a node so configured takes only that token (`Node::acl_view`).
         if let (false, Some(hash)) = (acl_on, &self.config.acl_bootstrap) {
-            return Some(Cmd::AclBootstrap { hash: hash.clone() });
+            return Some(Cmd::AclBootstrap { hash: *hash });
         }
         let m = self.raft_metrics();
         let acked = |id: u64| id == self.id || m.replication.as_ref().is_some_and(|r| r.get(&id).cloned().flatten().is_some());

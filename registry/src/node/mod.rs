@@ -449,7 +449,7 @@ impl Node {
         let enabled = self.read_store(|s| s.acl().enabled);
         match (enabled, &self.config.acl_bootstrap) {
             (true, _) => AclView::On,
-            (false, Some(hash)) => AclView::Bootstrapping(hash.clone()),
+            (false, Some(hash)) => AclView::Bootstrapping(*hash),
             (false, None) => AclView::Off,
         }
     }
@@ -509,11 +509,17 @@ impl Node {
     /// The leader's address to name to clients (`x-registry-leader`), only while this node's
     /// view is current: this node as leader with a recent quorum, or a follower that heard
     /// from its leader recently. A stalled or cut-off node names nobody, so clients move on.
-    pub fn leader_hint(&self) -> Option<String> {
-        let (id, addr) = self.leader()?;
+    /// `with` gets the address in place: this runs on every answer, so nothing is copied.
+    pub fn leader_hint<T>(&self, with: impl FnOnce(&str) -> T) -> Option<T> {
+        let metrics = self.raft.metrics();
+        let id = metrics.borrow().current_leader?;
         let now = Instant::now();
         let current = if id == self.id { self.leadership.fresh_term(now).is_ok() } else { self.leadership.follower_current(now) };
-        current.then_some(addr)
+        if !current {
+            return None;
+        }
+        let m = metrics.borrow();
+        Some(with(&m.membership_config.membership().get_node(&id)?.addr))
     }
 
     /// Starts an election now instead of waiting for the timeout (tests; a leader hand-off).

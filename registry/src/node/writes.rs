@@ -316,7 +316,7 @@ impl Node {
     /// done it: turn them on now, so the write does not fail for a race with that record.
     async fn bootstrap_acl_first(&self) -> Result<(), ApiError> {
         if let (false, Some(hash)) = (self.read_store(|s| s.acl().enabled), &self.config.acl_bootstrap) {
-            self.write(None, Cmd::AclBootstrap { hash: hash.clone() }, |_| Ok(())).await?;
+            self.write(None, Cmd::AclBootstrap { hash: *hash }, |_| Ok(())).await?;
         }
         Ok(())
     }
