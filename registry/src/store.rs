@@ -926,8 +926,7 @@ mod request_tests {
         s.apply(2, 1, &Proposal::from(Cmd::AclBootstrap { hash: TokenHash::of(&"c".repeat(40)) }));
         assert_eq!(s.acl().tokens.len(), 1);
         let web = TokenHash::of(&"w".repeat(40));
-        let (r, _) =
-            s.apply(3, 1, &Proposal::from(Cmd::CreateToken { hash: web, scopes: vec![Scope::Announce("web-*".into())], description: "web".into() }));
+        let (r, _) = s.apply(3, 1, &Proposal::from(Cmd::CreateToken { hash: web, scopes: vec![Scope::Announce("web-*".into())], description: "web".into() }));
         assert_eq!(r, Resp::TokenCreated { id: 3, revision: 3 });
         let (r, _) = s.apply(4, 1, &Proposal::from(Cmd::CreateToken { hash: web, scopes: vec![Scope::Read], description: "again".into() }));
         assert_eq!(r, Resp::TokenExists { id: 3 });

@@ -3,6 +3,7 @@
 //! needs (`acl::need`, the one table). The caller it proves goes to the handler as a `Caller`
 //! extension, for the lease-ownership checks `Node` makes. `/raft` is `peer`'s business.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
@@ -15,17 +16,29 @@ use crate::error::ApiError;
 use crate::metrics::ReasonLabels;
 use crate::node::{AclView, Node};
 
-pub async fn layer(State(node): State<Arc<Node>>, matched: MatchedPath, params: RawPathParams, mut req: Request, next: Next) -> Response {
+/// The token check as a layer of its own (the routes every node serves itself).
+pub async fn layer(State(node): State<Arc<Node>>, matched: MatchedPath, params: RawPathParams, req: Request, next: Next) -> Response {
+    around(&node, &matched, &params, req, |req| next.run(req)).await
+}
+
+/// Checks the request's token for the route `matched`, then runs `inner` with the `Caller`.
+pub async fn around<F: Future<Output = Response>>(
+    node: &Node,
+    matched: &MatchedPath,
+    params: &RawPathParams,
+    mut req: Request,
+    inner: impl FnOnce(Request) -> F,
+) -> Response {
     let service = params.iter().find_map(|(k, v)| (k == "service").then_some(v));
     let need = crate::acl::need(req.method().as_str(), matched.as_str(), service, node.config().metrics_open);
     let peer = req.extensions().get::<super::peer::PeerProven>().is_some();
-    match check(&node, &need, req.headers(), peer) {
+    match check(node, &need, req.headers(), peer) {
         Ok(caller) => {
             // A blocking query may answer minutes later: by then its token may be revoked, and
             // the answer must not go out. (Watches check on their own, as they stream.)
             let blocking = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("index=")));
             req.extensions_mut().insert(caller.clone());
-            let mut resp = next.run(req).await;
+            let mut resp = inner(req).await;
             if blocking && !node.still_allowed(&caller) {
                 node.metrics().auth_denied.get_or_create(&ReasonLabels { reason: "unknown_token" }).inc();
                 resp = ApiError::Unauthenticated("the token was revoked while the query waited".into()).into_response();
@@ -75,13 +88,12 @@ fn check_token(node: &Node, need: &Need, token: Option<&str>, peer: bool) -> Res
     };
     let hash = TokenHash::of(token);
     let unknown = || ("unknown_token", ApiError::Unauthenticated("unknown or revoked token".into()), None);
-    let found = match view {
-        AclView::Bootstrapping(boot) if boot == hash => return Ok(Caller { token: None, admin: true, hash: Some(hash) }),
-        AclView::Bootstrapping(_) => return Err(unknown()),
-        _ => node.read_store(|s| s.acl().by_hash(&hash).cloned()),
-    };
-    let token = found.ok_or_else(unknown)?;
-    if !token.allows(need) {
+    if let AclView::Bootstrapping(boot) = view {
+        return if boot == hash { Ok(Caller { token: None, admin: true, hash: Some(hash) }) } else { Err(unknown()) };
+    }
+    // Judged under the store's lock, so the token is not copied on every request.
+    let (id, allowed, admin) = node.read_store(|s| s.acl().by_hash(&hash).map(|t| (t.id, t.allows(need), t.is_admin()))).ok_or_else(unknown)?;
+    if !allowed {
         let wanted = match need {
             Need::Read | Need::ReadOrPeer => "read".to_string(),
             Need::Grant | Need::LeaseOwner => "an announce: scope".to_string(),
@@ -89,9 +101,9 @@ fn check_token(node: &Node, need: &Need, token: Option<&str>, peer: bool) -> Res
             Need::Admin | Need::Open => "admin".to_string(),
             Need::AdminOrPeer => "admin (or the cluster's peer credentials)".to_string(),
         };
-        return Err(("insufficient_scope", ApiError::Forbidden(format!("token {} does not allow this: it needs {wanted}", token.id)), Some(token.id)));
+        return Err(("insufficient_scope", ApiError::Forbidden(format!("token {id} does not allow this: it needs {wanted}")), Some(id)));
     }
-    Ok(Caller { token: Some(token.id), admin: token.is_admin(), hash: Some(hash) })
+    Ok(Caller { token: Some(id), admin, hash: Some(hash) })
 }
 
 pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -3,12 +3,11 @@
 //! for its token is logged too; the token layer and the forwarding layer leave what they know on
 //! the response (`AuditToken`, `AuditCode`, `AuditLeader`) for this layer to read.
 
-use std::sync::Arc;
+use std::future::Future;
 use std::time::SystemTime;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::Response;
 use tokio::time::Instant;
 
@@ -28,15 +27,16 @@ pub struct AuditCode(pub proto::ErrorCode);
 #[derive(Debug, Clone, Copy)]
 pub struct AuditLeader(pub u64);
 
-pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+/// Runs `inner`, and logs the request with its answer.
+pub async fn around<F: Future<Output = Response>>(node: &Node, req: Request, inner: impl FnOnce(Request) -> F) -> Response {
     if node.audit().is_none() || !audited(req.method(), req.headers()) {
-        return next.run(req).await;
+        return inner(req).await;
     }
     let (parts, body) = req.into_parts();
     // Written when the answer is known; if the request is dropped first (the client went
     // away, the process is stopping), written anyway as `cancelled`: the write may have applied.
-    let mut line = Pending::new(&node, &parts.method, parts.uri.path(), super::extract::connection_ip(&parts));
-    let resp = next.run(Request::from_parts(parts, body)).await;
+    let mut line = Pending::new(node, &parts.method, parts.uri.path(), super::extract::connection_ip(&parts));
+    let resp = inner(Request::from_parts(parts, body)).await;
     let status = resp.status().as_u16();
     let keepalive = line.method == Method::POST && line.path.starts_with("/v1/leases/") && line.path.ends_with("/keepalive");
     if keepalive && !(400..500).contains(&status) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -39,7 +39,8 @@ pub struct ForwardTo {
 /// Headers relayed to the leader besides the body.
 const RELAYED: [&str; 5] = ["content-type", "authorization", proto::IDEMPOTENCY_KEY_HEADER, super::extract::CLIENT_ADDR_HEADER, PEER_ORIGIN_HEADER];
 
-pub async fn layer(State((node, relay)): State<(Arc<Node>, super::relay::Relay)>, req: Request, next: Next) -> Response {
+/// Runs the handler (`next`), and relays the request to the leader if it answers with one.
+pub async fn around(node: &Arc<Node>, relay: &super::relay::Relay, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, API_BODY_LIMIT).await {
         Ok(b) => b,
@@ -73,11 +74,11 @@ pub async fn layer(State((node, relay)): State<(Arc<Node>, super::relay::Relay)>
     }
     if let Some(lease_id) = keepalive_of(&method, &uri) {
         let token = super::acl::bearer(&headers).map(str::to_string);
-        if let Some(resp) = relay.keepalive(&node, to.clone(), lease_id, token).await {
+        if let Some(resp) = relay.keepalive(node, to.clone(), lease_id, token).await {
             return resp;
         }
     }
-    send(&node, &to, method, &uri, &headers, bytes).await.unwrap_or_else(IntoResponse::into_response)
+    send(node, &to, method, &uri, &headers, bytes).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// The lease of a keepalive (`POST /v1/leases/{id}/keepalive`): those are relayed in batches.

@@ -3,19 +3,19 @@
 //! leader, must get its answer before the process exits, or the client retries a write that
 //! applied.
 
-use std::sync::Arc;
+use std::future::Future;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::node::Node;
 
-pub async fn layer(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+/// Runs `inner`, counted while it runs if the request is a write.
+pub async fn around<F: Future<Output = Response>>(node: &Node, req: Request, inner: impl FnOnce(Request) -> F) -> Response {
     if req.method() == Method::GET || req.method() == Method::HEAD {
-        return next.run(req).await;
+        return inner(req).await;
     }
     let _counted = node.write_started();
-    next.run(req).await
+    inner(req).await
 }

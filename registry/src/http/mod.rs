@@ -24,7 +24,7 @@ mod watch;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, RawPathParams, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -58,18 +58,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/v1/acl/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/acl/tokens/{id}", delete(tokens::revoke));
-    // Tokens are checked on every client route before anything else runs there (forwarding
-    // included); `route_layer` so the route's template is known (`acl::need`).
-    let acl = middleware::from_fn_with_state(node.clone(), acl::layer);
     // Everything a client may send to any node: the leader-only parts are relayed.
-    let forwarded = leases
-        .merge(services)
-        .merge(cluster)
-        .layer(middleware::from_fn_with_state((node.clone(), relay::Relay::default()), forward::layer))
-        .route_layer(acl.clone())
-        // Outside the token check, so refusals are logged too.
-        .route_layer(middleware::from_fn_with_state(node.clone(), audit::layer))
-        .route_layer(middleware::from_fn_with_state(node.clone(), inflight::layer));
+    let forwarded = leases.merge(services).merge(cluster).route_layer(middleware::from_fn_with_state((node.clone(), relay::Relay::default()), client_layers));
     let local = Router::new()
         // Served by every node from its own applied log; never forwarded.
         .route("/v1/watch", get(watch::watch))
@@ -79,7 +69,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ui", get(ui::index))
         .route("/ui/app.js", get(ui::app))
         .route("/ui/style.css", get(ui::style))
-        .route_layer(acl);
+        // Tokens are checked on every client route before anything else runs there;
+        // `route_layer` so the route's template is known (`acl::need`).
+        .route_layer(middleware::from_fn_with_state(node.clone(), acl::layer));
     let api = forwarded.merge(local).fallback(ops::not_found).method_not_allowed_fallback(ops::method_not_allowed).layer(DefaultBodyLimit::max(API_BODY_LIMIT));
     let raft = Router::new()
         .route("/raft/append", post(raft_rpc::append))
@@ -90,17 +82,38 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/raft/snapshot", post(raft_rpc::snapshot))
         .route("/raft/keepalives", post(raft_rpc::keepalives))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
-    api.merge(raft)
-        .layer(middleware::from_fn_with_state((node.clone(), LastHint::default()), leader_hint))
-        // Outermost: who is a peer is settled before anything else looks at the request.
-        .layer(middleware::from_fn_with_state(node.clone(), peer::layer))
-        .with_state(node)
+    api.merge(raft).layer(middleware::from_fn_with_state((node.clone(), LastHint::default()), outermost)).with_state(node)
 }
 
-/// Names the leader on every answer so clients can go straight there next time, but only
-/// while this node's view of leadership is current (`Node::leader_hint`).
-async fn leader_hint(State((node, last)): State<(Arc<Node>, LastHint)>, req: Request, next: Next) -> Response {
-    let mut resp = next.run(req).await;
+/// The layers of every route a client may send to any node, outermost first: counted while a
+/// write is answered (`inflight`), audited (`audit`: outside the token check, so refusals are
+/// logged too), the token checked (`acl`: before anything else runs, forwarding included),
+/// relayed to the leader when the handler names one (`forward`), then the handler. One
+/// middleware calling each in turn, not one layer each: a layer costs its allocations and a
+/// boxed future on every request, and this runs on every keepalive.
+async fn client_layers(
+    State((node, relay)): State<(Arc<Node>, relay::Relay)>,
+    matched: MatchedPath,
+    params: RawPathParams,
+    req: Request,
+    next: Next,
+) -> Response {
+    inflight::around(&node, req, |req| {
+        audit::around(&node, req, |req| acl::around(&node, &matched, &params, req, |req| forward::around(&node, &relay, req, next)))
+    })
+    .await
+}
+
+/// Around every request: who is a peer is settled before anything else looks at it (`peer`),
+/// and the answer names the leader (`leader_hint`).
+async fn outermost(State((node, last)): State<(Arc<Node>, LastHint)>, req: Request, next: Next) -> Response {
+    let resp = peer::admit(&node, req, next).await;
+    leader_hint(&node, &last, resp)
+}
+
+/// Names the leader on an answer so clients can go straight there next time, but only while
+/// this node's view of leadership is current (`Node::leader_hint`).
+fn leader_hint(node: &Node, last: &LastHint, mut resp: Response) -> Response {
     let hint = node.leader_hint(|addr| {
         // The leader rarely changes: its header is built once per leader, not per answer.
         let mut last = last.lock().unwrap();

@@ -4,9 +4,7 @@
 //! forwarding peer may set are dropped from anyone else. Once ACLs are on, a membership change
 //! without the proof goes on to the token check, which wants `admin` (`acl::Need::AdminOrPeer`).
 
-use std::sync::Arc;
-
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -24,7 +22,9 @@ use crate::tls::listener::Conn;
 #[derive(Clone, Copy)]
 pub struct PeerProven;
 
-pub async fn layer(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
+/// Settles whether `req` comes from a peer, answers it here if it must and does not, and
+/// runs `next` otherwise.
+pub async fn admit(node: &Node, mut req: Request, next: Next) -> Response {
     // A node certificate counts only for a host that is a member now: one the CA signed for a
     // host since removed, or never added, is not a peer.
     let node_certificate = req.extensions().get::<ConnectInfo<Conn>>().and_then(|c| c.0.node_hosts.clone()).is_some_and(|hosts| node.is_member_host(&hosts));
@@ -48,7 +48,7 @@ pub async fn layer(State(node): State<Arc<Node>>, mut req: Request, next: Next) 
             if kind == MembersOnly::Membership {
                 let client = req.extensions().get::<ConnectInfo<Conn>>().map(|c| c.0.addr.ip().to_string());
                 let status = if matches!(why, Denied::Missing) { 401 } else { 403 };
-                super::audit::refused(&node, req.method(), req.uri().path(), req.headers(), client, status, err.code());
+                super::audit::refused(node, req.method(), req.uri().path(), req.headers(), client, status, err.code());
             }
             return err.into_response();
         }
