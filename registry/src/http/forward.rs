@@ -41,6 +41,18 @@ const RELAYED: [&str; 5] = ["content-type", "authorization", proto::IDEMPOTENCY_
 
 /// Runs the handler (`next`), and relays the request to the leader if it answers with one.
 pub async fn around(node: &Arc<Node>, relay: &super::relay::Relay, req: Request, next: Next) -> Response {
+    // A follower's keepalive goes straight to the relay: the handler would only say where to.
+    // If that leader takes no batches (an older version), it is sent on its own below.
+    let mut batches_refused = false;
+    if let Some(lease_id) = keepalive_of(req.method(), req.uri()).filter(|_| !req.headers().contains_key(FORWARDED_HEADER)) {
+        if let Some((id, addr)) = node.keepalive_elsewhere() {
+            let token = super::acl::bearer(req.headers()).map(str::to_string);
+            match relay.keepalive(node, ForwardTo { id, addr }, lease_id, token).await {
+                Some(resp) => return resp,
+                None => batches_refused = true,
+            }
+        }
+    }
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, API_BODY_LIMIT).await {
         Ok(b) => b,
@@ -72,7 +84,7 @@ pub async fn around(node: &Arc<Node>, relay: &super::relay::Relay, req: Request,
     if let Some(ip) = client.and_then(|a| a.ip().to_string().parse().ok()) {
         headers.insert(super::extract::CLIENT_ADDR_HEADER, ip);
     }
-    if let Some(lease_id) = keepalive_of(&method, &uri) {
+    if let Some(lease_id) = keepalive_of(&method, &uri).filter(|_| !batches_refused) {
         let token = super::acl::bearer(&headers).map(str::to_string);
         if let Some(resp) = relay.keepalive(node, to.clone(), lease_id, token).await {
             return resp;

@@ -232,6 +232,20 @@ impl Node {
         Ok(KeepaliveResponse { lease_id, ttl_ms: ttl.as_millis() as u64 })
     }
 
+    /// Where a keepalive sent here goes instead, without running `keepalive`: on a follower
+    /// that heard from its leader recently, that leader, which is what `keepalive` would
+    /// answer (`ApiError::NotLeader`). `None` wherever `keepalive` might answer anything else
+    /// (a leader, a stopping node, no leader heard): run it then.
+    pub fn keepalive_elsewhere(&self) -> Option<(crate::types::NodeId, String)> {
+        if *self.stop.borrow() || self.leadership.fresh_term(Instant::now()) != Err(super::leadership::NotFresh::NotLeader) {
+            return None;
+        }
+        match self.not_leader() {
+            ApiError::NotLeader(to) => to,
+            _ => None,
+        }
+    }
+
     pub async fn revoke(&self, request_id: Option<RequestId>, lease_id: LeaseId, caller: Caller) -> Result<WriteResult, ApiError> {
         let resp = self
             .write(request_id, Cmd::RevokeLease { lease_id }, |s| match s.lease(lease_id) {
