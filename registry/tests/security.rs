@@ -61,6 +61,8 @@ async fn peer_rpc_without_the_cluster_secret_changes_no_vote_term_or_log() {
             }
             let resp = req.send().await.unwrap();
             assert_eq!(resp.status().as_u16(), status, "{path} with {secret:?} on {}", n.url);
+            // Answered at the door, before anything else: not even the leader is named.
+            assert!(!resp.headers().contains_key(proto::LEADER_HEADER), "{path} with {secret:?} on {} named the leader", n.url);
             let body: proto::ErrorBody = resp.json().await.unwrap();
             let code = if status == 401 { proto::ErrorCode::Unauthenticated } else { proto::ErrorCode::Forbidden };
             assert_eq!(body.code, code);

@@ -105,10 +105,9 @@ async fn client_layers(
 }
 
 /// Around every request: who is a peer is settled before anything else looks at it (`peer`),
-/// and the answer names the leader (`leader_hint`).
+/// and the answer to an admitted request names the leader (`leader_hint`).
 async fn outermost(State((node, last)): State<(Arc<Node>, LastHint)>, req: Request, next: Next) -> Response {
-    let resp = peer::admit(&node, req, next).await;
-    leader_hint(&node, &last, resp)
+    peer::admit(&node, req, async |req| leader_hint(&node, &last, next.run(req).await)).await
 }
 
 /// Names the leader on an answer so clients can go straight there next time, but only while

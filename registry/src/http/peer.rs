@@ -4,9 +4,10 @@
 //! forwarding peer may set are dropped from anyone else. Once ACLs are on, a membership change
 //! without the proof goes on to the token check, which wants `admin` (`acl::Need::AdminOrPeer`).
 
+use std::future::Future;
+
 use axum::extract::{ConnectInfo, Request};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::extract::CLIENT_ADDR_HEADER;
@@ -23,8 +24,8 @@ use crate::tls::listener::Conn;
 pub struct PeerProven;
 
 /// Settles whether `req` comes from a peer, answers it here if it must and does not, and
-/// runs `next` otherwise.
-pub async fn admit(node: &Node, mut req: Request, next: Next) -> Response {
+/// runs `inner` otherwise.
+pub async fn admit<F: Future<Output = Response>>(node: &Node, mut req: Request, inner: impl FnOnce(Request) -> F) -> Response {
     // A node certificate counts only for a host that is a member now: one the CA signed for a
     // host since removed, or never added, is not a peer.
     let node_certificate = req.extensions().get::<ConnectInfo<Conn>>().and_then(|c| c.0.node_hosts.clone()).is_some_and(|hosts| node.is_member_host(&hosts));
@@ -59,7 +60,7 @@ pub async fn admit(node: &Node, mut req: Request, next: Next) -> Response {
         // A peer relaying a client's request vouches for the connection, not for the client.
         req.extensions_mut().insert(PeerProven);
     }
-    next.run(req).await
+    inner(req).await
 }
 
 /// Requests only members of the cluster may make: peer RPC, and membership changes (a member
