@@ -500,3 +500,22 @@ async fn the_audit_log_names_who_wrote_what_and_the_answer() {
     assert!(!everything.iter().any(|l| l["path"].as_str().unwrap().starts_with("/v1/leases/")), "an accepted keepalive was logged: {everything:#?}");
     assert!(!everything.iter().any(|l| l["method"] == "GET"), "a read was logged: {everything:#?}");
 }
+
+/// A write whose path cannot be read (a parameter that is not UTF-8 once decoded) is refused
+/// with 400 before the token check, and that refusal is a write to log like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_for_its_path_is_logged() {
+    let c = Cluster::start_defaults_with(3, with_acl_and_audit).await;
+    let leader = c.wait_leader(None).await;
+    let follower = c.others(&[leader])[0];
+    let path = "/v1/services/%FF-a/instances/i1";
+    let resp = reqwest::Client::new().delete(format!("{}{path}", c.nodes[&follower].url)).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let log = c.nodes[&follower].node.config().data_dir.join("audit.log");
+    let line = wait_until(Duration::from_secs(5), "the refusal in the follower's audit log", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|l| l["path"] == path)
+    })
+    .await;
+    assert_eq!((line["method"].as_str(), line["status"].as_u64()), (Some("DELETE"), Some(400)), "{line}");
+}

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
@@ -17,18 +18,30 @@ use crate::metrics::ReasonLabels;
 use crate::node::{AclView, Node};
 
 /// The token check as a layer of its own (the routes every node serves itself).
-pub async fn layer(State(node): State<Arc<Node>>, matched: MatchedPath, params: RawPathParams, req: Request, next: Next) -> Response {
-    around(&node, &matched, &params, req, |req| next.run(req)).await
+pub async fn layer(
+    State(node): State<Arc<Node>>,
+    matched: MatchedPath,
+    params: Result<RawPathParams, RawPathParamsRejection>,
+    req: Request,
+    next: Next,
+) -> Response {
+    around(&node, &matched, params, req, |req| next.run(req)).await
 }
 
 /// Checks the request's token for the route `matched`, then runs `inner` with the `Caller`.
+/// Path parameters that cannot be read (not UTF-8 once decoded) are refused here, inside the
+/// audit and in-flight steps, as the extractor of a layer of its own would.
 pub async fn around<F: Future<Output = Response>>(
     node: &Node,
     matched: &MatchedPath,
-    params: &RawPathParams,
+    params: Result<RawPathParams, RawPathParamsRejection>,
     mut req: Request,
     inner: impl FnOnce(Request) -> F,
 ) -> Response {
+    let params = match params {
+        Ok(p) => p,
+        Err(rejection) => return rejection.into_response(),
+    };
     let service = params.iter().find_map(|(k, v)| (k == "service").then_some(v));
     let need = crate::acl::need(req.method().as_str(), matched.as_str(), service, node.config().metrics_open);
     let peer = req.extensions().get::<super::peer::PeerProven>().is_some();

@@ -42,9 +42,11 @@ const RELAYED: [&str; 5] = ["content-type", "authorization", proto::IDEMPOTENCY_
 /// Runs the handler (`next`), and relays the request to the leader if it answers with one.
 pub async fn around(node: &Arc<Node>, relay: &super::relay::Relay, req: Request, next: Next) -> Response {
     // A follower's keepalive goes straight to the relay: the handler would only say where to.
-    // If that leader takes no batches (an older version), it is sent on its own below.
+    // If that leader takes no batches (an older version), it is sent on its own below. Only
+    // without a body: one is read, and refused past the limit, below, as on every route.
     let mut batches_refused = false;
-    if let Some(lease_id) = keepalive_of(req.method(), req.uri()).filter(|_| !req.headers().contains_key(FORWARDED_HEADER)) {
+    let bodiless = axum::body::HttpBody::size_hint(req.body()).exact() == Some(0);
+    if let Some(lease_id) = keepalive_of(req.method(), req.uri()).filter(|_| bodiless && !req.headers().contains_key(FORWARDED_HEADER)) {
         if let Some((id, addr)) = node.keepalive_elsewhere() {
             let token = super::acl::bearer(req.headers()).map(str::to_string);
             match relay.keepalive(node, ForwardTo { id, addr }, lease_id, token).await {

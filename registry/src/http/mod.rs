@@ -24,6 +24,7 @@ mod watch;
 
 use std::sync::Arc;
 
+use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, RawPathParams, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
@@ -94,12 +95,13 @@ pub fn router(node: Arc<Node>) -> Router {
 async fn client_layers(
     State((node, relay)): State<(Arc<Node>, relay::Relay)>,
     matched: MatchedPath,
-    params: RawPathParams,
+    // Not extracted here: refused, if unreadable, by `acl`, inside `inflight` and `audit`.
+    params: Result<RawPathParams, RawPathParamsRejection>,
     req: Request,
     next: Next,
 ) -> Response {
     inflight::around(&node, req, |req| {
-        audit::around(&node, req, |req| acl::around(&node, &matched, &params, req, |req| forward::around(&node, &relay, req, next)))
+        audit::around(&node, req, |req| acl::around(&node, &matched, params, req, |req| forward::around(&node, &relay, req, next)))
     })
     .await
 }

@@ -235,13 +235,17 @@ impl Node {
     /// Where a keepalive sent here goes instead, without running `keepalive`: on a follower
     /// that heard from its leader recently, that leader, which is what `keepalive` would
     /// answer (`ApiError::NotLeader`). `None` wherever `keepalive` might answer anything else
-    /// (a leader, a stopping node, no leader heard): run it then.
+    /// or wait: run it then. The steps are `ready`'s, in its order, without its waits.
     pub fn keepalive_elsewhere(&self) -> Option<(crate::types::NodeId, String)> {
-        if *self.stop.borrow() || self.leadership.fresh_term(Instant::now()) != Err(super::leadership::NotFresh::NotLeader) {
+        // `ready` first waits for a hand-off to settle, then refuses on a stopping node.
+        if *self.transferring.borrow() || *self.stop.borrow() {
             return None;
         }
-        match self.not_leader() {
-            ApiError::NotLeader(to) => to,
+        match self.leadership.ready_term(Instant::now()) {
+            Err(why @ super::leadership::NotFresh::NotLeader) => match self.not_fresh(why) {
+                ApiError::NotLeader(to) => to,
+                _ => None,
+            },
             _ => None,
         }
     }
