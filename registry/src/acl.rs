@@ -60,7 +60,7 @@ impl Serialize for TokenHash {
 
 impl<'de> Deserialize<'de> for TokenHash {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TokenHash, D::Error> {
-        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        let s = String::deserialize(d)?;
         let mut bytes = [0u8; 32];
         // Upper-case hex was never written; refusing it keeps one spelling per hash.
         if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {

@@ -1,9 +1,11 @@
 //! Forwarding to the leader, so a client can send any request to any node.
 //!
-//! One layer does it for every `/v1` route: it keeps the request's bytes, runs the handler,
-//! and when the handler's answer is "not the leader, and the leader is X" (`ApiError::NotLeader`
-//! puts a `ForwardTo` on the response) it relays the request to X and returns X's answer.
-//! Handlers never forward themselves.
+//! One step does it for every forwarded `/v1` route: it keeps the request's bytes, runs the
+//! handler, and when the handler's answer is "not the leader, and the leader is X"
+//! (`ApiError::NotLeader` puts a `ForwardTo` on the response) it relays the request to X and
+//! returns X's answer. A follower's keepalive is relayed before its handler runs, where
+//! `Node::keepalive_elsewhere` says the handler would only name the leader. Handlers never
+//! forward themselves.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,7 @@ pub const FORWARDED_HEADER: &str = "x-registry-forwarded";
 /// node's membership change, say): the leader then counts it as a peer's. Without it a relayed
 /// request is the client's, and the leader checks the client's token itself, so a token revoked
 /// on the leader but not yet on a lagging follower is refused there. Only a peer may set it
-/// (`peer::layer` drops it from anyone else).
+/// (`peer::admit` drops it from anyone else).
 pub const PEER_ORIGIN_HEADER: &str = "x-registry-peer-origin";
 
 /// Put on a response by `ApiError::NotLeader(Some(..))`: the leader to relay the request to.
@@ -45,8 +47,9 @@ pub async fn around(node: &Arc<Node>, relay: &super::relay::Relay, req: Request,
     // If that leader takes no batches (an older version), it is sent on its own below. Only
     // without a body: one is read, and refused past the limit, below, as on every route.
     let mut batches_refused = false;
+    let keepalive = keepalive_of(req.method(), req.uri());
     let bodiless = axum::body::HttpBody::size_hint(req.body()).exact() == Some(0);
-    if let Some(lease_id) = keepalive_of(req.method(), req.uri()).filter(|_| bodiless && !req.headers().contains_key(FORWARDED_HEADER)) {
+    if let Some(lease_id) = keepalive.filter(|_| bodiless && !req.headers().contains_key(FORWARDED_HEADER)) {
         if let Some((id, addr)) = node.keepalive_elsewhere() {
             let token = super::acl::bearer(req.headers()).map(str::to_string);
             match relay.keepalive(node, ForwardTo { id, addr }, lease_id, token).await {
@@ -86,7 +89,7 @@ pub async fn around(node: &Arc<Node>, relay: &super::relay::Relay, req: Request,
     if let Some(ip) = client.and_then(|a| a.ip().to_string().parse().ok()) {
         headers.insert(super::extract::CLIENT_ADDR_HEADER, ip);
     }
-    if let Some(lease_id) = keepalive_of(&method, &uri).filter(|_| !batches_refused) {
+    if let Some(lease_id) = keepalive.filter(|_| !batches_refused) {
         let token = super::acl::bearer(&headers).map(str::to_string);
         if let Some(resp) = relay.keepalive(node, to.clone(), lease_id, token).await {
             return resp;
