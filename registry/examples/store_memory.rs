@@ -1,5 +1,6 @@
 //! Heap the registry's in-memory state takes per registered instance: the store, a store clone
-//! (what a snapshot build takes), the encoded snapshot, and the watch history.
+//! (what a snapshot build takes), the encoded snapshot, the watch history, and the lease clocks
+//! a leader keeps besides.
 //!
 //! `cargo run --release -p registry --example store_memory -- 100000`
 //!
@@ -8,9 +9,10 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use registry::command::{Cmd, Named, Proposal};
+use registry::lease::{LeaseKeeper, Renewals};
 use registry::store::Store;
 use registry::watch::WatchHub;
 
@@ -85,6 +87,11 @@ fn main() {
     let json = serde_json::to_vec(&store).unwrap();
     println!("snapshot JSON: {} in {:?}", mib(json.len()), t.elapsed());
     drop(json);
+    let before = live();
+    let mut keeper = LeaseKeeper::new();
+    keeper.start_term(1, store.leases().values(), &Renewals::default(), tokio::time::Instant::now(), Duration::from_secs(2));
+    println!("lease clocks (the leader's): {} for {} leases", mib(live() - before), keeper.len());
+    drop(keeper);
     let before = live();
     drop(hub);
     println!("history: {}", mib(before - live()));

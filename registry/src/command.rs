@@ -162,7 +162,7 @@ pub enum Resp {
     /// The command named a lease that does not exist (never granted, revoked or expired).
     LeaseNotFound { lease_id: LeaseId },
     /// The command named an instance that does not exist.
-    InstanceNotFound { service: String, instance: String },
+    InstanceNotFound(Box<InstanceName>),
     /// A stale expiry was ignored.
     StaleTerm { term: u64, entry_term: u64 },
     /// The idempotency key was used before for a different command; nothing was applied.
@@ -179,11 +179,40 @@ pub enum Resp {
     LastAdmin { id: TokenId },
     /// A registration, put or delete named an instance hanging off another token's lease;
     /// nothing applied.
-    InstanceTaken { service: String, instance: String, lease_id: LeaseId },
+    InstanceTaken(Box<Taken>),
     /// The token of a `Bound` write was revoked before it applied; nothing applied.
     TokenRevoked { id: TokenId },
     /// The answers to a `Batch`, one per write, in order.
     Batch { resps: Vec<Resp> },
+}
+
+/// The instance an `InstanceNotFound` names.
+///
+/// The variants that name an instance are boxed: every answer in the idempotency window is a
+/// `Resp`, and two inline strings would double it to 64 bytes. The JSON is the same as with the
+/// fields inline (a struct in an internally tagged variant is flattened beside the tag).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceName {
+    pub service: String,
+    pub instance: String,
+}
+
+/// What an `InstanceTaken` names: the instance, and the other token's lease it hangs off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taken {
+    pub service: String,
+    pub instance: String,
+    pub lease_id: LeaseId,
+}
+
+impl Resp {
+    pub fn instance_not_found(service: &str, instance: &str) -> Resp {
+        Resp::InstanceNotFound(Box::new(InstanceName { service: service.to_string(), instance: instance.to_string() }))
+    }
+
+    pub fn instance_taken(service: &str, instance: &str, lease_id: LeaseId) -> Resp {
+        Resp::InstanceTaken(Box::new(Taken { service: service.to_string(), instance: instance.to_string(), lease_id }))
+    }
 }
 
 impl Default for Resp {
@@ -198,6 +227,21 @@ mod tests {
 
     /// The log is a stability boundary: an entry written by an earlier build (port as a plain
     /// number under `spec`) must still decode, and decode to the same fingerprint.
+    /// Answers are kept in snapshots (the idempotency window): boxing the variants that name an
+    /// instance must not change their JSON, and must keep every answer at 32 bytes.
+    #[test]
+    fn answers_naming_an_instance_keep_their_json_and_answers_stay_small() {
+        let taken = r#"{"result":"instance_taken","service":"web","instance":"a","lease_id":9}"#;
+        assert_eq!(serde_json::to_string(&Resp::instance_taken("web", "a", 9)).unwrap(), taken);
+        assert_eq!(serde_json::from_str::<Resp>(taken).unwrap(), Resp::instance_taken("web", "a", 9));
+        let missing = r#"{"result":"instance_not_found","service":"web","instance":"a"}"#;
+        assert_eq!(serde_json::to_string(&Resp::instance_not_found("web", "a")).unwrap(), missing);
+        assert_eq!(serde_json::from_str::<Resp>(missing).unwrap(), Resp::instance_not_found("web", "a"));
+        let batch = Resp::Batch { resps: vec![Resp::instance_taken("web", "a", 9), Resp::Ok { revision: 3 }] };
+        assert_eq!(serde_json::from_str::<Resp>(&serde_json::to_string(&batch).unwrap()).unwrap(), batch);
+        assert_eq!(std::mem::size_of::<Resp>(), 32);
+    }
+
     #[test]
     fn a_put_from_an_earlier_log_still_decodes() {
         let old = r#"{"cmd":"put_instance","service":"web","instance":"a","spec":{"address":"10.0.0.5","port":8080,"weight":100,"state":"up","meta":{}},"request_id":"k1"}"#;

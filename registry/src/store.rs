@@ -279,7 +279,7 @@ impl Store {
                     (self.lease(held)?.token != *token).then_some(held)
                 };
                 if let Some((n, lease_id)) = instances.iter().filter(|_| !takeover).find_map(|n| taken(n).map(|l| (n, l))) {
-                    return (Resp::InstanceTaken { service: n.service.clone(), instance: n.instance.clone(), lease_id }, events);
+                    return (Resp::instance_taken(&n.service, &n.instance, lease_id), events);
                 }
                 let lease_id = self.grant(index, *ttl_ms, owner, *token);
                 for n in instances {
@@ -315,7 +315,7 @@ impl Store {
             Cmd::PutInstance { service, instance, registration } => self.put(service, instance, registration, at_ms, &mut events),
             Cmd::DeleteInstance { service, instance } => match self.remove_instance(service, instance, RemovalCause::Deregistered, at_ms, &mut events) {
                 true => Resp::Ok { revision: index },
-                false => Resp::InstanceNotFound { service: service.clone(), instance: instance.clone() },
+                false => Resp::instance_not_found(service, instance),
             },
             Cmd::InitCluster { cluster_id } => {
                 self.cluster_id.get_or_insert_with(|| cluster_id.clone());
@@ -365,7 +365,7 @@ impl Store {
             return Some(Resp::TokenRevoked { id: token });
         }
         let held = self.instance(service, instance)?.lease_id?;
-        (self.lease(held)?.token != Some(token)).then(|| Resp::InstanceTaken { service: service.to_string(), instance: instance.to_string(), lease_id: held })
+        (self.lease(held)?.token != Some(token)).then(|| Resp::instance_taken(service, instance, held))
     }
 
     /// Records that an entry without data (blank, membership) was applied.
@@ -671,7 +671,7 @@ mod tests {
         // (two registrations checked before either applied); an admin's takes it over.
         let other = |takeover| Cmd::Register { ttl_ms: 3000, owner: None, token: Some(5), instances: vec![named("web", "c"), named("web", "a")], takeover };
         let (r, events) = apply(&mut s, 10, 1, other(false));
-        assert_eq!(r, Resp::InstanceTaken { service: "web".into(), instance: "a".into(), lease_id: 9 });
+        assert_eq!(r, Resp::instance_taken("web", "a", 9));
         assert!(events.is_empty() && s.instance("web", "c").is_none() && s.leases().len() == 1, "nothing of it applied");
         let (r, _) = apply(&mut s, 11, 1, other(true));
         assert_eq!(r, Resp::Granted { lease_id: 11, ttl_ms: 3000, revision: 11 });
@@ -985,7 +985,7 @@ mod request_tests {
             |lease: Option<u64>, token: Option<u64>| bound(token, Cmd::PutInstance { service: "web".into(), instance: "a".into(), registration: spec(lease) });
         let bound_delete = |token: Option<u64>| bound(token, Cmd::DeleteInstance { service: "web".into(), instance: "a".into() });
         assert_eq!(apply(&mut s, 6, 1, bound_put(Some(4), x)).0, Resp::Ok { revision: 6 });
-        let taken = Resp::InstanceTaken { service: "web".into(), instance: "a".into(), lease_id: 4 };
+        let taken = Resp::instance_taken("web", "a", 4);
         assert_eq!(apply(&mut s, 7, 1, bound_put(Some(5), y)), (taken.clone(), vec![]), "y may not move x's instance onto its lease");
         assert_eq!(apply(&mut s, 8, 1, bound_put(None, y)).0, taken, "nor make it lease-less");
         assert_eq!(apply(&mut s, 9, 1, bound_delete(y)), (taken, vec![]), "nor delete it");

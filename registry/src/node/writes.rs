@@ -17,9 +17,9 @@ fn written(resp: Resp) -> Result<WriteResult, ApiError> {
     match resp {
         Resp::Ok { revision } => Ok(WriteResult { revision }),
         Resp::LeaseNotFound { lease_id } => Err(ApiError::LeaseNotFound(lease_id)),
-        Resp::InstanceNotFound { service, instance } => Err(ApiError::NotFound(format!("instance {instance:?} of service {service:?}"))),
+        Resp::InstanceNotFound(n) => Err(ApiError::NotFound(format!("instance {:?} of service {:?}", n.instance, n.service))),
         Resp::KeyReused { request_id } => Err(key_reused(request_id)),
-        Resp::InstanceTaken { service, instance, lease_id } => Err(taken(&service, &instance, lease_id)),
+        Resp::InstanceTaken(t) => Err(taken(&t.service, &t.instance, t.lease_id)),
         Resp::TokenRevoked { .. } => Err(ApiError::Unauthenticated("unknown or revoked token".into())),
         other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
     }
@@ -189,7 +189,7 @@ impl Node {
                 Ok(LeaseGrant { lease_id, ttl_ms, revision })
             }
             Resp::KeyReused { request_id } => Err(key_reused(request_id)),
-            Resp::InstanceTaken { service, instance, lease_id } => Err(taken(&service, &instance, lease_id)),
+            Resp::InstanceTaken(t) => Err(taken(&t.service, &t.instance, t.lease_id)),
             other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
         }
     }
