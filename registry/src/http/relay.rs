@@ -3,9 +3,9 @@
 //! A follower that gets a keepalive relays it, like any write, to the leader. One relayed
 //! request per keepalive cost the leader four times what a direct keepalive does (a TLS
 //! request from this node, its parsing, its audit, a response), so a fleet whose announcers
-//! reach followers loaded the leader most. Here a follower keeps one request per leader in
-//! flight, `POST /raft/keepalives`, carrying every keepalive that arrived while the previous one
-//! was out (up to `MAX_ITEMS`); the leader renews each lease as if the keepalive had come
+//! reach followers loaded the leader most. Here a follower keeps up to `IN_FLIGHT` requests per
+//! leader out, `POST /raft/keepalives`, each carrying every keepalive that arrived while the
+//! others were out (up to `MAX_ITEMS`); the leader renews each lease as if the keepalive had come
 //! straight to it, with the client's own token, and answers each one on its own: a lease that
 //! is gone is a 404 for that keepalive alone.
 
@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use proto::{ErrorBody, KeepaliveResponse, LeaseId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::forward::ForwardTo;
 use crate::error::ApiError;
@@ -98,11 +98,24 @@ struct Pending {
     reply: oneshot::Sender<Option<Outcome>>,
 }
 
-/// The follower's side: a queue and the task that drains it, started on first use (and again
-/// should it ever have ended).
+/// The keepalives waiting for one leader, and its batches out.
+#[derive(Default)]
+struct Lane {
+    waiting: Vec<Pending>,
+    in_flight: usize,
+    /// The leader's `/raft/keepalives`, parsed once per address: parsing it per batch was 2 %
+    /// of a follower's CPU.
+    url: Option<(String, reqwest::Url)>,
+}
+
+/// The follower's side: a lane per leader. A keepalive joins its leader's lane; if fewer than
+/// `IN_FLIGHT` batches are out, it starts one, which takes everything waiting and, when
+/// answered, goes on with whatever arrived meanwhile until the lane is empty. No task sits
+/// between the client's request and the batch: handing each keepalive to one cost a wake-up
+/// per keepalive.
 #[derive(Clone, Default)]
 pub struct Relay {
-    queue: Arc<Mutex<Option<mpsc::UnboundedSender<Pending>>>>,
+    lanes: Arc<Mutex<HashMap<u64, Lane>>>,
 }
 
 impl Relay {
@@ -112,86 +125,72 @@ impl Relay {
     pub async fn keepalive(&self, node: &Arc<Node>, to: ForwardTo, lease_id: LeaseId, token: Option<String>) -> Option<Response> {
         let leader = to.id;
         let (reply, outcome) = oneshot::channel();
-        let pending = Pending { item: RelayedKeepalive { lease_id, token }, to, reply };
-        let sent = {
-            let mut q = self.queue.lock().unwrap();
-            let tx = q.get_or_insert_with(|| spawn(node));
-            match tx.send(pending) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::SendError(p)) => {
-                    let tx = q.insert(spawn(node));
-                    tx.send(p).map_err(|_| ())
-                }
-            }
+        let start = {
+            let mut lanes = self.lanes.lock().unwrap();
+            let lane = lanes.entry(leader).or_default();
+            lane.waiting.push(Pending { item: RelayedKeepalive { lease_id, token }, to, reply });
+            let start = lane.in_flight < IN_FLIGHT;
+            lane.in_flight += usize::from(start);
+            start
         };
-        let unavailable = || Some(ApiError::Unavailable("this node is stopping".into()).into_response());
-        if sent.is_err() {
-            return unavailable();
+        if start {
+            tokio::spawn(drain(node.clone(), self.lanes.clone(), leader));
         }
         match outcome.await {
             Ok(o) => o.map(|o| o.into_response(leader)),
-            Err(_) => unavailable(),
+            // The batch's task ended without answering: the runtime is shutting down.
+            Err(_) => Some(ApiError::Unavailable("this node is stopping".into()).into_response()),
         }
     }
 }
 
-fn spawn(node: &Arc<Node>) -> mpsc::UnboundedSender<Pending> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(Arc::downgrade(node), rx));
-    tx
-}
-
-/// `IN_FLIGHT` batches per leader: while they are out, the next fills up. A batch to a leader
-/// that no longer answers holds up only the keepalives meant for it; once this node learns of
-/// the new leader, keepalives for that one go at once.
-async fn run(node: std::sync::Weak<Node>, mut queue: mpsc::UnboundedReceiver<Pending>) {
-    let mut waiting: HashMap<u64, Vec<Pending>> = HashMap::new();
-    let mut busy: HashMap<u64, usize> = HashMap::new();
-    // Each leader's URL, parsed once: parsing it per batch was 2 % of a follower's CPU.
-    let mut urls: HashMap<String, reqwest::Url> = HashMap::new();
-    let (done_tx, mut done) = mpsc::unbounded_channel::<u64>();
-    loop {
-        tokio::select! {
-            p = queue.recv() => match p {
-                Some(p) => waiting.entry(p.to.id).or_default().push(p),
-                None => return,
-            },
-            Some(leader) = done.recv() => {
-                if let Some(n) = busy.get_mut(&leader) {
-                    *n = n.saturating_sub(1);
+/// One of a lane's `IN_FLIGHT` batch senders: sends what waits, up to `MAX_ITEMS` at a time,
+/// until nothing does. A batch to a leader that no longer answers holds up only the
+/// keepalives meant for it; once this node learns of the new leader, keepalives for that one
+/// go in a lane of their own.
+async fn drain(node: Arc<Node>, lanes: Arc<Mutex<HashMap<u64, Lane>>>, leader: u64) {
+    // Gives the lane its slot back should this task end early (a panic, the runtime shutting
+    // down); a normal end gives it back under the same lock that found the lane empty, so no
+    // keepalive can arrive in between and find every slot taken by senders that are leaving.
+    struct Slot<'a> {
+        lanes: &'a Mutex<HashMap<u64, Lane>>,
+        leader: u64,
+        held: bool,
+    }
+    impl Drop for Slot<'_> {
+        fn drop(&mut self) {
+            if self.held {
+                if let Some(lane) = self.lanes.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.leader) {
+                    lane.in_flight -= 1;
                 }
             }
         }
-        while let Ok(p) = queue.try_recv() {
-            waiting.entry(p.to.id).or_default().push(p);
-        }
-        let Some(n) = node.upgrade() else { return };
-        let ready: Vec<u64> = waiting.keys().copied().filter(|l| busy.get(l).copied().unwrap_or(0) < IN_FLIGHT).collect();
-        for leader in ready {
-            let mut batch = waiting.remove(&leader).unwrap_or_default();
+    }
+    let mut slot = Slot { lanes: &lanes, leader, held: true };
+    loop {
+        let (batch, url) = {
+            let mut all = lanes.lock().unwrap();
+            let lane = all.entry(leader).or_default();
             // A keepalive whose client gave up is not sent: it would renew a lease nobody holds.
-            batch.retain(|p| !p.reply.is_closed());
-            if batch.len() > MAX_ITEMS {
-                waiting.insert(leader, batch.split_off(MAX_ITEMS));
+            lane.waiting.retain(|p| !p.reply.is_closed());
+            if lane.waiting.is_empty() {
+                lane.in_flight -= 1;
+                slot.held = false;
+                return;
             }
-            if batch.is_empty() {
-                continue;
-            }
+            let rest = lane.waiting.split_off(lane.waiting.len().min(MAX_ITEMS));
+            let batch = std::mem::replace(&mut lane.waiting, rest);
             let addr = &batch[0].to.addr;
-            let url = match urls.get(addr) {
-                Some(u) => Ok(u.clone()),
-                None => reqwest::Url::parse(&format!("{}/raft/keepalives", n.peers().base(addr))).map_err(|e| e.to_string()),
+            let url = match &lane.url {
+                Some((a, u)) if a == addr => Ok(u.clone()),
+                _ => reqwest::Url::parse(&format!("{}/raft/keepalives", node.peers().base(addr))).map_err(|e| e.to_string()),
             };
             if let Ok(u) = &url {
-                urls.entry(addr.clone()).or_insert_with(|| u.clone());
+                lane.url = Some((addr.clone(), u.clone()));
             }
-            *busy.entry(leader).or_default() += 1;
-            let (n, done_tx) = (n.clone(), done_tx.clone());
-            tokio::spawn(async move {
-                send(&n, url, batch).await;
-                let _ = done_tx.send(leader);
-            });
-        }
+            (batch, url)
+        };
+        send(&node, url, batch).await;
     }
 }
 
