@@ -533,3 +533,61 @@ async fn keepalives_relayed_in_batches_are_answered_each_alone() {
     assert!(batches >= 1 && batches < relayed, "{relayed} keepalives took {batches} relayed requests: none shared one");
     assert_eq!(c.nodes[&leader].node.metrics().keepalives.get() - renewed_before, 100, "the leader renewed each known lease once");
 }
+
+/// A follower's batches to its leader that fail (the follower cannot reach it) give their
+/// slots back: once the path is back, keepalives through that follower go through the same
+/// leader's batches again. Every keepalive sent meanwhile was answered, none left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_batches_failed_carries_keepalives_again() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader(None).await;
+    let follower = c.others(&[leader])[0];
+    let direct = c.client_for(&[leader]);
+    let mut leases = Vec::new();
+    for _ in 0..50 {
+        leases.push(direct.grant(Duration::from_secs(60)).await.unwrap().lease_id);
+    }
+    let round = |what: &'static str| {
+        let calls: Vec<_> = leases
+            .iter()
+            .map(|id| {
+                // A client of its own for each: one that was told the leader would go there.
+                let (client, id) = (c.client_for(&[follower]), *id);
+                // A deadline far past any answer's, so a keepalive left waiting fails the test.
+                tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_secs(30), client.keepalive(id)).await.unwrap_or_else(|_| panic!("{what}: lease {id} got no answer"))
+                })
+            })
+            .collect::<Vec<_>>();
+        async move {
+            let mut answers = Vec::new();
+            for call in calls {
+                answers.push(call.await.unwrap());
+            }
+            answers
+        }
+    };
+    // The follower still hears from its leader (appends flow the other way), so it keeps
+    // relaying to the same leader, and every batch fails.
+    c.faults.cut(follower, leader);
+    let batches_before = c.nodes[&follower].node.metrics().relayed_batches.get();
+    for answer in round("while cut").await {
+        match answer {
+            Err(e) if e.is_retriable() => {}
+            other => panic!("a keepalive the follower could not relay: {other:?}"),
+        }
+    }
+    assert!(c.nodes[&follower].node.metrics().relayed_batches.get() > batches_before, "the keepalives went in batches");
+    assert_eq!(c.leader_of(follower), Some(leader), "the follower still follows the same leader");
+    c.faults.heal();
+    let renewed_before = c.nodes[&leader].node.metrics().keepalives.get();
+    let batches_before = c.nodes[&follower].node.metrics().relayed_batches.get();
+    for answer in round("after the cut").await {
+        let k = answer.unwrap();
+        assert_eq!(k.ttl_ms, 60_000);
+    }
+    // At least: a keepalive the client gave up on after its 1 s and sent again is renewed twice.
+    let renewed = c.nodes[&leader].node.metrics().keepalives.get() - renewed_before;
+    assert!(renewed >= leases.len() as u64, "the leader renewed {renewed} of {} leases", leases.len());
+    assert!(c.nodes[&follower].node.metrics().relayed_batches.get() > batches_before, "through the follower's batches");
+}
