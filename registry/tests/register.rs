@@ -112,3 +112,35 @@ async fn a_retried_registration_is_the_same_one() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 422);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_refused_for_a_reused_key_leaves_the_lease_on_its_clock() {
+    let c = Cluster::start(1).await;
+    let url = &c.nodes[&1].url;
+    let http = reqwest::Client::new();
+    let body = r#"{"ttl_ms":10000,"instances":[{"service":"web","instance":"a","address":"10.0.0.1","port":80}]}"#;
+    let resp = http
+        .post(format!("{url}/v1/register"))
+        .header("content-type", "application/json")
+        .header(proto::IDEMPOTENCY_KEY_HEADER, "k-1")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let g: proto::LeaseGrant = resp.json().await.unwrap();
+    let clock = || async { c.client_for(&[1]).service("web", false).await.unwrap().instances[0].lease.clone() };
+    assert!(clock().await.is_some(), "the leader keeps the new lease's clock");
+
+    // The key named the registration: the revoke is refused and the lease lives on.
+    let resp = http.delete(format!("{url}/v1/leases/{}", g.lease_id)).header(proto::IDEMPOTENCY_KEY_HEADER, "k-1").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    assert!(c.nodes[&1].node.read_store(|s| s.lease(g.lease_id).is_some()));
+    // A live lease without a clock would be expired by no one until the next resync.
+    let info = clock().await.expect("the refused revoke left the lease's clock");
+    assert_eq!(info.lease_id, g.lease_id);
+    assert!(info.remaining_ms > 0 && info.remaining_ms <= 10_000, "{info:?}");
+
+    // A revoke that is applied takes the clock with the lease.
+    c.client_for(&[1]).revoke(g.lease_id).await.unwrap();
+    assert!(c.nodes[&1].node.read_store(|s| s.lease(g.lease_id).is_none()));
+}

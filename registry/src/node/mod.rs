@@ -719,6 +719,11 @@ impl Node {
         };
         if leader && applied_own_term {
             if k.term() != Some(m.current_term) {
+                // Leading an earlier term still (this task missed the steps between): its
+                // renewal times are facts the new term's clocks start from, as after any stop.
+                if k.term().is_some() {
+                    stop(&mut k);
+                }
                 let known = self.renewals.lock().unwrap();
                 k.start_term(m.current_term, d.store.leases().values(), &known, now, crate::lease::settle(self.config.election_timeout.1));
                 let inherited = d.store.leases().keys().filter(|id| known.get(**id).is_some()).count();

@@ -197,14 +197,15 @@ impl Node {
     /// Renews a lease: moves its deadline on the leader, no log entry.
     pub async fn keepalive(&self, lease_id: LeaseId, caller: Caller) -> Result<KeepaliveResponse, ApiError> {
         let term = self.ready().await?;
-        let ttl_ms = {
-            let d = self.shared.read();
-            let lease = d.store.lease(lease_id).ok_or(ApiError::LeaseNotFound(lease_id))?;
-            if !caller.may_use_lease(lease.token) {
-                return Err(not_yours(lease_id));
-            }
-            lease.ttl_ms
-        };
+        // The data guard is held until the clock has moved: a revoke or expiry applied between
+        // the look and the renewal would otherwise find its clock gone, and the renewal would
+        // start a new one and answer 200 for a lease that no longer exists.
+        let d = self.shared.read();
+        let lease = d.store.lease(lease_id).ok_or(ApiError::LeaseNotFound(lease_id))?;
+        if !caller.may_use_lease(lease.token) {
+            return Err(not_yours(lease_id));
+        }
+        let ttl_ms = lease.ttl_ms;
         let (ttl, new_clock) = self.keeper(|k| {
             if k.term() != Some(term) {
                 return Err(ApiError::Unavailable("leadership changed during the keepalive; retry".into()));
@@ -213,6 +214,7 @@ impl Node {
             // Past its deadline the lease is dead and its expiry due or under way.
             k.keepalive(lease_id, ttl_ms, Instant::now()).map(|ttl| (ttl, new_clock)).map_err(|_| ApiError::LeaseNotFound(lease_id))
         })?;
+        drop(d);
         if new_clock {
             // A deadline the expiry loop does not know yet.
             self.expiry_wake.notify_one();
@@ -258,7 +260,15 @@ impl Node {
                 Some(_) => Ok(()),
             })
             .await?;
-        self.keeper(|k| k.forget(lease_id));
+        // Only a lease the store no longer holds loses its clock: a refused revoke (a reused
+        // key, say) leaves a live lease, and a lease without a clock is not expired on time.
+        // Under the data guard, so no keepalive starts a clock between the look and the forget.
+        {
+            let d = self.shared.read();
+            if d.store.lease(lease_id).is_none() {
+                self.keeper(|k| k.forget(lease_id));
+            }
+        }
         written(resp)
     }
 
