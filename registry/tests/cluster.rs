@@ -591,3 +591,37 @@ async fn a_relay_whose_batches_failed_carries_keepalives_again() {
     assert!(renewed >= leases.len() as u64, "the leader renewed {renewed} of {} leases", leases.len());
     assert!(c.nodes[&follower].node.metrics().relayed_batches.get() > batches_before, "through the follower's batches");
 }
+
+/// A leader slower to answer relayed keepalives than a client waits: the follower answers
+/// each one `503 unavailable` itself, none renewed behind the client's back or left waiting,
+/// so the client tries another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_relayed_to_a_slow_leader_are_answered_unavailable() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader(None).await;
+    let follower = c.others(&[leader])[0];
+    let direct = c.client_for(&[leader]);
+    let mut leases = Vec::new();
+    for _ in 0..20 {
+        leases.push(direct.grant(Duration::from_secs(60)).await.unwrap().lease_id);
+    }
+    // Only requests to the leader are slowed: its heartbeats to the others are not.
+    c.faults.delay_to(leader, Duration::from_secs(5));
+    let renewed_before = c.nodes[&leader].node.metrics().keepalives.get();
+    let http = reqwest::Client::new();
+    let url = &c.nodes[&follower].url;
+    let calls: Vec<_> = leases.iter().map(|id| http.post(format!("{url}/v1/leases/{id}/keepalive")).send()).collect();
+    for (id, resp) in leases.iter().zip(futures::future::join_all(calls).await) {
+        let resp = resp.unwrap();
+        assert_eq!(resp.status().as_u16(), 503, "lease {id}");
+        assert_eq!(resp.json::<proto::ErrorBody>().await.unwrap().code, proto::ErrorCode::Unavailable, "lease {id}");
+    }
+    assert_eq!(c.nodes[&leader].node.metrics().keepalives.get(), renewed_before, "no keepalive reached the leader");
+    assert_eq!(c.leader_of(follower), Some(leader), "the follower still follows the same leader");
+    // Once the leader answers in time again, they renew (the first through the follower).
+    let client = c.client_for(&[follower]);
+    c.faults.heal();
+    for id in &leases {
+        assert_eq!(client.keepalive(*id).await.unwrap().lease_id, *id);
+    }
+}

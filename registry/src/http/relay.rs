@@ -93,6 +93,9 @@ impl Outcome {
 struct Pending {
     item: RelayedKeepalive,
     to: ForwardTo,
+    /// When it joined the lane: it is answered within `BUDGET` of this, however long the
+    /// batches before it take.
+    since: Instant,
     /// `None`: the leader has no `/raft/keepalives` (an older version, during a rolling
     /// upgrade); the keepalive is forwarded on its own instead.
     reply: oneshot::Sender<Option<Outcome>>,
@@ -126,9 +129,9 @@ impl Relay {
         let leader = to.id;
         let (reply, outcome) = oneshot::channel();
         let start = {
-            let mut lanes = self.lanes.lock().unwrap();
+            let mut lanes = lock(&self.lanes);
             let lane = lanes.entry(leader).or_default();
-            lane.waiting.push(Pending { item: RelayedKeepalive { lease_id, token }, to, reply });
+            lane.waiting.push(Pending { item: RelayedKeepalive { lease_id, token }, to, reply, since: Instant::now() });
             let start = lane.in_flight < IN_FLIGHT;
             lane.in_flight += usize::from(start);
             start
@@ -138,8 +141,9 @@ impl Relay {
         }
         match outcome.await {
             Ok(o) => o.map(|o| o.into_response(leader)),
-            // The batch's task ended without answering: the runtime is shutting down.
-            Err(_) => Some(ApiError::Unavailable("this node is stopping".into()).into_response()),
+            // The batch's task ended without answering: the runtime is shutting down, or the
+            // last sender of the lane panicked (`Slot`).
+            Err(_) => Some(ApiError::Unavailable("the relay to the leader ended without an answer; retry".into()).into_response()),
         }
     }
 }
@@ -160,26 +164,27 @@ async fn drain(node: Arc<Node>, lanes: Arc<Mutex<HashMap<u64, Lane>>>, leader: u
     impl Drop for Slot<'_> {
         fn drop(&mut self) {
             if self.held {
-                if let Some(lane) = self.lanes.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.leader) {
+                if let Some(lane) = lock(self.lanes).get_mut(&self.leader) {
                     lane.in_flight -= 1;
+                    // No sender left to take them: their clients get a retriable answer now,
+                    // not when the next keepalive for this leader comes, if one ever does.
+                    if lane.in_flight == 0 {
+                        lane.waiting.clear();
+                    }
                 }
             }
         }
     }
     let mut slot = Slot { lanes: &lanes, leader, held: true };
     loop {
-        let (batch, url) = {
-            let mut all = lanes.lock().unwrap();
+        let (batch, url, timeout) = {
+            let mut all = lock(&lanes);
             let lane = all.entry(leader).or_default();
-            // A keepalive whose client gave up is not sent: it would renew a lease nobody holds.
-            lane.waiting.retain(|p| !p.reply.is_closed());
-            if lane.waiting.is_empty() {
+            let Some((batch, timeout)) = take_batch(&mut lane.waiting, Instant::now()) else {
                 lane.in_flight -= 1;
                 slot.held = false;
                 return;
-            }
-            let rest = lane.waiting.split_off(lane.waiting.len().min(MAX_ITEMS));
-            let batch = std::mem::replace(&mut lane.waiting, rest);
+            };
             let addr = &batch[0].to.addr;
             let url = match &lane.url {
                 Some((a, u)) if a == addr => Ok(u.clone()),
@@ -188,31 +193,65 @@ async fn drain(node: Arc<Node>, lanes: Arc<Mutex<HashMap<u64, Lane>>>, leader: u
             if let Ok(u) = &url {
                 lane.url = Some((addr.clone(), u.clone()));
             }
-            (batch, url)
+            (batch, url, timeout)
         };
-        send(&node, url, batch).await;
+        send(&node, url, batch, timeout).await;
     }
 }
 
-async fn send(node: &Node, url: Result<reqwest::Url, String>, batch: Vec<Pending>) {
+/// The relay's locks guard no invariant a panic elsewhere could leave half-made: a poisoned
+/// lock is used as it is, so one panic does not fail every later keepalive of this node.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The next batch to send from `waiting` at `now`, and how long it may take; `None` when
+/// nothing is left to send. A keepalive whose client gave up is dropped: it would renew a
+/// lease nobody holds. One that waited so long for the batches before it (a slow leader) that
+/// its own could not be sent in what is left of its `BUDGET` is answered 503 unsent: the client
+/// would have given up, and tries another node sooner.
+fn take_batch(waiting: &mut Vec<Pending>, now: Instant) -> Option<(Vec<Pending>, Duration)> {
+    let late = |p: &Pending| now.saturating_duration_since(p.since) + MIN_SEND > BUDGET;
+    for p in waiting.extract_if(.., |p| p.reply.is_closed() || late(p)) {
+        if !p.reply.is_closed() {
+            let e = ApiError::Unavailable(format!("the leader's answers to relayed keepalives came too slowly: none could be sent within {BUDGET:?}; retry"));
+            let _ = p.reply.send(Some(Outcome::failed(e)));
+        }
+    }
+    if waiting.is_empty() {
+        return None;
+    }
+    let rest = waiting.split_off(waiting.len().min(MAX_ITEMS));
+    let batch = std::mem::replace(waiting, rest);
+    // The oldest item's deadline bounds the batch; every one of them is younger.
+    let oldest = batch.iter().map(|p| p.since).min().unwrap_or(now);
+    Some((batch, BUDGET.saturating_sub(now.saturating_duration_since(oldest))))
+}
+
+async fn send(node: &Node, url: Result<reqwest::Url, String>, batch: Vec<Pending>, timeout: Duration) {
     let to = batch[0].to.clone();
+    let ids: Vec<LeaseId> = batch.iter().map(|p| p.item.lease_id).collect();
     let (items, replies): (Vec<RelayedKeepalive>, Vec<oneshot::Sender<Option<Outcome>>>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     node.metrics().forwarded.inc_by(items.len() as u64);
     node.metrics().relayed_batches.inc();
     let started = Instant::now();
     let answer = match url {
-        Ok(url) => call(node, &to, url, KeepaliveBatch { items }).await,
+        Ok(url) => call(node, &to, url, KeepaliveBatch { items }, timeout).await,
         Err(e) => Err(ApiError::Unavailable(format!("leader {} has an address that makes no URL ({}): {e}", to.id, to.addr))),
     };
     node.metrics().forward_seconds.observe(started.elapsed().as_secs_f64());
     match answer {
-        Ok(Some(a)) if a.outcomes.len() == replies.len() => {
+        // Outcomes come in the items' order; a renewal of another lease than its item's would
+        // be a leader that broke it, and answers no one.
+        Ok(Some(a))
+            if a.outcomes.len() == replies.len() && a.outcomes.iter().zip(&ids).all(|(o, id)| !matches!(o, Outcome::Renewed(k) if k.lease_id != *id)) =>
+        {
             for (reply, o) in replies.into_iter().zip(a.outcomes) {
                 let _ = reply.send(Some(o));
             }
         }
         Ok(Some(a)) => {
-            let e = ApiError::Unavailable(format!("leader {} answered {} keepalives for {}", to.id, a.outcomes.len(), replies.len()));
+            let e = ApiError::Unavailable(format!("leader {} answered {} keepalives for {}, or not in their order", to.id, a.outcomes.len(), replies.len()));
             replies.into_iter().for_each(|r| drop(r.send(Some(Outcome::failed(e.clone())))));
         }
         Ok(None) => replies.into_iter().for_each(|r| drop(r.send(None))),
@@ -220,18 +259,28 @@ async fn send(node: &Node, url: Result<reqwest::Url, String>, batch: Vec<Pending
     }
 }
 
-/// How long a relayed batch may take: less than a client gives a keepalive (1 s), so a leader
-/// that stopped answering costs the client one try, and it moves on to another node.
+/// How long a relayed keepalive may wait for its answer, from when it joined its lane: less
+/// than a client gives a keepalive (1 s), so a leader that stopped answering costs the client
+/// one try, and it moves on to another node.
 const BUDGET: Duration = Duration::from_millis(800);
+/// Least time a batch is sent with: less would time out before a loaded leader answers.
+const MIN_SEND: Duration = Duration::from_millis(100);
 
 /// The leader's outcomes, or `None` if it has no such route (an older version).
-async fn call(node: &Node, to: &ForwardTo, url: reqwest::Url, batch: KeepaliveBatch) -> Result<Option<KeepaliveOutcomes>, ApiError> {
+async fn call(node: &Node, to: &ForwardTo, url: reqwest::Url, batch: KeepaliveBatch, timeout: Duration) -> Result<Option<KeepaliveOutcomes>, ApiError> {
     let leader = to.id;
-    node.faults().check(node.id(), leader).map_err(|e| ApiError::Unavailable(format!("leader {leader} unreachable: {e}")))?;
+    let delay = node.faults().check(node.id(), leader).map_err(|e| ApiError::Unavailable(format!("leader {leader} unreachable: {e}")))?;
+    if !delay.is_zero() {
+        // An injected slow link (tests): it spends the batch's time as a slow leader would.
+        tokio::time::sleep(delay.min(timeout)).await;
+        if delay >= timeout {
+            return Err(ApiError::Unavailable(format!("relaying keepalives to leader {leader} at {} timed out", to.addr)));
+        }
+    }
     let resp = node
         .http()
         .post(url)
-        .timeout(BUDGET)
+        .timeout(timeout - delay)
         .json(&batch)
         .send()
         .await
@@ -245,4 +294,48 @@ async fn call(node: &Node, to: &ForwardTo, url: reqwest::Url, batch: KeepaliveBa
         return Err(ApiError::Unavailable(format!("leader {leader} refused relayed keepalives: {status} {}", body.chars().take(200).collect::<String>())));
     }
     resp.json().await.map(Some).map_err(|e| ApiError::Unavailable(format!("reading leader {leader}'s answer to relayed keepalives: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(lease_id: LeaseId, since: Instant) -> (Pending, oneshot::Receiver<Option<Outcome>>) {
+        let (reply, rx) = oneshot::channel();
+        (Pending { item: RelayedKeepalive { lease_id, token: None }, to: ForwardTo { id: 1, addr: "127.0.0.1:1".into() }, since, reply }, rx)
+    }
+
+    #[test]
+    fn a_batch_takes_what_can_still_be_answered_in_time() {
+        let now = Instant::now() + Duration::from_secs(10);
+        let (old, mut old_rx) = pending(1, now - BUDGET);
+        let (edge, mut edge_rx) = pending(2, now - (BUDGET - MIN_SEND) - Duration::from_millis(1));
+        let (gone, gone_rx) = pending(3, now - Duration::from_millis(300));
+        drop(gone_rx);
+        let (young, _young_rx) = pending(4, now - Duration::from_millis(300));
+        let (new, _new_rx) = pending(5, now);
+        let mut waiting = vec![old, edge, gone, young, new];
+
+        let (batch, timeout) = take_batch(&mut waiting, now).expect("two keepalives can still be sent");
+        assert_eq!(batch.iter().map(|p| p.item.lease_id).collect::<Vec<_>>(), vec![4, 5], "in their order; the late and the abandoned are not sent");
+        assert!(waiting.is_empty());
+        assert_eq!(timeout, BUDGET - Duration::from_millis(300), "the oldest one sent bounds the batch");
+        for rx in [&mut old_rx, &mut edge_rx] {
+            match rx.try_recv() {
+                Ok(Some(Outcome::Failed { status: 503, error })) => assert_eq!(error.code, proto::ErrorCode::Unavailable),
+                other => panic!("a late keepalive is answered 503 at once, got {other:?}"),
+            }
+        }
+        assert!(take_batch(&mut waiting, now).is_none(), "nothing left");
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_max_items_and_never_less_than_min_send() {
+        let now = Instant::now() + Duration::from_secs(10);
+        let oldest = now - (BUDGET - MIN_SEND);
+        let (mut waiting, _rxs): (Vec<_>, Vec<_>) = (0..MAX_ITEMS as u64 + 3).map(|i| pending(i, oldest)).unzip();
+        let (batch, timeout) = take_batch(&mut waiting, now).unwrap();
+        assert_eq!((batch.len(), waiting.len(), timeout), (MAX_ITEMS, 3, MIN_SEND));
+        assert_eq!(waiting[0].item.lease_id, MAX_ITEMS as u64, "the rest wait in order");
+    }
 }
