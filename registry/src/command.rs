@@ -11,7 +11,8 @@ use crate::acl::{Scope, TokenHash, TokenId};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Cmd {
-    /// Grant a lease; its id is the index of this entry. `owner` is the client's address as
+    /// Grant a lease; its id is this entry's index, or the next id not yet given if a batch
+    /// before it took that one (`Store::grant`). `owner` is the client's address as
     /// the receiving node saw it, for the per-client lease limit.
     GrantLease {
         ttl_ms: u64,
@@ -90,7 +91,7 @@ impl Cmd {
     }
 }
 
-/// An instance of a `Register`: the lease it goes under is the entry's own index.
+/// An instance of a `Register`: the lease it goes under is the one the entry grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Named {
     pub service: String,
