@@ -278,6 +278,11 @@ impl Store {
                     let held = self.instance(&n.service, &n.instance)?.lease_id?;
                     (self.lease(held)?.token != *token).then_some(held)
                 };
+                // A token revoked after the check before proposing (as for a bound put): its
+                // lease and instances would live on, renewable by no one but an admin.
+                if let Some(t) = token.filter(|t| !takeover && self.acl.by_id(*t).is_none()) {
+                    return (Resp::TokenRevoked { id: t }, events);
+                }
                 if let Some((n, lease_id)) = instances.iter().filter(|_| !takeover).find_map(|n| taken(n).map(|l| (n, l))) {
                     return (Resp::instance_taken(&n.service, &n.instance, lease_id), events);
                 }
@@ -651,7 +656,15 @@ mod tests {
 
     #[test]
     fn a_registration_grants_and_puts_in_one_entry() {
+        use crate::acl::{Scope, TokenHash};
         let mut s = Store::default();
+        // Tokens 4 and 5 (a token's id is its entry's index).
+        s.apply(3, 1, &Proposal::from(Cmd::AclBootstrap { hash: TokenHash::of(&"b".repeat(40)) }));
+        for (i, c) in [(4, 'x'), (5, 'y')] {
+            let cmd =
+                Cmd::CreateToken { hash: TokenHash::of(&c.to_string().repeat(40)), scopes: vec![Scope::Announce("*".into())], description: String::new() };
+            s.apply(i, 1, &Proposal::from(cmd));
+        }
         let named = |service: &str, instance: &str| crate::command::Named { service: service.into(), instance: instance.into(), registration: spec(None) };
         let cmd = Cmd::Register {
             ttl_ms: 3000,
@@ -680,6 +693,11 @@ mod tests {
         apply(&mut s, 12, 1, Cmd::RevokeLease { lease_id: 9 });
         apply(&mut s, 13, 1, Cmd::RevokeLease { lease_id: 11 });
         assert_eq!(s.instance_count(), 0);
+        // A token revoked between the check before proposing and the apply: nothing applies.
+        s.apply(14, 1, &Proposal::from(Cmd::RevokeToken { id: 5 }));
+        let (r, events) = apply(&mut s, 15, 1, other(false));
+        assert_eq!(r, Resp::TokenRevoked { id: 5 });
+        assert!(events.is_empty() && s.leases().is_empty() && s.instance_count() == 0, "no lease, no instance");
     }
 
     #[test]

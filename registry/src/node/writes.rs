@@ -190,6 +190,7 @@ impl Node {
             }
             Resp::KeyReused { request_id } => Err(key_reused(request_id)),
             Resp::InstanceTaken(t) => Err(taken(&t.service, &t.instance, t.lease_id)),
+            Resp::TokenRevoked { .. } => Err(ApiError::Unauthenticated("unknown or revoked token".into())),
             other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
         }
     }
