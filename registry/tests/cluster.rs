@@ -485,19 +485,26 @@ async fn concurrent_writes_share_entries_and_each_gets_its_own_answer() {
     }
 }
 
-/// Keepalives a follower gets are relayed to the leader in batches (`http::relay`), and each is
-/// answered on its own: an unknown or revoked lease is a 404 for that keepalive alone, and the
-/// others renew on the leader.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keepalives_relayed_in_batches_are_answered_each_alone() {
+/// A 3-node cluster for the relay tests: its leader, a follower, a client of the leader, and
+/// `n` leases of 60 s granted through it.
+async fn relay_cluster(n: usize) -> (Cluster, u64, u64, client::Client, Vec<u64>) {
     let c = Cluster::start(3).await;
     let leader = c.wait_leader(None).await;
     let follower = c.others(&[leader])[0];
     let direct = c.client_for(&[leader]);
     let mut leases = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..n {
         leases.push(direct.grant(Duration::from_secs(60)).await.unwrap().lease_id);
     }
+    (c, leader, follower, direct, leases)
+}
+
+/// Keepalives a follower gets are relayed to the leader in batches (`http::relay`), and each is
+/// answered on its own: an unknown or revoked lease is a 404 for that keepalive alone, and the
+/// others renew on the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_relayed_in_batches_are_answered_each_alone() {
+    let (c, leader, follower, direct, leases) = relay_cluster(100).await;
     let revoked = direct.grant(Duration::from_secs(60)).await.unwrap().lease_id;
     direct.revoke(revoked).await.unwrap();
     let unknown = 987_654_321;
@@ -539,14 +546,7 @@ async fn keepalives_relayed_in_batches_are_answered_each_alone() {
 /// leader's batches again. Every keepalive sent meanwhile was answered, none left waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_whose_batches_failed_carries_keepalives_again() {
-    let c = Cluster::start(3).await;
-    let leader = c.wait_leader(None).await;
-    let follower = c.others(&[leader])[0];
-    let direct = c.client_for(&[leader]);
-    let mut leases = Vec::new();
-    for _ in 0..50 {
-        leases.push(direct.grant(Duration::from_secs(60)).await.unwrap().lease_id);
-    }
+    let (c, leader, follower, _, leases) = relay_cluster(50).await;
     let round = |what: &'static str| {
         let calls: Vec<_> = leases
             .iter()
@@ -597,14 +597,7 @@ async fn a_relay_whose_batches_failed_carries_keepalives_again() {
 /// so the client tries another node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalives_relayed_to_a_slow_leader_are_answered_unavailable() {
-    let c = Cluster::start(3).await;
-    let leader = c.wait_leader(None).await;
-    let follower = c.others(&[leader])[0];
-    let direct = c.client_for(&[leader]);
-    let mut leases = Vec::new();
-    for _ in 0..20 {
-        leases.push(direct.grant(Duration::from_secs(60)).await.unwrap().lease_id);
-    }
+    let (c, leader, follower, _, leases) = relay_cluster(20).await;
     // Only requests to the leader are slowed: its heartbeats to the others are not.
     c.faults.delay_to(leader, Duration::from_secs(5));
     let renewed_before = c.nodes[&leader].node.metrics().keepalives.get();

@@ -86,30 +86,27 @@ async fn a_registration_that_fails_any_check_writes_nothing() {
     });
 }
 
+/// `POST /v1/register` with `body` under the idempotency key `key`.
+async fn register_with_key(http: &reqwest::Client, url: &str, key: &str, body: &str) -> reqwest::Response {
+    let req = http.post(format!("{url}/v1/register")).header("content-type", "application/json").header(proto::IDEMPOTENCY_KEY_HEADER, key);
+    req.body(body.to_string()).send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_registration_is_the_same_one() {
     let c = Cluster::start(1).await;
     let url = &c.nodes[&1].url;
     let http = reqwest::Client::new();
     let body = r#"{"ttl_ms":10000,"instances":[{"service":"web","instance":"a","address":"10.0.0.1","port":80}]}"#;
-    let send =
-        || http.post(format!("{url}/v1/register")).header("content-type", "application/json").header(proto::IDEMPOTENCY_KEY_HEADER, "reg-1").body(body).send();
-    let first: proto::LeaseGrant = send().await.unwrap().json().await.unwrap();
+    let first: proto::LeaseGrant = register_with_key(&http, url, "reg-1", body).await.json().await.unwrap();
     let applied = c.applied(1);
-    let again: proto::LeaseGrant = send().await.unwrap().json().await.unwrap();
+    let again: proto::LeaseGrant = register_with_key(&http, url, "reg-1", body).await.json().await.unwrap();
     assert_eq!(again, first, "the retry answers the first registration");
     assert_eq!(c.applied(1), applied, "and writes nothing");
     assert_eq!(c.nodes[&1].node.read_store(|s| s.leases().len()), 1);
     // The same key for another registration is refused.
     let other = body.replace("10.0.0.1", "10.0.0.2");
-    let resp = http
-        .post(format!("{url}/v1/register"))
-        .header("content-type", "application/json")
-        .header(proto::IDEMPOTENCY_KEY_HEADER, "reg-1")
-        .body(other)
-        .send()
-        .await
-        .unwrap();
+    let resp = register_with_key(&http, url, "reg-1", &other).await;
     assert_eq!(resp.status().as_u16(), 422);
 }
 
@@ -119,15 +116,7 @@ async fn a_revoke_refused_for_a_reused_key_leaves_the_lease_on_its_clock() {
     let url = &c.nodes[&1].url;
     let http = reqwest::Client::new();
     let body = r#"{"ttl_ms":10000,"instances":[{"service":"web","instance":"a","address":"10.0.0.1","port":80}]}"#;
-    let resp = http
-        .post(format!("{url}/v1/register"))
-        .header("content-type", "application/json")
-        .header(proto::IDEMPOTENCY_KEY_HEADER, "k-1")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let g: proto::LeaseGrant = resp.json().await.unwrap();
+    let g: proto::LeaseGrant = register_with_key(&http, url, "k-1", body).await.json().await.unwrap();
     let clock = || async { c.client_for(&[1]).service("web", false).await.unwrap().instances[0].lease.clone() };
     assert!(clock().await.is_some(), "the leader keeps the new lease's clock");
 

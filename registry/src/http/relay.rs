@@ -223,20 +223,21 @@ fn take_batch(waiting: &mut Vec<Pending>, now: Instant) -> Option<(Vec<Pending>,
     }
     let rest = waiting.split_off(waiting.len().min(MAX_ITEMS));
     let batch = std::mem::replace(waiting, rest);
-    // The oldest item's deadline bounds the batch; every one of them is younger.
-    let oldest = batch.iter().map(|p| p.since).min().unwrap_or(now);
-    Some((batch, BUDGET.saturating_sub(now.saturating_duration_since(oldest))))
+    // Items join under the lane's lock, stamped there, so the first is the oldest: its
+    // deadline bounds the batch.
+    let timeout = BUDGET.saturating_sub(now.saturating_duration_since(batch[0].since));
+    Some((batch, timeout))
 }
 
 async fn send(node: &Node, url: Result<reqwest::Url, String>, batch: Vec<Pending>, timeout: Duration) {
     let to = batch[0].to.clone();
-    let ids: Vec<LeaseId> = batch.iter().map(|p| p.item.lease_id).collect();
     let (items, replies): (Vec<RelayedKeepalive>, Vec<oneshot::Sender<Option<Outcome>>>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
-    node.metrics().forwarded.inc_by(items.len() as u64);
+    let batch = KeepaliveBatch { items };
+    node.metrics().forwarded.inc_by(batch.items.len() as u64);
     node.metrics().relayed_batches.inc();
     let started = Instant::now();
     let answer = match url {
-        Ok(url) => call(node, &to, url, KeepaliveBatch { items }, timeout).await,
+        Ok(url) => call(node, &to, url, &batch, timeout).await,
         Err(e) => Err(ApiError::Unavailable(format!("leader {} has an address that makes no URL ({}): {e}", to.id, to.addr))),
     };
     node.metrics().forward_seconds.observe(started.elapsed().as_secs_f64());
@@ -244,7 +245,8 @@ async fn send(node: &Node, url: Result<reqwest::Url, String>, batch: Vec<Pending
         // Outcomes come in the items' order; a renewal of another lease than its item's would
         // be a leader that broke it, and answers no one.
         Ok(Some(a))
-            if a.outcomes.len() == replies.len() && a.outcomes.iter().zip(&ids).all(|(o, id)| !matches!(o, Outcome::Renewed(k) if k.lease_id != *id)) =>
+            if a.outcomes.len() == replies.len()
+                && a.outcomes.iter().zip(&batch.items).all(|(o, i)| !matches!(o, Outcome::Renewed(k) if k.lease_id != i.lease_id)) =>
         {
             for (reply, o) in replies.into_iter().zip(a.outcomes) {
                 let _ = reply.send(Some(o));
@@ -267,7 +269,7 @@ const BUDGET: Duration = Duration::from_millis(800);
 const MIN_SEND: Duration = Duration::from_millis(100);
 
 /// The leader's outcomes, or `None` if it has no such route (an older version).
-async fn call(node: &Node, to: &ForwardTo, url: reqwest::Url, batch: KeepaliveBatch, timeout: Duration) -> Result<Option<KeepaliveOutcomes>, ApiError> {
+async fn call(node: &Node, to: &ForwardTo, url: reqwest::Url, batch: &KeepaliveBatch, timeout: Duration) -> Result<Option<KeepaliveOutcomes>, ApiError> {
     let leader = to.id;
     let delay = node.faults().check(node.id(), leader).map_err(|e| ApiError::Unavailable(format!("leader {leader} unreachable: {e}")))?;
     if !delay.is_zero() {
@@ -281,7 +283,7 @@ async fn call(node: &Node, to: &ForwardTo, url: reqwest::Url, batch: KeepaliveBa
         .http()
         .post(url)
         .timeout(timeout - delay)
-        .json(&batch)
+        .json(batch)
         .send()
         .await
         .map_err(|e| ApiError::Unavailable(format!("relaying keepalives to leader {leader} at {} failed: {e}", to.addr)))?;
